@@ -1,0 +1,661 @@
+// CPU conv2d kernels (API in kernels/cpu/conv2d.h): forward, backward-data, backward-weight and
+// bias gradient, NCHW activations and KCRS weights.
+//
+// float path (the fast one) — implicit GEMM on "banded phase planes":
+//   * The output grid is processed in bands of BH output rows. For each band the source rows it
+//     needs are copied once into a small shared buffer, zero padded and split by stride phase:
+//        plane(c, a, b)[t][j] = src[c][(i0 + t)*sy + a - py][j*sx + b - px]      (a < sy, b < sx)
+//     with a row pitch V = OW + (S-1)/sx. A tap (c, r, s) of the reduction then reads the
+//     contiguous run plane(c, r%sy, s%sx) + (r/sy)*V + s/sx + f for flattened output index
+//     f = t*V + j (columns j >= OW are junk and are never stored). So im2col never exists: a
+//     24-pixel panel of the im2col matrix is a memcpy of 24 floats per tap, and a 1x1 stride-1
+//     unpadded conv reads the source directly (no band copy at all).
+//   * forward:  Y[K][pix] = W[K][C*R*S] * col[C*R*S][pix]. Per 24-pixel panel (parallel over
+//     panels with OpenMP): pack KC taps x 24 pixels (KC <= 256, fits L1), run the 4x24 AVX2
+//     register-blocked micro-kernel over all output-channel blocks (packed weights, from L2),
+//     accumulate in a 4x24-tile buffer, then add bias and scatter the valid pixels.
+//   * backward data: the transposed convolution is split by output stride phase (a, b) of gx;
+//     each phase is an ordinary stride-1 correlation of gy with the taps r = a+ph (mod sh),
+//     s = b+pw (mod sw), so it runs through the same engine writing gx[a::sh, b::sw].
+//   * backward weight: gw[K][C*R*S] = gy[K][pix] . col[C*R*S][pix]^T. Both operands are rows
+//     that are contiguous along pixels (gy copied into the band's flat layout with zeros in the
+//     junk columns; col rows are runs of the phase planes), so a 4x3 dot-product micro-kernel
+//     reduces along pixels. Threads split the pixel chunks and keep private double accumulators
+//     that are summed at the end.
+//   * bias gradient: plain per-channel sums.
+//   Micro-kernels: kernels/cpu/conv2d_microkernels.h (AVX2+FMA chosen at run time, portable
+//   fallback otherwise). Small problems run on one thread; nested calls (already inside an
+//   OpenMP parallel region) never spawn threads.
+//
+// double path: direct loops, a plain reference for finite-difference tests on tiny shapes.
+#include "kernels/cpu/conv2d.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/cpu/conv2d_microkernels.h"
+
+namespace st::cpu {
+namespace {
+
+using convk::kMR;
+using convk::kNR;
+using convk::Kernels;
+
+constexpr int64_t kBandBudget = 256 * 1024;  // floats in the shared band buffer (~1 MiB)
+constexpr int64_t kKCMax = 256;              // taps per packed B panel (24*256*4 B = 24 KiB)
+constexpr int64_t kSlack = 64;               // floats of zeroed slack after band buffers
+constexpr int64_t kDotChunk = 1024;          // max pixels per backward-weight reduction chunk
+constexpr double kParallelFlops = 1.0e6;     // below this a call runs on one thread
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+// floor division for possibly negative numerators (b > 0)
+int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// 64-byte aligned heap buffer of T.
+template <class T>
+class ABuf {
+ public:
+  ABuf() = default;
+  explicit ABuf(size_t n, bool zero = false) { alloc(n, zero); }
+  ~ABuf() { std::free(p_); }
+  ABuf(const ABuf&) = delete;
+  ABuf& operator=(const ABuf&) = delete;
+  void alloc(size_t n, bool zero) {
+    std::free(p_);
+    const size_t bytes = round_up(static_cast<int64_t>(std::max<size_t>(n, 1) * sizeof(T)), 64);
+    p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+    if (!p_) throw std::bad_alloc();
+    if (zero) std::memset(p_, 0, bytes);
+  }
+  T* data() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+};
+
+// A tap of the implicit-GEMM reduction: source channel c and offsets (r, s) >= 0 in the padded
+// source grid; for output grid point (i, j) it reads src[c][i*sy + r - py][j*sx + s - px].
+struct Tap {
+  int64_t c, r, s;
+};
+
+// One image's channels of one group, and how the output grid samples it.
+struct Source {
+  const float* p = nullptr;  // channel 0 (channel stride H*W)
+  int64_t C = 0, H = 0, W = 0;
+  int64_t sy = 1, sx = 1, py = 0, px = 0;
+};
+
+// Band geometry shared by every (image, group) of one call (see the header comment).
+struct Layout {
+  int64_t OH = 0, OW = 0;  // output grid
+  int64_t V = 0;           // flat row pitch (>= OW)
+  int64_t halo = 0;        // extra plane rows below a band
+  int64_t BH = 1;          // band height in output rows
+  int64_t nplanes = 0;     // stride phases actually used
+  std::vector<int> plane_ab;                 // [nplanes] -> a*sx + b
+  int64_t chan_stride = 0, plane_stride = 0;  // inside the band buffer
+  bool zero_copy = false;                    // band = the source itself
+  std::vector<int64_t> offs;                 // per tap: offset from the band base
+  int64_t buf_floats = 0;                    // band buffer size (0 when zero_copy)
+};
+
+// extra_per_row: floats of other per-band buffers that scale with the band height (they share
+// the budget), M-rows of gy for backward weight.
+Layout make_layout(const Source& s, const std::vector<Tap>& taps, int64_t OH, int64_t OW,
+                   int64_t extra_per_row) {
+  Layout L;
+  L.OH = OH;
+  L.OW = OW;
+  int64_t maxr = 0, maxs = 0;
+  for (const Tap& t : taps) maxr = std::max(maxr, t.r), maxs = std::max(maxs, t.s);
+  std::vector<int> plane_of(static_cast<size_t>(s.sy * s.sx), -1);
+  for (const Tap& t : taps) {
+    const int ab = static_cast<int>((t.r % s.sy) * s.sx + t.s % s.sx);
+    if (plane_of[ab] < 0) {
+      plane_of[ab] = static_cast<int>(L.plane_ab.size());
+      L.plane_ab.push_back(ab);
+    }
+  }
+  L.nplanes = static_cast<int64_t>(L.plane_ab.size());
+  L.zero_copy = !taps.empty() && s.sy == 1 && s.sx == 1 && s.py == 0 && s.px == 0 && maxr == 0 &&
+                maxs == 0 && OW == s.W && OH <= s.H;
+  L.offs.resize(taps.size());
+  if (L.zero_copy) {
+    L.V = s.W;
+    L.halo = 0;
+    L.BH = extra_per_row > 0 ? std::clamp<int64_t>(kBandBudget / extra_per_row, 1, OH) : OH;
+    L.chan_stride = s.H * s.W;
+    for (size_t k = 0; k < taps.size(); ++k) L.offs[k] = taps[k].c * L.chan_stride;
+    L.buf_floats = 0;
+    return L;
+  }
+  L.V = OW + maxs / s.sx;
+  L.halo = maxr / s.sy;
+  const int64_t row = s.C * L.nplanes * L.V;  // band floats per plane row
+  const int64_t per_row = row + extra_per_row;
+  L.BH = std::clamp<int64_t>((kBandBudget - L.halo * row) / std::max<int64_t>(per_row, 1), 1,
+                             std::max<int64_t>(OH, 1));
+  L.plane_stride = (L.BH + L.halo) * L.V;
+  L.chan_stride = L.nplanes * L.plane_stride;
+  for (size_t k = 0; k < taps.size(); ++k) {
+    const Tap& t = taps[k];
+    const int ab = static_cast<int>((t.r % s.sy) * s.sx + t.s % s.sx);
+    L.offs[k] = t.c * L.chan_stride + plane_of[ab] * L.plane_stride + (t.r / s.sy) * L.V +
+                t.s / s.sx;
+  }
+  L.buf_floats = s.C * L.chan_stride + kSlack;
+  return L;
+}
+
+// Fill the band buffer for output rows [i0, i0 + bh). Work-shared (call from every thread).
+void build_band(const Source& s, const Layout& L, int64_t i0, int64_t bh, float* buf) {
+  const int64_t rows = bh + L.halo;
+  const int64_t total = s.C * L.nplanes * rows;
+  const int64_t V = L.V;
+#pragma omp for schedule(static)
+  for (int64_t idx = 0; idx < total; ++idx) {
+    const int64_t t = idx % rows;
+    const int64_t q = idx / rows;
+    const int64_t pl = q % L.nplanes;
+    const int64_t c = q / L.nplanes;
+    const int64_t a = L.plane_ab[pl] / s.sx;
+    const int64_t b = L.plane_ab[pl] % s.sx;
+    float* d = buf + c * L.chan_stride + pl * L.plane_stride + t * V;  // one plane row (V)
+    const int64_t hs = (i0 + t) * s.sy + a - s.py;
+    if (hs < 0 || hs >= s.H) {
+      std::memset(d, 0, sizeof(float) * V);
+      continue;
+    }
+    const float* srow = s.p + c * s.H * s.W + hs * s.W;
+    // valid j: 0 <= j*sx + b - px <= W-1
+    const int64_t off = b - s.px;
+    const int64_t jlo = std::clamp<int64_t>(-floor_div(off, s.sx), 0, V);
+    const int64_t jhi = std::clamp<int64_t>(floor_div(s.W - 1 - off, s.sx) + 1, jlo, V);
+    if (jlo > 0) std::memset(d, 0, sizeof(float) * jlo);
+    if (jhi <= jlo) {
+      // nothing valid in this row
+    } else if (s.sx == 1) {
+      std::memcpy(d + jlo, srow + jlo + off, sizeof(float) * (jhi - jlo));
+    } else if (s.sx == 2) {
+      const float* sp = srow + off;
+      for (int64_t j = jlo; j < jhi; ++j) d[j] = sp[2 * j];
+    } else {
+      for (int64_t j = jlo; j < jhi; ++j) d[j] = srow[j * s.sx + off];
+    }
+    if (jhi < V) std::memset(d + jhi, 0, sizeof(float) * (V - jhi));
+  }
+}
+
+// ------------------------------------------------------------------ GEMM engine (fwd / bwd data)
+struct GemmJob {
+  Source src;
+  const Layout* L = nullptr;
+  const float* A = nullptr;  // packed weights [Mpad/4][Kred][4]
+  int64_t M = 0, Mpad = 0, Kred = 0;
+  float* dst = nullptr;  // output channel 0; grid (i,j) -> dst[m*dcs + (oy0+i*osy)*dW + ox0+j*osx]
+  int64_t dcs = 0, dW = 0, oy0 = 0, ox0 = 0, osy = 1, osx = 1;
+  const float* bias = nullptr;  // [M] or null
+};
+
+// Pack A[m][k] (row stride lda, M rows, Kred columns) into [Mpad/4][Kred][4], zero padded.
+template <class Get>
+void pack_a(int64_t M, int64_t Mpad, int64_t Kred, float* out, Get get) {
+  for (int64_t mb = 0; mb < Mpad / kMR; ++mb)
+    for (int64_t k = 0; k < Kred; ++k)
+      for (int i = 0; i < kMR; ++i) {
+        const int64_t m = mb * kMR + i;
+        out[(mb * Kred + k) * kMR + i] = m < M ? get(m, k) : 0.0f;
+      }
+}
+
+void store_panel(const GemmJob& J, int64_t i0, int64_t f0, int64_t len, const float* Cb) {
+  const Layout& L = *J.L;
+  int64_t t = 0;
+  while (t < len) {
+    const int64_t f = f0 + t, i = f / L.V, j = f % L.V;
+    const int64_t run = std::min(len - t, L.V - j);
+    const int64_t valid = j < L.OW ? std::min(run, L.OW - j) : 0;
+    if (valid > 0) {
+      float* base = J.dst + (J.oy0 + (i0 + i) * J.osy) * J.dW + J.ox0 + j * J.osx;
+      for (int64_t m = 0; m < J.M; ++m) {
+        const float* c = Cb + (m / kMR) * kMR * kNR + (m % kMR) * kNR + t;
+        const float bv = J.bias ? J.bias[m] : 0.0f;
+        float* o = base + m * J.dcs;
+        if (J.osx == 1) {
+          for (int64_t q = 0; q < valid; ++q) o[q] = c[q] + bv;
+        } else {
+          for (int64_t q = 0; q < valid; ++q) o[q * J.osx] = c[q] + bv;
+        }
+      }
+    }
+    t += run;
+  }
+}
+
+// Compute output rows [i0, i0+bh) of the job from a filled band. Work-shared over panels.
+// Bp: [kKCMax][24] packed taps x pixels; Cb: [Mpad/4][4][24] accumulator tiles (thread-private).
+void gemm_band(const GemmJob& J, int64_t i0, int64_t bh, const float* band, float* Bp, float* Cb,
+               const Kernels& kn) {
+  const Layout& L = *J.L;
+  const int64_t nflat = bh * L.V;
+  const int64_t npan = ceil_div(nflat, kNR);
+  const int64_t nkb = J.Kred > 0 ? ceil_div(J.Kred, kKCMax) : 0;
+  const int64_t kcs = nkb > 0 ? ceil_div(J.Kred, nkb) : 0;
+  const int64_t nmb = J.Mpad / kMR;
+  const int64_t* offs = L.offs.data();
+#pragma omp for schedule(static)
+  for (int64_t p = 0; p < npan; ++p) {
+    const int64_t f0 = p * kNR;
+    const int64_t len = std::min<int64_t>(kNR, nflat - f0);
+    if (nkb == 0) std::memset(Cb, 0, sizeof(float) * J.Mpad * kNR);
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      const int64_t k0 = kb * kcs, k1 = std::min(J.Kred, k0 + kcs);
+      const float* src = band + f0;
+      if (len == kNR) {
+        for (int64_t k = k0; k < k1; ++k)
+          std::memcpy(Bp + (k - k0) * kNR, src + offs[k], sizeof(float) * kNR);
+      } else {
+        for (int64_t k = k0; k < k1; ++k) {
+          float* d = Bp + (k - k0) * kNR;
+          std::memcpy(d, src + offs[k], sizeof(float) * len);
+          std::memset(d + len, 0, sizeof(float) * (kNR - len));
+        }
+      }
+      for (int64_t mb = 0; mb < nmb; ++mb)
+        kn.gemm(k1 - k0, J.A + (mb * J.Kred + k0) * kMR, Bp, Cb + mb * kMR * kNR, kb > 0);
+    }
+    store_panel(J, i0, f0, len, Cb);
+  }
+}
+
+// Runs every band of a job (inside a parallel region or serially).
+void run_gemm_job(const GemmJob& J, float* bandbuf, float* Bp, float* Cb, const Kernels& kn) {
+  const Layout& L = *J.L;
+  for (int64_t i0 = 0; i0 < L.OH; i0 += L.BH) {
+    const int64_t bh = std::min(L.BH, L.OH - i0);
+    const float* band;
+    if (L.zero_copy) {
+      band = J.src.p + i0 * J.src.W;
+    } else {
+      build_band(J.src, L, i0, bh, bandbuf);  // ends with a barrier
+      band = bandbuf;
+    }
+    gemm_band(J, i0, bh, band, Bp, Cb, kn);  // ends with a barrier (band reuse)
+  }
+}
+
+bool go_parallel(double flops) { return flops > kParallelFlops && !omp_in_parallel(); }
+
+// ------------------------------------------------------------------ float entry points
+void forward_f32(const ConvGeom& g, const float* x, const float* w, const float* bias, float* y) {
+  const int64_t G = g.groups, Cg = g.C / G, Kg = g.K / G;
+  const int64_t Kred = Cg * g.R * g.S, Mpad = round_up(Kg, kMR);
+  if (g.N * g.K * g.OH * g.OW == 0) return;
+  if (Kred == 0) {  // empty reduction: y = bias
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t k = 0; k < g.K; ++k)
+        std::fill_n(y + (n * g.K + k) * g.OH * g.OW, g.OH * g.OW, bias ? bias[k] : 0.0f);
+    return;
+  }
+  std::vector<Tap> taps;
+  taps.reserve(Kred);
+  for (int64_t c = 0; c < Cg; ++c)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) taps.push_back({c, r, s});
+  Source s0{nullptr, Cg, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w};
+  const Layout L = make_layout(s0, taps, g.OH, g.OW, 0);
+  ABuf<float> A(G * Mpad * Kred);  // packed weights, per group [Mpad/4][Kred][4]
+  for (int64_t gi = 0; gi < G; ++gi) {
+    const float* wg = w + gi * Kg * Kred;
+    pack_a(Kg, Mpad, Kred, A.data() + gi * Mpad * Kred,
+           [&](int64_t m, int64_t k) { return wg[m * Kred + k]; });
+  }
+  ABuf<float> band(L.buf_floats, true);
+  const Kernels& kn = convk::kernels();
+  const double flops = 2.0 * g.N * g.K * Kred * g.OH * g.OW;
+#pragma omp parallel if (go_parallel(flops))
+  {
+    ABuf<float> Bp(kKCMax * kNR), Cb(Mpad * kNR);
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t gi = 0; gi < G; ++gi) {
+        GemmJob J;
+        J.src = s0;
+        J.src.p = x + (n * g.C + gi * Cg) * g.H * g.W;
+        J.L = &L;
+        J.A = A.data() + gi * Mpad * Kred;
+        J.M = Kg, J.Mpad = Mpad, J.Kred = Kred;
+        J.dst = y + (n * g.K + gi * Kg) * g.OH * g.OW;
+        J.dcs = g.OH * g.OW, J.dW = g.OW;
+        J.bias = bias ? bias + gi * Kg : nullptr;
+        run_gemm_job(J, band.data(), Bp.data(), Cb.data(), kn);
+      }
+  }
+}
+
+void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float* gx) {
+  const int64_t G = g.groups, Cg = g.C / G, Kg = g.K / G;
+  const int64_t RS = g.R * g.S, Mpad = round_up(Cg, kMR);
+  const int64_t sh = g.stride_h, sw = g.stride_w;
+  if (g.N * g.C * g.H * g.W == 0) return;
+  // One job description per stride phase (a, b) of gx.
+  struct Phase {
+    int64_t a, b, Ha, Wb;
+    Source s0;
+    std::vector<Tap> taps;
+    std::vector<int64_t> rr, ss;  // weight tap indices per reduction entry (with k)
+    Layout L;
+    int64_t Kred = 0;
+    size_t aoff = 0;  // into packed A (per group block of Mpad*Kred)
+  };
+  std::vector<Phase> phases;
+  size_t afloats = 0;
+  int64_t bandmax = 0;
+  for (int64_t a = 0; a < sh; ++a)
+    for (int64_t b = 0; b < sw; ++b) {
+      Phase P;
+      P.a = a, P.b = b;
+      P.Ha = a < g.H ? ceil_div(g.H - a, sh) : 0;
+      P.Wb = b < g.W ? ceil_div(g.W - b, sw) : 0;
+      if (P.Ha == 0 || P.Wb == 0) continue;
+      std::vector<int64_t> R_, S_, dy, dx;  // taps of this phase and their gy offsets
+      for (int64_t r = 0; r < g.R; ++r)
+        if (((a + g.pad_h - r) % sh + sh) % sh == 0) R_.push_back(r), dy.push_back((a + g.pad_h - r) / sh);
+      for (int64_t s = 0; s < g.S; ++s)
+        if (((b + g.pad_w - s) % sw + sw) % sw == 0) S_.push_back(s), dx.push_back((b + g.pad_w - s) / sw);
+      const int64_t py = R_.empty() ? 0 : -*std::min_element(dy.begin(), dy.end());
+      const int64_t px = S_.empty() ? 0 : -*std::min_element(dx.begin(), dx.end());
+      P.s0 = Source{nullptr, Kg, g.OH, g.OW, 1, 1, py, px};
+      for (int64_t k = 0; k < Kg; ++k)
+        for (size_t ri = 0; ri < R_.size(); ++ri)
+          for (size_t si = 0; si < S_.size(); ++si) {
+            P.taps.push_back({k, dy[ri] + py, dx[si] + px});
+            P.rr.push_back(R_[ri]);
+            P.ss.push_back(S_[si]);
+          }
+      P.Kred = static_cast<int64_t>(P.taps.size());
+      P.L = make_layout(P.s0, P.taps, P.Ha, P.Wb, 0);
+      bandmax = std::max(bandmax, P.L.buf_floats);
+      P.aoff = afloats;
+      afloats += static_cast<size_t>(G * Mpad * P.Kred);
+      phases.push_back(std::move(P));
+    }
+  ABuf<float> A(afloats);
+  for (const Phase& P : phases)
+    for (int64_t gi = 0; gi < G; ++gi) {
+      const float* wg = w + gi * Kg * Cg * RS;  // [Kg][Cg][R][S]
+      pack_a(Cg, Mpad, P.Kred, A.data() + P.aoff + gi * Mpad * P.Kred, [&](int64_t c, int64_t q) {
+        const int64_t k = P.taps[q].c;
+        return wg[(k * Cg + c) * RS + P.rr[q] * g.S + P.ss[q]];
+      });
+    }
+  ABuf<float> band(bandmax, true);
+  const Kernels& kn = convk::kernels();
+  const double flops = 2.0 * g.N * g.K * Cg * RS * g.OH * g.OW;
+#pragma omp parallel if (go_parallel(flops))
+  {
+    ABuf<float> Bp(kKCMax * kNR), Cb(Mpad * kNR);
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t gi = 0; gi < G; ++gi)
+        for (const Phase& P : phases) {
+          GemmJob J;
+          J.src = P.s0;
+          J.src.p = gy + (n * g.K + gi * Kg) * g.OH * g.OW;
+          J.L = &P.L;
+          J.A = A.data() + P.aoff + gi * Mpad * P.Kred;
+          J.M = Cg, J.Mpad = Mpad, J.Kred = P.Kred;
+          J.dst = gx + (n * g.C + gi * Cg) * g.H * g.W;
+          J.dcs = g.H * g.W, J.dW = g.W, J.oy0 = P.a, J.ox0 = P.b, J.osy = sh, J.osx = sw;
+          run_gemm_job(J, band.data(), Bp.data(), Cb.data(), kn);
+        }
+  }
+}
+
+void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, float* gw) {
+  const int64_t G = g.groups, Cg = g.C / G, Kg = g.K / G;
+  const int64_t Kred = Cg * g.R * g.S, Mpad = round_up(Kg, kMR), K3 = round_up(Kred, 3);
+  if (g.K * Kred == 0) return;
+  if (g.N * g.OH * g.OW == 0) {
+    std::fill_n(gw, g.K * Kred, 0.0f);
+    return;
+  }
+  std::vector<Tap> taps;
+  taps.reserve(Kred);
+  for (int64_t c = 0; c < Cg; ++c)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) taps.push_back({c, r, s});
+  Source s0{nullptr, Cg, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w};
+  const Layout L = make_layout(s0, taps, g.OH, g.OW, Mpad * (g.OW + g.S));
+  std::vector<int64_t> offs3(L.offs);  // taps padded to a multiple of 3 with harmless dummies
+  offs3.resize(K3, L.offs[0]);
+  const int64_t gstride = round_up(L.BH * L.V, 8) + 8;  // row pitch of the flat gy band
+  ABuf<float> band(L.buf_floats, true);
+  ABuf<float> gyv(Mpad * gstride, true);  // [Mpad][gstride]: gy rows in the band's flat layout
+  const double flops = 2.0 * g.N * g.K * Kred * g.OH * g.OW;
+  const bool par = go_parallel(flops);
+  const int nth = par ? omp_get_max_threads() : 1;
+  ABuf<double> acc(static_cast<size_t>(nth) * Mpad * K3, true);  // [thread][Mpad][K3]
+  const Kernels& kn = convk::kernels();
+#pragma omp parallel if (par)
+  {
+    const int tid = std::min(omp_get_thread_num(), nth - 1);
+    const int team = omp_get_num_threads();
+    double* my = acc.data() + static_cast<size_t>(tid) * Mpad * K3;
+    float out[12];
+    for (int64_t gi = 0; gi < G; ++gi) {
+      for (int64_t n = 0; n < g.N; ++n) {
+        Source s = s0;
+        s.p = x + (n * g.C + gi * Cg) * g.H * g.W;
+        const float* gyn = gy + (n * g.K + gi * Kg) * g.OH * g.OW;  // [Kg][OH][OW]
+        for (int64_t i0 = 0; i0 < g.OH; i0 += L.BH) {
+          const int64_t bh = std::min(L.BH, g.OH - i0);
+          const float* bandp = L.zero_copy ? s.p + i0 * g.W : band.data();
+          if (!L.zero_copy) build_band(s, L, i0, bh, band.data());
+#pragma omp for schedule(static)
+          for (int64_t m = 0; m < Kg; ++m) {
+            float* d = gyv.data() + m * gstride;
+            for (int64_t t = 0; t < bh; ++t) {
+              std::memcpy(d + t * L.V, gyn + (m * g.OH + i0 + t) * g.OW, sizeof(float) * g.OW);
+              if (L.V > g.OW) std::memset(d + t * L.V + g.OW, 0, sizeof(float) * (L.V - g.OW));
+            }
+          }
+          const int64_t nflat = bh * L.V;
+          const int64_t fl = std::clamp<int64_t>(round_up(ceil_div(nflat, 2 * team), 8), 64,
+                                                 kDotChunk);
+          const int64_t nch = ceil_div(nflat, fl);
+#pragma omp for schedule(static)
+          for (int64_t ch = 0; ch < nch; ++ch) {
+            const int64_t fs = ch * fl, len = std::min(fl, nflat - fs);
+            for (int64_t mb = 0; mb < Mpad / kMR; ++mb) {
+              const float* a = gyv.data() + mb * kMR * gstride + fs;
+              double* accm = my + mb * kMR * K3;
+              for (int64_t tt = 0; tt < K3; tt += 3) {
+                const float* b = bandp + fs;
+                kn.dot(len, a, gstride, b + offs3[tt], b + offs3[tt + 1], b + offs3[tt + 2], out);
+                for (int j = 0; j < 3; ++j)
+                  for (int i = 0; i < kMR; ++i) accm[i * K3 + tt + j] += out[j * kMR + i];
+              }
+            }
+          }
+        }
+      }
+      // Sum the per-thread accumulators of this group into gw, then clear them.
+      float* gwg = gw + gi * Kg * Kred;
+#pragma omp for schedule(static)
+      for (int64_t m = 0; m < Kg; ++m)
+        for (int64_t k = 0; k < Kred; ++k) {
+          double sum = 0.0;
+          for (int t = 0; t < nth; ++t) sum += acc.data()[(static_cast<size_t>(t) * Mpad + m) * K3 + k];
+          gwg[m * Kred + k] = static_cast<float>(sum);
+        }
+      std::fill_n(my, Mpad * K3, 0.0);
+#pragma omp barrier
+    }
+  }
+}
+
+void backward_bias_f32(const ConvGeom& g, const float* gy, float* gb) {
+  const int64_t P = g.OH * g.OW;
+  const bool par = go_parallel(static_cast<double>(g.N) * g.K * P * 8);
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t k = 0; k < g.K; ++k) {
+    double total = 0.0;
+    for (int64_t n = 0; n < g.N; ++n) {
+      const float* p = gy + (n * g.K + k) * P;
+      float part[16] = {};
+      int64_t i = 0;
+      for (; i + 16 <= P; i += 16)
+        for (int q = 0; q < 16; ++q) part[q] += p[i + q];
+      double s = 0.0;
+      for (int q = 0; q < 16; ++q) s += part[q];
+      for (; i < P; ++i) s += p[i];
+      total += s;
+    }
+    gb[k] = static_cast<float>(total);
+  }
+}
+
+// ------------------------------------------------------------------ double reference path
+template <class T>
+void forward_ref(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y) {
+  const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t k = 0; k < g.K; ++k) {
+      const int64_t gi = k / Kg;
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          T s = bias ? bias[k] : T(0);
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t r = 0; r < g.R; ++r) {
+              const int64_t ih = oh * g.stride_h - g.pad_h + r;
+              if (ih < 0 || ih >= g.H) continue;
+              for (int64_t q = 0; q < g.S; ++q) {
+                const int64_t iw = ow * g.stride_w - g.pad_w + q;
+                if (iw < 0 || iw >= g.W) continue;
+                s += x[((n * g.C + gi * Cg + c) * g.H + ih) * g.W + iw] *
+                     w[((k * Cg + c) * g.R + r) * g.S + q];
+              }
+            }
+          y[((n * g.K + k) * g.OH + oh) * g.OW + ow] = s;
+        }
+    }
+}
+
+template <class T>
+void backward_data_ref(const ConvGeom& g, const T* gy, const T* w, T* gx) {
+  const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
+  std::fill_n(gx, g.N * g.C * g.H * g.W, T(0));
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t k = 0; k < g.K; ++k) {
+      const int64_t gi = k / Kg;
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const T v = gy[((n * g.K + k) * g.OH + oh) * g.OW + ow];
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t r = 0; r < g.R; ++r) {
+              const int64_t ih = oh * g.stride_h - g.pad_h + r;
+              if (ih < 0 || ih >= g.H) continue;
+              for (int64_t q = 0; q < g.S; ++q) {
+                const int64_t iw = ow * g.stride_w - g.pad_w + q;
+                if (iw < 0 || iw >= g.W) continue;
+                gx[((n * g.C + gi * Cg + c) * g.H + ih) * g.W + iw] +=
+                    v * w[((k * Cg + c) * g.R + r) * g.S + q];
+              }
+            }
+        }
+    }
+}
+
+template <class T>
+void backward_weight_ref(const ConvGeom& g, const T* gy, const T* x, T* gw) {
+  const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
+  std::fill_n(gw, g.K * Cg * g.R * g.S, T(0));
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t k = 0; k < g.K; ++k) {
+      const int64_t gi = k / Kg;
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const T v = gy[((n * g.K + k) * g.OH + oh) * g.OW + ow];
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t r = 0; r < g.R; ++r) {
+              const int64_t ih = oh * g.stride_h - g.pad_h + r;
+              if (ih < 0 || ih >= g.H) continue;
+              for (int64_t q = 0; q < g.S; ++q) {
+                const int64_t iw = ow * g.stride_w - g.pad_w + q;
+                if (iw < 0 || iw >= g.W) continue;
+                gw[((k * Cg + c) * g.R + r) * g.S + q] +=
+                    v * x[((n * g.C + gi * Cg + c) * g.H + ih) * g.W + iw];
+              }
+            }
+        }
+    }
+}
+
+template <class T>
+void backward_bias_ref(const ConvGeom& g, const T* gy, T* gb) {
+  const int64_t P = g.OH * g.OW;
+  for (int64_t k = 0; k < g.K; ++k) {
+    T s = T(0);
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t i = 0; i < P; ++i) s += gy[(n * g.K + k) * P + i];
+    gb[k] = s;
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ public templates
+template <class T>
+void conv2d_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y) {
+  if constexpr (std::is_same_v<T, float>)
+    forward_f32(g, x, w, bias, y);
+  else
+    forward_ref(g, x, w, bias, y);
+}
+
+template <class T>
+void conv2d_backward_data(const ConvGeom& g, const T* gy, const T* w, T* gx) {
+  if constexpr (std::is_same_v<T, float>)
+    backward_data_f32(g, gy, w, gx);
+  else
+    backward_data_ref(g, gy, w, gx);
+}
+
+template <class T>
+void conv2d_backward_weight(const ConvGeom& g, const T* gy, const T* x, T* gw) {
+  if constexpr (std::is_same_v<T, float>)
+    backward_weight_f32(g, gy, x, gw);
+  else
+    backward_weight_ref(g, gy, x, gw);
+}
+
+template <class T>
+void conv2d_backward_bias(const ConvGeom& g, const T* gy, T* gb) {
+  if constexpr (std::is_same_v<T, float>)
+    backward_bias_f32(g, gy, gb);
+  else
+    backward_bias_ref(g, gy, gb);
+}
+
+template void conv2d_forward<float>(const ConvGeom&, const float*, const float*, const float*,
+                                    float*);
+template void conv2d_forward<double>(const ConvGeom&, const double*, const double*,
+                                     const double*, double*);
+template void conv2d_backward_data<float>(const ConvGeom&, const float*, const float*, float*);
+template void conv2d_backward_data<double>(const ConvGeom&, const double*, const double*,
+                                           double*);
+template void conv2d_backward_weight<float>(const ConvGeom&, const float*, const float*, float*);
+template void conv2d_backward_weight<double>(const ConvGeom&, const double*, const double*,
+                                             double*);
+template void conv2d_backward_bias<float>(const ConvGeom&, const float*, float*);
+template void conv2d_backward_bias<double>(const ConvGeom&, const double*, double*);
+
+}  // namespace st::cpu

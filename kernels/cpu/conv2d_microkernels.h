@@ -1,0 +1,201 @@
+// Private header of kernels/cpu/conv2d.cpp: the register-blocked float micro-kernels used by the
+// fast conv2d path, in an AVX2+FMA flavour (compiled with a target attribute, so the translation
+// unit itself needs no -mavx2) and a portable fallback, plus the run-time selection between them.
+//
+//  * gemm 4x24: C[4][24] (+)= A[kc][4]^T * B[kc][24]   (A and B packed, 32-byte aligned, C aligned)
+//      12 ymm accumulators, 3 B loads + 4 broadcasts per 12 FMAs.
+//  * dot 4x3:  out[j][i] = sum_t a[i*lda + t] * b_j[t],  i < 4, j < 3   (any alignment, any n)
+//      reductions along the pixel axis for the weight gradient; 12 ymm accumulators.
+#pragma once
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define ST_CONV_HAVE_X86 1
+#else
+#define ST_CONV_HAVE_X86 0
+#endif
+
+namespace st::cpu::convk {
+
+constexpr int kMR = 4;   // rows of the GEMM micro-tile (output channels)
+constexpr int kNR = 24;  // columns of the GEMM micro-tile (pixels)
+
+// C (4x24, row-major, 32-byte aligned) = (acc ? C : 0) + sum_k A[k][0..3] (x) B[k][0..23]
+using GemmFn = void (*)(int64_t kc, const float* A, const float* B, float* C, bool acc);
+// out[j*4 + i] = sum_{t<n} a[i*lda + t] * bj[t]
+using DotFn = void (*)(int64_t n, const float* a, int64_t lda, const float* b0, const float* b1,
+                       const float* b2, float* out);
+
+// ---------------------------------------------------------------- portable fallback
+inline void gemm_4x24_generic(int64_t kc, const float* A, const float* B, float* C, bool acc) {
+  float c[kMR][kNR];
+  for (int i = 0; i < kMR; ++i)
+    for (int j = 0; j < kNR; ++j) c[i][j] = acc ? C[i * kNR + j] : 0.0f;
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* b = B + k * kNR;
+    for (int i = 0; i < kMR; ++i) {
+      const float a = A[k * kMR + i];
+      for (int j = 0; j < kNR; ++j) c[i][j] += a * b[j];
+    }
+  }
+  for (int i = 0; i < kMR; ++i)
+    for (int j = 0; j < kNR; ++j) C[i * kNR + j] = c[i][j];
+}
+
+inline void dot_4x3_generic(int64_t n, const float* a, int64_t lda, const float* b0,
+                            const float* b1, const float* b2, float* out) {
+  const float* b[3] = {b0, b1, b2};
+  for (int j = 0; j < 3; ++j)
+    for (int i = 0; i < 4; ++i) {
+      // 8 partial sums so that the compiler can vectorise without reassociation flags.
+      float p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      const float* ai = a + i * lda;
+      const float* bj = b[j];
+      int64_t t = 0;
+      for (; t + 8 <= n; t += 8)
+        for (int q = 0; q < 8; ++q) p[q] += ai[t + q] * bj[t + q];
+      float s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+      for (; t < n; ++t) s += ai[t] * bj[t];
+      out[j * 4 + i] = s;
+    }
+}
+
+#if ST_CONV_HAVE_X86
+// ---------------------------------------------------------------- AVX2 + FMA
+#define ST_AVX2 __attribute__((target("avx2,fma")))
+
+ST_AVX2 inline void gemm_4x24_avx2(int64_t kc, const float* __restrict A,
+                                   const float* __restrict B, float* __restrict C, bool acc) {
+  __m256 c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32;
+  if (acc) {
+    c00 = _mm256_load_ps(C + 0), c01 = _mm256_load_ps(C + 8), c02 = _mm256_load_ps(C + 16);
+    c10 = _mm256_load_ps(C + 24), c11 = _mm256_load_ps(C + 32), c12 = _mm256_load_ps(C + 40);
+    c20 = _mm256_load_ps(C + 48), c21 = _mm256_load_ps(C + 56), c22 = _mm256_load_ps(C + 64);
+    c30 = _mm256_load_ps(C + 72), c31 = _mm256_load_ps(C + 80), c32 = _mm256_load_ps(C + 88);
+  } else {
+    c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = c30 = c31 = c32 = _mm256_setzero_ps();
+  }
+#define ST_GEMM_STEP(k)                                                       \
+  {                                                                           \
+    const __m256 b0 = _mm256_load_ps(B + (k) * 24);                           \
+    const __m256 b1 = _mm256_load_ps(B + (k) * 24 + 8);                       \
+    const __m256 b2 = _mm256_load_ps(B + (k) * 24 + 16);                      \
+    __m256 a = _mm256_broadcast_ss(A + (k) * 4 + 0);                          \
+    c00 = _mm256_fmadd_ps(a, b0, c00);                                        \
+    c01 = _mm256_fmadd_ps(a, b1, c01);                                        \
+    c02 = _mm256_fmadd_ps(a, b2, c02);                                        \
+    a = _mm256_broadcast_ss(A + (k) * 4 + 1);                                 \
+    c10 = _mm256_fmadd_ps(a, b0, c10);                                        \
+    c11 = _mm256_fmadd_ps(a, b1, c11);                                        \
+    c12 = _mm256_fmadd_ps(a, b2, c12);                                        \
+    a = _mm256_broadcast_ss(A + (k) * 4 + 2);                                 \
+    c20 = _mm256_fmadd_ps(a, b0, c20);                                        \
+    c21 = _mm256_fmadd_ps(a, b1, c21);                                        \
+    c22 = _mm256_fmadd_ps(a, b2, c22);                                        \
+    a = _mm256_broadcast_ss(A + (k) * 4 + 3);                                 \
+    c30 = _mm256_fmadd_ps(a, b0, c30);                                        \
+    c31 = _mm256_fmadd_ps(a, b1, c31);                                        \
+    c32 = _mm256_fmadd_ps(a, b2, c32);                                        \
+  }
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    ST_GEMM_STEP(0) ST_GEMM_STEP(1) ST_GEMM_STEP(2) ST_GEMM_STEP(3)
+    A += 16;
+    B += 96;
+  }
+  for (; k < kc; ++k) {
+    ST_GEMM_STEP(0)
+    A += 4;
+    B += 24;
+  }
+#undef ST_GEMM_STEP
+  _mm256_store_ps(C + 0, c00), _mm256_store_ps(C + 8, c01), _mm256_store_ps(C + 16, c02);
+  _mm256_store_ps(C + 24, c10), _mm256_store_ps(C + 32, c11), _mm256_store_ps(C + 40, c12);
+  _mm256_store_ps(C + 48, c20), _mm256_store_ps(C + 56, c21), _mm256_store_ps(C + 64, c22);
+  _mm256_store_ps(C + 72, c30), _mm256_store_ps(C + 80, c31), _mm256_store_ps(C + 88, c32);
+}
+
+// Sums of 4 vectors: result lane i = horizontal sum of v_i.
+ST_AVX2 inline __m128 hsum4_avx2(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+  const __m256 s01 = _mm256_hadd_ps(v0, v1);
+  const __m256 s23 = _mm256_hadd_ps(v2, v3);
+  const __m256 s = _mm256_hadd_ps(s01, s23);
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+ST_AVX2 inline void dot_4x3_avx2(int64_t n, const float* __restrict a, int64_t lda,
+                                 const float* __restrict b0, const float* __restrict b1,
+                                 const float* __restrict b2, float* __restrict out) {
+  __m256 c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32;
+  c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = c30 = c31 = c32 = _mm256_setzero_ps();
+  const float* a0 = a;
+  const float* a1 = a + lda;
+  const float* a2 = a + 2 * lda;
+  const float* a3 = a + 3 * lda;
+  int64_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    const __m256 x0 = _mm256_loadu_ps(b0 + t);
+    const __m256 x1 = _mm256_loadu_ps(b1 + t);
+    const __m256 x2 = _mm256_loadu_ps(b2 + t);
+    __m256 g = _mm256_loadu_ps(a0 + t);
+    c00 = _mm256_fmadd_ps(g, x0, c00);
+    c01 = _mm256_fmadd_ps(g, x1, c01);
+    c02 = _mm256_fmadd_ps(g, x2, c02);
+    g = _mm256_loadu_ps(a1 + t);
+    c10 = _mm256_fmadd_ps(g, x0, c10);
+    c11 = _mm256_fmadd_ps(g, x1, c11);
+    c12 = _mm256_fmadd_ps(g, x2, c12);
+    g = _mm256_loadu_ps(a2 + t);
+    c20 = _mm256_fmadd_ps(g, x0, c20);
+    c21 = _mm256_fmadd_ps(g, x1, c21);
+    c22 = _mm256_fmadd_ps(g, x2, c22);
+    g = _mm256_loadu_ps(a3 + t);
+    c30 = _mm256_fmadd_ps(g, x0, c30);
+    c31 = _mm256_fmadd_ps(g, x1, c31);
+    c32 = _mm256_fmadd_ps(g, x2, c32);
+  }
+  __m128 s0 = hsum4_avx2(c00, c10, c20, c30);
+  __m128 s1 = hsum4_avx2(c01, c11, c21, c31);
+  __m128 s2 = hsum4_avx2(c02, c12, c22, c32);
+  _mm_storeu_ps(out + 0, s0);
+  _mm_storeu_ps(out + 4, s1);
+  _mm_storeu_ps(out + 8, s2);
+  for (; t < n; ++t) {
+    const float x[3] = {b0[t], b1[t], b2[t]};
+    const float g[4] = {a0[t], a1[t], a2[t], a3[t]};
+    for (int j = 0; j < 3; ++j)
+      for (int i = 0; i < 4; ++i) out[j * 4 + i] += g[i] * x[j];
+  }
+}
+#undef ST_AVX2
+#endif  // ST_CONV_HAVE_X86
+
+struct Kernels {
+  GemmFn gemm;
+  DotFn dot;
+  bool avx2;
+};
+
+// Chosen once per process: AVX2+FMA when the CPU has it, unless the environment variable
+// ST_CONV_FORCE_GENERIC is set to a non-empty value other than "0" (used to test the fallback).
+inline const Kernels& kernels() {
+  static const Kernels k = [] {
+    Kernels r{&gemm_4x24_generic, &dot_4x3_generic, false};
+    const char* force = std::getenv("ST_CONV_FORCE_GENERIC");
+    const bool forced = force && *force && std::strcmp(force, "0") != 0;
+#if ST_CONV_HAVE_X86
+    __builtin_cpu_init();
+    if (!forced && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      r = Kernels{&gemm_4x24_avx2, &dot_4x3_avx2, true};
+#else
+    (void)forced;
+#endif
+    return r;
+  }();
+  return k;
+}
+
+}  // namespace st::cpu::convk

@@ -1,0 +1,43 @@
+// Adam and zero_grad.
+#include "nn/optim.h"
+
+#include "tensor/autograd.h"
+
+namespace st::nn {
+
+void zero_grad(const std::vector<Tensor>& params) {
+  for (const Tensor& p : params) const_cast<Tensor&>(p).set_grad(Tensor());
+}
+
+Adam::Adam(std::vector<Tensor> params, Options opt) : params_(std::move(params)), opt_(opt) {
+  ST_CHECK(opt.lr >= 0, "Adam: learning rate must be >= 0, got ", opt.lr);
+  ST_CHECK(opt.beta1 >= 0 && opt.beta1 < 1 && opt.beta2 >= 0 && opt.beta2 < 1,
+           "Adam: betas must be in [0, 1)");
+  ST_CHECK(opt.eps >= 0, "Adam: eps must be >= 0");
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Tensor& p = params_[i];
+    ST_CHECK(p.defined() && p.is_leaf() && p.requires_grad(), "Adam: parameter ", i,
+             " (", p.defined() ? p.name() : std::string("undefined"),
+             ") must be a leaf that requires a gradient");
+    ST_CHECK(p.is_contiguous(), "Adam: parameter ", i, " must be contiguous");
+    m_.push_back(Tensor::zeros(p.shape(), p.dtype(), p.device()));
+    v_.push_back(Tensor::zeros(p.shape(), p.dtype(), p.device()));
+    t_.push_back(0);
+  }
+}
+
+void Adam::step() {
+  NoGradGuard ng;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor g = params_[i].grad();
+    if (!g.defined()) continue;
+    ST_CHECK(g.dtype() == params_[i].dtype() && g.device() == params_[i].device(),
+             "Adam: gradient of parameter ", i, " is ", g.str(), " but the parameter is ",
+             params_[i].str());
+    g = g.contiguous();
+    AdamParams ap{opt_.lr, opt_.beta1, opt_.beta2, opt_.eps, ++t_[i]};
+    backend_for(params_[i].device()).adam_step(params_[i], g, m_[i], v_[i], ap);
+  }
+}
+
+}  // namespace st::nn

@@ -1,0 +1,140 @@
+// The backend seam: the one place where work is handed to a device.
+//
+// A Backend owns memory for its device type and runs the kernels of every op. The op layer
+// (tensor/ops.h) validates arguments, allocates outputs on the inputs' device and calls
+// `backend_for(device).<kernel>(...)`. Nothing outside kernels/ knows which backends exist:
+// the CPU backend is always linked in; the CUDA backend registers itself when it is built.
+//
+// Kernel contracts: every tensor argument is on this backend's device and has the op's dtype.
+// Inputs are contiguous unless the kernel says "any layout"; outputs are preallocated,
+// contiguous, and fully overwritten. A kernel a backend lacks throws st::Error naming the
+// kernel and the backend (the base-class default).
+#pragma once
+#include <memory>
+
+#include "tensor/tensor.h"
+
+namespace st {
+
+enum class UnaryOp { Relu, Sigmoid, Scale, AddScalar };
+enum class BinaryOp { Add, Mul };
+
+struct Conv2dParams {
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  int64_t groups = 1;
+  int64_t output_pad_h = 0, output_pad_w = 0;  // conv_transpose2d only
+};
+
+struct Pool2dParams {
+  int64_t kernel_h = 2, kernel_w = 2;
+  int64_t stride_h = 2, stride_w = 2;
+  int64_t pad_h = 0, pad_w = 0;
+};
+
+struct AdamParams {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  int64_t step = 1;  // the step being taken (1-based), for bias correction
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // ---- memory ----
+  virtual void* allocate(size_t nbytes, int device_index) = 0;
+  virtual void deallocate(void* ptr, size_t nbytes, int device_index) noexcept = 0;
+  // Copies bytes where at least one side is on this backend's device.
+  virtual void memcpy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n) = 0;
+  virtual void synchronize() {}
+
+  // ---- layout ----
+  virtual void fill(Tensor& dst, double value);
+  // dst = src elementwise; same shape; ANY layout on both sides; dtype conversion allowed.
+  virtual void copy(const Tensor& src, Tensor& dst);
+
+  // ---- elementwise ----
+  virtual void unary(UnaryOp op, const Tensor& x, Tensor& y, double alpha);
+  // gx = gy * f'(.) where `saved` is the op's output (relu, sigmoid) or unused (scale).
+  virtual void unary_backward(UnaryOp op, const Tensor& gy, const Tensor& saved, Tensor& gx,
+                              double alpha);
+  // out = a op b. a and b: ANY layout, already broadcast to out's shape (stride-0 dims).
+  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out);
+  // out = sum of x over the dims where out (same rank) has size 1.
+  virtual void sum_to(const Tensor& x, Tensor& out);
+
+  // ---- convolution ----
+  virtual void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias,
+                              const Conv2dParams& p, Tensor& y);
+  virtual void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dParams& p,
+                                    Tensor& gx);
+  virtual void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dParams& p,
+                                      Tensor& gw);
+  virtual void conv2d_backward_bias(const Tensor& gy, Tensor& gb);
+  // w: (C_in, C_out/groups, kh, kw), as in PyTorch.
+  virtual void conv_transpose2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias,
+                                        const Conv2dParams& p, Tensor& y);
+
+  // ---- normalisation ----
+  // Batch statistics over (N, H, W) per channel; biased variance. Writes mean and invstd (C).
+  virtual void batch_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                  double eps, Tensor& y, Tensor& mean, Tensor& invstd);
+  // Gradients through batch statistics. Any of gx/ggamma/gbeta may be null (not needed).
+  virtual void batch_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& gamma,
+                                   const Tensor& mean, const Tensor& invstd, Tensor* gx,
+                                   Tensor* ggamma, Tensor* gbeta);
+  // Frozen mode: y = (x - mean) * invstd * gamma + beta with given per-channel statistics.
+  virtual void batch_norm_frozen_forward(const Tensor& x, const Tensor& gamma,
+                                         const Tensor& beta, const Tensor& mean,
+                                         const Tensor& invstd, Tensor& y);
+  virtual void batch_norm_frozen_backward(const Tensor& gy, const Tensor& x, const Tensor& gamma,
+                                          const Tensor& mean, const Tensor& invstd, Tensor* gx,
+                                          Tensor* ggamma, Tensor* gbeta);
+
+  // ---- resampling and pooling (NCHW; output size taken from y / gy) ----
+  virtual void resize_bilinear_forward(const Tensor& x, Tensor& y);
+  virtual void resize_bilinear_backward(const Tensor& gy, Tensor& gx);
+  virtual void resize_nearest_forward(const Tensor& x, Tensor& y);
+  virtual void resize_nearest_backward(const Tensor& gy, Tensor& gx);
+  // indices: i64, same shape as y, flat index into the (H*W) plane of x.
+  virtual void max_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y,
+                                  Tensor& indices);
+  virtual void max_pool2d_backward(const Tensor& gy, const Tensor& indices, Tensor& gx);
+
+  // ---- channel-wise softmax family and losses ----
+  virtual void softmax_channels(const Tensor& x, bool log, Tensor& y);
+  virtual void softmax_channels_backward(const Tensor& gy, const Tensor& y, bool log, Tensor& gx);
+  // loss (scalar, shape {}) = -mean_p(weight[p] * log_softmax(logits)[target[p], p]).
+  // target: i64 (N,H,W) in [0, C); weight: (N,H,W) same dtype as logits.
+  virtual void weighted_cross_entropy_forward(const Tensor& logits, const Tensor& target,
+                                              const Tensor& weight, Tensor& loss);
+  // glogits = gloss * d loss / d logits; gloss is a one-element tensor.
+  virtual void weighted_cross_entropy_backward(const Tensor& gloss, const Tensor& logits,
+                                               const Tensor& target, const Tensor& weight,
+                                               Tensor& glogits);
+  virtual void argmax_channels(const Tensor& x, Tensor& out);  // out: i64 (N,H,W)
+
+  // ---- dense algebra ----
+  // out (M,N) = op(a) @ op(b) where op transposes when asked; a, b: 2-D, ANY strides.
+  virtual void matmul(const Tensor& a, const Tensor& b, Tensor& out);
+  virtual void sum_all(const Tensor& x, Tensor& out);  // out: one element
+
+  // ---- optimizer ----
+  // One Adam step (PyTorch semantics, bias-corrected) on contiguous param/grad/m/v.
+  virtual void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                         const AdamParams& p);
+
+ protected:
+  [[noreturn]] void unsupported(const char* kernel) const;
+};
+
+// The backend that runs work for `device`. Throws st::Error when that backend was not built
+// or the device does not exist.
+Backend& backend_for(Device device);
+// Called by a backend's static registration.
+void register_backend(DeviceType type, Backend* backend);
+// True when a usable device of this type exists (e.g. a CUDA GPU).
+bool device_available(DeviceType type);
+
+}  // namespace st

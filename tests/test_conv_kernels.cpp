@@ -1,0 +1,263 @@
+// Standalone tests of the CPU conv2d kernels (kernels/cpu/conv2d.h): the fast float path and the
+// double reference path against naive double loops written here, for forward, backward-data,
+// backward-weight and backward-bias over many shapes (odd sizes, 1x1 spatial input, 3x3 / 1x3 /
+// 3x1 / 1x1 / 5x5 kernels, strides 1/2/3, paddings 0/1/2 incl. asymmetric ones, groups 1/2/C,
+// batch 1 and 3, channel counts that are not multiples of 8). Outputs are pre-filled with NaN to
+// check that every element is overwritten.
+//
+// Tolerances (per output element, against the double reference value `ref`, with `abs` = the
+// same reduction computed on |operands|, i.e. sum of |terms|, and L = the reduction length):
+//   float path:  |got - ref| <= 2 * L * u * abs + 1e-30,  u = 2^-24 (unit roundoff).
+//                This is the classical worst-case bound for a float sum of L products in any
+//                order (gamma_L); a missing or duplicated tap produces an error ~abs/L and is
+//                caught for every L used here (L <= a few thousand).
+//   double path: |got - ref| <= 1e-12 * abs + 1e-300   (same loops up to summation order).
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/conv2d.h"
+
+using st::cpu::ConvGeom;
+
+namespace {
+
+struct Shape {
+  int64_t N, C, H, W, K, R, S, sh, sw, ph, pw, groups;
+};
+
+ConvGeom geom_of(const Shape& s) {
+  ConvGeom g;
+  g.N = s.N, g.C = s.C, g.H = s.H, g.W = s.W, g.K = s.K, g.R = s.R, g.S = s.S;
+  g.stride_h = s.sh, g.stride_w = s.sw, g.pad_h = s.ph, g.pad_w = s.pw, g.groups = s.groups;
+  g.OH = (s.H + 2 * s.ph - s.R) / s.sh + 1;
+  g.OW = (s.W + 2 * s.pw - s.S) / s.sw + 1;
+  return g;
+}
+
+std::string describe(const Shape& s) {
+  std::ostringstream o;
+  o << "N" << s.N << " C" << s.C << " " << s.H << "x" << s.W << " K" << s.K << " k" << s.R << "x"
+    << s.S << " s" << s.sh << "," << s.sw << " p" << s.ph << "," << s.pw << " g" << s.groups;
+  return o.str();
+}
+
+// ---- naive double references (direct loops over every term) ----
+void naive_forward(const ConvGeom& g, const std::vector<double>& x, const std::vector<double>& w,
+                   const std::vector<double>* b, std::vector<double>& y) {
+  const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
+  y.assign(g.N * g.K * g.OH * g.OW, 0.0);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t k = 0; k < g.K; ++k)
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          double s = b ? (*b)[k] : 0.0;
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t r = 0; r < g.R; ++r)
+              for (int64_t q = 0; q < g.S; ++q) {
+                const int64_t ih = oh * g.stride_h - g.pad_h + r;
+                const int64_t iw = ow * g.stride_w - g.pad_w + q;
+                if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                s += x[((n * g.C + (k / Kg) * Cg + c) * g.H + ih) * g.W + iw] *
+                     w[((k * Cg + c) * g.R + r) * g.S + q];
+              }
+          y[((n * g.K + k) * g.OH + oh) * g.OW + ow] = s;
+        }
+}
+
+// gx and gw from the same term loop: term(n,k,oh,ow,c,r,q) = gy * w  (-> gx) and gy * x (-> gw).
+void naive_backward(const ConvGeom& g, const std::vector<double>& gy, const std::vector<double>& x,
+                    const std::vector<double>& w, std::vector<double>& gx,
+                    std::vector<double>& gw) {
+  const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
+  gx.assign(g.N * g.C * g.H * g.W, 0.0);
+  gw.assign(g.K * Cg * g.R * g.S, 0.0);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t k = 0; k < g.K; ++k)
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const double v = gy[((n * g.K + k) * g.OH + oh) * g.OW + ow];
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t r = 0; r < g.R; ++r)
+              for (int64_t q = 0; q < g.S; ++q) {
+                const int64_t ih = oh * g.stride_h - g.pad_h + r;
+                const int64_t iw = ow * g.stride_w - g.pad_w + q;
+                if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                const int64_t xi = ((n * g.C + (k / Kg) * Cg + c) * g.H + ih) * g.W + iw;
+                const int64_t wi = ((k * Cg + c) * g.R + r) * g.S + q;
+                gx[xi] += v * w[wi];
+                gw[wi] += v * x[xi];
+              }
+        }
+}
+
+void naive_bias(const ConvGeom& g, const std::vector<double>& gy, std::vector<double>& gb) {
+  gb.assign(g.K, 0.0);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t k = 0; k < g.K; ++k)
+      for (int64_t i = 0; i < g.OH * g.OW; ++i) gb[k] += gy[(n * g.K + k) * g.OH * g.OW + i];
+}
+
+std::vector<double> absv(const std::vector<double>& v) {
+  std::vector<double> r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) r[i] = std::fabs(v[i]);
+  return r;
+}
+
+template <class T>
+std::vector<T> cast(const std::vector<double>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+// Checks got against ref with bound rel * abs + floor; reports the worst element.
+template <class T>
+void check_close(const char* what, const std::vector<T>& got, const std::vector<double>& ref,
+                 const std::vector<double>& abs, double rel, double floor) {
+  REQUIRE(got.size() == ref.size());
+  double worst = 0.0;  // max of err / allowed
+  size_t worst_i = 0;
+  bool all_finite = true;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double gv = static_cast<double>(got[i]);
+    if (!std::isfinite(gv)) {
+      all_finite = false;
+      worst_i = i;
+      break;
+    }
+    const double ratio = std::fabs(gv - ref[i]) / (rel * abs[i] + floor);
+    if (ratio > worst) worst = ratio, worst_i = i;
+  }
+  INFO(what << ": worst element " << worst_i << " got " << static_cast<double>(got[worst_i])
+            << " ref " << ref[worst_i] << " abs " << abs[worst_i] << " (err/allowed " << worst
+            << ")");
+  CHECK(all_finite);
+  CHECK(worst <= 1.0);
+}
+
+constexpr double kU = 1.0 / 16777216.0;  // float unit roundoff 2^-24
+
+template <class T>
+void run_case(const Shape& s, bool with_bias) {
+  const ConvGeom g = geom_of(s);
+  const int64_t Cg = g.C / g.groups;
+  INFO(describe(s) << " -> " << g.OH << "x" << g.OW << (with_bias ? " bias" : " no-bias")
+                   << (sizeof(T) == 4 ? " float" : " double"));
+  REQUIRE(g.OH >= 1);
+  REQUIRE(g.OW >= 1);
+  std::mt19937 rng(static_cast<uint32_t>(s.C * 131 + s.K * 7 + s.H * 3 + s.W + s.R * 17 + s.S));
+  std::uniform_real_distribution<float> U(-1.0f, 1.0f);
+  auto rnd = [&](int64_t n) {  // values exactly representable in float
+    std::vector<double> v(n);
+    for (auto& e : v) e = U(rng);
+    return v;
+  };
+  const auto x = rnd(g.N * g.C * g.H * g.W);      // (N,C,H,W)
+  const auto w = rnd(g.K * Cg * g.R * g.S);        // (K,C/groups,R,S)
+  const auto b = rnd(g.K);                         // (K)
+  const auto gy = rnd(g.N * g.K * g.OH * g.OW);    // (N,K,OH,OW)
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+
+  const bool is_float = sizeof(T) == 4;
+  // Reduction lengths: forward C/g*R*S (+bias), backward-data K/g*R*S, backward-weight N*OH*OW,
+  // bias N*OH*OW.
+  const double Lf = static_cast<double>(Cg * g.R * g.S + 1);
+  const double Ld = static_cast<double>((g.K / g.groups) * g.R * g.S);
+  const double Lw = static_cast<double>(g.N * g.OH * g.OW);
+  auto rel = [&](double L) { return is_float ? 2.0 * L * kU : 1e-12; };
+  const double fl = is_float ? 1e-30 : 1e-300;
+
+  // forward
+  {
+    std::vector<double> ref, abs;
+    naive_forward(g, x, w, with_bias ? &b : nullptr, ref);
+    const auto ab = absv(b);
+    naive_forward(g, absv(x), absv(w), with_bias ? &ab : nullptr, abs);
+    const auto xt = cast<T>(x), wt = cast<T>(w), bt = cast<T>(b);
+    std::vector<T> y(ref.size(), nan);
+    st::cpu::conv2d_forward<T>(g, xt.data(), wt.data(), with_bias ? bt.data() : nullptr, y.data());
+    check_close("forward", y, ref, abs, rel(Lf), fl);
+  }
+  // backward data + weight
+  {
+    std::vector<double> rgx, rgw, agx, agw;
+    naive_backward(g, gy, x, w, rgx, rgw);
+    naive_backward(g, absv(gy), absv(x), absv(w), agx, agw);
+    const auto xt = cast<T>(x), wt = cast<T>(w), gyt = cast<T>(gy);
+    std::vector<T> gx(rgx.size(), nan), gw(rgw.size(), nan);
+    st::cpu::conv2d_backward_data<T>(g, gyt.data(), wt.data(), gx.data());
+    check_close("backward_data", gx, rgx, agx, rel(Ld), fl);
+    st::cpu::conv2d_backward_weight<T>(g, gyt.data(), xt.data(), gw.data());
+    check_close("backward_weight", gw, rgw, agw, rel(Lw), fl);
+  }
+  // bias
+  {
+    std::vector<double> ref, abs;
+    naive_bias(g, gy, ref);
+    naive_bias(g, absv(gy), abs);
+    const auto gyt = cast<T>(gy);
+    std::vector<T> gb(ref.size(), nan);
+    st::cpu::conv2d_backward_bias<T>(g, gyt.data(), gb.data());
+    check_close("backward_bias", gb, ref, abs, rel(Lw), fl);
+  }
+}
+
+// N, C, H, W, K, R, S, sh, sw, ph, pw, groups
+const std::vector<Shape> kSmallShapes = {
+    {1, 3, 7, 5, 8, 3, 3, 1, 1, 1, 1, 1},       // odd sizes, 3x3
+    {3, 5, 13, 11, 17, 3, 3, 2, 2, 1, 1, 1},    // batch 3, stride 2
+    {1, 17, 13, 11, 33, 1, 3, 1, 1, 0, 1, 1},   // 1x3, pad (0,1)
+    {1, 17, 13, 11, 9, 3, 1, 1, 1, 1, 0, 1},    // 3x1, pad (1,0)
+    {3, 33, 7, 5, 5, 1, 1, 1, 1, 0, 0, 1},      // 1x1 stride 1 (reads the source directly)
+    {1, 8, 13, 11, 16, 1, 1, 2, 2, 0, 0, 1},    // 1x1 stride 2
+    {1, 5, 1, 1, 7, 3, 3, 1, 1, 1, 1, 1},       // 1x1 spatial input, 3x3
+    {3, 3, 1, 1, 4, 1, 1, 1, 1, 0, 0, 1},       // 1x1 spatial input, 1x1
+    {1, 3, 1, 1, 5, 3, 3, 2, 2, 1, 1, 1},       // 1x1 spatial input, stride 2
+    {1, 6, 17, 19, 10, 5, 5, 1, 1, 2, 2, 2},    // 5x5, groups 2
+    {3, 4, 13, 11, 6, 5, 5, 2, 2, 2, 2, 2},     // 5x5 stride 2, groups 2
+    {1, 17, 11, 13, 17, 3, 3, 1, 1, 1, 1, 17},  // depthwise
+    {3, 33, 9, 10, 33, 3, 3, 2, 2, 1, 1, 33},   // depthwise stride 2
+    {1, 5, 16, 17, 7, 3, 3, 3, 3, 1, 1, 1},     // stride 3
+    {1, 3, 8, 8, 5, 3, 3, 2, 2, 0, 0, 1},       // stride 2 pad 0: last input row/col unused
+    {1, 4, 9, 7, 6, 1, 3, 1, 1, 0, 0, 1},       // 1x3 without padding
+    {1, 5, 7, 6, 3, 3, 3, 1, 1, 2, 2, 1},       // pad 2 with a 3x3 kernel
+    {1, 4, 5, 5, 3, 1, 1, 1, 1, 1, 1, 1},       // 1x1 with pad 1
+    {1, 6, 9, 8, 5, 1, 3, 2, 1, 0, 1, 1},       // 1x3, stride (2,1)
+    {3, 5, 11, 9, 33, 3, 1, 1, 2, 1, 0, 1},     // 3x1, stride (1,2)
+    {1, 33, 6, 7, 17, 3, 3, 1, 1, 1, 1, 1},     // C=33, K=17
+};
+
+// Big enough to run on all threads, with several bands and several KC blocks.
+const std::vector<Shape> kLargeShapes = {
+    {1, 32, 90, 160, 32, 3, 3, 1, 1, 1, 1, 1},   // out_conv-like, several bands
+    {1, 64, 23, 40, 128, 3, 3, 2, 2, 1, 1, 1},   // enc3-like, Kred = 576 (3 KC blocks)
+    {3, 17, 30, 31, 33, 3, 3, 1, 1, 1, 1, 1},    // batch 3, parallel
+    {1, 32, 45, 80, 9, 1, 1, 1, 1, 0, 0, 1},     // 1x1 32->9 (zero-copy source)
+    {1, 64, 45, 80, 64, 1, 3, 1, 1, 0, 1, 1},    // 1x3 64->64
+    {1, 8, 90, 160, 64, 1, 1, 2, 2, 0, 0, 1},    // 1x1 stride 2
+};
+
+}  // namespace
+
+TEST_CASE("conv2d float fast path matches naive double reference (small shapes)", "[conv]") {
+  for (const Shape& s : kSmallShapes) {
+    run_case<float>(s, true);
+    run_case<float>(s, false);
+  }
+}
+
+TEST_CASE("conv2d float fast path matches naive double reference (threaded shapes)", "[conv]") {
+  for (const Shape& s : kLargeShapes) run_case<float>(s, true);
+}
+
+TEST_CASE("conv2d double path matches naive double reference", "[conv]") {
+  for (const Shape& s : kSmallShapes) {
+    run_case<double>(s, true);
+    run_case<double>(s, false);
+  }
+}

@@ -1,0 +1,113 @@
+// Helpers shared by the tests: skipping, tolerance comparison, finite differences.
+#pragma once
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include "tensor/autograd.h"
+#include "tensor/ops.h"
+
+namespace st::test {
+
+// Reports the current test as skipped. Under ctest (which sets ST_SKIP_EXIT=1) the process
+// exits with code 77, which ctest shows as "Skipped"; run by hand, it warns and returns.
+#define ST_SKIP(reason)                                               \
+  do {                                                                \
+    std::string st_skip_reason_ = (reason);                           \
+    if (std::getenv("ST_SKIP_EXIT")) {                                \
+      std::printf("SKIPPED: %s\n", st_skip_reason_.c_str());          \
+      std::fflush(stdout);                                            \
+      std::_Exit(77);                                                 \
+    }                                                                 \
+    WARN("SKIPPED: " << st_skip_reason_);                             \
+    return;                                                           \
+  } while (0)
+
+inline std::filesystem::path source_dir() { return ST_SOURCE_DIR; }
+// The shared/ folder: ST_SHARED_DIR from the environment, else the configured path.
+inline std::filesystem::path shared_dir() {
+  if (const char* e = std::getenv("ST_SHARED_DIR")) return e;
+  return ST_SHARED_DIR;
+}
+
+struct Diff {
+  double max_abs = 0, max_rel = 0;
+  int64_t worst = -1;
+  bool ok = true;
+};
+
+// |a - b| <= atol + rtol * |b| elementwise (b is the reference). Shapes must match.
+inline Diff compare(const Tensor& a, const Tensor& b, double atol, double rtol) {
+  REQUIRE(a.shape() == b.shape());
+  auto va = a.to_vector<double>(), vb = b.to_vector<double>();
+  Diff d;
+  for (size_t i = 0; i < va.size(); ++i) {
+    double e = std::abs(va[i] - vb[i]);
+    if (!(e <= atol + rtol * std::abs(vb[i]))) {
+      if (d.ok || e > d.max_abs) d.worst = int64_t(i);
+      d.ok = false;
+    }
+    d.max_abs = std::max(d.max_abs, e);
+    d.max_rel = std::max(d.max_rel, e / std::max(std::abs(vb[i]), 1e-30));
+  }
+  return d;
+}
+
+#define ST_REQUIRE_CLOSE(a, b, atol, rtol)                                              \
+  do {                                                                                  \
+    auto st_d_ = ::st::test::compare((a), (b), (atol), (rtol));                         \
+    INFO("max abs err " << st_d_.max_abs << ", max rel err " << st_d_.max_rel          \
+                        << ", first bad index " << st_d_.worst);                        \
+    REQUIRE(st_d_.ok);                                                                  \
+  } while (0)
+
+// Checks the gradients of f at `inputs` (double tensors requiring grad) against central finite
+// differences of the scalar sum(f(inputs) * r) with a fixed random r.
+inline void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f,
+                            std::vector<Tensor> inputs, double eps = 1e-6, double tol = 1e-6) {
+  for (auto& t : inputs) REQUIRE(t.dtype() == DType::F64);
+  Tensor y0;
+  {
+    NoGradGuard ng;
+    y0 = f(inputs);
+  }
+  Tensor r = Tensor::randn(y0.shape(), 12345, DType::F64);
+  auto scalar = [&](const std::vector<Tensor>& xs) {
+    NoGradGuard ng;
+    return sum(mul(f(xs), r)).item();
+  };
+  for (auto& t : inputs) t.set_grad(Tensor());
+  Tensor loss = sum(mul(f(inputs), r));
+  loss.backward();
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    if (!inputs[k].requires_grad()) continue;
+    Tensor g = inputs[k].grad();
+    INFO("input " << k << " shape " << shape_str(inputs[k].shape()));
+    REQUIRE(g.defined());
+    auto analytic = g.to_vector<double>();
+    double* p = inputs[k].data<double>();
+    REQUIRE(inputs[k].is_contiguous());
+    for (int64_t i = 0; i < inputs[k].numel(); ++i) {
+      double old = p[i];
+      p[i] = old + eps;
+      double up = scalar(inputs);
+      p[i] = old - eps;
+      double dn = scalar(inputs);
+      p[i] = old;
+      double numeric = (up - dn) / (2 * eps);
+      INFO("element " << i << ": analytic " << analytic[size_t(i)] << " numeric " << numeric);
+      REQUIRE(std::abs(analytic[size_t(i)] - numeric) <= tol * (1 + std::abs(numeric)));
+    }
+  }
+}
+
+inline Tensor rand64(const Shape& s, uint64_t seed, bool grad = true) {
+  Tensor t = Tensor::randn(s, seed, DType::F64);
+  t.set_requires_grad(grad);
+  return t;
+}
+
+}  // namespace st::test

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what the project needs to build and test, from Debian packages, when missing.
+# As root it runs apt-get; otherwise it prints the exact command and stops.
+#   tools/bootstrap.sh          build + test dependencies
+#   tools/bootstrap.sh --bench  also PyTorch (Debian python3-torch), the benchmarks' peer
+set -euo pipefail
+
+pkgs=(cmake g++ make catch2 libuv1-dev libstb-dev nlohmann-json3-dev)
+if [[ "${1:-}" == "--bench" ]]; then
+  pkgs+=(python3-torch python3-torchvision)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}"
+if [[ $(id -u) -ne 0 ]]; then
+  echo "bootstrap: missing Debian packages: ${missing[*]}" >&2
+  echo "bootstrap: run as root:  $cmd" >&2
+  exit 1
+fi
+echo "bootstrap: installing ${missing[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
