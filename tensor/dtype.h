@@ -52,7 +52,8 @@ struct Device {
   static Device cuda(int i = 0) { return {DeviceType::CUDA, i}; }
   bool is_cpu() const { return type == DeviceType::CPU; }
   bool is_cuda() const { return type == DeviceType::CUDA; }
-  bool operator==(const Device&) const = default;
+  bool operator==(const Device& o) const { return type == o.type && index == o.index; }
+  bool operator!=(const Device& o) const { return !(*this == o); }
   std::string str() const {
     return type == DeviceType::CPU ? std::string("cpu") : "cuda:" + std::to_string(index);
   }

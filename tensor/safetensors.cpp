@@ -280,6 +280,11 @@ File parse(const uint8_t* data, size_t size, const std::string& source) {
   const uint8_t* section = data + 8 + header_len;
   const uint64_t section_size = size - 8 - header_len;
 
+  // nlohmann's lexer takes a NUL byte for the end of input and would ignore what follows it;
+  // JSON never contains a raw NUL, so reject it here.
+  if (const void* nul = std::memchr(hbegin, 0, header_len))
+    fail_in(source, "header is not valid JSON: NUL byte at header offset ",
+            static_cast<const char*>(nul) - hbegin);
   HeaderScan scan(source);
   if (!json::sax_parse(hbegin, hend, &scan) || !scan.syntax_error.empty())
     fail_in(source, "header is not valid JSON: ",
@@ -345,7 +350,7 @@ File load(const std::filesystem::path& path) {
   if (std::filesystem::is_directory(path, ec))
     ::st::detail::fail("safetensors: cannot open ", path.string(), ": it is a directory");
   std::ifstream in(path, std::ios::binary);
-  if (!in) ::st::detail::fail("safetensors: cannot open ", path.string(), ": ", std::strerror(errno));
+  if (!in) ::st::detail::fail("safetensors: cannot open ", path.string(), ": ", std::string(std::strerror(errno)));
   in.seekg(0, std::ios::end);
   std::streamoff n = in.tellg();
   in.seekg(0, std::ios::beg);
@@ -413,7 +418,7 @@ void save(const std::filesystem::path& path,
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out)
     ::st::detail::fail("safetensors: cannot open ", path.string(), " for writing: ",
-                       std::strerror(errno));
+                       std::string(std::strerror(errno)));
   out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
   out.close();
   if (!out) ::st::detail::fail("safetensors: error writing ", path.string());

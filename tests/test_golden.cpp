@@ -52,7 +52,7 @@ void run_case(const Golden& g, const std::string& c, DType dt, const std::vector
   std::vector<Tensor> in;
   for (auto& name : inputs) {
     Tensor t = g.get(c, name);
-    if (is_floating(t.dtype())) t = t.to(dt);
+    if (is_floating(t.dtype())) t = t.to(dt).clone();  // a private leaf, never the file's tensor
     bool diff = std::find(differentiable.begin(), differentiable.end(), name) != differentiable.end();
     if (diff) t.set_requires_grad(true);
     in.push_back(t);

@@ -7,7 +7,7 @@
 using namespace st;
 using Catch::Contains;
 
-TEST_CASE("tensor: views share storage; contiguous() copies only when needed", "[tensor]") {
+TEST_CASE("tensor: views share storage and contiguous() copies only when needed", "[tensor]") {
   Tensor x = Tensor::from_vector(std::vector<float>{0, 1, 2, 3, 4, 5}, {2, 3});
   REQUIRE(x.is_contiguous());
   REQUIRE(x.contiguous().raw_data() == x.raw_data());
@@ -145,7 +145,7 @@ TEST_CASE("autograd: records only when an input requires a gradient", "[autograd
                       Contains("cannot require"));
 }
 
-TEST_CASE("autograd: gradients accumulate across backward calls; graph freed", "[autograd]") {
+TEST_CASE("autograd: gradients accumulate across backward calls, graph freed", "[autograd]") {
   Tensor w = Tensor::from_vector(std::vector<float>{1, 2, 3}, {3});
   w.set_requires_grad(true);
   Tensor x = Tensor::from_vector(std::vector<float>{4, 5, 6}, {3});
