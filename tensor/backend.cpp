@@ -4,12 +4,19 @@
 #include <array>
 
 #include "kernels/cpu/cpu_backend.h"
+#if ST_WITH_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 namespace st {
 
 namespace {
 std::array<Backend*, 2>& registry() {
+#if ST_WITH_CUDA
+  static std::array<Backend*, 2> r{&cpu::cpu_backend(), &cuda::cuda_backend()};
+#else
   static std::array<Backend*, 2> r{&cpu::cpu_backend(), nullptr};
+#endif
   return r;
 }
 }  // namespace

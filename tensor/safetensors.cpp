@@ -37,15 +37,24 @@ constexpr uint64_t kMaxHeaderBytes = 100ull * 1000 * 1000;  // as the reference 
 constexpr size_t kMaxDepth = 64;                             // far deeper than any valid header
 constexpr const char* kMetadataKey = "__metadata__";
 
+// The concatenation of strings and numbers (avoids "literal" + std::string&&, which GCC 12
+// at -O3 flags with a false -Wrestrict warning).
+template <class... A>
+std::string cat(const A&... parts) {
+  std::string s;
+  (::st::detail::append(s, parts), ...);
+  return s;
+}
+
 // A name from the file, quoted and shortened for messages (a hostile name may be megabytes).
 std::string quote(const std::string& s) {
   constexpr size_t kMax = 80;
-  if (s.size() <= kMax) return "'" + s + "'";
-  return "'" + s.substr(0, kMax) + "...' (" + std::to_string(s.size()) + " bytes)";
+  if (s.size() <= kMax) return cat("'", s, "'");
+  return cat("'", s.substr(0, kMax), "...' (", s.size(), " bytes)");
 }
 
 std::string shorten(const std::string& s, size_t max = 200) {
-  return s.size() <= max ? s : s.substr(0, max) + "...";
+  return s.size() <= max ? s : cat(s.substr(0, max), "...");
 }
 
 // Throws st::Error "safetensors <source>: <message parts>".
@@ -143,7 +152,7 @@ bool as_index(const json& v, int64_t& out, std::string& why) {
   if (v.is_number_unsigned()) {
     uint64_t u = v.get<uint64_t>();
     if (u > uint64_t(std::numeric_limits<int64_t>::max())) {
-      why = "too large (" + std::to_string(u) + ")";
+      why = cat("too large (", u, ")");
       return false;
     }
     out = int64_t(u);
@@ -152,14 +161,14 @@ bool as_index(const json& v, int64_t& out, std::string& why) {
   if (v.is_number_integer()) {
     int64_t i = v.get<int64_t>();
     if (i < 0) {
-      why = "negative (" + std::to_string(i) + ")";
+      why = cat("negative (", i, ")");
       return false;
     }
     out = i;
     return true;
   }
-  why = v.is_number_float() ? "not an integer (" + shorten(v.dump(), 40) + ")"
-                            : std::string("not an integer (a JSON ") + v.type_name() + ")";
+  why = v.is_number_float() ? cat("not an integer (", shorten(v.dump(), 40), ")")
+                            : cat("not an integer (a JSON ", v.type_name(), ")");
   return false;
 }
 
@@ -173,7 +182,7 @@ struct Entry {
 
 Entry parse_entry(const std::string& source, const std::string& name, const json& e,
                   size_t header_index, uint64_t data_size) {
-  const std::string who = "tensor " + quote(name);
+  const std::string who = cat("tensor ", quote(name));
   ST_CHECK(e.is_object(), "safetensors ", source, ": entry for ", who, " is not a JSON object (a ",
            e.type_name(), ")");
   for (const char* k : {"dtype", "shape", "data_offsets"})
@@ -208,8 +217,7 @@ Entry parse_entry(const std::string& source, const std::string& name, const json
   const json& off = e["data_offsets"];
   if (!off.is_array() || off.size() != 2)
     fail_in(source, who, ": data_offsets must be [begin, end], got ",
-            off.is_array() ? "an array of " + std::to_string(off.size())
-                           : std::string("a JSON ") + off.type_name());
+            off.is_array() ? cat("an array of ", off.size()) : cat("a JSON ", off.type_name()));
   std::string why;
   if (!as_index(off[0], out.begin, why)) fail_in(source, who, ": data_offsets begin is ", why);
   if (!as_index(off[1], out.end, why)) fail_in(source, who, ": data_offsets end is ", why);

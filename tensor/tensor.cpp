@@ -130,6 +130,7 @@ int64_t Tensor::size(int64_t d) const {
 }
 
 bool Tensor::is_contiguous() const {
+  if (numel() == 0) return true;  // nothing to lay out
   const auto& sh = shape();
   const auto& st = strides();
   int64_t acc = 1;

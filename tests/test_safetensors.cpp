@@ -45,6 +45,17 @@ std::string entry(const std::string& name, const std::string& dtype, const std::
          ",\"data_offsets\":" + offsets + "}";
 }
 
+// A header object from its entries: "{e1,e2,...}".
+std::string obj(std::initializer_list<std::string> entries) {
+  std::string s = "{";
+  for (const auto& e : entries) {
+    if (s.size() > 1) s += ",";
+    s += e;
+  }
+  s += "}";
+  return s;
+}
+
 const std::string kSource = "corrupt.safetensors";
 
 sf::File parse_bytes(const Bytes& b, const std::string& source = kSource) {
@@ -135,8 +146,9 @@ TEST_CASE("safetensors: round trip of every dtype and layout", "[safetensors]") 
   CHECK(f.get("empty_f32").numel() == 0);
 
   // Through a real file, without metadata, and with nothing at all.
-  auto dir = std::filesystem::temp_directory_path() /
-             ("st_safetensors_test_" + std::to_string(::getpid()));
+  std::string dir_name = "st_safetensors_test_";
+  dir_name += std::to_string(::getpid());
+  auto dir = std::filesystem::temp_directory_path() / dir_name;
   std::filesystem::create_directories(dir);
   sf::save(dir / "a.safetensors", tensors);
   sf::File g = sf::load(dir / "a.safetensors");
@@ -169,10 +181,9 @@ TEST_CASE("safetensors: F16 bit patterns round trip exactly", "[safetensors]") {
 
 TEST_CASE("safetensors: a hand-built file parses (format, not just our writer)", "[safetensors]") {
   // Header lists "b" first but its data comes second; "a" is at offset 0. Padded with spaces.
-  std::string header =
-      "{\"__metadata__\":{\"format\":\"pt\"}," + entry("b", "I32", "[2]", "[8,16]") + "," +
-      entry("a", "F32", "[2]", "[0,8]") + "," + entry("c", "F16", "[1,1]", "[16,18]") + "," +
-      entry("d", "U8", "[]", "[18,19]") + "}";
+  std::string header = obj({"\"__metadata__\":{\"format\":\"pt\"}",
+                            entry("b", "I32", "[2]", "[8,16]"), entry("a", "F32", "[2]", "[0,8]"),
+                            entry("c", "F16", "[1,1]", "[16,18]"), entry("d", "U8", "[]", "[18,19]")});
   header.append((8 - (8 + header.size()) % 8) % 8, ' ');
   Bytes data = {
       0x00, 0x00, 0x80, 0x3f,  // a[0] = 1.0f
@@ -200,9 +211,9 @@ TEST_CASE("safetensors: a hand-built file parses (format, not just our writer)",
 
 TEST_CASE("safetensors: gaps and empty tensors are accepted, order by offset", "[safetensors]") {
   // A gap between a and b and unused bytes at the end: allowed (see safetensors.cpp).
-  std::string h = "{" + entry("b", "U8", "[2]", "[6,8]") + "," + entry("e2", "F32", "[0]", "[4,4]") +
-                  "," + entry("e1", "F32", "[0]", "[4,4]") + "," + entry("a", "U8", "[2]", "[0,2]") +
-                  "," + entry("inside", "I64", "[0,5]", "[1,1]") + "}";
+  std::string h = obj({entry("b", "U8", "[2]", "[6,8]"), entry("e2", "F32", "[0]", "[4,4]"),
+                       entry("e1", "F32", "[0]", "[4,4]"), entry("a", "U8", "[2]", "[0,2]"),
+                       entry("inside", "I64", "[0,5]", "[1,1]")});
   sf::File f = parse_bytes(make_file(h, {1, 2, 0, 0, 0, 0, 3, 4, 9, 9}));
   // Ties between empty tensors keep header order.
   CHECK(f.names() == std::vector<std::string>{"a", "inside", "e2", "e1", "b"});
@@ -234,7 +245,8 @@ TEST_CASE("safetensors: corrupt files are rejected with a specific message", "[s
     require_error(make_file("{\"a\xff\":1}"), "not valid JSON");  // bad UTF-8
     require_error(make_file("[1,2]"), "header is not a JSON object");
     require_error(make_file("\"str\""), "header is not a JSON object");
-    std::string deep = "{\"a\":" + std::string(100, '[') + std::string(100, ']') + "}";
+    std::string deep = "{\"a\":";
+    deep.append(100, '[').append(100, ']') += "}";
     require_error(make_file(deep), "nests deeper than 64 levels");
   }
   SECTION("entries") {
@@ -250,66 +262,66 @@ TEST_CASE("safetensors: corrupt files are rejected with a specific message", "[s
   }
   SECTION("unsupported dtypes name the tensor and the dtype") {
     for (const char* dt : {"BF16", "I8", "I16", "U16", "U32", "U64", "BOOL", "F8_E4M3", "f32", "?"})
-      require_error(make_file("{" + entry("x", dt, "[1]", "[0,1]") + "}", eight),
+      require_error(make_file(obj({entry("x", dt, "[1]", "[0,1]")}), eight),
                     std::string("unsupported dtype ") + dt + " for tensor 'x'");
   }
   SECTION("shapes") {
-    require_error(make_file("{" + entry("a", "F32", "2", "[0,8]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "2", "[0,8]")}), eight),
                   "tensor 'a': shape is not an array");
-    require_error(make_file("{" + entry("a", "F32", "[2,-1]", "[0,8]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[2,-1]", "[0,8]")}), eight),
                   "tensor 'a': shape dim 1 is negative");
-    require_error(make_file("{" + entry("a", "F32", "[2.5]", "[0,8]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[2.5]", "[0,8]")}), eight),
                   "tensor 'a': shape dim 0 is not an integer");
-    require_error(make_file("{" + entry("a", "F32", "[2.0]", "[0,8]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[2.0]", "[0,8]")}), eight),
                   "shape dim 0 is not an integer");
-    require_error(make_file("{" + entry("a", "F32", "[\"2\"]", "[0,8]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[\"2\"]", "[0,8]")}), eight),
                   "shape dim 0 is not an integer");
-    require_error(make_file("{" + entry("a", "F32", "[18446744073709551615]", "[0,8]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[18446744073709551615]", "[0,8]")}), eight),
                   "shape dim 0 is too large");
-    require_error(make_file("{" + entry("a", "F32", "[1e400]", "[0,8]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[1e400]", "[0,8]")}), eight),
                   "not valid JSON: [json.exception.out_of_range.406] number overflow");
-    require_error(make_file("{" + entry("a", "F32", "[4294967296,4294967296]", "[0,8]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[4294967296,4294967296]", "[0,8]")}), eight),
                   "tensor 'a': shape product overflows");
     // A zero dim does not excuse an overflowing shape (the strides would overflow).
-    require_error(make_file("{" + entry("a", "F32", "[0,4294967296,4294967296]", "[0,0]") + "}"),
+    require_error(make_file(obj({entry("a", "F32", "[0,4294967296,4294967296]", "[0,0]")})),
                   "shape product overflows");
-    require_error(make_file("{" + entry("a", "F64", "[2305843009213693952]", "[0,8]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F64", "[2305843009213693952]", "[0,8]")}), eight),
                   "overflows the byte count");
   }
   SECTION("data offsets") {
-    require_error(make_file("{" + entry("a", "F32", "[2]", "8") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[2]", "8")}), eight),
                   "tensor 'a': data_offsets must be [begin, end]");
-    require_error(make_file("{" + entry("a", "F32", "[2]", "[0,4,8]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[2]", "[0,4,8]")}), eight),
                   "data_offsets must be [begin, end], got an array of 3");
-    require_error(make_file("{" + entry("a", "F32", "[2]", "[-1,7]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[2]", "[-1,7]")}), eight),
                   "data_offsets begin is negative");
-    require_error(make_file("{" + entry("a", "F32", "[2]", "[0,8.5]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[2]", "[0,8.5]")}), eight),
                   "data_offsets end is not an integer");
-    require_error(make_file("{" + entry("a", "F32", "[0]", "[8,4]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[0]", "[8,4]")}), eight),
                   "data_offsets begin 8 is after end 4");
-    require_error(make_file("{" + entry("a", "F32", "[2]", "[4,12]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[2]", "[4,12]")}), eight),
                   "data_offsets end 12 is beyond the data section (8 bytes)");
-    require_error(make_file("{" + entry("a", "F32", "[2]", "[0,18446744073709551615]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[2]", "[0,18446744073709551615]")}), eight),
                   "data_offsets end is too large");
-    require_error(make_file("{" + entry("a", "F32", "[1]", "[0,8]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[1]", "[0,8]")}), eight),
                   "hold 8 bytes but shape [1] of F32 needs 4");
-    require_error(make_file("{" + entry("a", "F16", "[4,0]", "[0,8]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F16", "[4,0]", "[0,8]")}), eight),
                   "needs 0");
   }
   SECTION("overlaps") {
-    require_error(make_file("{" + entry("a", "F32", "[2]", "[0,8]") + "," +
-                            entry("b", "F32", "[1]", "[4,8]") + "}", eight),
+    require_error(make_file(obj({entry("a", "F32", "[2]", "[0,8]"), entry("b", "F32", "[1]", "[4,8]")}),
+                            eight),
                   "tensors 'a' [0, 8) and 'b' [4, 8) overlap");
-    require_error(make_file("{" + entry("a", "U8", "[8]", "[0,8]") + "," +
-                            entry("b", "U8", "[1]", "[2,3]") + "," +
-                            entry("c", "U8", "[1]", "[5,6]") + "}", eight),
+    require_error(make_file(obj({entry("a", "U8", "[8]", "[0,8]"), entry("b", "U8", "[1]", "[2,3]"),
+                                 entry("c", "U8", "[1]", "[5,6]")}),
+                            eight),
                   "overlap");
-    require_error(make_file("{" + ok_a + "," + entry("b", "F32", "[2]", "[0,8]") + "}", eight),
+    require_error(make_file(obj({ok_a, entry("b", "F32", "[2]", "[0,8]")}), eight),
                   "overlap");
   }
   SECTION("duplicates (which a JSON parser would silently merge)") {
-    require_error(make_file("{" + ok_a + "," + ok_a + "}", eight), "duplicate tensor name 'a'");
-    require_error(make_file("{" + ok_a + ",\"\\u0061\":{}}", eight), "duplicate tensor name 'a'");
+    require_error(make_file(obj({ok_a, ok_a}), eight), "duplicate tensor name 'a'");
+    require_error(make_file(obj({ok_a, "\"\\u0061\":{}"}), eight), "duplicate tensor name 'a'");
     require_error(
         make_file("{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[0,8]}}", eight),
         "duplicate key 'dtype'");

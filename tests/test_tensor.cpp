@@ -224,3 +224,46 @@ TEST_CASE("autograd: detach cuts the graph", "[autograd]") {
   REQUIRE_FALSE(y.requires_grad());
   REQUIRE(y.storage() != nullptr);
 }
+
+TEST_CASE("ops: non-contiguous inputs give the same results as contiguous ones", "[tensor]") {
+  // A permuted (channels-last storage) view and a strided slice feed every image op.
+  Tensor base = Tensor::randn({2, 7, 5, 4}, 77);                      // N,H,W,C storage
+  Tensor x = base.permute({0, 3, 1, 2});                               // (2,4,7,5) view
+  REQUIRE_FALSE(x.is_contiguous());
+  Tensor xc = x.contiguous();
+  Tensor w = Tensor::randn({6, 4, 3, 3}, 78), b = Tensor::randn({6}, 79);
+  Tensor g = Tensor::randn({4}, 80), be = Tensor::randn({4}, 81);
+  auto same = [](const Tensor& a, const Tensor& c) {
+    REQUIRE(a.to_vector<float>() == c.to_vector<float>());
+  };
+  same(conv2d(x, w, b, {1, 1, 1, 1, 1}), conv2d(xc, w, b, {1, 1, 1, 1, 1}));
+  same(conv2d(xc, w.permute({0, 1, 3, 2}).contiguous().permute({0, 1, 3, 2}), b, {}),
+       conv2d(xc, w, b, {}));
+  same(batch_norm(x, g, be), batch_norm(xc, g, be));
+  same(relu(x), relu(xc));
+  same(resize_bilinear(x, 9, 3), resize_bilinear(xc, 9, 3));
+  same(softmax_channels(x), softmax_channels(xc));
+  same(max_pool2d(x, {3, 3, 2, 2, 1, 1}), max_pool2d(xc, {3, 3, 2, 2, 1, 1}));
+  same(cat({x, x.slice(1, 0, 4, 2)}, 1), cat({xc, xc.slice(1, 0, 4, 2).contiguous()}, 1));
+  same(add(x, xc.slice(3, 0, 1)), add(xc, xc.slice(3, 0, 1).contiguous()));
+  Tensor sub = subsample(x, 2);
+  REQUIRE(sub.shape() == Shape{2, 4, 4, 3});
+  same(conv2d(sub, w, b, {}), conv2d(sub.contiguous(), w, b, {}));
+  REQUIRE(argmax_channels(x).to_vector<int64_t>() == argmax_channels(xc).to_vector<int64_t>());
+}
+
+TEST_CASE("ops: odd sizes and 1x1 spatial inputs", "[tensor]") {
+  Tensor x = Tensor::randn({1, 3, 1, 1}, 90);
+  REQUIRE(conv2d(x, Tensor::randn({5, 3, 3, 3}, 91), Tensor(), {1, 1, 1, 1, 1}).shape() ==
+          Shape{1, 5, 1, 1});
+  REQUIRE(resize_bilinear(x, 4, 3).shape() == Shape{1, 3, 4, 3});
+  // Upsampling a 1x1 image is a constant image.
+  auto v = resize_bilinear(x, 4, 3).to_vector<float>();
+  for (int c = 0; c < 3; ++c)
+    for (int i = 0; i < 12; ++i)
+      REQUIRE(v[size_t(c * 12 + i)] == Approx(x.to_vector<float>()[size_t(c)]).epsilon(1e-6));
+  REQUIRE(max_pool2d(Tensor::randn({1, 2, 1, 1}, 92), {3, 3, 2, 2, 1, 1}).shape() == Shape{1, 2, 1, 1});
+  REQUIRE(conv2d(Tensor::randn({3, 2, 13, 11}, 93), Tensor::randn({3, 2, 3, 1}, 94), Tensor(),
+                 {2, 3, 1, 0, 1})
+              .shape() == Shape{3, 3, 7, 4});
+}

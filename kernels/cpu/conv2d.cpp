@@ -48,10 +48,10 @@ using convk::kMR;
 using convk::kNR;
 using convk::Kernels;
 
-constexpr int64_t kBandBudget = 256 * 1024;  // floats in the shared band buffer (~1 MiB)
+constexpr int64_t kBandBudget = 128 * 1024;  // floats per thread-private band buffer (512 KiB)
 constexpr int64_t kKCMax = 256;              // taps per packed B panel (24*256*4 B = 24 KiB)
 constexpr int64_t kSlack = 64;               // floats of zeroed slack after band buffers
-constexpr int64_t kDotChunk = 1024;          // max pixels per backward-weight reduction chunk
+constexpr int64_t kDotChunk = 1024;          // pixels per backward-weight reduction chunk
 constexpr double kParallelFlops = 1.0e6;     // below this a call runs on one thread
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -109,12 +109,14 @@ struct Layout {
 };
 
 // extra_per_row: floats of other per-band buffers that scale with the band height (they share
-// the budget), M-rows of gy for backward weight.
+// the budget), M-rows of gy for backward weight. max_bh caps the band height so that a call has
+// enough bands to keep every thread busy.
 Layout make_layout(const Source& s, const std::vector<Tap>& taps, int64_t OH, int64_t OW,
-                   int64_t extra_per_row) {
+                   int64_t extra_per_row, int64_t max_bh) {
   Layout L;
   L.OH = OH;
   L.OW = OW;
+  max_bh = std::clamp<int64_t>(max_bh, 1, std::max<int64_t>(OH, 1));
   int64_t maxr = 0, maxs = 0;
   for (const Tap& t : taps) maxr = std::max(maxr, t.r), maxs = std::max(maxs, t.s);
   std::vector<int> plane_of(static_cast<size_t>(s.sy * s.sx), -1);
@@ -132,7 +134,7 @@ Layout make_layout(const Source& s, const std::vector<Tap>& taps, int64_t OH, in
   if (L.zero_copy) {
     L.V = s.W;
     L.halo = 0;
-    L.BH = extra_per_row > 0 ? std::clamp<int64_t>(kBandBudget / extra_per_row, 1, OH) : OH;
+    L.BH = extra_per_row > 0 ? std::clamp<int64_t>(kBandBudget / extra_per_row, 1, max_bh) : max_bh;
     L.chan_stride = s.H * s.W;
     for (size_t k = 0; k < taps.size(); ++k) L.offs[k] = taps[k].c * L.chan_stride;
     L.buf_floats = 0;
@@ -143,7 +145,7 @@ Layout make_layout(const Source& s, const std::vector<Tap>& taps, int64_t OH, in
   const int64_t row = s.C * L.nplanes * L.V;  // band floats per plane row
   const int64_t per_row = row + extra_per_row;
   L.BH = std::clamp<int64_t>((kBandBudget - L.halo * row) / std::max<int64_t>(per_row, 1), 1,
-                             std::max<int64_t>(OH, 1));
+                             max_bh);
   L.plane_stride = (L.BH + L.halo) * L.V;
   L.chan_stride = L.nplanes * L.plane_stride;
   for (size_t k = 0; k < taps.size(); ++k) {
@@ -156,43 +158,44 @@ Layout make_layout(const Source& s, const std::vector<Tap>& taps, int64_t OH, in
   return L;
 }
 
-// Fill the band buffer for output rows [i0, i0 + bh). Work-shared (call from every thread).
+// Band height cap giving about 4 work items per thread when the call is parallel.
+int64_t band_cap(int64_t OH, int64_t other_items, int nth) {
+  if (nth <= 1) return OH;
+  const int64_t bands = ceil_div(4 * nth, std::max<int64_t>(other_items, 1));
+  return std::max<int64_t>(1, ceil_div(OH, bands));
+}
+
+// Fill a (thread-private) band buffer for output rows [i0, i0 + bh).
 void build_band(const Source& s, const Layout& L, int64_t i0, int64_t bh, float* buf) {
   const int64_t rows = bh + L.halo;
-  const int64_t total = s.C * L.nplanes * rows;
   const int64_t V = L.V;
-#pragma omp for schedule(static)
-  for (int64_t idx = 0; idx < total; ++idx) {
-    const int64_t t = idx % rows;
-    const int64_t q = idx / rows;
-    const int64_t pl = q % L.nplanes;
-    const int64_t c = q / L.nplanes;
-    const int64_t a = L.plane_ab[pl] / s.sx;
-    const int64_t b = L.plane_ab[pl] % s.sx;
-    float* d = buf + c * L.chan_stride + pl * L.plane_stride + t * V;  // one plane row (V)
-    const int64_t hs = (i0 + t) * s.sy + a - s.py;
-    if (hs < 0 || hs >= s.H) {
-      std::memset(d, 0, sizeof(float) * V);
-      continue;
+  for (int64_t c = 0; c < s.C; ++c)
+    for (int64_t pl = 0; pl < L.nplanes; ++pl) {
+      const int64_t a = L.plane_ab[pl] / s.sx;
+      const int64_t b = L.plane_ab[pl] % s.sx;
+      // valid j: 0 <= j*sx + off <= W-1
+      const int64_t off = b - s.px;
+      const int64_t jlo = std::clamp<int64_t>(-floor_div(off, s.sx), 0, V);
+      const int64_t jhi = std::clamp<int64_t>(floor_div(s.W - 1 - off, s.sx) + 1, jlo, V);
+      for (int64_t t = 0; t < rows; ++t) {
+        float* d = buf + c * L.chan_stride + pl * L.plane_stride + t * V;  // one plane row (V)
+        const int64_t hs = (i0 + t) * s.sy + a - s.py;
+        if (hs < 0 || hs >= s.H || jhi <= jlo) {
+          std::memset(d, 0, sizeof(float) * V);
+          continue;
+        }
+        const float* sp = s.p + c * s.H * s.W + hs * s.W + off;  // sp[j*sx] = src column
+        if (jlo > 0) std::memset(d, 0, sizeof(float) * jlo);
+        if (s.sx == 1) {
+          std::memcpy(d + jlo, sp + jlo, sizeof(float) * (jhi - jlo));
+        } else if (s.sx == 2) {
+          for (int64_t j = jlo; j < jhi; ++j) d[j] = sp[2 * j];
+        } else {
+          for (int64_t j = jlo; j < jhi; ++j) d[j] = sp[j * s.sx];
+        }
+        if (jhi < V) std::memset(d + jhi, 0, sizeof(float) * (V - jhi));
+      }
     }
-    const float* srow = s.p + c * s.H * s.W + hs * s.W;
-    // valid j: 0 <= j*sx + b - px <= W-1
-    const int64_t off = b - s.px;
-    const int64_t jlo = std::clamp<int64_t>(-floor_div(off, s.sx), 0, V);
-    const int64_t jhi = std::clamp<int64_t>(floor_div(s.W - 1 - off, s.sx) + 1, jlo, V);
-    if (jlo > 0) std::memset(d, 0, sizeof(float) * jlo);
-    if (jhi <= jlo) {
-      // nothing valid in this row
-    } else if (s.sx == 1) {
-      std::memcpy(d + jlo, srow + jlo + off, sizeof(float) * (jhi - jlo));
-    } else if (s.sx == 2) {
-      const float* sp = srow + off;
-      for (int64_t j = jlo; j < jhi; ++j) d[j] = sp[2 * j];
-    } else {
-      for (int64_t j = jlo; j < jhi; ++j) d[j] = srow[j * s.sx + off];
-    }
-    if (jhi < V) std::memset(d + jhi, 0, sizeof(float) * (V - jhi));
-  }
 }
 
 // ------------------------------------------------------------------ GEMM engine (fwd / bwd data)
@@ -206,7 +209,7 @@ struct GemmJob {
   const float* bias = nullptr;  // [M] or null
 };
 
-// Pack A[m][k] (row stride lda, M rows, Kred columns) into [Mpad/4][Kred][4], zero padded.
+// Pack A[m][k] (M rows, Kred columns, via get) into [Mpad/4][Kred][4], zero padded.
 template <class Get>
 void pack_a(int64_t M, int64_t Mpad, int64_t Kred, float* out, Get get) {
   for (int64_t mb = 0; mb < Mpad / kMR; ++mb)
@@ -241,18 +244,33 @@ void store_panel(const GemmJob& J, int64_t i0, int64_t f0, int64_t len, const fl
   }
 }
 
-// Compute output rows [i0, i0+bh) of the job from a filled band. Work-shared over panels.
-// Bp: [kKCMax][24] packed taps x pixels; Cb: [Mpad/4][4][24] accumulator tiles (thread-private).
-void gemm_band(const GemmJob& J, int64_t i0, int64_t bh, const float* band, float* Bp, float* Cb,
-               const Kernels& kn) {
+// Thread-private scratch of the GEMM engine.
+struct GemmScratch {
+  ABuf<float> band;  // band planes (Layout::buf_floats)
+  ABuf<float> Bp;    // [kKCMax][24] packed taps x pixels
+  ABuf<float> Cb;    // [Mpad/4][4][24] accumulator tiles
+  GemmScratch(int64_t band_floats, int64_t Mpad)
+      : band(band_floats, true), Bp(kKCMax * kNR), Cb(Mpad * kNR) {}
+};
+
+// Computes output rows [i0, i0+bh) of a job on the calling thread.
+void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const Kernels& kn) {
   const Layout& L = *J.L;
+  const float* band;
+  if (L.zero_copy) {
+    band = J.src.p + i0 * J.src.W;
+  } else {
+    build_band(J.src, L, i0, bh, S.band.data());
+    band = S.band.data();
+  }
+  float* Bp = S.Bp.data();
+  float* Cb = S.Cb.data();
   const int64_t nflat = bh * L.V;
   const int64_t npan = ceil_div(nflat, kNR);
   const int64_t nkb = J.Kred > 0 ? ceil_div(J.Kred, kKCMax) : 0;
   const int64_t kcs = nkb > 0 ? ceil_div(J.Kred, nkb) : 0;
   const int64_t nmb = J.Mpad / kMR;
   const int64_t* offs = L.offs.data();
-#pragma omp for schedule(static)
   for (int64_t p = 0; p < npan; ++p) {
     const int64_t f0 = p * kNR;
     const int64_t len = std::min<int64_t>(kNR, nflat - f0);
@@ -261,8 +279,7 @@ void gemm_band(const GemmJob& J, int64_t i0, int64_t bh, const float* band, floa
       const int64_t k0 = kb * kcs, k1 = std::min(J.Kred, k0 + kcs);
       const float* src = band + f0;
       if (len == kNR) {
-        for (int64_t k = k0; k < k1; ++k)
-          std::memcpy(Bp + (k - k0) * kNR, src + offs[k], sizeof(float) * kNR);
+        kn.pack(k1 - k0, src, offs + k0, Bp);
       } else {
         for (int64_t k = k0; k < k1; ++k) {
           float* d = Bp + (k - k0) * kNR;
@@ -277,23 +294,10 @@ void gemm_band(const GemmJob& J, int64_t i0, int64_t bh, const float* band, floa
   }
 }
 
-// Runs every band of a job (inside a parallel region or serially).
-void run_gemm_job(const GemmJob& J, float* bandbuf, float* Bp, float* Cb, const Kernels& kn) {
-  const Layout& L = *J.L;
-  for (int64_t i0 = 0; i0 < L.OH; i0 += L.BH) {
-    const int64_t bh = std::min(L.BH, L.OH - i0);
-    const float* band;
-    if (L.zero_copy) {
-      band = J.src.p + i0 * J.src.W;
-    } else {
-      build_band(J.src, L, i0, bh, bandbuf);  // ends with a barrier
-      band = bandbuf;
-    }
-    gemm_band(J, i0, bh, band, Bp, Cb, kn);  // ends with a barrier (band reuse)
-  }
+int team_size(bool par) { return par ? omp_get_max_threads() : 1; }
+bool go_parallel(double flops) {
+  return flops > kParallelFlops && !omp_in_parallel() && omp_get_max_threads() > 1;
 }
-
-bool go_parallel(double flops) { return flops > kParallelFlops && !omp_in_parallel(); }
 
 // ------------------------------------------------------------------ float entry points
 void forward_f32(const ConvGeom& g, const float* x, const float* w, const float* bias, float* y) {
@@ -306,38 +310,42 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
         std::fill_n(y + (n * g.K + k) * g.OH * g.OW, g.OH * g.OW, bias ? bias[k] : 0.0f);
     return;
   }
+  const double flops = 2.0 * g.N * g.K * Kred * g.OH * g.OW;
+  const bool par = go_parallel(flops);
   std::vector<Tap> taps;
   taps.reserve(Kred);
   for (int64_t c = 0; c < Cg; ++c)
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s) taps.push_back({c, r, s});
   Source s0{nullptr, Cg, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w};
-  const Layout L = make_layout(s0, taps, g.OH, g.OW, 0);
+  const Layout L = make_layout(s0, taps, g.OH, g.OW, 0, band_cap(g.OH, g.N * G, team_size(par)));
   ABuf<float> A(G * Mpad * Kred);  // packed weights, per group [Mpad/4][Kred][4]
   for (int64_t gi = 0; gi < G; ++gi) {
     const float* wg = w + gi * Kg * Kred;
     pack_a(Kg, Mpad, Kred, A.data() + gi * Mpad * Kred,
            [&](int64_t m, int64_t k) { return wg[m * Kred + k]; });
   }
-  ABuf<float> band(L.buf_floats, true);
   const Kernels& kn = convk::kernels();
-  const double flops = 2.0 * g.N * g.K * Kred * g.OH * g.OW;
-#pragma omp parallel if (go_parallel(flops))
+  const int64_t nb = ceil_div(g.OH, L.BH);
+  const int64_t items = g.N * G * nb;  // (image, group, band)
+#pragma omp parallel if (par)
   {
-    ABuf<float> Bp(kKCMax * kNR), Cb(Mpad * kNR);
-    for (int64_t n = 0; n < g.N; ++n)
-      for (int64_t gi = 0; gi < G; ++gi) {
-        GemmJob J;
-        J.src = s0;
-        J.src.p = x + (n * g.C + gi * Cg) * g.H * g.W;
-        J.L = &L;
-        J.A = A.data() + gi * Mpad * Kred;
-        J.M = Kg, J.Mpad = Mpad, J.Kred = Kred;
-        J.dst = y + (n * g.K + gi * Kg) * g.OH * g.OW;
-        J.dcs = g.OH * g.OW, J.dW = g.OW;
-        J.bias = bias ? bias + gi * Kg : nullptr;
-        run_gemm_job(J, band.data(), Bp.data(), Cb.data(), kn);
-      }
+    GemmScratch S(L.buf_floats, Mpad);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t bi = it % nb, gi = (it / nb) % G, n = it / (nb * G);
+      GemmJob J;
+      J.src = s0;
+      J.src.p = x + (n * g.C + gi * Cg) * g.H * g.W;
+      J.L = &L;
+      J.A = A.data() + gi * Mpad * Kred;
+      J.M = Kg, J.Mpad = Mpad, J.Kred = Kred;
+      J.dst = y + (n * g.K + gi * Kg) * g.OH * g.OW;
+      J.dcs = g.OH * g.OW, J.dW = g.OW;
+      J.bias = bias ? bias + gi * Kg : nullptr;
+      const int64_t i0 = bi * L.BH;
+      gemm_rows(J, i0, std::min(L.BH, g.OH - i0), S, kn);
+    }
   }
 }
 
@@ -346,19 +354,20 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
   const int64_t RS = g.R * g.S, Mpad = round_up(Cg, kMR);
   const int64_t sh = g.stride_h, sw = g.stride_w;
   if (g.N * g.C * g.H * g.W == 0) return;
-  // One job description per stride phase (a, b) of gx.
+  const double flops = 2.0 * g.N * g.K * Cg * RS * g.OH * g.OW;
+  const bool par = go_parallel(flops);
+  // One job description per stride phase (a, b) of gx: gx[a::sh, b::sw] is a stride-1
+  // correlation of gy with the taps r = a+ph (mod sh), s = b+pw (mod sw).
   struct Phase {
     int64_t a, b, Ha, Wb;
     Source s0;
     std::vector<Tap> taps;
-    std::vector<int64_t> rr, ss;  // weight tap indices per reduction entry (with k)
+    std::vector<int64_t> rr, ss;  // weight tap (r, s) of each reduction entry
     Layout L;
     int64_t Kred = 0;
-    size_t aoff = 0;  // into packed A (per group block of Mpad*Kred)
+    size_t aoff = 0;  // into packed A: per group blocks of Mpad*Kred
   };
   std::vector<Phase> phases;
-  size_t afloats = 0;
-  int64_t bandmax = 0;
   for (int64_t a = 0; a < sh; ++a)
     for (int64_t b = 0; b < sw; ++b) {
       Phase P;
@@ -368,9 +377,11 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
       if (P.Ha == 0 || P.Wb == 0) continue;
       std::vector<int64_t> R_, S_, dy, dx;  // taps of this phase and their gy offsets
       for (int64_t r = 0; r < g.R; ++r)
-        if (((a + g.pad_h - r) % sh + sh) % sh == 0) R_.push_back(r), dy.push_back((a + g.pad_h - r) / sh);
+        if (((a + g.pad_h - r) % sh + sh) % sh == 0)
+          R_.push_back(r), dy.push_back((a + g.pad_h - r) / sh);
       for (int64_t s = 0; s < g.S; ++s)
-        if (((b + g.pad_w - s) % sw + sw) % sw == 0) S_.push_back(s), dx.push_back((b + g.pad_w - s) / sw);
+        if (((b + g.pad_w - s) % sw + sw) % sw == 0)
+          S_.push_back(s), dx.push_back((b + g.pad_w - s) / sw);
       const int64_t py = R_.empty() ? 0 : -*std::min_element(dy.begin(), dy.end());
       const int64_t px = S_.empty() ? 0 : -*std::min_element(dx.begin(), dx.end());
       P.s0 = Source{nullptr, Kg, g.OH, g.OW, 1, 1, py, px};
@@ -382,12 +393,20 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
             P.ss.push_back(S_[si]);
           }
       P.Kred = static_cast<int64_t>(P.taps.size());
-      P.L = make_layout(P.s0, P.taps, P.Ha, P.Wb, 0);
-      bandmax = std::max(bandmax, P.L.buf_floats);
-      P.aoff = afloats;
-      afloats += static_cast<size_t>(G * Mpad * P.Kred);
       phases.push_back(std::move(P));
     }
+  const int64_t nph = static_cast<int64_t>(phases.size());
+  size_t afloats = 0;
+  int64_t bandmax = 0;
+  std::vector<std::pair<int64_t, int64_t>> bands;  // (phase, first row) work items per (n, g)
+  for (int64_t pi = 0; pi < nph; ++pi) {
+    Phase& P = phases[pi];
+    P.L = make_layout(P.s0, P.taps, P.Ha, P.Wb, 0, band_cap(P.Ha, g.N * G * nph, team_size(par)));
+    bandmax = std::max(bandmax, P.L.buf_floats);
+    P.aoff = afloats;
+    afloats += static_cast<size_t>(G * Mpad * P.Kred);
+    for (int64_t i0 = 0; i0 < P.Ha; i0 += P.L.BH) bands.emplace_back(pi, i0);
+  }
   ABuf<float> A(afloats);
   for (const Phase& P : phases)
     for (int64_t gi = 0; gi < G; ++gi) {
@@ -397,25 +416,27 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
         return wg[(k * Cg + c) * RS + P.rr[q] * g.S + P.ss[q]];
       });
     }
-  ABuf<float> band(bandmax, true);
   const Kernels& kn = convk::kernels();
-  const double flops = 2.0 * g.N * g.K * Cg * RS * g.OH * g.OW;
-#pragma omp parallel if (go_parallel(flops))
+  const int64_t nb = static_cast<int64_t>(bands.size());
+  const int64_t items = g.N * G * nb;  // (image, group, phase band)
+#pragma omp parallel if (par)
   {
-    ABuf<float> Bp(kKCMax * kNR), Cb(Mpad * kNR);
-    for (int64_t n = 0; n < g.N; ++n)
-      for (int64_t gi = 0; gi < G; ++gi)
-        for (const Phase& P : phases) {
-          GemmJob J;
-          J.src = P.s0;
-          J.src.p = gy + (n * g.K + gi * Kg) * g.OH * g.OW;
-          J.L = &P.L;
-          J.A = A.data() + P.aoff + gi * Mpad * P.Kred;
-          J.M = Cg, J.Mpad = Mpad, J.Kred = P.Kred;
-          J.dst = gx + (n * g.C + gi * Cg) * g.H * g.W;
-          J.dcs = g.H * g.W, J.dW = g.W, J.oy0 = P.a, J.ox0 = P.b, J.osy = sh, J.osx = sw;
-          run_gemm_job(J, band.data(), Bp.data(), Cb.data(), kn);
-        }
+    GemmScratch S(bandmax, Mpad);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t bi = it % nb, gi = (it / nb) % G, n = it / (nb * G);
+      const Phase& P = phases[bands[bi].first];
+      const int64_t i0 = bands[bi].second;
+      GemmJob J;
+      J.src = P.s0;
+      J.src.p = gy + (n * g.K + gi * Kg) * g.OH * g.OW;
+      J.L = &P.L;
+      J.A = A.data() + P.aoff + gi * Mpad * P.Kred;
+      J.M = Cg, J.Mpad = Mpad, J.Kred = P.Kred;
+      J.dst = gx + (n * g.C + gi * Cg) * g.H * g.W;
+      J.dcs = g.H * g.W, J.dW = g.W, J.oy0 = P.a, J.ox0 = P.b, J.osy = sh, J.osx = sw;
+      gemm_rows(J, i0, std::min(P.L.BH, P.Ha - i0), S, kn);
+    }
   }
 }
 
@@ -427,77 +448,71 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
     std::fill_n(gw, g.K * Kred, 0.0f);
     return;
   }
+  const double flops = 2.0 * g.N * g.K * Kred * g.OH * g.OW;
+  const bool par = go_parallel(flops);
+  const int nth = team_size(par);
   std::vector<Tap> taps;
   taps.reserve(Kred);
   for (int64_t c = 0; c < Cg; ++c)
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s) taps.push_back({c, r, s});
   Source s0{nullptr, Cg, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w};
-  const Layout L = make_layout(s0, taps, g.OH, g.OW, Mpad * (g.OW + g.S));
+  const Layout L =
+      make_layout(s0, taps, g.OH, g.OW, Mpad * (g.OW + g.S), band_cap(g.OH, g.N * G, nth));
   std::vector<int64_t> offs3(L.offs);  // taps padded to a multiple of 3 with harmless dummies
   offs3.resize(K3, L.offs[0]);
   const int64_t gstride = round_up(L.BH * L.V, 8) + 8;  // row pitch of the flat gy band
-  ABuf<float> band(L.buf_floats, true);
-  ABuf<float> gyv(Mpad * gstride, true);  // [Mpad][gstride]: gy rows in the band's flat layout
-  const double flops = 2.0 * g.N * g.K * Kred * g.OH * g.OW;
-  const bool par = go_parallel(flops);
-  const int nth = par ? omp_get_max_threads() : 1;
-  ABuf<double> acc(static_cast<size_t>(nth) * Mpad * K3, true);  // [thread][Mpad][K3]
+  const int64_t accn = G * Mpad * K3;                   // per-thread accumulator [G][Mpad][K3]
+  ABuf<double> acc(static_cast<size_t>(nth) * accn, true);
   const Kernels& kn = convk::kernels();
+  const int64_t nb = ceil_div(g.OH, L.BH);
+  const int64_t items = G * g.N * nb;  // (group, image, band)
 #pragma omp parallel if (par)
   {
     const int tid = std::min(omp_get_thread_num(), nth - 1);
-    const int team = omp_get_num_threads();
-    double* my = acc.data() + static_cast<size_t>(tid) * Mpad * K3;
+    double* my = acc.data() + static_cast<size_t>(tid) * accn;
+    ABuf<float> band(L.buf_floats, true);
+    ABuf<float> gyv(Mpad * gstride, true);  // [Mpad][gstride]: gy rows in the band's flat layout
     float out[12];
-    for (int64_t gi = 0; gi < G; ++gi) {
-      for (int64_t n = 0; n < g.N; ++n) {
-        Source s = s0;
-        s.p = x + (n * g.C + gi * Cg) * g.H * g.W;
-        const float* gyn = gy + (n * g.K + gi * Kg) * g.OH * g.OW;  // [Kg][OH][OW]
-        for (int64_t i0 = 0; i0 < g.OH; i0 += L.BH) {
-          const int64_t bh = std::min(L.BH, g.OH - i0);
-          const float* bandp = L.zero_copy ? s.p + i0 * g.W : band.data();
-          if (!L.zero_copy) build_band(s, L, i0, bh, band.data());
-#pragma omp for schedule(static)
-          for (int64_t m = 0; m < Kg; ++m) {
-            float* d = gyv.data() + m * gstride;
-            for (int64_t t = 0; t < bh; ++t) {
-              std::memcpy(d + t * L.V, gyn + (m * g.OH + i0 + t) * g.OW, sizeof(float) * g.OW);
-              if (L.V > g.OW) std::memset(d + t * L.V + g.OW, 0, sizeof(float) * (L.V - g.OW));
-            }
-          }
-          const int64_t nflat = bh * L.V;
-          const int64_t fl = std::clamp<int64_t>(round_up(ceil_div(nflat, 2 * team), 8), 64,
-                                                 kDotChunk);
-          const int64_t nch = ceil_div(nflat, fl);
-#pragma omp for schedule(static)
-          for (int64_t ch = 0; ch < nch; ++ch) {
-            const int64_t fs = ch * fl, len = std::min(fl, nflat - fs);
-            for (int64_t mb = 0; mb < Mpad / kMR; ++mb) {
-              const float* a = gyv.data() + mb * kMR * gstride + fs;
-              double* accm = my + mb * kMR * K3;
-              for (int64_t tt = 0; tt < K3; tt += 3) {
-                const float* b = bandp + fs;
-                kn.dot(len, a, gstride, b + offs3[tt], b + offs3[tt + 1], b + offs3[tt + 2], out);
-                for (int j = 0; j < 3; ++j)
-                  for (int i = 0; i < kMR; ++i) accm[i * K3 + tt + j] += out[j * kMR + i];
-              }
-            }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t bi = it % nb, n = (it / nb) % g.N, gi = it / (nb * g.N);
+      Source s = s0;
+      s.p = x + (n * g.C + gi * Cg) * g.H * g.W;
+      const float* gyn = gy + (n * g.K + gi * Kg) * g.OH * g.OW;  // [Kg][OH][OW]
+      const int64_t i0 = bi * L.BH, bh = std::min(L.BH, g.OH - i0);
+      const float* bandp = L.zero_copy ? s.p + i0 * g.W : band.data();
+      if (!L.zero_copy) build_band(s, L, i0, bh, band.data());
+      for (int64_t m = 0; m < Kg; ++m) {
+        float* d = gyv.data() + m * gstride;
+        for (int64_t t = 0; t < bh; ++t) {
+          std::memcpy(d + t * L.V, gyn + (m * g.OH + i0 + t) * g.OW, sizeof(float) * g.OW);
+          if (L.V > g.OW) std::memset(d + t * L.V + g.OW, 0, sizeof(float) * (L.V - g.OW));
+        }
+      }
+      double* accg = my + gi * Mpad * K3;
+      const int64_t nflat = bh * L.V;
+      for (int64_t fs = 0; fs < nflat; fs += kDotChunk) {
+        const int64_t len = std::min(kDotChunk, nflat - fs);
+        for (int64_t mb = 0; mb < Mpad / kMR; ++mb) {
+          const float* a = gyv.data() + mb * kMR * gstride + fs;
+          double* accm = accg + mb * kMR * K3;
+          const float* b = bandp + fs;
+          for (int64_t tt = 0; tt < K3; tt += 3) {
+            kn.dot(len, a, gstride, b + offs3[tt], b + offs3[tt + 1], b + offs3[tt + 2], out);
+            for (int j = 0; j < 3; ++j)
+              for (int i = 0; i < kMR; ++i) accm[i * K3 + tt + j] += out[j * kMR + i];
           }
         }
       }
-      // Sum the per-thread accumulators of this group into gw, then clear them.
-      float* gwg = gw + gi * Kg * Kred;
+    }
+    // Sum the per-thread accumulators into gw (the loop above ended with a barrier).
 #pragma omp for schedule(static)
-      for (int64_t m = 0; m < Kg; ++m)
-        for (int64_t k = 0; k < Kred; ++k) {
-          double sum = 0.0;
-          for (int t = 0; t < nth; ++t) sum += acc.data()[(static_cast<size_t>(t) * Mpad + m) * K3 + k];
-          gwg[m * Kred + k] = static_cast<float>(sum);
-        }
-      std::fill_n(my, Mpad * K3, 0.0);
-#pragma omp barrier
+    for (int64_t q = 0; q < g.K * Kred; ++q) {
+      const int64_t k = q / Kred, kk = q % Kred, gi = k / Kg, m = k % Kg;
+      double sum = 0.0;
+      for (int t = 0; t < nth; ++t) sum += acc.data()[t * accn + (gi * Mpad + m) * K3 + kk];
+      gw[q] = static_cast<float>(sum);
     }
   }
 }

@@ -6,6 +6,7 @@
 //      12 ymm accumulators, 3 B loads + 4 broadcasts per 12 FMAs.
 //  * dot 4x3:  out[j][i] = sum_t a[i*lda + t] * b_j[t],  i < 4, j < 3   (any alignment, any n)
 //      reductions along the pixel axis for the weight gradient; 12 ymm accumulators.
+//  * pack 24: B[k][0..23] = src[offs[k] + 0..23], the implicit-im2col panel gather.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
@@ -28,6 +29,8 @@ using GemmFn = void (*)(int64_t kc, const float* A, const float* B, float* C, bo
 // out[j*4 + i] = sum_{t<n} a[i*lda + t] * bj[t]
 using DotFn = void (*)(int64_t n, const float* a, int64_t lda, const float* b0, const float* b1,
                        const float* b2, float* out);
+// B[k][0..23] = src[offs[k] + 0..23] for k < kc  (B 32-byte aligned; src any alignment)
+using PackFn = void (*)(int64_t kc, const float* src, const int64_t* offs, float* B);
 
 // ---------------------------------------------------------------- portable fallback
 inline void gemm_4x24_generic(int64_t kc, const float* A, const float* B, float* C, bool acc) {
@@ -61,6 +64,10 @@ inline void dot_4x3_generic(int64_t n, const float* a, int64_t lda, const float*
       for (; t < n; ++t) s += ai[t] * bj[t];
       out[j * 4 + i] = s;
     }
+}
+
+inline void pack_24_generic(int64_t kc, const float* src, const int64_t* offs, float* B) {
+  for (int64_t k = 0; k < kc; ++k) std::memcpy(B + k * kNR, src + offs[k], sizeof(float) * kNR);
 }
 
 #if ST_CONV_HAVE_X86
@@ -116,6 +123,16 @@ ST_AVX2 inline void gemm_4x24_avx2(int64_t kc, const float* __restrict A,
   _mm256_store_ps(C + 24, c10), _mm256_store_ps(C + 32, c11), _mm256_store_ps(C + 40, c12);
   _mm256_store_ps(C + 48, c20), _mm256_store_ps(C + 56, c21), _mm256_store_ps(C + 64, c22);
   _mm256_store_ps(C + 72, c30), _mm256_store_ps(C + 80, c31), _mm256_store_ps(C + 88, c32);
+}
+
+ST_AVX2 inline void pack_24_avx2(int64_t kc, const float* __restrict src,
+                                 const int64_t* __restrict offs, float* __restrict B) {
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* s = src + offs[k];
+    _mm256_store_ps(B + k * 24, _mm256_loadu_ps(s));
+    _mm256_store_ps(B + k * 24 + 8, _mm256_loadu_ps(s + 8));
+    _mm256_store_ps(B + k * 24 + 16, _mm256_loadu_ps(s + 16));
+  }
 }
 
 // Sums of 4 vectors: result lane i = horizontal sum of v_i.
@@ -176,6 +193,7 @@ ST_AVX2 inline void dot_4x3_avx2(int64_t n, const float* __restrict a, int64_t l
 struct Kernels {
   GemmFn gemm;
   DotFn dot;
+  PackFn pack;
   bool avx2;
 };
 
@@ -183,13 +201,13 @@ struct Kernels {
 // ST_CONV_FORCE_GENERIC is set to a non-empty value other than "0" (used to test the fallback).
 inline const Kernels& kernels() {
   static const Kernels k = [] {
-    Kernels r{&gemm_4x24_generic, &dot_4x3_generic, false};
+    Kernels r{&gemm_4x24_generic, &dot_4x3_generic, &pack_24_generic, false};
     const char* force = std::getenv("ST_CONV_FORCE_GENERIC");
     const bool forced = force && *force && std::strcmp(force, "0") != 0;
 #if ST_CONV_HAVE_X86
     __builtin_cpu_init();
     if (!forced && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      r = Kernels{&gemm_4x24_avx2, &dot_4x3_avx2, true};
+      r = Kernels{&gemm_4x24_avx2, &dot_4x3_avx2, &pack_24_avx2, true};
 #else
     (void)forced;
 #endif

@@ -1,11 +1,12 @@
 // The CUDA backend (seam only, for now): device memory, host<->device copies and fill.
 // Compute kernels arrive with the CUDA issue; until then the base class reports each missing
-// kernel by name. Registered from a static initialiser; the library is linked whole.
+// kernel by name. Handed out by tensor/backend.cpp's registry.
 #include <cuda_runtime.h>
 
 #include <string>
 
 #include "tensor/backend.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "tensor/half.h"
 
 namespace st::cuda {
@@ -88,13 +89,9 @@ class CudaBackend final : public Backend {
   }
 };
 
-namespace {
-struct Registrar {
-  Registrar() {
-    static CudaBackend backend;
-    register_backend(DeviceType::CUDA, &backend);
-  }
-} registrar;
-}  // namespace
+Backend& cuda_backend() {
+  static CudaBackend backend;
+  return backend;
+}
 
 }  // namespace st::cuda

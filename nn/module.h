@@ -1,0 +1,73 @@
+// A minimal module layer: named parameters (names match safetensors tensor names, e.g.
+// "enc1.long_path.0.weight"), children, and loading/saving a state dict.
+#pragma once
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tensor/ops.h"
+#include "tensor/safetensors.h"
+
+namespace st::nn {
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  Module() = default;
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  // Every parameter, depth-first in registration order, with dotted names.
+  NamedTensors named_parameters() const;
+  std::vector<Tensor> parameters() const;
+  int64_t parameter_count() const;  // number of scalars
+  // The parameter with this dotted name; throws naming it when absent.
+  Tensor parameter(const std::string& name) const;
+
+  // Copies values from `tensors` into the parameters (in place, keeping identity). The names,
+  // shapes and dtypes must match exactly, one to one; otherwise throws naming the first
+  // mismatch and changes nothing.
+  void load_state(const NamedTensors& tensors, const std::string& source = "state");
+  void load_safetensors(const std::filesystem::path& path);
+  void save_safetensors(const std::filesystem::path& path) const;
+
+  // Marks every parameter as trainable or frozen (requires_grad).
+  void set_trainable(bool on);
+
+ protected:
+  Tensor& register_parameter(const std::string& name, Tensor t);
+  template <class M>
+  M& register_module(const std::string& name, std::unique_ptr<M> m) {
+    M& ref = *m;
+    children_.emplace_back(name, std::move(m));
+    return ref;
+  }
+
+ private:
+  void collect(const std::string& prefix, NamedTensors& out) const;
+  std::vector<std::pair<std::string, Tensor>> params_;
+  std::vector<std::pair<std::string, std::unique_ptr<Module>>> children_;
+};
+
+// Conv2d with bias; padding k//2 on each axis unless given.
+class Conv2d : public Module {
+ public:
+  Conv2d(int64_t in, int64_t out, int64_t kh, int64_t kw, int64_t stride = 1);
+  Tensor forward(const Tensor& x) const;
+  Tensor weight, bias;  // (out, in, kh, kw), (out)
+  Conv2dParams params;
+};
+
+// BatchNorm2d that always normalises with the input's own batch statistics (SPEC §2).
+class BatchNorm2d : public Module {
+ public:
+  explicit BatchNorm2d(int64_t channels, double eps = 1e-5);
+  Tensor forward(const Tensor& x) const;
+  Tensor weight, bias;  // (C), (C)
+  double eps;
+};
+
+}  // namespace st::nn

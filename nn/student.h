@@ -1,0 +1,74 @@
+// The ShadowTutor student network (SPEC §2): a JITNet-style encoder/decoder with
+// pre-activation blocks, 68 tensors, 483,873 parameters, 9 output classes.
+//
+// The forward pass is split at the partial-distillation boundary: `front()` runs the frozen
+// part (in_conv1 .. dec1) and returns the activations the back needs; `back()` runs the trained
+// part (dec2 .. out_conv3). For partial distillation the front's result on a key frame can be
+// computed once and reused for every training step (SPEC §4).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nn/module.h"
+
+namespace st::nn {
+
+// diff(ci->co, s): p = relu(BN(x)); short = conv1x1_s(p); long = conv3x1(conv1x3(relu(conv3x3_s(p))))
+// same(c, s): like diff but short = x[:, :, ::s, ::s] (raw input, strided), no short conv.
+class StudentBlock : public Module {
+ public:
+  StudentBlock(int64_t in, int64_t out, int64_t stride, bool same);
+  Tensor forward(const Tensor& x) const;
+
+ private:
+  bool same_;
+  int64_t stride_;
+  BatchNorm2d* bn_;
+  Conv2d* short_ = nullptr;
+  Conv2d *long0_, *long2_, *long3_;
+};
+
+// What the frozen front hands to the trained back.
+struct StudentFront {
+  Tensor d1;        // up(dec1(e3), size of e2)        (N, 64, H/16, W/16)
+  Tensor e2;        // (N, 64, H/16, W/16)
+  Tensor e1;        // (N, 64, H/8, W/8)
+  int64_t x1_h = 0, x1_w = 0;  // size of in_conv1's output (H/2)
+  int64_t h = 0, w = 0;        // input size
+};
+
+enum class Distillation { None, Partial, Full };
+const char* distillation_name(Distillation d);
+Distillation parse_distillation(const std::string& s);  // "none" | "partial" | "full"
+
+class Student : public Module {
+ public:
+  static constexpr int64_t kClasses = 9;
+  // Mean subtracted from BGR pixels (Detectron2 defaults, SPEC §2).
+  static constexpr float kMeanBGR[3] = {103.53f, 116.28f, 123.675f};
+
+  Student();
+
+  // x: (N, 3, H, W) normalised BGR float. Returns logits (N, 9, H, W).
+  Tensor forward(const Tensor& x) const { return back(front(x)); }
+  StudentFront front(const Tensor& x) const;
+  Tensor back(const StudentFront& f) const;
+
+  // Names of the parameters trained (and transmitted) by partial distillation: the 26 tensors
+  // of dec2, dec3, out_conv1, out_conv2, out_conv3, in model order.
+  std::vector<std::string> trained_names(Distillation mode) const;
+  // Sets requires_grad: trained parameters on, the rest off. None freezes everything.
+  void configure(Distillation mode);
+  std::vector<Tensor> trained_parameters(Distillation mode) const;
+
+  // Converts an interleaved 8-bit BGR image (H, W, 3) to the normalised (1, 3, H, W) input.
+  static Tensor preprocess_bgr(const uint8_t* bgr, int64_t h, int64_t w);
+
+ private:
+  Conv2d *in_conv1_, *in_conv2_;
+  StudentBlock *enc1_, *enc2_, *enc3_, *dec1_, *dec2_, *dec3_;
+  Conv2d *out_conv1_, *out_conv2_, *out_conv3_;
+};
+
+}  // namespace st::nn
