@@ -48,10 +48,19 @@ using convk::kMR;
 using convk::kNR;
 using convk::Kernels;
 
-constexpr int64_t kBandBudget = 128 * 1024;  // floats per thread-private band buffer (512 KiB)
-constexpr int64_t kKCMax = 256;              // taps per packed B panel (24*256*4 B = 24 KiB)
+#ifndef ST_BB
+#define ST_BB 256
+#endif
+#ifndef ST_KC
+#define ST_KC 256
+#endif
+constexpr int64_t kBandBudget = ST_BB * 1024;  // floats per thread-private band buffer (1 MiB)
+constexpr int64_t kKCMax = ST_KC;             // taps per packed B panel (24*256*4 B = 24 KiB)
 constexpr int64_t kSlack = 64;               // floats of zeroed slack after band buffers
-constexpr int64_t kDotChunk = 1024;          // pixels per backward-weight reduction chunk
+#ifndef ST_FL
+#define ST_FL 1024
+#endif
+constexpr int64_t kDotChunk = ST_FL;         // pixels per backward-weight reduction chunk
 constexpr double kParallelFlops = 1.0e6;     // below this a call runs on one thread
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -129,6 +129,10 @@ ST_AVX2 inline void pack_24_avx2(int64_t kc, const float* __restrict src,
                                  const int64_t* __restrict offs, float* __restrict B) {
   for (int64_t k = 0; k < kc; ++k) {
     const float* s = src + offs[k];
+#ifdef ST_PF
+    _mm_prefetch(reinterpret_cast<const char*>(s + ST_PF), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(s + ST_PF + 16), _MM_HINT_T0);
+#endif
     _mm256_store_ps(B + k * 24, _mm256_loadu_ps(s));
     _mm256_store_ps(B + k * 24 + 8, _mm256_loadu_ps(s + 8));
     _mm256_store_ps(B + k * 24 + 16, _mm256_loadu_ps(s + 16));

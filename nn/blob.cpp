@@ -1,0 +1,113 @@
+// Packing and unpacking the trained-parameter blob (layout in blob.h).
+#include "nn/blob.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "tensor/autograd.h"
+#include "tensor/half.h"
+
+namespace st::nn {
+
+namespace {
+constexpr uint32_t kMagic = 0x42505453;  // "STPB"
+constexpr uint16_t kVersion = 1;
+constexpr size_t kHeader = 24;
+
+template <class T>
+void put(std::vector<uint8_t>& b, size_t at, T v) {
+  std::memcpy(b.data() + at, &v, sizeof(T));
+}
+template <class T>
+T get(const uint8_t* p, size_t at) {
+  T v;
+  std::memcpy(&v, p + at, sizeof(T));
+  return v;
+}
+}  // namespace
+
+uint64_t layout_hash(const Student& s, Distillation mode) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&](const std::string& str) {
+    for (unsigned char c : str) {
+      h ^= c;
+      h *= 0x100000001b3ull;
+    }
+  };
+  for (auto& n : s.trained_names(mode)) {
+    std::string item = n + ":";
+    const Shape& sh = s.parameter(n).shape();
+    for (size_t i = 0; i < sh.size(); ++i) item += (i ? "," : "") + std::to_string(sh[i]);
+    mix(item + ";");
+  }
+  return h;
+}
+
+size_t blob_size(const Student& s, Distillation mode, BlobEncoding enc) {
+  size_t n = 0;
+  for (auto& t : s.trained_parameters(mode)) n += size_t(t.numel());
+  return kHeader + n * (enc == BlobEncoding::F32 ? 4 : 2);
+}
+
+std::vector<uint8_t> pack_trained(const Student& s, Distillation mode, BlobEncoding enc) {
+  auto params = s.trained_parameters(mode);
+  std::vector<uint8_t> b(blob_size(s, mode, enc), 0);
+  put<uint32_t>(b, 0, kMagic);
+  put<uint16_t>(b, 4, kVersion);
+  put<uint8_t>(b, 6, uint8_t(enc));
+  put<uint64_t>(b, 8, layout_hash(s, mode));
+  put<uint32_t>(b, 16, uint32_t(params.size()));
+  size_t at = kHeader;
+  for (auto& p : params) {
+    auto v = p.to_vector<float>();
+    if (enc == BlobEncoding::F32) {
+      std::memcpy(b.data() + at, v.data(), v.size() * 4);
+      at += v.size() * 4;
+    } else {
+      for (float f : v) {
+        put<uint16_t>(b, at, float_to_half(f));
+        at += 2;
+      }
+    }
+  }
+  return b;
+}
+
+void unpack_trained(Student& s, Distillation mode, const uint8_t* data, size_t size) {
+  ST_CHECK(size >= kHeader, "parameter blob: ", size, " bytes, shorter than its ", kHeader,
+           "-byte header");
+  ST_CHECK(get<uint32_t>(data, 0) == kMagic, "parameter blob: bad magic");
+  ST_CHECK(get<uint16_t>(data, 4) == kVersion, "parameter blob: version ",
+           get<uint16_t>(data, 4), ", expected ", kVersion);
+  uint8_t enc = get<uint8_t>(data, 6);
+  ST_CHECK(enc <= 1, "parameter blob: unknown encoding ", int(enc));
+  ST_CHECK(get<uint64_t>(data, 8) == layout_hash(s, mode),
+           "parameter blob: layout hash mismatch (the sender trains a different set of tensors "
+           "or shapes than this ", distillation_name(mode), " student)");
+  auto params = s.trained_parameters(mode);
+  ST_CHECK(get<uint32_t>(data, 16) == params.size(), "parameter blob: ", get<uint32_t>(data, 16),
+           " tensors, expected ", params.size());
+  size_t expect = blob_size(s, mode, BlobEncoding(enc));
+  ST_CHECK(size == expect, "parameter blob: ", size, " bytes, expected ", expect);
+  // Decode everything first, then assign (no partial update on error above).
+  std::vector<Tensor> decoded;
+  size_t at = kHeader;
+  for (auto& p : params) {
+    std::vector<float> v(size_t(p.numel()));
+    if (enc == 0) {
+      std::memcpy(v.data(), data + at, v.size() * 4);
+      at += v.size() * 4;
+    } else {
+      for (auto& f : v) {
+        f = half_to_float(get<uint16_t>(data, at));
+        at += 2;
+      }
+    }
+    for (float f : v) ST_CHECK(std::isfinite(f), "parameter blob: non-finite value in a tensor");
+    decoded.push_back(Tensor::from_vector(v, p.shape()));
+  }
+  NoGradGuard ng;
+  for (size_t i = 0; i < params.size(); ++i) params[i].copy_(decoded[i].to(params[i].device()));
+}
+
+}  // namespace st::nn

@@ -1,0 +1,272 @@
+// SPEC §3–§5: targets and weights, mIoU, Algorithm 2 (table-driven), Algorithm 1 (skip,
+// steps, best-copy restore, partial backward, front reuse), and the parameter blob.
+#include <cstring>
+#include <limits>
+
+#include "nn/blob.h"
+#include "nn/distill.h"
+#include "test_util.h"
+
+using namespace st;
+using namespace st::nn;
+using Catch::Contains;
+
+TEST_CASE("algorithm 2: next key-frame stride, T = 0.8", "[distill]") {
+  DistillConfig cfg;  // T 0.8, strides [8, 64]
+  struct Row {
+    double acc;
+    int current, expected;
+  };
+  std::vector<Row> table = {
+      {1.0, 16, 32},   // acc 1.0 doubles
+      {0.9, 16, 24},   // 0.9 -> x1.5
+      {0.8, 16, 16},   // 0.8 -> x1 (the "otherwise" branch: 0.8/0.8)
+      {0.4, 32, 16},   // 0.4 halves
+      {0.85, 13, 16},  // x1.25 = 16.25 -> truncated to 16
+      {0.5, 20, 12},   // x0.625 = 12.5 -> 12
+      {0.7, 10, 8},    // x0.875 = 8.75 -> 8
+      {1.0, 40, 64},   // 80 clamped to MAX_STRIDE
+      {0.1, 16, 8},    // 2 clamped to MIN_STRIDE
+      {0.0, 64, 8},
+      {0.95, 64, 64},
+  };
+  for (auto& r : table) {
+    INFO("acc " << r.acc << " current " << r.current);
+    REQUIRE(next_stride(r.acc, r.current, cfg) == r.expected);
+  }
+  DistillConfig other;
+  other.threshold = 0.5;
+  other.min_stride = 2;
+  other.max_stride = 100;
+  REQUIRE(next_stride(0.75, 10, other) == 15);  // (0.75 + 1 - 1) / 0.5 = 1.5
+}
+
+TEST_CASE("miou: per-class IoU averaged over classes present in prediction or target",
+          "[distill]") {
+  // target: 0 0 8 8 ; pred: 0 8 8 8 -> class 0: 1/2, class 8: 2/3 -> mean 7/12.
+  Tensor t = Tensor::from_vector(std::vector<int64_t>{0, 0, 8, 8}, {1, 2, 2});
+  Tensor p = Tensor::from_vector(std::vector<int64_t>{0, 8, 8, 8}, {1, 2, 2});
+  REQUIRE(miou(p, t) == Approx(7.0 / 12.0));
+  REQUIRE(miou(t, t) == 1.0);
+  // A class only in the prediction counts (IoU 0).
+  Tensor p2 = Tensor::from_vector(std::vector<int64_t>{0, 0, 8, 3}, {1, 2, 2});
+  REQUIRE(miou(p2, t) == Approx((1.0 + 0.5 + 0.0) / 3.0));
+  REQUIRE_THROWS_WITH(miou(p, Tensor::zeros({1, 3}, DType::I64)), Contains("differ"));
+}
+
+TEST_CASE("targets: box weights expand 7.5%, truncate, clamp, include the far edge",
+          "[distill]") {
+  // Box x 10..30 (w 20 -> 1.5 px), y 4..8 (h 4 -> 0.3 px) in a 40x12 image.
+  auto w = box_weights({{10, 4, 30, 8}}, 12, 40);
+  auto at = [&](int64_t y, int64_t x) { return w[size_t(y * 40 + x)]; };
+  // x: int(8.5) = 8 .. int(31.5) = 31 ; y: int(3.7) = 3 .. int(8.3) = 8, inclusive.
+  REQUIRE(at(3, 8) == 5.0f);
+  REQUIRE(at(8, 31) == 5.0f);
+  REQUIRE(at(2, 8) == 1.0f);
+  REQUIRE(at(3, 7) == 1.0f);
+  REQUIRE(at(9, 20) == 1.0f);
+  REQUIRE(at(5, 32) == 1.0f);
+  int64_t fives = 0;
+  for (float v : w) fives += v == 5.0f;
+  REQUIRE(fives == (31 - 8 + 1) * (8 - 3 + 1));
+  // Clamping at the borders.
+  auto c = box_weights({{-5, -5, 100, 100}}, 12, 40);
+  for (float v : c) REQUIRE(v == 5.0f);
+}
+
+TEST_CASE("targets: label-only teachers get boxes from connected components", "[distill]") {
+  // Two blobs (8-connected diagonal pair counts as one), background 8.
+  std::vector<uint8_t> l(6 * 8, 8);
+  l[1 * 8 + 1] = 0;
+  l[2 * 8 + 2] = 0;  // diagonal neighbour: same component
+  l[4 * 8 + 6] = 2;
+  l[4 * 8 + 7] = 2;
+  auto boxes = component_boxes(l, 6, 8);
+  REQUIRE(boxes.size() == 2);
+  REQUIRE(boxes[0].x1 == 1);
+  REQUIRE(boxes[0].y1 == 1);
+  REQUIRE(boxes[0].x2 == 3);
+  REQUIRE(boxes[0].y2 == 3);
+  REQUIRE(boxes[1].x1 == 6);
+  REQUIRE(boxes[1].x2 == 8);
+  Target t = make_target(l, 6, 8);
+  REQUIRE(t.labels.shape() == Shape{1, 6, 8});
+  REQUIRE(t.weight.at({0, 1, 1}) == 5.0);
+  REQUIRE(t.weight.at({0, 0, 5}) == 1.0);
+  std::vector<uint8_t> bad(48, 9);
+  REQUIRE_THROWS_WITH(make_target(bad, 6, 8), Contains("label 9"));
+}
+
+namespace {
+// A small scene: a random image and a synthetic target (a "person" rectangle).
+struct Scene {
+  Tensor x;
+  Target target;
+  Scene(int64_t h, int64_t w, uint64_t seed) {
+    x = Tensor::randn({1, 3, h, w}, seed) * 40.0;
+    std::vector<uint8_t> l(size_t(h * w), 8);
+    for (int64_t y = h / 4; y < 3 * h / 4; ++y)
+      for (int64_t xx = w / 3; xx < 2 * w / 3; ++xx) l[size_t(y * w + xx)] = 0;
+    target = make_target(l, h, w);
+  }
+};
+
+std::vector<std::vector<float>> values(const std::vector<Tensor>& ts) {
+  std::vector<std::vector<float>> v;
+  for (auto& t : ts) v.push_back(t.to_vector<float>());
+  return v;
+}
+}  // namespace
+
+TEST_CASE("algorithm 1: partial distillation trains only the back, with no front backward",
+          "[distill][partial]") {
+  Student s;
+  Scene sc(64, 96, 1);
+  auto frozen_names = s.trained_names(Distillation::Full);
+  auto before = values(s.parameters());
+  Distiller d(s, Distillation::Partial);
+  reset_backward_kernel_counts();
+  DistillOutcome o = d.distill(sc.x, sc.target);
+  REQUIRE(o.steps >= 1);
+  REQUIRE(o.steps <= 8);
+  auto after = values(s.parameters());
+  auto names = s.named_parameters();
+  auto trained = s.trained_names(Distillation::Partial);
+  for (size_t i = 0; i < names.size(); ++i) {
+    bool is_trained = std::find(trained.begin(), trained.end(), names[i].first) != trained.end();
+    INFO(names[i].first);
+    if (!is_trained) REQUIRE(after[i] == before[i]);
+    if (!is_trained) REQUIRE_FALSE(names[i].second.grad().defined());
+  }
+  // Back convs: dec2 (short, long0, long2, long3), dec3 (4), out_conv1..3 = 11 convs, each
+  // with weight, bias and input gradients per step (dec2's convs read relu(BN(.)) whose affine
+  // is trained). Backward stops at dec2's BN: its input, cat[d1, e2], is the frozen front's, so
+  // exactly one BN input gradient (dec3's) runs, and nothing of the front (its 7 BNs, 20 convs,
+  // the d1 upsample, enc2's subsample) shows up in the counters.
+  const int64_t steps = o.steps;
+  std::map<std::string, int64_t> expected = {
+      {"conv2d.grad_weight", 11 * steps},    {"conv2d.grad_bias", 11 * steps},
+      {"conv2d.grad_input", 11 * steps},     {"batch_norm.grad_input", 1 * steps},
+      {"batch_norm.grad_affine", 2 * steps}, {"relu.grad_input", 4 * steps},
+      {"resize_bilinear.grad_input", 3 * steps},
+      {"weighted_cross_entropy.grad_input", 1 * steps},
+      {"add.grad_a", 2 * steps},             {"add.grad_b", 2 * steps},  // short + long
+  };
+  auto counts = backward_kernel_counts();
+  for (auto& [k, v] : counts) {
+    INFO("kernel " << k);
+    REQUIRE(expected.count(k));
+    REQUIRE(v == expected[k]);
+  }
+  REQUIRE(counts.size() == expected.size());
+}
+
+TEST_CASE("algorithm 1: reusing the frozen front is bit-identical to recomputing it",
+          "[distill][partial]") {
+  Scene sc(48, 64, 2);
+  Student a, b;
+  b.load_state(a.named_parameters());
+  Distiller da(a, Distillation::Partial), db(b, Distillation::Partial);
+  for (int k = 0; k < 2; ++k) {  // two key frames: Adam state carries over
+    DistillOutcome oa = da.distill(sc.x, sc.target, true);
+    DistillOutcome ob = db.distill(sc.x, sc.target, false);
+    REQUIRE(oa.steps == ob.steps);
+    REQUIRE(oa.acc == ob.acc);
+  }
+  REQUIRE(values(a.parameters()) == values(b.parameters()));
+}
+
+TEST_CASE("algorithm 1: skip when the student is already good", "[distill]") {
+  Student s;
+  Scene sc(32, 48, 3);
+  Tensor pred;
+  {
+    NoGradGuard ng;
+    pred = argmax_channels(s.forward(sc.x));
+  }
+  Target own{pred, Tensor::full({1, 32, 48}, 1.0)};
+  auto before = values(s.parameters());
+  Distiller d(s, Distillation::Partial);
+  DistillOutcome o = d.distill(sc.x, own);
+  REQUIRE(o.acc_before == 1.0);
+  REQUIRE(o.steps == 0);
+  REQUIRE(values(s.parameters()) == before);
+}
+
+TEST_CASE("algorithm 1: best copy is restored when training makes things worse",
+          "[distill]") {
+  Student s;
+  Scene sc(32, 48, 4);
+  DistillConfig cfg;
+  cfg.lr = 50.0;  // absurd learning rate: every step destroys the back
+  cfg.max_updates = 3;
+  auto before = values(s.parameters());
+  Distiller d(s, Distillation::Partial, cfg);
+  DistillOutcome o = d.distill(sc.x, sc.target);
+  REQUIRE(o.steps == 3);
+  REQUIRE(o.acc >= o.acc_before);
+  // Whatever was kept, the reported acc is that of the weights now in the student.
+  NoGradGuard ng;
+  REQUIRE(miou(argmax_channels(s.forward(sc.x)), sc.target.labels) == Approx(o.acc));
+  if (o.acc == o.acc_before) REQUIRE(values(s.parameters()) == before);
+}
+
+TEST_CASE("algorithm 1: no distillation only evaluates", "[distill]") {
+  Student s;
+  Scene sc(32, 32, 5);
+  auto before = values(s.parameters());
+  Distiller d(s, Distillation::None);
+  DistillOutcome o = d.distill(sc.x, sc.target);
+  REQUIRE(o.steps == 0);
+  REQUIRE(values(s.parameters()) == before);
+}
+
+TEST_CASE("blob: partial fp32 is 24 + 413,860 bytes and round-trips exactly", "[blob]") {
+  Student a, b;
+  REQUIRE(blob_size(a, Distillation::Partial, BlobEncoding::F32) == 24 + 413860);
+  REQUIRE(blob_size(a, Distillation::Full, BlobEncoding::F32) == 24 + 483873 * 4);
+  REQUIRE(blob_size(a, Distillation::Partial, BlobEncoding::F16) == 24 + 413860 / 2);
+  auto blob = pack_trained(a, Distillation::Partial, BlobEncoding::F32);
+  unpack_trained(b, Distillation::Partial, blob.data(), blob.size());
+  for (auto& n : a.trained_names(Distillation::Partial))
+    REQUIRE(a.parameter(n).to_vector<float>() == b.parameter(n).to_vector<float>());
+  // fp16: within half precision.
+  Student c;
+  auto h = pack_trained(a, Distillation::Partial, BlobEncoding::F16);
+  unpack_trained(c, Distillation::Partial, h.data(), h.size());
+  for (auto& n : a.trained_names(Distillation::Partial))
+    ST_REQUIRE_CLOSE(c.parameter(n), a.parameter(n), 1e-4, 1e-3);
+}
+
+TEST_CASE("blob: every corruption is refused and leaves the weights untouched", "[blob][errors]") {
+  Student a, b;
+  auto blob = pack_trained(a, Distillation::Partial, BlobEncoding::F32);
+  auto before = values(b.parameters());
+  auto expect_refused = [&](std::vector<uint8_t> bad, const char* what) {
+    INFO(what);
+    REQUIRE_THROWS_WITH(unpack_trained(b, Distillation::Partial, bad.data(), bad.size()),
+                        Contains(what));
+    REQUIRE(values(b.parameters()) == before);
+  };
+  expect_refused(std::vector<uint8_t>(blob.begin(), blob.begin() + 10), "shorter");
+  expect_refused(std::vector<uint8_t>(blob.begin(), blob.end() - 4), "bytes, expected");
+  auto m = blob;
+  m[0] ^= 1;
+  expect_refused(m, "magic");
+  m = blob;
+  m[4] = 7;
+  expect_refused(m, "version");
+  m = blob;
+  m[6] = 5;
+  expect_refused(m, "encoding");
+  m = blob;
+  m[9] ^= 0x40;
+  expect_refused(m, "layout hash");
+  m = blob;
+  float nan = std::numeric_limits<float>::quiet_NaN();
+  std::memcpy(m.data() + 24 + 400, &nan, 4);
+  expect_refused(m, "non-finite");
+  // A full-mode blob is not a partial-mode blob.
+  auto full = pack_trained(a, Distillation::Full, BlobEncoding::F32);
+  expect_refused(full, "layout hash");
+}
