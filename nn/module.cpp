@@ -79,18 +79,30 @@ void Module::save_safetensors(const std::filesystem::path& path) const {
   safetensors::save(path, named_parameters());
 }
 
+void Module::init_conv_uniform(uint64_t seed) {
+  NoGradGuard ng;
+  for (auto& [name, t] : named_parameters()) {
+    if (t.dim() == 1 && name.find("preact_path") != std::string::npos) continue;  // BN: 1 / 0
+    // fan_in from the weight of the same layer: (out, in, kh, kw) -> in*kh*kw.
+    std::string layer = name.substr(0, name.rfind('.'));
+    Tensor w = parameter(layer + ".weight");
+    double fan_in = double(w.size(1) * w.size(2) * w.size(3));
+    double bound = 1.0 / std::sqrt(fan_in);
+    uint64_t h = 1469598103934665603ull ^ seed;
+    for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+    const_cast<Tensor&>(t).copy_(Tensor::uniform(t.shape(), -bound, bound, h));
+  }
+}
+
 void Module::set_trainable(bool on) {
   for (auto& [n, t] : named_parameters()) const_cast<Tensor&>(t).set_requires_grad(on);
 }
 
-// PyTorch's default init for conv: kaiming_uniform(a=sqrt(5)) => U(-1/sqrt(fan_in), +) for
-// both weight and bias. Deterministic seeds derived from the shape keep runs reproducible.
+// Parameters start at zero; the owning network initialises them by name (see
+// Student::Student), so the same seed gives the same weights whatever else was built before.
 Conv2d::Conv2d(int64_t in, int64_t out, int64_t kh, int64_t kw, int64_t stride) {
-  static uint64_t counter = 0;
-  double bound = 1.0 / std::sqrt(double(in * kh * kw));
-  weight = register_parameter("weight", Tensor::uniform({out, in, kh, kw}, -bound, bound,
-                                                        0x5eed0000 + counter++));
-  bias = register_parameter("bias", Tensor::uniform({out}, -bound, bound, 0x5eed0000 + counter++));
+  weight = register_parameter("weight", Tensor::zeros({out, in, kh, kw}));
+  bias = register_parameter("bias", Tensor::zeros({out}));
   params.stride_h = params.stride_w = stride;
   params.pad_h = kh / 2;
   params.pad_w = kw / 2;

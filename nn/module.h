@@ -34,6 +34,11 @@ class Module {
   void load_safetensors(const std::filesystem::path& path);
   void save_safetensors(const std::filesystem::path& path) const;
 
+  // PyTorch's default conv init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), +) for weight
+  // and bias, with a per-tensor seed derived from `seed` and the tensor's name (deterministic).
+  // Parameters of BatchNorm layers (named *preact_path*) are left as they are.
+  void init_conv_uniform(uint64_t seed);
+
   // Marks every parameter as trainable or frozen (requires_grad).
   void set_trainable(bool on);
 

@@ -41,7 +41,7 @@ Distillation parse_distillation(const std::string& s) {
   throw Error("unknown distillation mode '" + s + "' (none, partial, full)");
 }
 
-Student::Student() {
+Student::Student(uint64_t seed) {
   in_conv1_ = &register_module("in_conv1", std::make_unique<Conv2d>(3, 8, 3, 3, 2));
   in_conv2_ = &register_module("in_conv2", std::make_unique<Conv2d>(8, 8, 3, 3, 2));
   enc1_ = &register_module("enc1", std::make_unique<StudentBlock>(8, 64, 2, false));
@@ -53,6 +53,7 @@ Student::Student() {
   out_conv1_ = &register_module("out_conv1", std::make_unique<Conv2d>(32, 32, 3, 3));
   out_conv2_ = &register_module("out_conv2", std::make_unique<Conv2d>(32, 32, 3, 3));
   out_conv3_ = &register_module("out_conv3", std::make_unique<Conv2d>(32, kClasses, 1, 1));
+  init_conv_uniform(seed);
 }
 
 StudentFront Student::front(const Tensor& x) const {

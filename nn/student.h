@@ -48,7 +48,8 @@ class Student : public Module {
   // Mean subtracted from BGR pixels (Detectron2 defaults, SPEC §2).
   static constexpr float kMeanBGR[3] = {103.53f, 116.28f, 123.675f};
 
-  Student();
+  // Random initialisation (PyTorch's defaults), deterministic for a given seed.
+  explicit Student(uint64_t seed = 0);
 
   // x: (N, 3, H, W) normalised BGR float. Returns logits (N, 9, H, W).
   Tensor forward(const Tensor& x) const { return back(front(x)); }

@@ -2,30 +2,33 @@
 // bias gradient, NCHW activations and KCRS weights.
 //
 // float path (the fast one) — implicit GEMM on "banded phase planes":
-//   * The output grid is processed in bands of BH output rows. For each band the source rows it
-//     needs are copied once into a small shared buffer, zero padded and split by stride phase:
+//   * The output grid is cut into bands of BH output rows; a band is one work item, handed out
+//     dynamically to the OpenMP threads (a few items per thread, so a preempted core does not
+//     stall the call). A thread copies the source rows its band needs into its private buffer
+//     (<= 1 MiB), zero padded and split by stride phase:
 //        plane(c, a, b)[t][j] = src[c][(i0 + t)*sy + a - py][j*sx + b - px]      (a < sy, b < sx)
 //     with a row pitch V = OW + (S-1)/sx. A tap (c, r, s) of the reduction then reads the
-//     contiguous run plane(c, r%sy, s%sx) + (r/sy)*V + s/sx + f for flattened output index
+//     contiguous run plane(c, r%sy, s%sx) + (r/sy)*V + s/sx + f for the flattened output index
 //     f = t*V + j (columns j >= OW are junk and are never stored). So im2col never exists: a
-//     24-pixel panel of the im2col matrix is a memcpy of 24 floats per tap, and a 1x1 stride-1
-//     unpadded conv reads the source directly (no band copy at all).
-//   * forward:  Y[K][pix] = W[K][C*R*S] * col[C*R*S][pix]. Per 24-pixel panel (parallel over
-//     panels with OpenMP): pack KC taps x 24 pixels (KC <= 256, fits L1), run the 4x24 AVX2
-//     register-blocked micro-kernel over all output-channel blocks (packed weights, from L2),
-//     accumulate in a 4x24-tile buffer, then add bias and scatter the valid pixels.
-//   * backward data: the transposed convolution is split by output stride phase (a, b) of gx;
-//     each phase is an ordinary stride-1 correlation of gy with the taps r = a+ph (mod sh),
+//     24-pixel panel of the im2col matrix is 24 contiguous floats per tap, and a 1x1 stride-1
+//     unpadded conv reads the source tensor directly (no band copy at all).
+//   * forward:  Y[K][pix] = W[K][C*R*S] * col[C*R*S][pix]. Per 24-pixel panel: pack KC taps x 24
+//     pixels (KC <= 256, fits L1; skipped for <= 8 output channels, where the micro-kernel reads
+//     the band in place), run the 4x24 AVX2 register-blocked micro-kernel over every block of 4
+//     output channels (weights pre-packed [K/4][C*R*S][4]), accumulate in a 4x24-tile buffer,
+//     then add bias and store the valid pixels.
+//   * backward data: the transposed convolution is split by stride phase (a, b) of gx; each
+//     phase is an ordinary stride-1 correlation of gy with the taps r = a+ph (mod sh),
 //     s = b+pw (mod sw), so it runs through the same engine writing gx[a::sh, b::sw].
 //   * backward weight: gw[K][C*R*S] = gy[K][pix] . col[C*R*S][pix]^T. Both operands are rows
 //     that are contiguous along pixels (gy copied into the band's flat layout with zeros in the
 //     junk columns; col rows are runs of the phase planes), so a 4x3 dot-product micro-kernel
-//     reduces along pixels. Threads split the pixel chunks and keep private double accumulators
-//     that are summed at the end.
-//   * bias gradient: plain per-channel sums.
+//     reduces along pixels in chunks of 1024. Threads keep private double accumulators
+//     [groups][K/groups][C*R*S] that are summed at the end.
+//   * bias gradient: per-channel sums (float partial sums, double total).
 //   Micro-kernels: kernels/cpu/conv2d_microkernels.h (AVX2+FMA chosen at run time, portable
-//   fallback otherwise). Small problems run on one thread; nested calls (already inside an
-//   OpenMP parallel region) never spawn threads.
+//   fallback otherwise). Calls under ~1 MFLOP run on one thread; calls made from inside an
+//   OpenMP parallel region never spawn threads.
 //
 // double path: direct loops, a plain reference for finite-difference tests on tiny shapes.
 #include "kernels/cpu/conv2d.h"
@@ -35,6 +38,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <type_traits>
 #include <vector>
@@ -51,16 +55,17 @@ using convk::Kernels;
 #ifndef ST_BB
 #define ST_BB 256
 #endif
+constexpr int64_t kBandBudget = ST_BB * 1024; // floats per thread-private band buffer (1 MiB)
 #ifndef ST_KC
 #define ST_KC 256
 #endif
-constexpr int64_t kBandBudget = ST_BB * 1024;  // floats per thread-private band buffer (1 MiB)
 constexpr int64_t kKCMax = ST_KC;             // taps per packed B panel (24*256*4 B = 24 KiB)
 constexpr int64_t kSlack = 64;               // floats of zeroed slack after band buffers
-#ifndef ST_FL
-#define ST_FL 1024
+constexpr int64_t kDotChunk = 1024;          // pixels per backward-weight reduction chunk
+#ifndef ST_DM
+#define ST_DM 8
 #endif
-constexpr int64_t kDotChunk = ST_FL;         // pixels per backward-weight reduction chunk
+constexpr int64_t kDirectMaxM = ST_DM;          // up to this many (padded) rows: no B packing
 constexpr double kParallelFlops = 1.0e6;     // below this a call runs on one thread
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -176,6 +181,7 @@ int64_t band_cap(int64_t OH, int64_t other_items, int nth) {
 
 // Fill a (thread-private) band buffer for output rows [i0, i0 + bh).
 void build_band(const Source& s, const Layout& L, int64_t i0, int64_t bh, float* buf) {
+  const convk::Gather2Fn gather2 = convk::kernels().gather2;
   const int64_t rows = bh + L.halo;
   const int64_t V = L.V;
   for (int64_t c = 0; c < s.C; ++c)
@@ -198,7 +204,7 @@ void build_band(const Source& s, const Layout& L, int64_t i0, int64_t bh, float*
         if (s.sx == 1) {
           std::memcpy(d + jlo, sp + jlo, sizeof(float) * (jhi - jlo));
         } else if (s.sx == 2) {
-          for (int64_t j = jlo; j < jhi; ++j) d[j] = sp[2 * j];
+          gather2(sp + 2 * jlo, d + jlo, jhi - jlo);
         } else {
           for (int64_t j = jlo; j < jhi; ++j) d[j] = sp[j * s.sx];
         }
@@ -242,6 +248,9 @@ void store_panel(const GemmJob& J, int64_t i0, int64_t f0, int64_t len, const fl
         const float* c = Cb + (m / kMR) * kMR * kNR + (m % kMR) * kNR + t;
         const float bv = J.bias ? J.bias[m] : 0.0f;
         float* o = base + m * J.dcs;
+        // The next panel usually continues this row: start fetching its lines for writing.
+        __builtin_prefetch(o + valid * J.osx + 16, 1, 3);
+        __builtin_prefetch(o + valid * J.osx + 32, 1, 3);
         if (J.osx == 1) {
           for (int64_t q = 0; q < valid; ++q) o[q] = c[q] + bv;
         } else {
@@ -280,6 +289,8 @@ void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const K
   const int64_t kcs = nkb > 0 ? ceil_div(J.Kred, nkb) : 0;
   const int64_t nmb = J.Mpad / kMR;
   const int64_t* offs = L.offs.data();
+  // With few output-channel blocks packing costs more than it saves: read B in place.
+  const bool direct = J.Mpad <= kDirectMaxM;
   for (int64_t p = 0; p < npan; ++p) {
     const int64_t f0 = p * kNR;
     const int64_t len = std::min<int64_t>(kNR, nflat - f0);
@@ -287,6 +298,12 @@ void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const K
     for (int64_t kb = 0; kb < nkb; ++kb) {
       const int64_t k0 = kb * kcs, k1 = std::min(J.Kred, k0 + kcs);
       const float* src = band + f0;
+      if (len == kNR && direct) {
+        for (int64_t mb = 0; mb < nmb; ++mb)
+          kn.gemm_direct(k1 - k0, J.A + (mb * J.Kred + k0) * kMR, src, offs + k0,
+                         Cb + mb * kMR * kNR, kb > 0);
+        continue;
+      }
       if (len == kNR) {
         kn.pack(k1 - k0, src, offs + k0, Bp);
       } else {
@@ -405,16 +422,28 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
       phases.push_back(std::move(P));
     }
   const int64_t nph = static_cast<int64_t>(phases.size());
+  // All phases of a work item cover the same phase rows [i0, i0+BH), i.e. the same gx rows, so
+  // the (strided) writes of the sh*sw phases hit gx lines that are still in cache. The gx block
+  // of one item (Cg x BH*sh rows x W) shares the band budget.
+  int64_t maxHa = 0, BH = std::numeric_limits<int64_t>::max();
+  for (Phase& P : phases) {
+    maxHa = std::max(maxHa, P.Ha);
+    P.L = make_layout(P.s0, P.taps, P.Ha, P.Wb, 0, band_cap(P.Ha, g.N * G, team_size(par)));
+    BH = std::min(BH, P.L.BH);
+  }
+  // gx block of one item (Cg x BH*sh rows x W): aim at L2 residency.
+  if (nph > 1) BH = std::min(BH, std::max<int64_t>(1, kBandBudget / 4 / (Cg * sh * g.W)));
+  // With a column stride the phases go to a private buffer tmp[a][b][Mpad][BH][Wq] (contiguous
+  // stores) and are then interleaved into gx rows; otherwise they are stored into gx directly.
+  const bool use_tmp = sw > 1;
+  const int64_t Wq = ceil_div(g.W, sw);
   size_t afloats = 0;
   int64_t bandmax = 0;
-  std::vector<std::pair<int64_t, int64_t>> bands;  // (phase, first row) work items per (n, g)
-  for (int64_t pi = 0; pi < nph; ++pi) {
-    Phase& P = phases[pi];
-    P.L = make_layout(P.s0, P.taps, P.Ha, P.Wb, 0, band_cap(P.Ha, g.N * G * nph, team_size(par)));
+  for (Phase& P : phases) {
+    P.L = make_layout(P.s0, P.taps, P.Ha, P.Wb, 0, BH);  // every phase with the same band height
     bandmax = std::max(bandmax, P.L.buf_floats);
     P.aoff = afloats;
     afloats += static_cast<size_t>(G * Mpad * P.Kred);
-    for (int64_t i0 = 0; i0 < P.Ha; i0 += P.L.BH) bands.emplace_back(pi, i0);
   }
   ABuf<float> A(afloats);
   for (const Phase& P : phases)
@@ -426,25 +455,54 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
       });
     }
   const Kernels& kn = convk::kernels();
-  const int64_t nb = static_cast<int64_t>(bands.size());
-  const int64_t items = g.N * G * nb;  // (image, group, phase band)
+  const int64_t nb = maxHa > 0 ? ceil_div(maxHa, BH) : 0;
+  const int64_t items = g.N * G * nb;  // (image, group, band of phase rows)
+  const int64_t tplane = BH * Wq;      // one (phase, channel) plane of tmp
 #pragma omp parallel if (par)
   {
     GemmScratch S(bandmax, Mpad);
+    ABuf<float> tmp(use_tmp ? sh * sw * Mpad * tplane : 0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t bi = it % nb, gi = (it / nb) % G, n = it / (nb * G);
-      const Phase& P = phases[bands[bi].first];
-      const int64_t i0 = bands[bi].second;
-      GemmJob J;
-      J.src = P.s0;
-      J.src.p = gy + (n * g.K + gi * Kg) * g.OH * g.OW;
-      J.L = &P.L;
-      J.A = A.data() + P.aoff + gi * Mpad * P.Kred;
-      J.M = Cg, J.Mpad = Mpad, J.Kred = P.Kred;
-      J.dst = gx + (n * g.C + gi * Cg) * g.H * g.W;
-      J.dcs = g.H * g.W, J.dW = g.W, J.oy0 = P.a, J.ox0 = P.b, J.osy = sh, J.osx = sw;
-      gemm_rows(J, i0, std::min(P.L.BH, P.Ha - i0), S, kn);
+      const int64_t i0 = bi * BH;
+      float* gxg = gx + (n * g.C + gi * Cg) * g.H * g.W;  // [Cg][H][W]
+      for (const Phase& P : phases) {
+        if (i0 >= P.Ha) continue;
+        GemmJob J;
+        J.src = P.s0;
+        J.src.p = gy + (n * g.K + gi * Kg) * g.OH * g.OW;
+        J.L = &P.L;
+        J.A = A.data() + P.aoff + gi * Mpad * P.Kred;
+        J.M = Cg, J.Mpad = Mpad, J.Kred = P.Kred;
+        if (use_tmp) {
+          J.dst = tmp.data() + (P.a * sw + P.b) * Mpad * tplane;
+          J.dcs = tplane, J.dW = Wq, J.oy0 = -i0, J.ox0 = 0, J.osy = 1, J.osx = 1;
+        } else {
+          J.dst = gxg;
+          J.dcs = g.H * g.W, J.dW = g.W, J.oy0 = P.a, J.ox0 = P.b, J.osy = sh, J.osx = sw;
+        }
+        gemm_rows(J, i0, std::min(BH, P.Ha - i0), S, kn);
+      }
+      if (!use_tmp) continue;
+      for (int64_t a = 0; a < sh; ++a) {
+        const int64_t Ha = a < g.H ? ceil_div(g.H - a, sh) : 0;
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int64_t t = 0; t < std::min(BH, Ha - i0); ++t) {
+            float* out = gxg + (c * g.H + a + sh * (i0 + t)) * g.W;  // one gx row
+            const float* p0 = tmp.data() + ((a * sw) * Mpad + c) * tplane + t * Wq;
+            if (sw == 2) {
+              const float* p1 = p0 + Mpad * tplane;  // phase (a, 1)
+              const int64_t n1 = g.W / 2;             // columns of phase b = 1
+              kn.interleave2(p0, p1, out, n1);
+              if (g.W % 2) out[g.W - 1] = p0[n1];
+            } else {
+              for (int64_t b = 0; b < sw; ++b)
+                for (int64_t j = 0; b + j * sw < g.W; ++j)
+                  out[b + j * sw] = p0[b * Mpad * tplane + j];
+            }
+          }
+      }
     }
   }
 }

@@ -29,6 +29,9 @@ using GemmFn = void (*)(int64_t kc, const float* A, const float* B, float* C, bo
 // out[j*4 + i] = sum_{t<n} a[i*lda + t] * bj[t]
 using DotFn = void (*)(int64_t n, const float* a, int64_t lda, const float* b0, const float* b1,
                        const float* b2, float* out);
+// Same as GemmFn with B row k read in place at src + offs[k] (any alignment).
+using GemmDirectFn = void (*)(int64_t kc, const float* A, const float* src, const int64_t* offs,
+                              float* C, bool acc);
 // B[k][0..23] = src[offs[k] + 0..23] for k < kc  (B 32-byte aligned; src any alignment)
 using PackFn = void (*)(int64_t kc, const float* src, const int64_t* offs, float* B);
 
@@ -39,6 +42,22 @@ inline void gemm_4x24_generic(int64_t kc, const float* A, const float* B, float*
     for (int j = 0; j < kNR; ++j) c[i][j] = acc ? C[i * kNR + j] : 0.0f;
   for (int64_t k = 0; k < kc; ++k) {
     const float* b = B + k * kNR;
+    for (int i = 0; i < kMR; ++i) {
+      const float a = A[k * kMR + i];
+      for (int j = 0; j < kNR; ++j) c[i][j] += a * b[j];
+    }
+  }
+  for (int i = 0; i < kMR; ++i)
+    for (int j = 0; j < kNR; ++j) C[i * kNR + j] = c[i][j];
+}
+
+inline void gemm_4x24_direct_generic(int64_t kc, const float* A, const float* src,
+                                     const int64_t* offs, float* C, bool acc) {
+  float c[kMR][kNR];
+  for (int i = 0; i < kMR; ++i)
+    for (int j = 0; j < kNR; ++j) c[i][j] = acc ? C[i * kNR + j] : 0.0f;
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* b = src + offs[k];
     for (int i = 0; i < kMR; ++i) {
       const float a = A[k * kMR + i];
       for (int j = 0; j < kNR; ++j) c[i][j] += a * b[j];
@@ -66,6 +85,18 @@ inline void dot_4x3_generic(int64_t n, const float* a, int64_t lda, const float*
     }
 }
 
+// d[j] = sp[2*j] for j < n (reads sp[0 .. 2n-2] only)
+using Gather2Fn = void (*)(const float* sp, float* d, int64_t n);
+inline void gather2_generic(const float* sp, float* d, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) d[j] = sp[2 * j];
+}
+
+// out[2*j] = p0[j], out[2*j+1] = p1[j] for j < n
+using Interleave2Fn = void (*)(const float* p0, const float* p1, float* out, int64_t n);
+inline void interleave2_generic(const float* p0, const float* p1, float* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[2 * j] = p0[j], out[2 * j + 1] = p1[j];
+}
+
 inline void pack_24_generic(int64_t kc, const float* src, const int64_t* offs, float* B) {
   for (int64_t k = 0; k < kc; ++k) std::memcpy(B + k * kNR, src + offs[k], sizeof(float) * kNR);
 }
@@ -74,8 +105,12 @@ inline void pack_24_generic(int64_t kc, const float* src, const int64_t* offs, f
 // ---------------------------------------------------------------- AVX2 + FMA
 #define ST_AVX2 __attribute__((target("avx2,fma")))
 
-ST_AVX2 inline void gemm_4x24_avx2(int64_t kc, const float* __restrict A,
-                                   const float* __restrict B, float* __restrict C, bool acc) {
+// B row k is at Bsrc + (offs ? offs[k] : k*24); aligned loads only for the packed layout.
+template <bool kDirect>
+ST_AVX2 inline void gemm_4x24_avx2_impl(int64_t kc, const float* __restrict A,
+                                        const float* __restrict Bsrc,
+                                        const int64_t* __restrict offs, float* __restrict C,
+                                        bool acc) {
   __m256 c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32;
   if (acc) {
     c00 = _mm256_load_ps(C + 0), c01 = _mm256_load_ps(C + 8), c02 = _mm256_load_ps(C + 16);
@@ -87,9 +122,16 @@ ST_AVX2 inline void gemm_4x24_avx2(int64_t kc, const float* __restrict A,
   }
 #define ST_GEMM_STEP(k)                                                       \
   {                                                                           \
-    const __m256 b0 = _mm256_load_ps(B + (k) * 24);                           \
-    const __m256 b1 = _mm256_load_ps(B + (k) * 24 + 8);                       \
-    const __m256 b2 = _mm256_load_ps(B + (k) * 24 + 16);                      \
+    __m256 b0, b1, b2;                                                        \
+    if constexpr (kDirect) {                                                  \
+      const float* B = Bsrc + offs[k];                                        \
+      b0 = _mm256_loadu_ps(B), b1 = _mm256_loadu_ps(B + 8);                   \
+      b2 = _mm256_loadu_ps(B + 16);                                           \
+    } else {                                                                  \
+      const float* B = Bsrc + (k) * 24;                                       \
+      b0 = _mm256_load_ps(B), b1 = _mm256_load_ps(B + 8);                     \
+      b2 = _mm256_load_ps(B + 16);                                            \
+    }                                                                         \
     __m256 a = _mm256_broadcast_ss(A + (k) * 4 + 0);                          \
     c00 = _mm256_fmadd_ps(a, b0, c00);                                        \
     c01 = _mm256_fmadd_ps(a, b1, c01);                                        \
@@ -109,15 +151,9 @@ ST_AVX2 inline void gemm_4x24_avx2(int64_t kc, const float* __restrict A,
   }
   int64_t k = 0;
   for (; k + 4 <= kc; k += 4) {
-    ST_GEMM_STEP(0) ST_GEMM_STEP(1) ST_GEMM_STEP(2) ST_GEMM_STEP(3)
-    A += 16;
-    B += 96;
+    ST_GEMM_STEP(k) ST_GEMM_STEP(k + 1) ST_GEMM_STEP(k + 2) ST_GEMM_STEP(k + 3)
   }
-  for (; k < kc; ++k) {
-    ST_GEMM_STEP(0)
-    A += 4;
-    B += 24;
-  }
+  for (; k < kc; ++k) ST_GEMM_STEP(k)
 #undef ST_GEMM_STEP
   _mm256_store_ps(C + 0, c00), _mm256_store_ps(C + 8, c01), _mm256_store_ps(C + 16, c02);
   _mm256_store_ps(C + 24, c10), _mm256_store_ps(C + 32, c11), _mm256_store_ps(C + 40, c12);
@@ -125,18 +161,50 @@ ST_AVX2 inline void gemm_4x24_avx2(int64_t kc, const float* __restrict A,
   _mm256_store_ps(C + 72, c30), _mm256_store_ps(C + 80, c31), _mm256_store_ps(C + 88, c32);
 }
 
+ST_AVX2 inline void gemm_4x24_avx2(int64_t kc, const float* A, const float* B, float* C,
+                                   bool acc) {
+  gemm_4x24_avx2_impl<false>(kc, A, B, nullptr, C, acc);
+}
+ST_AVX2 inline void gemm_4x24_direct_avx2(int64_t kc, const float* A, const float* src,
+                                          const int64_t* offs, float* C, bool acc) {
+  gemm_4x24_avx2_impl<true>(kc, A, src, offs, C, acc);
+}
+
 ST_AVX2 inline void pack_24_avx2(int64_t kc, const float* __restrict src,
                                  const int64_t* __restrict offs, float* __restrict B) {
   for (int64_t k = 0; k < kc; ++k) {
     const float* s = src + offs[k];
-#ifdef ST_PF
-    _mm_prefetch(reinterpret_cast<const char*>(s + ST_PF), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(s + ST_PF + 16), _MM_HINT_T0);
-#endif
+    // The next panel reads s[24..47]: fetch it into L1 while this panel computes.
+    _mm_prefetch(reinterpret_cast<const char*>(s + 24), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(s + 40), _MM_HINT_T0);
     _mm256_store_ps(B + k * 24, _mm256_loadu_ps(s));
     _mm256_store_ps(B + k * 24 + 8, _mm256_loadu_ps(s + 8));
     _mm256_store_ps(B + k * 24 + 16, _mm256_loadu_ps(s + 16));
   }
+}
+
+ST_AVX2 inline void gather2_avx2(const float* __restrict sp, float* __restrict d, int64_t n) {
+  int64_t j = 0;
+  for (; j + 9 <= n; j += 8) {  // reads sp[2j .. 2j+15] <= sp[2n-2]
+    const __m256 v0 = _mm256_loadu_ps(sp + 2 * j);
+    const __m256 v1 = _mm256_loadu_ps(sp + 2 * j + 8);
+    const __m256 e = _mm256_shuffle_ps(v0, v1, 0x88);  // v0_0 v0_2 v1_0 v1_2 | v0_4 v0_6 v1_4 v1_6
+    _mm256_storeu_ps(d + j, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8)));
+  }
+  for (; j < n; ++j) d[j] = sp[2 * j];
+}
+
+ST_AVX2 inline void interleave2_avx2(const float* __restrict p0, const float* __restrict p1,
+                                     float* __restrict out, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 a = _mm256_loadu_ps(p0 + j), b = _mm256_loadu_ps(p1 + j);
+    const __m256 lo = _mm256_unpacklo_ps(a, b);  // a0 b0 a1 b1 | a4 b4 a5 b5
+    const __m256 hi = _mm256_unpackhi_ps(a, b);  // a2 b2 a3 b3 | a6 b6 a7 b7
+    _mm256_storeu_ps(out + 2 * j, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(out + 2 * j + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+  }
+  for (; j < n; ++j) out[2 * j] = p0[j], out[2 * j + 1] = p1[j];
 }
 
 // Sums of 4 vectors: result lane i = horizontal sum of v_i.
@@ -196,8 +264,11 @@ ST_AVX2 inline void dot_4x3_avx2(int64_t n, const float* __restrict a, int64_t l
 
 struct Kernels {
   GemmFn gemm;
+  GemmDirectFn gemm_direct;
   DotFn dot;
   PackFn pack;
+  Gather2Fn gather2;
+  Interleave2Fn interleave2;
   bool avx2;
 };
 
@@ -205,13 +276,13 @@ struct Kernels {
 // ST_CONV_FORCE_GENERIC is set to a non-empty value other than "0" (used to test the fallback).
 inline const Kernels& kernels() {
   static const Kernels k = [] {
-    Kernels r{&gemm_4x24_generic, &dot_4x3_generic, &pack_24_generic, false};
+    Kernels r{&gemm_4x24_generic, &gemm_4x24_direct_generic, &dot_4x3_generic, &pack_24_generic, &gather2_generic, &interleave2_generic, false};
     const char* force = std::getenv("ST_CONV_FORCE_GENERIC");
     const bool forced = force && *force && std::strcmp(force, "0") != 0;
 #if ST_CONV_HAVE_X86
     __builtin_cpu_init();
     if (!forced && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      r = Kernels{&gemm_4x24_avx2, &dot_4x3_avx2, &pack_24_avx2, true};
+      r = Kernels{&gemm_4x24_avx2, &gemm_4x24_direct_avx2, &dot_4x3_avx2, &pack_24_avx2, &gather2_avx2, &interleave2_avx2, true};
 #else
     (void)forced;
 #endif

@@ -1,0 +1,196 @@
+// One-process ShadowTutor: the edge runs the student on every frame; at key frames the server
+// half distils its own copy on the recorded teacher's label map and the update is applied on
+// the edge after `delay` frames (P-1 ... P-8 in the paper).
+#include "edge/simulate.h"
+
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "edge/video.h"
+#include "tensor/autograd.h"
+
+namespace st::edge {
+
+using Clock = std::chrono::steady_clock;
+static double ms_since(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+SimMode parse_sim_mode(const std::string& s) {
+  if (s == "partial") return SimMode::Partial;
+  if (s == "full") return SimMode::Full;
+  if (s == "wild") return SimMode::Wild;
+  if (s == "naive") return SimMode::Naive;
+  throw Error("unknown mode '" + s + "' (partial, full, wild, naive)");
+}
+
+const char* sim_mode_name(SimMode m) {
+  switch (m) {
+    case SimMode::Partial: return "partial";
+    case SimMode::Full: return "full";
+    case SimMode::Wild: return "wild";
+    case SimMode::Naive: return "naive";
+  }
+  return "?";
+}
+
+namespace {
+std::vector<uint8_t> to_u8(const Tensor& labels) {
+  auto v = labels.to_vector<int64_t>();
+  return std::vector<uint8_t>(v.begin(), v.end());
+}
+}  // namespace
+
+SimResult simulate(const SimOptions& opt) {
+  ST_CHECK(opt.delay >= 1 && opt.delay <= opt.distill.min_stride, "simulate: delay ", opt.delay,
+           " must be within 1..MIN_STRIDE (", opt.distill.min_stride, ")");
+  auto source = open_video(opt.video);
+  LabelSource teacher(opt.labels);
+  const int64_t H = source->height(), W = source->width();
+
+  SimResult r;
+  r.mode = sim_mode_name(opt.mode);
+  r.delay = opt.delay;
+  r.step_histogram.assign(size_t(opt.distill.max_updates + 1), 0);
+
+  nn::Student edge_student, server_student;
+  if (!opt.weights.empty()) {
+    edge_student.load_safetensors(opt.weights);
+    r.weights = "pretrained: " + opt.weights.string();
+  } else {
+    r.weights = "random init";
+  }
+  server_student.load_state(edge_student.named_parameters(), "edge student");
+  const nn::Distillation dmode =
+      opt.mode == SimMode::Full ? nn::Distillation::Full : nn::Distillation::Partial;
+  std::unique_ptr<nn::Distiller> distiller;
+  if (opt.mode == SimMode::Partial || opt.mode == SimMode::Full)
+    distiller = std::make_unique<nn::Distiller>(server_student, dmode, opt.distill);
+  edge_student.configure(nn::Distillation::None);  // the edge never trains
+
+  if (!opt.predictions_dir.empty()) std::filesystem::create_directories(opt.predictions_dir);
+  if (!opt.overlays_dir.empty()) std::filesystem::create_directories(opt.overlays_dir);
+
+  const int64_t frame_bytes = H * W * 3, label_bytes = H * W;
+  int64_t next_key = 0, stride = opt.distill.min_stride;
+  // A pending update: the blob (empty = "no change") and the frame before which it applies.
+  std::vector<uint8_t> pending;
+  int64_t apply_at = -1;
+  double student_ms = 0, step_ms = 0, teacher_ms = 0;
+  int64_t steps_total = 0, teacher_calls = 0;
+  auto t_start = Clock::now();
+
+  Frame f;
+  while ((opt.max_frames < 0 || r.frames < opt.max_frames) && source->next(f)) {
+    const int64_t i = f.index;
+    ST_CHECK(f.bgr.height == H && f.bgr.width == W, "simulate: frame ", i, " changed size");
+    if (apply_at == i) {  // swap between frames, never during one
+      if (!pending.empty())
+        nn::unpack_trained(edge_student, dmode, pending.data(), pending.size());
+      apply_at = -1;
+    }
+    auto t0 = Clock::now();
+    std::vector<uint8_t> truth = teacher.labels(i, H, W);
+    teacher_ms += ms_since(t0);
+    ++teacher_calls;
+    Tensor truth_t = Tensor::from_vector(std::vector<int64_t>(truth.begin(), truth.end()), {1, H, W});
+
+    std::vector<uint8_t> pred;
+    if (opt.mode == SimMode::Naive) {
+      // Every frame goes up; the client waits for the teacher's label map.
+      pred = truth;
+      r.bytes_up += frame_bytes + kMessageHeaderBytes;
+      r.bytes_down += label_bytes + kMessageHeaderBytes;
+    } else {
+      Tensor x = nn::Student::preprocess_bgr(f.bgr.pixels.data(), H, W);
+      auto ts = Clock::now();
+      Tensor labels;
+      {
+        NoGradGuard ng;
+        labels = argmax_channels(edge_student.forward(x));
+      }
+      student_ms += ms_since(ts);
+      pred = to_u8(labels);
+
+      if (distiller && i == next_key) {
+        // Key frame: the frame goes up; the server distils and answers (SPEC §6).
+        ++r.key_frames;
+        r.bytes_up += frame_bytes + kMessageHeaderBytes;
+        nn::Target target = nn::make_target(truth, H, W);
+        auto td = Clock::now();
+        nn::DistillOutcome o = distiller->distill(x, target);
+        if (o.steps > 0) {  // the whole Algorithm 1 run, per step taken
+          step_ms += ms_since(td);
+          steps_total += o.steps;
+        }
+        r.step_histogram[size_t(o.steps)]++;
+        stride = nn::next_stride(o.acc, int(stride), opt.distill);
+        if (o.steps > 0) {
+          pending = nn::pack_trained(server_student, dmode, opt.encoding);
+          r.bytes_down += int64_t(pending.size()) + kMessageHeaderBytes;
+        } else {
+          pending.clear();  // "no change"
+          r.bytes_down += kMessageHeaderBytes;
+        }
+        apply_at = i + opt.delay;
+        next_key = i + stride;
+      }
+    }
+    r.naive_bytes_up += frame_bytes + kMessageHeaderBytes;
+    r.naive_bytes_down += label_bytes + kMessageHeaderBytes;
+    r.frame_miou.push_back(nn::miou(Tensor::from_vector(
+                                        std::vector<int64_t>(pred.begin(), pred.end()), {1, H, W}),
+                                    truth_t));
+    char name[32];
+    std::snprintf(name, sizeof name, "%06lld.png", (long long)i);
+    if (!opt.predictions_dir.empty()) write_label_png(opt.predictions_dir / name, pred, H, W);
+    if (!opt.overlays_dir.empty()) write_overlay_png(opt.overlays_dir / name, f.bgr, pred);
+    ++r.frames;
+    if (opt.progress) {
+      double s = std::chrono::duration<double>(Clock::now() - t_start).count();
+      std::fprintf(stderr, "\r[%s P-%d] frame %lld  mIoU %.3f  stride %lld  keys %lld  %.2f fps   ",
+                   r.mode.c_str(), opt.delay, (long long)i, r.frame_miou.back(), (long long)stride,
+                   (long long)r.key_frames, double(r.frames) / std::max(s, 1e-9));
+      std::fflush(stderr);
+    }
+  }
+  if (opt.progress) std::fprintf(stderr, "\n");
+  ST_CHECK(r.frames > 0, "simulate: no frames read from ", opt.video.string());
+  double sum = 0;
+  for (double m : r.frame_miou) sum += m;
+  r.mean_miou = sum / double(r.frames);
+  r.mean_student_ms = opt.mode == SimMode::Naive ? 0 : student_ms / double(r.frames);
+  r.mean_step_ms = steps_total ? step_ms / double(steps_total) : 0;
+  r.mean_teacher_ms = teacher_ms / double(std::max<int64_t>(teacher_calls, 1));
+  r.wall_s = std::chrono::duration<double>(Clock::now() - t_start).count();
+  return r;
+}
+
+std::string to_json(const SimResult& r) {
+  nlohmann::json j;
+  j["mode"] = r.mode;
+  j["delay"] = r.delay;
+  j["weights"] = r.weights;
+  j["frames"] = r.frames;
+  j["key_frames"] = r.key_frames;
+  j["key_frame_ratio"] = r.frames ? double(r.key_frames) / double(r.frames) : 0.0;
+  j["mean_miou"] = r.mean_miou;
+  j["step_histogram"] = r.step_histogram;
+  j["bytes"] = {{"up_total", r.bytes_up},
+                {"down_total", r.bytes_down},
+                {"up_per_key_frame", r.key_frames ? r.bytes_up / r.key_frames : 0},
+                {"down_per_key_frame", r.key_frames ? r.bytes_down / r.key_frames : 0},
+                {"naive_up_total", r.naive_bytes_up},
+                {"naive_down_total", r.naive_bytes_down},
+                {"total_vs_naive", double(r.bytes_up + r.bytes_down) /
+                                       double(std::max<int64_t>(r.naive_bytes_up + r.naive_bytes_down, 1))}};
+  j["time_ms"] = {{"student_inference_mean", r.mean_student_ms},
+                  {"distillation_step_mean", r.mean_step_ms},
+                  {"teacher_mean", r.mean_teacher_ms},
+                  {"wall_s", r.wall_s}};
+  j["frame_miou"] = r.frame_miou;
+  return j.dump(1);
+}
+
+}  // namespace st::edge

@@ -1,0 +1,53 @@
+// `shadowtutor simulate`: client and server logic of ShadowTutor in one process, in lockstep,
+// on a video with a recorded teacher (SPEC §4–§7). No network: bytes are counted as the
+// protocol would send them.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "nn/blob.h"
+#include "nn/distill.h"
+
+namespace st::edge {
+
+enum class SimMode { Partial, Full, Wild, Naive };
+SimMode parse_sim_mode(const std::string& s);  // partial | full | wild | naive
+const char* sim_mode_name(SimMode m);
+
+struct SimOptions {
+  std::filesystem::path video;            // directory of images or a video file
+  std::filesystem::path labels;           // recorded teacher: <labels>/<%06d>.png
+  std::filesystem::path weights;          // student weights (.safetensors); empty = random init
+  SimMode mode = SimMode::Partial;
+  int delay = 1;                          // update applied after this many frames (1..MIN_STRIDE)
+  int64_t max_frames = -1;                // -1 = all
+  nn::DistillConfig distill;
+  nn::BlobEncoding encoding = nn::BlobEncoding::F32;
+  std::filesystem::path predictions_dir;  // optional: label PNGs
+  std::filesystem::path overlays_dir;     // optional: overlay PNGs
+  bool progress = true;                   // live progress line on stderr
+};
+
+struct SimResult {
+  std::string mode;
+  int delay = 0;
+  int64_t frames = 0, key_frames = 0;
+  std::vector<double> frame_miou;         // per frame, vs the teacher
+  double mean_miou = 0;
+  std::vector<int64_t> step_histogram;    // key frames by number of steps 0..MAX_UPDATES
+  int64_t bytes_up = 0, bytes_down = 0;   // totals
+  int64_t naive_bytes_up = 0, naive_bytes_down = 0;
+  double mean_student_ms = 0, mean_step_ms = 0, mean_teacher_ms = 0, wall_s = 0;
+  std::string weights;                    // "pretrained: <path>" or "random init"
+};
+
+SimResult simulate(const SimOptions& opt);
+// The result as JSON text (pretty-printed).
+std::string to_json(const SimResult& r);
+
+// Bytes of the fixed header of every protocol message (the framing of docs/protocol.md).
+constexpr int64_t kMessageHeaderBytes = 32;
+
+}  // namespace st::edge
