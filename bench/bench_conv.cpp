@@ -41,8 +41,10 @@ struct Layer {
 // The student's conv layers at 1280x720 (H x W = 720 x 1280), in network order.
 std::vector<Layer> student_layers() {
   std::vector<Layer> L;
-  auto add = [&](std::string n, int64_t c, int64_t k, int64_t h, int64_t w, int64_t r,
-                 int64_t s, int64_t st) { L.push_back({std::move(n), c, k, h, w, r, s, st, 1}); };
+  auto add = [&](std::string n, int64_t c, int64_t k, int64_t h, int64_t w, int64_t r, int64_t s,
+                 int64_t st) {
+    L.push_back({std::move(n), c, k, h, w, r, s, st, 1});
+  };
   add("in_conv1", 3, 8, 720, 1280, 3, 3, 2);
   add("in_conv2", 8, 8, 360, 640, 3, 3, 2);
   // diff(ci->co, s) at input size h x w: short 1x1 s, long 3x3 s, then 1x3 and 3x1 at h/s x w/s
@@ -168,9 +170,12 @@ int main(int argc, char** argv) {
     const auto x = rnd(g.N * g.C * g.H * g.W), w = rnd(g.K * g.C * g.R * g.S), b = rnd(g.K);
     const auto gy = rnd(g.N * g.K * g.OH * g.OW);
     std::vector<float> y(gy.size()), gx(x.size()), gw(w.size());
-    ours[li][0] = time_ms([&] { st::cpu::conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data()); });
-    ours[li][1] = time_ms([&] { st::cpu::conv2d_backward_data<float>(g, gy.data(), w.data(), gx.data()); });
-    ours[li][2] = time_ms([&] { st::cpu::conv2d_backward_weight<float>(g, gy.data(), x.data(), gw.data()); });
+    ours[li][0] =
+        time_ms([&] { st::cpu::conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data()); });
+    ours[li][1] =
+        time_ms([&] { st::cpu::conv2d_backward_data<float>(g, gy.data(), w.data(), gx.data()); });
+    ours[li][2] =
+        time_ms([&] { st::cpu::conv2d_backward_weight<float>(g, gy.data(), x.data(), gw.data()); });
     const double gf = gflop(g);
     char dims[64];
     std::snprintf(dims, sizeof dims, "%ld->%ld k%ldx%ld s%ld %ldx%ld", (long)l.C, (long)l.K,

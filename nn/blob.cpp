@@ -37,7 +37,10 @@ uint64_t layout_hash(const Student& s, Distillation mode) {
   for (auto& n : s.trained_names(mode)) {
     std::string item = n + ":";
     const Shape& sh = s.parameter(n).shape();
-    for (size_t i = 0; i < sh.size(); ++i) item += (i ? "," : "") + std::to_string(sh[i]);
+    for (size_t i = 0; i < sh.size(); ++i) {
+      if (i) item += ',';
+      item += std::to_string(sh[i]);
+    }
     mix(item + ";");
   }
   return h;

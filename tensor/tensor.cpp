@@ -12,7 +12,10 @@ namespace st {
 
 std::string shape_str(const Shape& s) {
   std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i) r += ", ";
+    r += std::to_string(s[i]);
+  }
   return r + "]";
 }
 
@@ -318,11 +321,8 @@ void Tensor::copy_(const Tensor& src) {
   }
   // Across devices: bring the source to a contiguous buffer of the destination's dtype, then
   // move bytes, then place them.
-  Tensor s = src.dtype() == dtype() ? src.contiguous() : src.to(dtype());
-  {
-    NoGradGuard ng;
-    s = s.contiguous();
-  }
+  NoGradGuard ng;
+  Tensor s = src.to(dtype()).contiguous();
   Tensor staging = is_contiguous() ? *this : Tensor::empty(shape(), dtype(), device());
   Backend& b = backend_for(device().is_cpu() ? s.device() : device());
   b.memcpy(staging.raw_data(), device(), s.raw_data(), s.device(),
@@ -395,7 +395,6 @@ double Tensor::item() const {
 
 double Tensor::at(const std::vector<int64_t>& index) const {
   ST_CHECK(int64_t(index.size()) == dim(), "at(): ", index.size(), " indices for ", str());
-  Tensor v = *this;
   for (size_t i = 0; i < index.size(); ++i) {
     ST_CHECK(index[i] >= 0 && index[i] < shape()[i], "at(): index ", index[i], " out of range in dim ", i, " of ", str());
   }

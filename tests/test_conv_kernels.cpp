@@ -13,7 +13,6 @@
 //                caught for every L used here (L <= a few thousand).
 //   double path: |got - ref| <= 1e-12 * abs + 1e-300   (same loops up to summation order).
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -23,6 +22,7 @@
 #include <vector>
 
 #include "kernels/cpu/conv2d.h"
+#include "kernels/cpu/conv2d_microkernels.h"
 
 using st::cpu::ConvGeom;
 
@@ -157,10 +157,10 @@ void run_case(const Shape& s, bool with_bias) {
     for (auto& e : v) e = U(rng);
     return v;
   };
-  const auto x = rnd(g.N * g.C * g.H * g.W);      // (N,C,H,W)
-  const auto w = rnd(g.K * Cg * g.R * g.S);        // (K,C/groups,R,S)
-  const auto b = rnd(g.K);                         // (K)
-  const auto gy = rnd(g.N * g.K * g.OH * g.OW);    // (N,K,OH,OW)
+  const auto x = rnd(g.N * g.C * g.H * g.W);     // (N,C,H,W)
+  const auto w = rnd(g.K * Cg * g.R * g.S);      // (K,C/groups,R,S)
+  const auto b = rnd(g.K);                       // (K)
+  const auto gy = rnd(g.N * g.K * g.OH * g.OW);  // (N,K,OH,OW)
   const T nan = std::numeric_limits<T>::quiet_NaN();
 
   const bool is_float = sizeof(T) == 4;
@@ -234,12 +234,12 @@ const std::vector<Shape> kSmallShapes = {
 
 // Big enough to run on all threads, with several bands and several KC blocks.
 const std::vector<Shape> kLargeShapes = {
-    {1, 32, 90, 160, 32, 3, 3, 1, 1, 1, 1, 1},   // out_conv-like, several bands
-    {1, 64, 23, 40, 128, 3, 3, 2, 2, 1, 1, 1},   // enc3-like, Kred = 576 (3 KC blocks)
-    {3, 17, 30, 31, 33, 3, 3, 1, 1, 1, 1, 1},    // batch 3, parallel
-    {1, 32, 45, 80, 9, 1, 1, 1, 1, 0, 0, 1},     // 1x1 32->9 (zero-copy source)
-    {1, 64, 45, 80, 64, 1, 3, 1, 1, 0, 1, 1},    // 1x3 64->64
-    {1, 8, 90, 160, 64, 1, 1, 2, 2, 0, 0, 1},    // 1x1 stride 2
+    {1, 32, 90, 160, 32, 3, 3, 1, 1, 1, 1, 1},  // out_conv-like, several bands
+    {1, 64, 23, 40, 128, 3, 3, 2, 2, 1, 1, 1},  // enc3-like, Kred = 576 (3 KC blocks)
+    {3, 17, 30, 31, 33, 3, 3, 1, 1, 1, 1, 1},   // batch 3, parallel
+    {1, 32, 45, 80, 9, 1, 1, 1, 1, 0, 0, 1},    // 1x1 32->9 (zero-copy source)
+    {1, 64, 45, 80, 64, 1, 3, 1, 1, 0, 1, 1},   // 1x3 64->64
+    {1, 8, 90, 160, 64, 1, 1, 2, 2, 0, 0, 1},   // 1x1 stride 2
 };
 
 }  // namespace
@@ -259,5 +259,101 @@ TEST_CASE("conv2d double path matches naive double reference", "[conv]") {
   for (const Shape& s : kSmallShapes) {
     run_case<double>(s, true);
     run_case<double>(s, false);
+  }
+}
+
+// The run-time selected micro-kernels (AVX2+FMA on this CPU) against the portable ones, so the
+// fallback used on CPUs without AVX2 is exercised too. Same float math up to summation order
+// and FMA contraction: tolerance 1e-5 relative to the sum of |terms| (reductions <= 1029 long).
+TEST_CASE("conv micro-kernels: selected and portable versions agree", "[conv]") {
+  namespace ck = st::cpu::convk;
+  const ck::Kernels& fast = ck::kernels();
+  const ck::Kernels slow = ck::generic_kernels();
+  INFO("selected kernels use AVX2: " << fast.avx2);
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> U(-1.0f, 1.0f);
+  auto rnd = [&](size_t n) {
+    std::vector<float> v(n);
+    for (auto& e : v) e = U(rng);
+    return v;
+  };
+  auto close = [](float a, float b, float absum) {
+    return std::fabs(a - b) <= 1e-5f * absum + 1e-30f;
+  };
+  struct alignas(32) Tile {  // one 4x24 accumulator tile, 32-byte aligned
+    float v[4 * 24];
+  };
+  for (int64_t kc : {1, 3, 4, 7, 64, 257}) {
+    const auto A = rnd(4 * kc);  // [kc][4]
+    const auto src = rnd(2048);  // gather source
+    std::vector<int64_t> offs(kc);
+    for (int64_t k = 0; k < kc; ++k) offs[k] = (k * 37) % 2000;
+    std::vector<float> Bflat(kc * 24);  // expected packed panel [kc][24]
+    for (int64_t k = 0; k < kc; ++k)
+      for (int j = 0; j < 24; ++j) Bflat[k * 24 + j] = src[offs[k] + j];
+    alignas(32) static float Bp[257 * 24];  // packed B [kc][24], 32-byte aligned
+    slow.pack(kc, src.data(), offs.data(), Bp);
+    for (int64_t i = 0; i < kc * 24; ++i) REQUIRE(Bp[i] == Bflat[i]);
+    fast.pack(kc, src.data(), offs.data(), Bp);
+    for (int64_t i = 0; i < kc * 24; ++i) REQUIRE(Bp[i] == Bflat[i]);
+    for (bool acc : {false, true}) {
+      Tile c0, c1, c2, c3;
+      for (int i = 0; i < 96; ++i) c0.v[i] = c1.v[i] = c2.v[i] = c3.v[i] = 0.5f;
+      fast.gemm(kc, A.data(), Bp, c0.v, acc);
+      slow.gemm(kc, A.data(), Bp, c1.v, acc);
+      fast.gemm_direct(kc, A.data(), src.data(), offs.data(), c2.v, acc);
+      slow.gemm_direct(kc, A.data(), src.data(), offs.data(), c3.v, acc);
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 24; ++j) {
+          double ref = acc ? 0.5 : 0.0, abs = acc ? 0.5 : 0.0;
+          for (int64_t k = 0; k < kc; ++k) {
+            ref += double(A[k * 4 + i]) * Bflat[k * 24 + j];
+            abs += std::fabs(double(A[k * 4 + i]) * Bflat[k * 24 + j]);
+          }
+          const float r = static_cast<float>(ref), s = static_cast<float>(abs);
+          CHECK(close(c0.v[i * 24 + j], r, s));
+          CHECK(close(c1.v[i * 24 + j], r, s));
+          CHECK(close(c2.v[i * 24 + j], r, s));
+          CHECK(close(c3.v[i * 24 + j], r, s));
+        }
+    }
+  }
+  for (int64_t n : {0, 1, 7, 8, 9, 31, 1029}) {
+    const int64_t lda = n + 3;
+    const auto a = rnd(4 * lda), b = rnd(3 * n + 8);
+    float o0[12], o1[12];
+    fast.dot(n, a.data(), lda, b.data(), b.data() + n, b.data() + 2 * n, o0);
+    slow.dot(n, a.data(), lda, b.data(), b.data() + n, b.data() + 2 * n, o1);
+    for (int j = 0; j < 3; ++j)
+      for (int i = 0; i < 4; ++i) {
+        double ref = 0, abs = 0;
+        for (int64_t t = 0; t < n; ++t) {
+          ref += double(a[i * lda + t]) * b[j * n + t];
+          abs += std::fabs(double(a[i * lda + t]) * b[j * n + t]);
+        }
+        CHECK(close(o0[j * 4 + i], float(ref), float(abs)));
+        CHECK(close(o1[j * 4 + i], float(ref), float(abs)));
+      }
+    // gather2 / interleave2 are exact data movement
+    const auto sp = rnd(2 * n + 1);
+    std::vector<float> d0(n + 1, -9.0f), d1(n + 1, -9.0f);
+    fast.gather2(sp.data(), d0.data(), n);
+    slow.gather2(sp.data(), d1.data(), n);
+    for (int64_t j = 0; j < n; ++j) {
+      CHECK(d0[j] == sp[2 * j]);
+      CHECK(d1[j] == sp[2 * j]);
+    }
+    CHECK(d0[n] == -9.0f);
+    const auto p0 = rnd(n), p1 = rnd(n);
+    std::vector<float> i0(2 * n + 1, -9.0f), i1(2 * n + 1, -9.0f);
+    fast.interleave2(p0.data(), p1.data(), i0.data(), n);
+    slow.interleave2(p0.data(), p1.data(), i1.data(), n);
+    for (int64_t j = 0; j < n; ++j) {
+      CHECK(i0[2 * j] == p0[j]);
+      CHECK(i0[2 * j + 1] == p1[j]);
+      CHECK(i1[2 * j] == p0[j]);
+      CHECK(i1[2 * j + 1] == p1[j]);
+    }
+    CHECK(i0[2 * n] == -9.0f);
   }
 }

@@ -5,7 +5,7 @@
 #   tools/bootstrap.sh --bench  also PyTorch (Debian python3-torch), the benchmarks' peer
 set -euo pipefail
 
-pkgs=(cmake g++ make catch2 libuv1-dev libstb-dev nlohmann-json3-dev)
+pkgs=(cmake g++ make catch2 libuv1-dev libstb-dev nlohmann-json3-dev ffmpeg)
 if [[ "${1:-}" == "--bench" ]]; then
   pkgs+=(python3-torch python3-torchvision)
 fi

@@ -48,24 +48,15 @@
 namespace st::cpu {
 namespace {
 
+using convk::Kernels;
 using convk::kMR;
 using convk::kNR;
-using convk::Kernels;
 
-#ifndef ST_BB
-#define ST_BB 256
-#endif
-constexpr int64_t kBandBudget = ST_BB * 1024; // floats per thread-private band buffer (1 MiB)
-#ifndef ST_KC
-#define ST_KC 256
-#endif
-constexpr int64_t kKCMax = ST_KC;             // taps per packed B panel (24*256*4 B = 24 KiB)
+constexpr int64_t kBandBudget = 256 * 1024;  // floats per thread-private band buffer (1 MiB)
+constexpr int64_t kKCMax = 256;              // taps per packed B panel (24*256*4 B = 24 KiB)
 constexpr int64_t kSlack = 64;               // floats of zeroed slack after band buffers
 constexpr int64_t kDotChunk = 1024;          // pixels per backward-weight reduction chunk
-#ifndef ST_DM
-#define ST_DM 8
-#endif
-constexpr int64_t kDirectMaxM = ST_DM;          // up to this many (padded) rows: no B packing
+constexpr int64_t kDirectMaxM = 8;           // up to this many (padded) rows: no B packing
 constexpr double kParallelFlops = 1.0e6;     // below this a call runs on one thread
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -110,16 +101,16 @@ struct Source {
 
 // Band geometry shared by every (image, group) of one call (see the header comment).
 struct Layout {
-  int64_t OH = 0, OW = 0;  // output grid
-  int64_t V = 0;           // flat row pitch (>= OW)
-  int64_t halo = 0;        // extra plane rows below a band
-  int64_t BH = 1;          // band height in output rows
-  int64_t nplanes = 0;     // stride phases actually used
-  std::vector<int> plane_ab;                 // [nplanes] -> a*sx + b
+  int64_t OH = 0, OW = 0;                     // output grid
+  int64_t V = 0;                              // flat row pitch (>= OW)
+  int64_t halo = 0;                           // extra plane rows below a band
+  int64_t BH = 1;                             // band height in output rows
+  int64_t nplanes = 0;                        // stride phases actually used
+  std::vector<int> plane_ab;                  // [nplanes] -> a*sx + b
   int64_t chan_stride = 0, plane_stride = 0;  // inside the band buffer
-  bool zero_copy = false;                    // band = the source itself
-  std::vector<int64_t> offs;                 // per tap: offset from the band base
-  int64_t buf_floats = 0;                    // band buffer size (0 when zero_copy)
+  bool zero_copy = false;                     // band = the source itself
+  std::vector<int64_t> offs;                  // per tap: offset from the band base
+  int64_t buf_floats = 0;                     // band buffer size (0 when zero_copy)
 };
 
 // extra_per_row: floats of other per-band buffers that scale with the band height (they share
@@ -158,15 +149,15 @@ Layout make_layout(const Source& s, const std::vector<Tap>& taps, int64_t OH, in
   L.halo = maxr / s.sy;
   const int64_t row = s.C * L.nplanes * L.V;  // band floats per plane row
   const int64_t per_row = row + extra_per_row;
-  L.BH = std::clamp<int64_t>((kBandBudget - L.halo * row) / std::max<int64_t>(per_row, 1), 1,
-                             max_bh);
+  L.BH =
+      std::clamp<int64_t>((kBandBudget - L.halo * row) / std::max<int64_t>(per_row, 1), 1, max_bh);
   L.plane_stride = (L.BH + L.halo) * L.V;
   L.chan_stride = L.nplanes * L.plane_stride;
   for (size_t k = 0; k < taps.size(); ++k) {
     const Tap& t = taps[k];
     const int ab = static_cast<int>((t.r % s.sy) * s.sx + t.s % s.sx);
-    L.offs[k] = t.c * L.chan_stride + plane_of[ab] * L.plane_stride + (t.r / s.sy) * L.V +
-                t.s / s.sx;
+    L.offs[k] =
+        t.c * L.chan_stride + plane_of[ab] * L.plane_stride + (t.r / s.sy) * L.V + t.s / s.sx;
   }
   L.buf_floats = s.C * L.chan_stride + kSlack;
   return L;
@@ -493,7 +484,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
             const float* p0 = tmp.data() + ((a * sw) * Mpad + c) * tplane + t * Wq;
             if (sw == 2) {
               const float* p1 = p0 + Mpad * tplane;  // phase (a, 1)
-              const int64_t n1 = g.W / 2;             // columns of phase b = 1
+              const int64_t n1 = g.W / 2;            // columns of phase b = 1
               kn.interleave2(p0, p1, out, n1);
               if (g.W % 2) out[g.W - 1] = p0[n1];
             } else {
@@ -729,11 +720,10 @@ void conv2d_backward_bias(const ConvGeom& g, const T* gy, T* gb) {
 
 template void conv2d_forward<float>(const ConvGeom&, const float*, const float*, const float*,
                                     float*);
-template void conv2d_forward<double>(const ConvGeom&, const double*, const double*,
-                                     const double*, double*);
+template void conv2d_forward<double>(const ConvGeom&, const double*, const double*, const double*,
+                                     double*);
 template void conv2d_backward_data<float>(const ConvGeom&, const float*, const float*, float*);
-template void conv2d_backward_data<double>(const ConvGeom&, const double*, const double*,
-                                           double*);
+template void conv2d_backward_data<double>(const ConvGeom&, const double*, const double*, double*);
 template void conv2d_backward_weight<float>(const ConvGeom&, const float*, const float*, float*);
 template void conv2d_backward_weight<double>(const ConvGeom&, const double*, const double*,
                                              double*);

@@ -120,34 +120,34 @@ ST_AVX2 inline void gemm_4x24_avx2_impl(int64_t kc, const float* __restrict A,
   } else {
     c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = c30 = c31 = c32 = _mm256_setzero_ps();
   }
-#define ST_GEMM_STEP(k)                                                       \
-  {                                                                           \
-    __m256 b0, b1, b2;                                                        \
-    if constexpr (kDirect) {                                                  \
-      const float* B = Bsrc + offs[k];                                        \
-      b0 = _mm256_loadu_ps(B), b1 = _mm256_loadu_ps(B + 8);                   \
-      b2 = _mm256_loadu_ps(B + 16);                                           \
-    } else {                                                                  \
-      const float* B = Bsrc + (k) * 24;                                       \
-      b0 = _mm256_load_ps(B), b1 = _mm256_load_ps(B + 8);                     \
-      b2 = _mm256_load_ps(B + 16);                                            \
-    }                                                                         \
-    __m256 a = _mm256_broadcast_ss(A + (k) * 4 + 0);                          \
-    c00 = _mm256_fmadd_ps(a, b0, c00);                                        \
-    c01 = _mm256_fmadd_ps(a, b1, c01);                                        \
-    c02 = _mm256_fmadd_ps(a, b2, c02);                                        \
-    a = _mm256_broadcast_ss(A + (k) * 4 + 1);                                 \
-    c10 = _mm256_fmadd_ps(a, b0, c10);                                        \
-    c11 = _mm256_fmadd_ps(a, b1, c11);                                        \
-    c12 = _mm256_fmadd_ps(a, b2, c12);                                        \
-    a = _mm256_broadcast_ss(A + (k) * 4 + 2);                                 \
-    c20 = _mm256_fmadd_ps(a, b0, c20);                                        \
-    c21 = _mm256_fmadd_ps(a, b1, c21);                                        \
-    c22 = _mm256_fmadd_ps(a, b2, c22);                                        \
-    a = _mm256_broadcast_ss(A + (k) * 4 + 3);                                 \
-    c30 = _mm256_fmadd_ps(a, b0, c30);                                        \
-    c31 = _mm256_fmadd_ps(a, b1, c31);                                        \
-    c32 = _mm256_fmadd_ps(a, b2, c32);                                        \
+#define ST_GEMM_STEP(k)                                     \
+  {                                                         \
+    __m256 b0, b1, b2;                                      \
+    if constexpr (kDirect) {                                \
+      const float* B = Bsrc + offs[k];                      \
+      b0 = _mm256_loadu_ps(B), b1 = _mm256_loadu_ps(B + 8); \
+      b2 = _mm256_loadu_ps(B + 16);                         \
+    } else {                                                \
+      const float* B = Bsrc + (k)*24;                       \
+      b0 = _mm256_load_ps(B), b1 = _mm256_load_ps(B + 8);   \
+      b2 = _mm256_load_ps(B + 16);                          \
+    }                                                       \
+    __m256 a = _mm256_broadcast_ss(A + (k)*4 + 0);          \
+    c00 = _mm256_fmadd_ps(a, b0, c00);                      \
+    c01 = _mm256_fmadd_ps(a, b1, c01);                      \
+    c02 = _mm256_fmadd_ps(a, b2, c02);                      \
+    a = _mm256_broadcast_ss(A + (k)*4 + 1);                 \
+    c10 = _mm256_fmadd_ps(a, b0, c10);                      \
+    c11 = _mm256_fmadd_ps(a, b1, c11);                      \
+    c12 = _mm256_fmadd_ps(a, b2, c12);                      \
+    a = _mm256_broadcast_ss(A + (k)*4 + 2);                 \
+    c20 = _mm256_fmadd_ps(a, b0, c20);                      \
+    c21 = _mm256_fmadd_ps(a, b1, c21);                      \
+    c22 = _mm256_fmadd_ps(a, b2, c22);                      \
+    a = _mm256_broadcast_ss(A + (k)*4 + 3);                 \
+    c30 = _mm256_fmadd_ps(a, b0, c30);                      \
+    c31 = _mm256_fmadd_ps(a, b1, c31);                      \
+    c32 = _mm256_fmadd_ps(a, b2, c32);                      \
   }
   int64_t k = 0;
   for (; k + 4 <= kc; k += 4) {
@@ -161,8 +161,7 @@ ST_AVX2 inline void gemm_4x24_avx2_impl(int64_t kc, const float* __restrict A,
   _mm256_store_ps(C + 72, c30), _mm256_store_ps(C + 80, c31), _mm256_store_ps(C + 88, c32);
 }
 
-ST_AVX2 inline void gemm_4x24_avx2(int64_t kc, const float* A, const float* B, float* C,
-                                   bool acc) {
+ST_AVX2 inline void gemm_4x24_avx2(int64_t kc, const float* A, const float* B, float* C, bool acc) {
   gemm_4x24_avx2_impl<false>(kc, A, B, nullptr, C, acc);
 }
 ST_AVX2 inline void gemm_4x24_direct_avx2(int64_t kc, const float* A, const float* src,
@@ -272,17 +271,29 @@ struct Kernels {
   bool avx2;
 };
 
+// The portable set (always available; also used by the tests as the reference set).
+inline Kernels generic_kernels() {
+  return Kernels{&gemm_4x24_generic,
+                 &gemm_4x24_direct_generic,
+                 &dot_4x3_generic,
+                 &pack_24_generic,
+                 &gather2_generic,
+                 &interleave2_generic,
+                 false};
+}
+
 // Chosen once per process: AVX2+FMA when the CPU has it, unless the environment variable
 // ST_CONV_FORCE_GENERIC is set to a non-empty value other than "0" (used to test the fallback).
 inline const Kernels& kernels() {
   static const Kernels k = [] {
-    Kernels r{&gemm_4x24_generic, &gemm_4x24_direct_generic, &dot_4x3_generic, &pack_24_generic, &gather2_generic, &interleave2_generic, false};
+    Kernels r = generic_kernels();
     const char* force = std::getenv("ST_CONV_FORCE_GENERIC");
     const bool forced = force && *force && std::strcmp(force, "0") != 0;
 #if ST_CONV_HAVE_X86
     __builtin_cpu_init();
     if (!forced && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      r = Kernels{&gemm_4x24_avx2, &gemm_4x24_direct_avx2, &dot_4x3_avx2, &pack_24_avx2, &gather2_avx2, &interleave2_avx2, true};
+      r = Kernels{&gemm_4x24_avx2, &gemm_4x24_direct_avx2, &dot_4x3_avx2, &pack_24_avx2,
+                  &gather2_avx2,   &interleave2_avx2,      true};
 #else
     (void)forced;
 #endif
