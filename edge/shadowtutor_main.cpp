@@ -82,8 +82,9 @@ int run_simulate(int argc, char** argv) {
     std::ofstream f(out);
     if (!(f << json << "\n")) throw st::Error("cannot write " + out);
   }
-  std::fprintf(stderr, "%s P-%d: %lld frames, mean mIoU %.4f, key frames %lld (%.2f%%), traffic %.2f%% of naive\n",
-               r.mode.c_str(), r.delay, (long long)r.frames, r.mean_miou, (long long)r.key_frames,
+  std::string run = r.mode == "partial" || r.mode == "full" ? r.mode + " P-" + std::to_string(r.delay) : r.mode;
+  std::fprintf(stderr, "%s: %lld frames, mean mIoU %.4f, key frames %lld (%.2f%%), traffic %.2f%% of naive\n",
+               run.c_str(), (long long)r.frames, r.mean_miou, (long long)r.key_frames,
                100.0 * double(r.key_frames) / double(r.frames),
                100.0 * double(r.bytes_up + r.bytes_down) / double(r.naive_bytes_up + r.naive_bytes_down));
   return 0;

@@ -58,6 +58,7 @@ constexpr int64_t kSlack = 64;               // floats of zeroed slack after ban
 constexpr int64_t kDotChunk = 1024;          // pixels per backward-weight reduction chunk
 constexpr int64_t kDirectMaxM = 8;           // up to this many (padded) rows: no B packing
 constexpr double kParallelFlops = 1.0e6;     // below this a call runs on one thread
+constexpr int64_t kItemsPerThread = 3;       // work items (bands) per thread, for balance
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
@@ -163,19 +164,22 @@ Layout make_layout(const Source& s, const std::vector<Tap>& taps, int64_t OH, in
   return L;
 }
 
-// Band height cap giving about 4 work items per thread when the call is parallel.
+// Band height cap giving about kItemsPerThread work items per thread when the call is parallel.
 int64_t band_cap(int64_t OH, int64_t other_items, int nth) {
   if (nth <= 1) return OH;
-  const int64_t bands = ceil_div(4 * nth, std::max<int64_t>(other_items, 1));
+  const int64_t bands = ceil_div(kItemsPerThread * nth, std::max<int64_t>(other_items, 1));
   return std::max<int64_t>(1, ceil_div(OH, bands));
 }
 
 // Fill a (thread-private) band buffer for output rows [i0, i0 + bh).
-void build_band(const Source& s, const Layout& L, int64_t i0, int64_t bh, float* buf) {
+// Only source channels [c0, c1) are filled (default: all).
+void build_band(const Source& s, const Layout& L, int64_t i0, int64_t bh, float* buf,
+                int64_t c0 = 0, int64_t c1 = -1) {
   const convk::Gather2Fn gather2 = convk::kernels().gather2;
   const int64_t rows = bh + L.halo;
   const int64_t V = L.V;
-  for (int64_t c = 0; c < s.C; ++c)
+  if (c1 < 0) c1 = s.C;
+  for (int64_t c = c0; c < c1; ++c)
     for (int64_t pl = 0; pl < L.nplanes; ++pl) {
       const int64_t a = L.plane_ab[pl] / s.sx;
       const int64_t b = L.plane_ab[pl] % s.sx;
@@ -515,16 +519,30 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s) taps.push_back({c, r, s});
   Source s0{nullptr, Cg, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w};
-  const Layout L =
-      make_layout(s0, taps, g.OH, g.OW, Mpad * (g.OW + g.S), band_cap(g.OH, g.N * G, nth));
+  // Work items are (group, image, band, chunk of taps). Long bands keep the pixel reductions
+  // long; when they are too few for the threads, the taps are split first (each chunk needs only
+  // its own channels of the band), and only then the bands are made shorter.
+  const int64_t extra = Mpad * (g.OW + g.S);  // gy band floats per row
+  const int64_t want = kItemsPerThread * nth;
+  const int64_t ntri = K3 / 3;
+  Layout L = make_layout(s0, taps, g.OH, g.OW, extra, g.OH);
+  int64_t nchunk = 1;
+  if (nth > 1 && G * g.N * ceil_div(g.OH, L.BH) < want) {
+    nchunk = std::clamp<int64_t>(ceil_div(want, G * g.N * ceil_div(g.OH, L.BH)), 1,
+                                 std::max<int64_t>(1, ntri / 8));
+    const int64_t cap = band_cap(g.OH, G * g.N * nchunk, nth);
+    if (cap < L.BH) L = make_layout(s0, taps, g.OH, g.OW, extra, cap);
+  }
+  const int64_t tri_per_chunk = ceil_div(ntri, nchunk);
+  nchunk = ceil_div(ntri, tri_per_chunk);
   std::vector<int64_t> offs3(L.offs);  // taps padded to a multiple of 3 with harmless dummies
-  offs3.resize(K3, L.offs[0]);
+  offs3.resize(K3, L.offs[Kred - 1]);  // (the last tap's channel is in the last chunk)
   const int64_t gstride = round_up(L.BH * L.V, 8) + 8;  // row pitch of the flat gy band
   const int64_t accn = G * Mpad * K3;                   // per-thread accumulator [G][Mpad][K3]
   ABuf<double> acc(static_cast<size_t>(nth) * accn, true);
   const Kernels& kn = convk::kernels();
   const int64_t nb = ceil_div(g.OH, L.BH);
-  const int64_t items = G * g.N * nb;  // (group, image, band)
+  const int64_t items = G * g.N * nb * nchunk;  // (group, image, band, tap chunk)
 #pragma omp parallel if (par)
   {
     const int tid = std::min(omp_get_thread_num(), nth - 1);
@@ -534,13 +552,16 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
     float out[12];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
-      const int64_t bi = it % nb, n = (it / nb) % g.N, gi = it / (nb * g.N);
+      const int64_t ch = it % nchunk, bi = (it / nchunk) % nb;
+      const int64_t n = (it / (nchunk * nb)) % g.N, gi = it / (nchunk * nb * g.N);
+      const int64_t t0 = ch * tri_per_chunk * 3, t1 = std::min(K3, t0 + tri_per_chunk * 3);
       Source s = s0;
       s.p = x + (n * g.C + gi * Cg) * g.H * g.W;
       const float* gyn = gy + (n * g.K + gi * Kg) * g.OH * g.OW;  // [Kg][OH][OW]
       const int64_t i0 = bi * L.BH, bh = std::min(L.BH, g.OH - i0);
       const float* bandp = L.zero_copy ? s.p + i0 * g.W : band.data();
-      if (!L.zero_copy) build_band(s, L, i0, bh, band.data());
+      if (!L.zero_copy)  // channels of this chunk's taps
+        build_band(s, L, i0, bh, band.data(), taps[t0].c, taps[std::min(t1, Kred) - 1].c + 1);
       for (int64_t m = 0; m < Kg; ++m) {
         float* d = gyv.data() + m * gstride;
         for (int64_t t = 0; t < bh; ++t) {
@@ -556,7 +577,7 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
           const float* a = gyv.data() + mb * kMR * gstride + fs;
           double* accm = accg + mb * kMR * K3;
           const float* b = bandp + fs;
-          for (int64_t tt = 0; tt < K3; tt += 3) {
+          for (int64_t tt = t0; tt < t1; tt += 3) {
             kn.dot(len, a, gstride, b + offs3[tt], b + offs3[tt + 1], b + offs3[tt + 2], out);
             for (int j = 0; j < 3; ++j)
               for (int i = 0; i < kMR; ++i) accm[i * K3 + tt + j] += out[j * kMR + i];
