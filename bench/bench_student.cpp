@@ -14,6 +14,10 @@
 // Our Student applies out_conv3 before the last upsample (exactly equivalent, fewer FLOPs), so
 // our "effective" GFLOP/s credit us with work we skip; the peer runs the reference order.
 //
+// "cores busy" = CPU time / wall time over the timed reps (ours and the peer's): with 2 threads
+// a value well under 2 means another process held a core and the time is inflated (OpenMP
+// teams wait at every barrier for a descheduled thread); rerun when the machine is quiet.
+//
 // Peak memory: the bench re-runs itself as a child per mode (`--rss MODE W H`), so each peak
 // (VmHWM of /proc/self/status) is isolated; the child also reports the resident size right
 // before the measured work (weights, input and target loaded).
@@ -31,6 +35,7 @@
 //                      [--modes forward,step-partial,step-full]   (which of ours to time)
 //        bench_student --rss forward|step-partial|step-full W H      (child mode)
 #include <omp.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -218,8 +223,17 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// CPU seconds (user + system) this process has used so far.
+double cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         1e-6 * double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
 struct Timing {
   double ms = 0;  // median total
+  double cores = 0;  // CPU time / wall time over the timed reps: < threads means contention
   Phases phases;  // median per phase
   size_t trained = 0;
   std::string kernels;  // backward kernel counts of one step
@@ -234,12 +248,16 @@ Timing measure(Student& s, int mode, const Size& sz, int reps) {
   for (auto& [k, n] : st::backward_kernel_counts())
     t.kernels += (t.kernels.empty() ? "" : " ") + k + "=" + std::to_string(n);
   std::vector<double> tot, f, b, a;
+  const double cpu0 = cpu_seconds();
+  const auto wall0 = clk::now();
   for (int r = 0; r < reps; ++r) {
     const auto t0 = clk::now();
     Phases p = w.run();
     tot.push_back(std::chrono::duration<double, std::milli>(clk::now() - t0).count());
     f.push_back(p.fwd), b.push_back(p.bwd), a.push_back(p.adam);
   }
+  t.cores = (cpu_seconds() - cpu0) /
+            std::max(1e-9, std::chrono::duration<double>(clk::now() - wall0).count());
   t.ms = median(tot);
   t.phases = {median(f), median(b), median(a)};
   return t;
@@ -328,6 +346,7 @@ std::string loadavg() {
 struct PeerResult {
   std::string header, error;
   std::map<std::string, double> ms;         // "<size> <mode>" -> ms
+  std::map<std::string, double> cores;      // "<size> <mode>" -> CPU time / wall time
   std::map<std::string, std::string> rss;   // "<size> <mode>" -> "peak .. base .."
 };
 
@@ -356,8 +375,10 @@ PeerResult run_peer(const std::string& src_dir, const std::vector<Size>& sizes, 
                  json_field(line, "threads") + " threads, " + json_field(line, "weights") +
                  " weights";
     const std::string size = json_field(line, "size"), what = json_field(line, "what");
-    if (!size.empty() && !what.empty())
+    if (!size.empty() && !what.empty()) {
       r.ms[size + " " + what] = std::atof(json_field(line, "ms").c_str());
+      r.cores[size + " " + what] = std::atof(json_field(line, "cores").c_str());
+    }
   }
   if (r.error.empty() && r.header.empty())
     r.error = rc != 0 ? "python3 failed" : "no output from student_peer.py";
@@ -437,9 +458,10 @@ int main(int argc, char** argv) {
       load_weights(student);  // every measurement starts from the same weights
       const Timing t = measure(student, m, sz, reps);
       ours[size_str(sz) + " " + kModes[m]] = t;
-      std::printf("  %-9s %-12s %9.1f ms  (fwd %.1f, loss+bwd %.1f, adam %.2f; %zu trained)%s%s\n",
+      std::printf("  %-9s %-12s %9.1f ms  (fwd %.1f, loss+bwd %.1f, adam %.2f; %zu trained; "
+                  "%.2f cores busy)%s%s\n",
                   size_str(sz).c_str(), kModes[m], t.ms, t.phases.fwd, t.phases.bwd,
-                  t.phases.adam, t.trained, t.kernels.empty() ? "" : "  backward kernels: ",
+                  t.phases.adam, t.trained, t.cores, t.kernels.empty() ? "" : "  backward kernels: ",
                   t.kernels.c_str());
       std::fflush(stdout);
     }
@@ -458,19 +480,20 @@ int main(int argc, char** argv) {
     const ConvFlops fl = count_flops(sz);
     std::printf("\n%s (reference conv work: %.2f GMAC = %.2f GFLOP per forward)\n",
                 size_str(sz).c_str(), fl.forward / 2e9, fl.forward / 1e9);
-    std::printf("  %-13s %10s %10s %7s %9s %9s %9s\n", "measurement", "ours ms", "peer ms",
-                "ratio", "GFLOP", "ours GF/s", "peer GF/s");
+    std::printf("  %-13s %10s %10s %7s %9s %9s %9s %11s\n", "measurement", "ours ms", "peer ms",
+                "ratio", "GFLOP", "ours GF/s", "peer GF/s", "cores o/p");
     for (int m = 0; m < 3; ++m) {
       const std::string key = size_str(sz) + " " + kModes[m];
       if (!ours.count(key)) continue;
       const double ms = ours[key].ms, gf = mode_flops(fl, m) / 1e9;
       auto it = pr.ms.find(key);
       if (pr.error.empty() && it != pr.ms.end() && it->second > 0)
-        std::printf("  %-13s %10.1f %10.1f %7.2f %9.2f %9.1f %9.1f\n", kModes[m], ms, it->second,
-                    it->second / ms, gf, gf / ms * 1e3, gf / it->second * 1e3);
+        std::printf("  %-13s %10.1f %10.1f %7.2f %9.2f %9.1f %9.1f %5.2f/%4.2f\n", kModes[m], ms,
+                    it->second, it->second / ms, gf, gf / ms * 1e3, gf / it->second * 1e3,
+                    ours[key].cores, pr.cores[key]);
       else
-        std::printf("  %-13s %10.1f %10s %7s %9.2f %9.1f %9s\n", kModes[m], ms, "n/a", "", gf,
-                    gf / ms * 1e3, "");
+        std::printf("  %-13s %10.1f %10s %7s %9.2f %9.1f %9s %5.2f\n", kModes[m], ms, "n/a", "", gf,
+                    gf / ms * 1e3, "", ours[key].cores);
     }
   }
   std::fflush(stdout);

@@ -20,7 +20,8 @@ random weights of the right shapes. Input: randn * 50; target: a person rectangl
 
 Output: JSON lines on stdout:
     {"peer": "torch", "version": "1.13.0", "threads": 2, "weights": "pretrained"}
-    {"size": "1280x720", "what": "forward", "ms": 250.0, "fwd_ms": ..., "bwd_ms": ..., "adam_ms": ...}
+    {"size": "1280x720", "what": "forward", "ms": 250.0, "fwd_ms": ..., "bwd_ms": ..., "adam_ms": ...,
+     "cores": 1.98}                        (cores = CPU time / wall time over the timed reps)
     {"rss_mode": "forward", "size": "1280x720", "hwm_kb": 400000, "base_kb": 300000}   (--rss)
 or a single {"error": "..."} line (exit status 0) when torch cannot be used.
 """
@@ -28,6 +29,7 @@ import argparse
 import importlib.util
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -189,6 +191,11 @@ def hwm_kb(field="VmHWM"):
     return -1
 
 
+def cpu_seconds():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def parse_size(s):
     w, h = s.lower().split("x")
     return int(w), int(h)
@@ -238,13 +245,16 @@ def main(argv):
         for mode in MODES:
             work = Workload(torch, ref, weights, mode, h, w)
             work.run()  # warm-up
+            cpu0, wall0 = cpu_seconds(), time.perf_counter()
             reps = [work.run() for _ in range(max(1, args.reps))]
+            cores = (cpu_seconds() - cpu0) / max(1e-9, time.perf_counter() - wall0)
             tot = [sum(r) for r in reps]
             emit({"size": "%dx%d" % (w, h), "what": mode,
                   "ms": statistics.median(tot) * 1e3,
                   "fwd_ms": statistics.median(r[0] for r in reps) * 1e3,
                   "bwd_ms": statistics.median(r[1] for r in reps) * 1e3,
-                  "adam_ms": statistics.median(r[2] for r in reps) * 1e3})
+                  "adam_ms": statistics.median(r[2] for r in reps) * 1e3,
+                  "cores": round(cores, 3)})
     return 0
 
 

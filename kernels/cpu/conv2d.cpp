@@ -19,11 +19,14 @@
 //     then add bias and store the valid pixels.
 //   * backward data: the transposed convolution is split by stride phase (a, b) of gx; each
 //     phase is an ordinary stride-1 correlation of gy with the taps r = a+ph (mod sh),
-//     s = b+pw (mod sw), so it runs through the same engine writing gx[a::sh, b::sw].
+//     s = b+pw (mod sw), so it runs through the same engine. A work item computes every phase
+//     of the same band of gx rows (cache-friendly); with a column stride the phases land in a
+//     small private buffer and are interleaved into contiguous gx rows.
 //   * backward weight: gw[K][C*R*S] = gy[K][pix] . col[C*R*S][pix]^T. Both operands are rows
 //     that are contiguous along pixels (gy copied into the band's flat layout with zeros in the
 //     junk columns; col rows are runs of the phase planes), so a 4x3 dot-product micro-kernel
-//     reduces along pixels in chunks of 1024. Threads keep private double accumulators
+//     reduces along pixels in chunks of 1024. Work items are (band, chunk of taps): small images
+//     are split by taps rather than into short bands. Threads keep private double accumulators
 //     [groups][K/groups][C*R*S] that are summed at the end.
 //   * bias gradient: per-channel sums (float partial sums, double total).
 //   Micro-kernels: kernels/cpu/conv2d_microkernels.h (AVX2+FMA chosen at run time, portable

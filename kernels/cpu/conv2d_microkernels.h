@@ -6,7 +6,10 @@
 //      12 ymm accumulators, 3 B loads + 4 broadcasts per 12 FMAs.
 //  * dot 4x3:  out[j][i] = sum_t a[i*lda + t] * b_j[t],  i < 4, j < 3   (any alignment, any n)
 //      reductions along the pixel axis for the weight gradient; 12 ymm accumulators.
+//  * gemm 4x24 direct: the same with B row k read in place at src + offs[k] (no packing).
 //  * pack 24: B[k][0..23] = src[offs[k] + 0..23], the implicit-im2col panel gather.
+//  * gather2 / interleave2: stride-2 column (de)interleaving for the phase planes and the
+//    stride-2 backward-data output.
 #pragma once
 #include <cstdint>
 #include <cstdlib>

@@ -1,0 +1,61 @@
+#include "server/common.h"
+
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+
+namespace st::net {
+
+uint64_t weights_hash(const nn::Student& s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&](const void* p, size_t n) {
+    const unsigned char* c = static_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < n; ++i) {
+      h ^= c[i];
+      h *= 0x100000001b3ull;
+    }
+  };
+  for (auto& [name, t] : s.named_parameters()) {
+    mix(name.data(), name.size());
+    for (int64_t d : t.shape()) mix(&d, sizeof d);
+    Tensor c = t.contiguous();
+    ST_CHECK(c.dtype() == DType::F32, "weights_hash: parameter ", name, " is not float32");
+    mix(c.data<float>(), size_t(c.numel()) * sizeof(float));
+  }
+  return h;
+}
+
+std::pair<std::string, int> parse_host_port(const std::string& s) {
+  std::string host, port;
+  if (!s.empty() && s[0] == '[') {
+    auto close = s.find(']');
+    ST_CHECK(close != std::string::npos && close + 1 < s.size() && s[close + 1] == ':',
+             "bad address '", s, "' (expected [IPV6]:PORT)");
+    host = s.substr(1, close - 1);
+    port = s.substr(close + 2);
+  } else {
+    auto colon = s.rfind(':');
+    ST_CHECK(colon != std::string::npos, "bad address '", s, "' (expected HOST:PORT)");
+    host = s.substr(0, colon);
+    port = s.substr(colon + 1);
+  }
+  if (host.empty()) host = "127.0.0.1";
+  ST_CHECK(!port.empty() && port.size() <= 5 &&
+               port.find_first_not_of("0123456789") == std::string::npos,
+           "bad port in '", s, "'");
+  int p = std::stoi(port);
+  ST_CHECK(p >= 1 && p <= 65535, "port ", p, " out of range in '", s, "'");
+  return {host, p};
+}
+
+void log_line(const char* tag, const std::string& message) {
+  static std::mutex m;
+  std::lock_guard<std::mutex> lock(m);
+  std::fprintf(stderr, "[%s] %s\n", tag, message.c_str());
+  std::fflush(stderr);
+}
+
+void ignore_sigpipe() { std::signal(SIGPIPE, SIG_IGN); }
+
+}  // namespace st::net

@@ -1,0 +1,27 @@
+// Small pieces shared by shadowtutor-server and shadowtutor-edge: the weights hash that HELLO
+// carries, host:port parsing, and a thread-safe log line.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "nn/student.h"
+
+namespace st::net {
+
+// FNV-1a 64 over every parameter of the student, in model order: name, shape, then the raw
+// float32 bytes. HELLO.weights_hash; the server compares it with the hash of its base weights.
+uint64_t weights_hash(const nn::Student& s);
+
+// "HOST:PORT" (HOST may be empty = 127.0.0.1, or a bracketed IPv6 "[::1]:7000"). Throws
+// st::Error naming the text when it is not of that form or the port is not 1..65535.
+std::pair<std::string, int> parse_host_port(const std::string& s);
+
+// Writes "[tag] message" plus a newline to stderr under a process-wide mutex.
+void log_line(const char* tag, const std::string& message);
+
+// Ignores SIGPIPE process-wide (writes to a closed socket or teacher pipe must return EPIPE,
+// not kill the process). Idempotent.
+void ignore_sigpipe();
+
+}  // namespace st::net

@@ -1,0 +1,75 @@
+// shadowtutor-server: accepts edge sessions over TCP (libuv event loop on its own thread), runs
+// the teacher and Algorithm 1/2 for each key frame on libuv's worker pool, and answers with
+// UPDATE (partial / full distillation) or LABELS (naive offloading). docs/protocol.md is the
+// wire protocol; SPEC §4–§6 the algorithms.
+//
+//   ServerOptions o; o.port = 0; o.token = "secret";
+//   o.teacher = [] { return std::make_unique<RecordedTeacher>("labels/"); };
+//   Server s(o); s.start(); int port = s.port(); ... s.stop();
+//
+// Every session owns its Student copy (from the base weights) and its Distiller (Adam state
+// persists for the session); one key frame at a time per session. A misbehaving client gets
+// ERROR and its connection is closed; the others carry on.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "nn/blob.h"
+#include "nn/distill.h"
+#include "protocol/protocol.h"
+#include "server/teacher.h"
+
+namespace st::server {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 0;                       // 0 = any free port; port() tells which
+  std::string token;                  // HELLO.auth_token must equal it
+  std::filesystem::path weights;      // base student weights; empty = Student(init_seed)
+  uint64_t init_seed = 0;
+  nn::DistillConfig distill;          // threshold, max updates, strides, lr
+  nn::BlobEncoding encoding = nn::BlobEncoding::F32;  // preferred; the other if HELLO refuses it
+  size_t max_message_bytes = protocol::kDefaultMaxMessageSize;
+  size_t max_sessions = 64;
+  bool offer_partial = true, offer_full = true, offer_naive = true;
+  TeacherFactory teacher;             // required
+  bool log = true;                    // one line per session event on stderr
+};
+
+struct ServerStats {
+  uint64_t sessions_opened = 0, sessions_closed = 0, sessions_active = 0;
+  uint64_t key_frames = 0, updates = 0, errors_sent = 0, teacher_failures = 0;
+  uint64_t bytes_in = 0, bytes_out = 0;
+};
+
+class Server {
+ public:
+  explicit Server(ServerOptions options);
+  ~Server();  // stop()s
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Loads the base weights, binds and listens (throws st::Error on failure), then runs the event
+  // loop on a new thread.
+  void start();
+  // Sends ERROR(ShuttingDown) to every session, closes everything, waits for running worker
+  // jobs, joins the loop thread. Idempotent.
+  void stop();
+  int port() const { return port_; }
+  bool running() const { return running_; }
+  ServerStats stats() const;
+  // Blocks the calling thread until the loop ends (stop() from another thread or a signal).
+  void wait();
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  int port_ = 0;
+  std::atomic<bool> running_{false};
+};
+
+}  // namespace st::server

@@ -1,0 +1,88 @@
+// Teachers behind one interface (SPEC §3): given a key frame, produce the label map (values
+// 0..8, 8 = background) and optionally the detection boxes for the loss-weight map.
+//   RecordedTeacher  label maps recorded on disk, by frame index (edge/video.h LabelSource)
+//   CommandTeacher   an external process speaking the pipe format of docs/teacher_pipe.md
+// A Mask R-CNN teacher plugs in later as another subclass.
+//
+// Threading: one Teacher object belongs to one session and is only called from that session's
+// worker job (never two calls at once); it is created and destroyed on the server's loop thread,
+// so constructors and destructors must be cheap and must not block for long.
+#pragma once
+#include <sys/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "edge/video.h"
+#include "nn/distill.h"
+
+namespace st::server {
+
+struct TeacherOutput {
+  int64_t height = 0, width = 0;
+  std::vector<uint8_t> labels;             // height*width class indices 0..8
+  std::optional<std::vector<nn::Box>> boxes;  // none: boxes of the connected components
+};
+
+class Teacher {
+ public:
+  virtual ~Teacher() = default;
+  // Labels for one key frame (interleaved BGR, h x w). Throws st::Error with a clear message
+  // on any failure (missing label file, crashed or misbehaving teacher process, ...).
+  virtual TeacherOutput run(uint64_t frame_index, const uint8_t* bgr, int64_t h, int64_t w) = 0;
+  virtual std::string describe() const = 0;
+};
+
+// Makes the teacher of a new session.
+using TeacherFactory = std::function<std::unique_ptr<Teacher>()>;
+
+class RecordedTeacher : public Teacher {
+ public:
+  explicit RecordedTeacher(std::filesystem::path dir) : labels_(std::move(dir)) {}
+  TeacherOutput run(uint64_t frame_index, const uint8_t* bgr, int64_t h, int64_t w) override;
+  std::string describe() const override { return "recorded labels " + labels_.dir().string(); }
+
+ private:
+  edge::LabelSource labels_;
+};
+
+// Pipe protocol limits (docs/teacher_pipe.md).
+inline constexpr uint32_t kTeacherRequestMagic = 0x51545453;   // "STTQ"
+inline constexpr uint32_t kTeacherResponseMagic = 0x41545453;  // "STTA"
+inline constexpr uint32_t kTeacherNoBoxes = 0xFFFFFFFFu;        // box count: "use components"
+inline constexpr uint32_t kTeacherMaxBoxes = 65536;
+
+// Runs `/bin/sh -c COMMAND` once per session (started lazily on the first key frame, with
+// posix_spawn from the worker thread) and talks to it over its stdin/stdout. Any failure (exit,
+// crash, garbage, wrong size, timeout) throws st::Error naming the command and what happened;
+// the process is then killed and not reused.
+class CommandTeacher : public Teacher {
+ public:
+  explicit CommandTeacher(std::string command, double timeout_s = 120.0);
+  ~CommandTeacher() override;
+  TeacherOutput run(uint64_t frame_index, const uint8_t* bgr, int64_t h, int64_t w) override;
+  std::string describe() const override { return "command '" + command_ + "'"; }
+
+ private:
+  void start();
+  void stop();  // closes the pipes, terminates and reaps the process
+  [[noreturn]] void fail(const std::string& what);
+  void write_all(const uint8_t* p, size_t n);
+  void read_all(uint8_t* p, size_t n, const char* field);
+  std::string exit_status();  // "exited with status N" / "killed by signal N" / "still running"
+
+  std::string command_;
+  double timeout_s_;
+  pid_t pid_ = -1;
+  int in_fd_ = -1;   // the teacher's stdin (we write)
+  int out_fd_ = -1;  // the teacher's stdout (we read)
+  bool broken_ = false;
+  std::string broken_reason_;
+};
+
+}  // namespace st::server
