@@ -156,6 +156,7 @@ Shape contiguous_strides(const Shape& shape);
 namespace detail {
 inline void append(std::string& s, const std::string& v) { s += v; }
 inline void append(std::string& s, const char* v) { s += v; }
+inline void append(std::string& s, char* v) { s += v; }
 inline void append(std::string& s, char v) { s += v; }
 inline void append(std::string& s, const Shape& v) { s += shape_str(v); }
 inline void append(std::string& s, DType v) { s += dtype_name(v); }
