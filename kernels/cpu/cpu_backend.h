@@ -1,6 +1,9 @@
 // The CPU backend: the reference implementation of every kernel (f32 fast paths, f64 for
 // finite-difference tests). Multi-threaded with OpenMP.
 #pragma once
+#include <map>
+#include <mutex>
+
 #include "tensor/backend.h"
 
 namespace st::cpu {
@@ -63,6 +66,11 @@ class CpuBackend final : public Backend {
   void matmul(const Tensor& a, const Tensor& b, Tensor& out) override;
   void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                  const AdamParams& p) override;
+
+ private:
+  std::mutex cache_mutex_;
+  std::multimap<size_t, void*> cache_;  // free large blocks by rounded size
+  size_t cached_bytes_ = 0;
 };
 
 // The process-wide CPU backend (always present; tensor/backend.cpp hands it out).

@@ -382,6 +382,19 @@ static void check_targets(const Tensor& target, int64_t C) {
              " is outside [0, ", C, ")");
 }
 
+// Per block of pixels (vectorisable loops over pixels, the C logits of a pixel P apart):
+// lse[p] = max + log(sum_c exp(l[c,p] - max)). Shared by forward and backward.
+template <class T>
+static void block_log_sum_exp(const T* l, int64_t C, int64_t P, int64_t len, T* mx, T* lse) {
+  for (int64_t i = 0; i < len; ++i) mx[i] = l[i];
+  for (int64_t c = 1; c < C; ++c)
+    for (int64_t i = 0; i < len; ++i) mx[i] = std::max(mx[i], l[c * P + i]);
+  for (int64_t i = 0; i < len; ++i) lse[i] = T(0);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = 0; i < len; ++i) lse[i] += std::exp(l[c * P + i] - mx[i]);
+  for (int64_t i = 0; i < len; ++i) lse[i] = mx[i] + std::log(lse[i]);
+}
+
 void CpuBackend::weighted_cross_entropy_forward(const Tensor& logits, const Tensor& target,
                                                 const Tensor& weight, Tensor& loss) {
   const int64_t C = logits.size(1);
@@ -392,17 +405,22 @@ void CpuBackend::weighted_cross_entropy_forward(const Tensor& logits, const Tens
     const T* pl = logits.data<T>();
     const T* pw = weight.data<T>();
     const int64_t* pt = target.data<int64_t>();
-    double total = 0;
-#pragma omp parallel for collapse(2) reduction(+ : total) if (N * C * P > 32768)
+    constexpr int64_t B = 256;
+    const int64_t blocks = (P + B - 1) / B;
+    double total = 0;  // per-block sums are added in double
+#pragma omp parallel for collapse(2) reduction(+ : total) schedule(static) if (N * C * P > 32768)
     for (int64_t n = 0; n < N; ++n)
-      for (int64_t p = 0; p < P; ++p) {
-        const T* l = pl + n * C * P + p;
-        double mx = double(l[0]);
-        for (int64_t c = 1; c < C; ++c) mx = std::max(mx, double(l[c * P]));
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t p0 = blk * B, len = std::min(B, P - p0);
+        const T* l = pl + n * C * P + p0;
+        T mx[B], lse[B];
+        block_log_sum_exp(l, C, P, len, mx, lse);
         double s = 0;
-        for (int64_t c = 0; c < C; ++c) s += std::exp(double(l[c * P]) - mx);
-        const int64_t t = pt[n * P + p];
-        total += double(pw[n * P + p]) * (mx + std::log(s) - double(l[t * P]));
+        for (int64_t i = 0; i < len; ++i) {
+          const int64_t t = pt[n * P + p0 + i];
+          s += double(pw[n * P + p0 + i]) * double(lse[i] - l[t * P + i]);
+        }
+        total += s;
       }
     loss.data<T>()[0] = T(total / double(N * P));
   });
@@ -415,21 +433,27 @@ void CpuBackend::weighted_cross_entropy_backward(const Tensor& gloss, const Tens
   dispatch_float("weighted_cross_entropy_backward", logits.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const int64_t N = logits.size(0), C = logits.size(1), P = logits.size(2) * logits.size(3);
-    softmax_channels(logits, false, glogits);
     const T g0 = T(gloss.to_vector<double>()[0] / double(N * P));
+    const T* pl = logits.data<T>();
     const T* pw = weight.data<T>();
     const int64_t* pt = target.data<int64_t>();
     T* pg = glogits.data<T>();
-#pragma omp parallel for if (N * C * P > 32768)
-    for (int64_t n = 0; n < N; ++n) {
-      T* base = pg + n * C * P;
-      for (int64_t c = 0; c < C; ++c) {
-        T* row = base + c * P;
-        const T* w = pw + n * P;
-        for (int64_t p = 0; p < P; ++p) row[p] *= g0 * w[p];
+    constexpr int64_t B = 256;
+    const int64_t blocks = (P + B - 1) / B;
+#pragma omp parallel for collapse(2) schedule(static) if (N * C * P > 32768)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t p0 = blk * B, len = std::min(B, P - p0);
+        const T* l = pl + n * C * P + p0;
+        T* g = pg + n * C * P + p0;
+        const T* w = pw + n * P + p0;
+        T mx[B], lse[B];
+        block_log_sum_exp(l, C, P, len, mx, lse);
+        for (int64_t i = 0; i < len; ++i) mx[i] = g0 * w[i];  // reuse as the pixel's scale
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t i = 0; i < len; ++i) g[c * P + i] = mx[i] * std::exp(l[c * P + i] - lse[i]);
+        for (int64_t i = 0; i < len; ++i) g[pt[n * P + p0 + i] * P + i] -= mx[i];
       }
-      for (int64_t p = 0; p < P; ++p) base[pt[n * P + p] * P + p] -= g0 * pw[n * P + p];
-    }
   });
 }
 
