@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "kernels/cpu/conv2d.h"
 
 #ifndef ST_SOURCE_DIR
@@ -29,6 +30,9 @@
 #endif
 
 using st::cpu::ConvGeom;
+
+using st::bench::json_field;
+using st::bench::run_lines;
 
 namespace {
 
@@ -119,25 +123,6 @@ double time_ms(F&& fn) {
 
 const char* kDirs[3] = {"fwd", "bwd_data", "bwd_weight"};
 
-// Extracts "key": value (string or number) from one JSON line written by conv_peer.py.
-std::string json_field(const std::string& line, const std::string& key) {
-  const std::string k = "\"" + key + "\":";
-  size_t p = line.find(k);
-  if (p == std::string::npos) return "";
-  p += k.size();
-  while (p < line.size() && line[p] == ' ') ++p;
-  if (p < line.size() && line[p] == '"') {
-    std::string v;
-    for (++p; p < line.size() && line[p] != '"'; ++p) {
-      if (line[p] == '\\' && p + 1 < line.size()) ++p;
-      v += line[p];
-    }
-    return v;
-  }
-  size_t e = p;
-  while (e < line.size() && line[e] != ',' && line[e] != '}') ++e;
-  return line.substr(p, e - p);
-}
 
 }  // namespace
 
@@ -212,16 +197,15 @@ int main(int argc, char** argv) {
     cmd += a;
   }
   cmd += " 2>&1";
-  FILE* f = popen(cmd.c_str(), "r");
-  if (!f) {
+  int rc = 0;
+  std::vector<std::string> lines = run_lines(cmd, rc);
+  if (rc == -1) {
     std::printf("peer: missing (cannot run %s)\n", py.c_str());
     return 0;
   }
   std::map<std::string, std::array<double, 3>> theirs;
-  std::string header, error, line;
-  char buf[4096];
-  while (std::fgets(buf, sizeof buf, f)) {
-    line = buf;
+  std::string header, error;
+  for (const std::string& line : lines) {
     if (!json_field(line, "error").empty()) error = json_field(line, "error");
     if (!json_field(line, "peer").empty())
       header = json_field(line, "peer") + " " + json_field(line, "version") + ", " +
@@ -232,7 +216,6 @@ int main(int argc, char** argv) {
     for (int d = 0; d < 3; ++d)
       if (dir == kDirs[d]) t[d] = std::atof(json_field(line, "ms").c_str());
   }
-  const int rc = pclose(f);
   if (!error.empty() || header.empty()) {
     std::printf("peer: missing (%s)\n",
                 !error.empty() ? error.c_str()

@@ -49,6 +49,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "nn/distill.h"
 #include "nn/optim.h"
 #include "nn/student.h"
@@ -66,6 +67,9 @@ using st::Tensor;
 using st::nn::Distillation;
 using st::nn::Student;
 using clk = std::chrono::steady_clock;
+
+using st::bench::json_field;
+using st::bench::run_lines;
 
 namespace {
 
@@ -294,39 +298,7 @@ int rss_child(const std::string& mode_name, const Size& sz) {
 }
 
 // ---------------- running children and the peer ----------------
-// Extracts "key": value (string or number) from one JSON line.
-std::string json_field(const std::string& line, const std::string& key) {
-  const std::string k = "\"" + key + "\":";
-  size_t p = line.find(k);
-  if (p == std::string::npos) return "";
-  p += k.size();
-  while (p < line.size() && line[p] == ' ') ++p;
-  if (p < line.size() && line[p] == '"') {
-    std::string v;
-    for (++p; p < line.size() && line[p] != '"'; ++p) {
-      if (line[p] == '\\' && p + 1 < line.size()) ++p;
-      v += line[p];
-    }
-    return v;
-  }
-  size_t e = p;
-  while (e < line.size() && line[e] != ',' && line[e] != '}') ++e;
-  return line.substr(p, e - p);
-}
 
-// Runs `cmd` and returns its output lines; rc receives pclose's status (-1 if it did not run).
-std::vector<std::string> run_lines(const std::string& cmd, int& rc) {
-  std::vector<std::string> out;
-  FILE* f = popen(cmd.c_str(), "r");
-  if (!f) {
-    rc = -1;
-    return out;
-  }
-  char buf[4096];
-  while (std::fgets(buf, sizeof buf, f)) out.emplace_back(buf);
-  rc = pclose(f);
-  return out;
-}
 
 std::string self_exe() {
   char buf[4096];
