@@ -54,7 +54,10 @@ void CommandTeacher::start() {
   sigemptyset(&def);
   sigaddset(&def, SIGPIPE);
   posix_spawnattr_setsigdefault(&attr, &def);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF);
+  // Its own process group, so that stopping it also stops whatever it started (a shell's
+  // children): kill(-pid, ...).
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
   std::string cmd = command_;
   char sh[] = "/bin/sh", dash_c[] = "-c";
   char* argv[] = {sh, dash_c, cmd.data(), nullptr};
@@ -70,6 +73,7 @@ void CommandTeacher::start() {
     ST_CHECK(false, "teacher command '", command_, "': cannot start: ", std::strerror(rc));
   }
   pid_ = pid;
+  pgid_ = pid;
   in_fd_ = in_pipe[1];
   out_fd_ = out_pipe[0];
 }
@@ -81,7 +85,7 @@ void CommandTeacher::stop() {
   if (pid_ > 0) {
     int status;
     if (::waitpid(pid_, &status, WNOHANG) == 0) {
-      ::kill(pid_, SIGTERM);
+      ::kill(-pid_, SIGTERM);
       // Give it 200 ms to leave, then kill it.
       bool gone = false;
       for (int i = 0; i < 20 && !gone; ++i) {
@@ -89,11 +93,15 @@ void CommandTeacher::stop() {
         gone = ::waitpid(pid_, &status, WNOHANG) != 0;
       }
       if (!gone) {
-        ::kill(pid_, SIGKILL);
+        ::kill(-pid_, SIGKILL);
         ::waitpid(pid_, &status, 0);
       }
     }
     pid_ = -1;
+  }
+  if (pgid_ > 0) {
+    ::kill(-pgid_, SIGKILL);  // anything of the group still left (e.g. a shell's children)
+    pgid_ = -1;
   }
 }
 

@@ -79,6 +79,7 @@ class CommandTeacher : public Teacher {
   std::string command_;
   double timeout_s_;
   pid_t pid_ = -1;
+  pid_t pgid_ = -1;  // its process group (= the first pid), killed as a whole
   int in_fd_ = -1;   // the teacher's stdin (we write)
   int out_fd_ = -1;  // the teacher's stdout (we read)
   bool broken_ = false;

@@ -1,0 +1,755 @@
+// The edge client (client.h): a libuv network thread plus the frame loop on the caller's thread.
+#include "edge/client.h"
+
+#include <uv.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "edge/video.h"
+#include "nn/distill.h"
+#include "protocol/conversation.h"
+#include "protocol/decoder.h"
+#include "server/common.h"
+#include "tensor/autograd.h"
+
+namespace st::edge {
+
+using namespace st::protocol;
+using Clock = std::chrono::steady_clock;
+
+// ---------------------------------------------------------------- TokenBucket
+
+TokenBucket::TokenBucket(double rate, double burst)
+    : rate_(rate), burst_(burst), tokens_(burst), last_(Clock::now()) {
+  ST_CHECK(rate > 0 && burst >= 1, "TokenBucket: bad rate ", rate, " or burst ", burst);
+}
+
+double TokenBucket::available(Clock::time_point now) {
+  double dt = std::chrono::duration<double>(now - last_).count();
+  if (dt > 0) {
+    tokens_ = std::min(burst_, tokens_ + dt * rate_);
+    last_ = now;
+  }
+  return tokens_;
+}
+
+double TokenBucket::seconds_until(double n, Clock::time_point now) {
+  double need = std::min(n, burst_) - available(now);
+  return need <= 0 ? 0.0 : need / rate_;
+}
+
+// ---------------------------------------------------------------- NetClient
+
+namespace {
+constexpr size_t kReadChunk = 64 * 1024;
+std::string uv_err(int rc) { return std::string(uv_err_name(rc)) + " (" + uv_strerror(rc) + ")"; }
+uint64_t to_ms(double s) { return uint64_t(std::max(1.0, std::ceil(s * 1000.0))); }
+}  // namespace
+
+struct Conn {
+  NetClient::Impl* impl = nullptr;
+  uint64_t epoch = 0;  // 0 until connected
+  uv_tcp_t tcp{};
+  uv_connect_t creq{};
+  uv_write_t wreq{};
+  Decoder dec;
+  Encoder enc;
+  Conversation conv{Role::Edge};
+  std::deque<std::vector<uint8_t>> outq;
+  size_t off = 0, wlen = 0;
+  bool writing = false, connected = false, closing = false, read_paused = false;
+  std::vector<char> rbuf = std::vector<char>(kReadChunk);
+  explicit Conn(DecoderOptions o) : dec(o) {}
+};
+
+struct NetClient::Impl {
+  NetClient* self = nullptr;
+  ClientOptions opt;
+  uv_loop_t loop{};
+  uv_async_t wake{};
+  uv_timer_t reconnect_timer{}, write_timer{}, read_timer{};
+  std::thread thread;
+  bool started = false;
+
+  // Loop thread state.
+  Conn* conn = nullptr;
+  uint64_t epochs = 0;
+  double backoff = 0.1;
+  bool stopping = false;
+  std::optional<TokenBucket> up, down;
+
+  // Commands to the loop thread.
+  struct Cmd {
+    enum Kind { Send, Drop, Stop } kind = Send;
+    uint64_t epoch = 0;
+    std::optional<Body> body;
+    std::string why;
+  };
+  std::mutex cmd_mu;
+  std::deque<Cmd> cmds;
+
+  // Events to the frame loop.
+  std::mutex ev_mu;
+  std::condition_variable ev_cv;
+  std::deque<Event> events;
+
+  void log(const std::string& s) const {
+    if (opt.log) net::log_line("edge/net", s);
+  }
+  static Event event(Event::Kind k, uint64_t epoch, std::string text = {}) {
+    Event e;
+    e.kind = k;
+    e.epoch = epoch;
+    e.text = std::move(text);
+    return e;
+  }
+  void post(Event e) {
+    {
+      std::lock_guard<std::mutex> l(ev_mu);
+      events.push_back(std::move(e));
+    }
+    ev_cv.notify_all();
+  }
+  void command(Cmd c) {
+    {
+      std::lock_guard<std::mutex> l(cmd_mu);
+      cmds.push_back(std::move(c));
+    }
+    uv_async_send(&wake);
+  }
+
+  // ---- loop thread ----
+  void schedule_reconnect() {
+    if (stopping) return;
+    uv_timer_start(&reconnect_timer, on_reconnect_timer, to_ms(backoff), 0);
+    backoff = std::min(backoff * 2, opt.backoff_max_s);
+  }
+
+  static void on_conn_closed(uv_handle_t* h) { delete static_cast<Conn*>(h->data); }
+
+  void fail(Conn* c, const std::string& why) {
+    if (c->closing) return;
+    c->closing = true;
+    if (c->connected) {
+      log("connection " + std::to_string(c->epoch) + " lost: " + why);
+      post(event(Event::Disconnected, c->epoch, why));
+    }
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(&c->tcp));
+    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), on_conn_closed);
+    if (conn == c) {
+      conn = nullptr;
+      uv_timer_stop(&write_timer);
+      uv_timer_stop(&read_timer);
+      schedule_reconnect();
+    }
+  }
+
+  // Best effort, immediate: used for ERROR and BYE right before closing.
+  void try_send_now(Conn* c, Body body) {
+    try {
+      Message m{c->enc.next_seq(), c->enc.version(), body};
+      c->conv.on_send(m);
+      std::vector<uint8_t> b = c->enc.encode(std::move(body));
+      if (c->writing || !c->outq.empty()) return;  // would interleave with a partial write
+      uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(b.data()), unsigned(b.size()));
+      int n = uv_try_write(reinterpret_cast<uv_stream_t*>(&c->tcp), &buf, 1);
+      if (n > 0) self->bytes_up_ += n;
+    } catch (const std::exception&) {
+    }
+  }
+
+  void enqueue(Conn* c, Body body) {
+    Message m{c->enc.next_seq(), c->enc.version(), body};
+    c->conv.on_send(m);
+    c->outq.push_back(c->enc.encode(std::move(body)));
+    pump(c);
+  }
+
+  void pump(Conn* c) {
+    if (c->writing || c->closing || c->outq.empty()) return;
+    auto& b = c->outq.front();
+    size_t n = b.size() - c->off;
+    if (up) {
+      auto now = Clock::now();
+      size_t want = std::min(n, size_t(up->burst()));
+      if (up->available(now) < double(want)) {
+        uv_timer_start(&write_timer, on_write_timer, to_ms(up->seconds_until(double(want), now)), 0);
+        return;
+      }
+      n = want;
+      up->consume(double(n));
+    }
+    uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(b.data() + c->off), unsigned(n));
+    c->writing = true;
+    c->wlen = n;
+    c->wreq.data = c;
+    int rc = uv_write(&c->wreq, reinterpret_cast<uv_stream_t*>(&c->tcp), &buf, 1, on_write);
+    if (rc < 0) {
+      c->writing = false;
+      fail(c, "write: " + uv_err(rc));
+    }
+  }
+
+  static void on_write(uv_write_t* req, int status) {
+    Conn* c = static_cast<Conn*>(req->data);
+    Impl* m = c->impl;
+    c->writing = false;
+    if (status < 0) {
+      if (!c->closing) m->fail(c, "write: " + uv_err(status));
+      return;
+    }
+    m->self->bytes_up_ += int64_t(c->wlen);
+    c->off += c->wlen;
+    if (c->off == c->outq.front().size()) {
+      c->outq.pop_front();
+      c->off = 0;
+    }
+    m->pump(c);
+  }
+
+  static void on_write_timer(uv_timer_t* t) {
+    Impl* m = static_cast<Impl*>(t->data);
+    if (m->conn) m->pump(m->conn);
+  }
+
+  static void on_read_timer(uv_timer_t* t) {
+    Impl* m = static_cast<Impl*>(t->data);
+    Conn* c = m->conn;
+    if (!c || !c->read_paused || c->closing) return;
+    auto now = Clock::now();
+    if (m->down->available(now) < 0) {
+      uv_timer_start(&m->read_timer, on_read_timer, to_ms(m->down->seconds_until(0, now)), 0);
+      return;
+    }
+    c->read_paused = false;
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp), on_alloc, on_read);
+  }
+
+  static void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
+    Conn* c = static_cast<Conn*>(h->data);
+    size_t n = c->rbuf.size();
+    if (c->impl->down) n = std::min(n, std::max<size_t>(1, size_t(c->impl->down->burst())));
+    *buf = uv_buf_init(c->rbuf.data(), unsigned(n));
+  }
+
+  static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
+    Conn* c = static_cast<Conn*>(s->data);
+    Impl* m = c->impl;
+    if (c->closing) return;
+    if (nread < 0) {
+      m->fail(c, nread == UV_EOF ? "the server closed the connection" : "read: " + uv_err(int(nread)));
+      return;
+    }
+    if (nread == 0) return;
+    m->self->bytes_down_ += nread;
+    if (m->down) {
+      auto now = Clock::now();
+      m->down->available(now);
+      m->down->consume(double(nread));
+      if (m->down->available(now) < 0) {
+        uv_read_stop(s);
+        c->read_paused = true;
+        uv_timer_start(&m->read_timer, on_read_timer, to_ms(m->down->seconds_until(0, now)), 0);
+      }
+    }
+    try {
+      c->dec.feed(reinterpret_cast<const uint8_t*>(buf->base), size_t(nread));
+      Message msg;
+      while (!c->closing && c->dec.next(msg)) {
+        c->conv.on_receive(msg);
+        m->handle(c, std::move(msg));
+      }
+    } catch (const ProtocolError& e) {
+      m->try_send_now(c, ErrorMessage{e.code(), e.text().substr(0, kMaxErrorText)});
+      m->fail(c, std::string("protocol error: ") + e.what());
+    } catch (const std::exception& e) {
+      m->fail(c, e.what());
+    }
+  }
+
+  void handle(Conn* c, Message&& msg) {
+    switch (msg.type()) {
+      case MessageType::Welcome: {
+        const Welcome& w = msg.as<Welcome>();
+        c->enc.set_version(w.version);
+        c->dec.set_versions(w.version, w.version);
+        backoff = opt.backoff_initial_s;
+        {
+          Event e = event(Event::Message, c->epoch);
+          e.message = std::move(msg);
+          post(std::move(e));
+        }
+        break;
+      }
+      case MessageType::Update:
+      case MessageType::Labels: {
+          Event e = event(Event::Message, c->epoch);
+          e.message = std::move(msg);
+          post(std::move(e));
+        } break;
+      case MessageType::Ping: enqueue(c, Pong{msg.as<Ping>().nonce}); break;
+      case MessageType::Pong: break;
+      case MessageType::Error: {
+        const ErrorMessage& e = msg.as<ErrorMessage>();
+        fail(c, std::string("server sent ERROR ") + error_code_name(e.code) + ": " + e.text);
+        break;
+      }
+      case MessageType::Bye:
+        try_send_now(c, Bye{});
+        fail(c, "the server said BYE");
+        break;
+      default: fail(c, std::string("unexpected ") + message_type_name(msg.type()));
+    }
+  }
+
+  static void on_connect(uv_connect_t* req, int status) {
+    Conn* c = static_cast<Conn*>(req->data);
+    Impl* m = c->impl;
+    if (status < 0) {
+      if (status != UV_ECANCELED)
+        m->log("connect to " + m->opt.host + ":" + std::to_string(m->opt.port) + " failed: " +
+               uv_err(status) + "; retrying");
+      m->fail(c, "connect: " + uv_err(status));
+      return;
+    }
+    if (c->closing) return;
+    c->connected = true;
+    c->epoch = ++m->epochs;
+    uv_tcp_nodelay(&c->tcp, 1);
+    m->log("connected to " + m->opt.host + ":" + std::to_string(m->opt.port) + " (connection " +
+           std::to_string(c->epoch) + ")");
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp), on_alloc, on_read);
+    m->post(event(Event::Connected, c->epoch));
+  }
+
+  void connect() {
+    if (stopping || conn) return;
+    sockaddr_storage addr{};
+    bool ok = uv_ip4_addr(opt.host.c_str(), opt.port, reinterpret_cast<sockaddr_in*>(&addr)) == 0 ||
+              uv_ip6_addr(opt.host.c_str(), opt.port, reinterpret_cast<sockaddr_in6*>(&addr)) == 0;
+    if (!ok) {  // a host name: resolve synchronously (this thread does nothing else meanwhile)
+      uv_getaddrinfo_t req;
+      addrinfo hints{};
+      hints.ai_socktype = SOCK_STREAM;
+      std::string port = std::to_string(opt.port);
+      if (uv_getaddrinfo(&loop, &req, nullptr, opt.host.c_str(), port.c_str(), &hints) == 0 &&
+          req.addrinfo) {
+        std::memcpy(&addr, req.addrinfo->ai_addr, req.addrinfo->ai_addrlen);
+        uv_freeaddrinfo(req.addrinfo);
+        ok = true;
+      }
+    }
+    if (!ok) {
+      log("cannot resolve " + opt.host + "; retrying");
+      schedule_reconnect();
+      return;
+    }
+    DecoderOptions d;
+    d.max_message_size = opt.max_message_bytes;
+    Conn* c = new Conn(d);
+    c->impl = this;
+    uv_tcp_init(&loop, &c->tcp);
+    c->tcp.data = c;
+    c->creq.data = c;
+    conn = c;
+    int rc = uv_tcp_connect(&c->creq, &c->tcp, reinterpret_cast<sockaddr*>(&addr), on_connect);
+    if (rc < 0) fail(c, "connect: " + uv_err(rc));
+  }
+
+  static void on_reconnect_timer(uv_timer_t* t) { static_cast<Impl*>(t->data)->connect(); }
+
+  static void on_wake(uv_async_t* a) {
+    Impl* m = static_cast<Impl*>(a->data);
+    std::deque<Cmd> cmds;
+    {
+      std::lock_guard<std::mutex> l(m->cmd_mu);
+      cmds.swap(m->cmds);
+    }
+    for (Cmd& cmd : cmds) {
+      Conn* c = m->conn;
+      switch (cmd.kind) {
+        case Cmd::Send:
+          if (!c || c->closing || !c->connected || c->epoch != cmd.epoch) break;
+          try {
+            m->enqueue(c, std::move(*cmd.body));
+          } catch (const std::exception& e) {
+            m->fail(c, std::string("cannot send: ") + e.what());
+          }
+          break;
+        case Cmd::Drop:
+          if (c && c->epoch == cmd.epoch) m->fail(c, cmd.why);
+          break;
+        case Cmd::Stop:
+          m->stopping = true;
+          if (c) {
+            if (c->connected) m->try_send_now(c, Bye{});
+            m->fail(c, "the edge is stopping");
+          }
+          uv_close(reinterpret_cast<uv_handle_t*>(&m->reconnect_timer), nullptr);
+          uv_close(reinterpret_cast<uv_handle_t*>(&m->write_timer), nullptr);
+          uv_close(reinterpret_cast<uv_handle_t*>(&m->read_timer), nullptr);
+          uv_close(reinterpret_cast<uv_handle_t*>(&m->wake), nullptr);
+          return;
+      }
+    }
+  }
+};
+
+NetClient::NetClient(ClientOptions o) : impl_(std::make_unique<Impl>()) {
+  impl_->self = this;
+  impl_->opt = std::move(o);
+}
+
+NetClient::~NetClient() { stop(); }
+
+void NetClient::start() {
+  Impl& m = *impl_;
+  ST_CHECK(!m.started, "NetClient: already started");
+  net::ignore_sigpipe();
+  m.backoff = m.opt.backoff_initial_s;
+  if (m.opt.link_mbps > 0) {
+    double rate = m.opt.link_mbps * 1e6 / 8.0;
+    double burst = std::max(rate * 0.01, 16384.0);
+    m.up.emplace(rate, burst);
+    m.down.emplace(rate, burst);
+  }
+  ST_CHECK(uv_loop_init(&m.loop) == 0, "NetClient: uv_loop_init failed");
+  uv_async_init(&m.loop, &m.wake, Impl::on_wake);
+  m.wake.data = &m;
+  for (uv_timer_t* t : {&m.reconnect_timer, &m.write_timer, &m.read_timer}) {
+    uv_timer_init(&m.loop, t);
+    t->data = &m;
+  }
+  uv_timer_start(&m.reconnect_timer, Impl::on_reconnect_timer, 0, 0);
+  m.started = true;
+  m.thread = std::thread([&m] { uv_run(&m.loop, UV_RUN_DEFAULT); });
+}
+
+void NetClient::stop() {
+  Impl& m = *impl_;
+  if (!m.started) return;
+  m.command(Impl::Cmd{Impl::Cmd::Stop, 0, std::nullopt, {}});
+  m.thread.join();
+  uv_loop_close(&m.loop);
+  m.started = false;
+}
+
+void NetClient::send(uint64_t epoch, Body body) {
+  impl_->command(Impl::Cmd{Impl::Cmd::Send, epoch, std::move(body), {}});
+}
+
+void NetClient::drop(uint64_t epoch, const std::string& why) {
+  impl_->command(Impl::Cmd{Impl::Cmd::Drop, epoch, std::nullopt, why});
+}
+
+bool NetClient::poll(Event& e) {
+  std::lock_guard<std::mutex> l(impl_->ev_mu);
+  if (impl_->events.empty()) return false;
+  e = std::move(impl_->events.front());
+  impl_->events.pop_front();
+  return true;
+}
+
+bool NetClient::wait(Event& e, double timeout_s) {
+  std::unique_lock<std::mutex> l(impl_->ev_mu);
+  if (!impl_->ev_cv.wait_for(l, std::chrono::duration<double>(std::max(0.0, timeout_s)),
+                             [&] { return !impl_->events.empty(); }))
+    return false;
+  e = std::move(impl_->events.front());
+  impl_->events.pop_front();
+  return true;
+}
+
+// ---------------------------------------------------------------- the frame loop
+
+EdgeMode parse_edge_mode(const std::string& s) {
+  if (s == "partial") return EdgeMode::Partial;
+  if (s == "full") return EdgeMode::Full;
+  if (s == "naive") return EdgeMode::Naive;
+  throw Error("unknown mode '" + s + "' (partial, full, naive)");
+}
+
+const char* edge_mode_name(EdgeMode m) {
+  switch (m) {
+    case EdgeMode::Partial: return "partial";
+    case EdgeMode::Full: return "full";
+    case EdgeMode::Naive: return "naive";
+  }
+  return "?";
+}
+
+namespace {
+double secs(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+}  // namespace
+
+EdgeResult run_edge(const EdgeOptions& opt) {
+  auto source = open_video(opt.video);
+  const int64_t H = source->height(), W = source->width();
+  ST_CHECK(H > 0 && W > 0 && H <= kMaxFrameDim && W <= kMaxFrameDim, "edge: bad frame size ", W,
+           "x", H);
+  EdgeResult r;
+  r.mode = edge_mode_name(opt.mode);
+  const nn::Distillation dmode =
+      opt.mode == EdgeMode::Full ? nn::Distillation::Full : nn::Distillation::Partial;
+  const SessionMode smode = opt.mode == EdgeMode::Full    ? SessionMode::Full
+                            : opt.mode == EdgeMode::Naive ? SessionMode::Naive
+                                                          : SessionMode::Partial;
+
+  // Two parameter buffers: `active` computes frames; updates land in `spare`, then swap.
+  auto active = std::make_unique<nn::Student>(opt.init_seed);
+  if (!opt.weights.empty()) active->load_safetensors(opt.weights);
+  auto spare = std::make_unique<nn::Student>(opt.init_seed);
+  spare->load_state(active->named_parameters(), "edge weights");
+  active->configure(nn::Distillation::None);
+  spare->configure(nn::Distillation::None);
+  const uint64_t layout = nn::layout_hash(*active, nn::Distillation::Full);
+  uint64_t cur_hash = net::weights_hash(*active);
+  r.initial_weights_hash = cur_hash;
+
+  auto log = [&](const std::string& s) {
+    if (opt.net.log) net::log_line("edge", s);
+  };
+  // Unpacks a blob into the spare copy and swaps the copies (between two frames).
+  auto apply_blob = [&](nn::Distillation scope, const std::vector<uint8_t>& blob) {
+    nn::unpack_trained(*spare, scope, blob.data(), blob.size());  // validates first
+    std::swap(active, spare);
+    spare->load_state(active->named_parameters(), "edge weights");
+    cur_hash = net::weights_hash(*active);
+  };
+
+  if (!opt.predictions_dir.empty()) std::filesystem::create_directories(opt.predictions_dir);
+  if (!opt.overlays_dir.empty()) std::filesystem::create_directories(opt.overlays_dir);
+
+  NetClient net(opt.net);
+  net.start();
+
+  // Session state (this thread).
+  bool session = false;
+  uint64_t epoch = 0, hello_epoch = 0;
+  Welcome welcome;
+  int64_t next_key = 0, stride = 0;
+  std::optional<int64_t> outstanding;  // key frame sent, answer not here yet
+  std::optional<Labels> labels;        // naive: the answer to the outstanding frame
+  int64_t frame_i = 0;
+
+  auto handle = [&](NetClient::Event& e) {
+    switch (e.kind) {
+      case NetClient::Event::Connected: {
+        Hello h;
+        h.mode = smode;
+        h.layout_hash = layout;
+        h.weights_hash = cur_hash;
+        h.frame_width = uint32_t(W);
+        h.frame_height = uint32_t(H);
+        h.accept_blobs = opt.accept_blobs;
+        h.auth_token = opt.token;
+        h.edge_name = opt.edge_name;
+        hello_epoch = e.epoch;
+        net.send(e.epoch, std::move(h));
+        break;
+      }
+      case NetClient::Event::Disconnected:
+        if (e.epoch == epoch && session) {
+          session = false;
+          outstanding.reset();
+          ++r.disconnects;
+        }
+        r.errors.push_back(e.text);
+        break;
+      case NetClient::Event::Message: {
+        Message& m = e.message;
+        if (m.is<Welcome>()) {
+          if (e.epoch != hello_epoch) break;
+          Welcome& w = m.as<Welcome>();
+          try {
+            if (w.blob_kind != BlobKind::None) {
+              apply_blob(w.scope == WeightsScope::Full ? nn::Distillation::Full : dmode, w.blob);
+              if (w.scope == WeightsScope::Full) ++r.full_weight_syncs;
+            }
+          } catch (const std::exception& ex) {
+            r.errors.push_back(std::string("WELCOME blob refused: ") + ex.what());
+            net.drop(e.epoch, "bad WELCOME blob");
+            break;
+          }
+          welcome = w;
+          session = true;
+          epoch = e.epoch;
+          next_key = frame_i;  // the first key frame of a session: the next frame
+          stride = w.min_stride;
+          outstanding.reset();
+          labels.reset();
+          ++r.welcomes;
+          log("session " + std::to_string(w.session_id) + " (stride " +
+              std::to_string(w.min_stride) + ".." + std::to_string(w.max_stride) +
+              (w.scope == WeightsScope::Full ? ", full weights received)" : ")"));
+        } else if (m.is<Update>()) {
+          Update& u = m.as<Update>();
+          if (!session || e.epoch != epoch || !outstanding || int64_t(u.key_frame) != *outstanding)
+            break;
+          if (u.blob_kind != BlobKind::None) {
+            try {
+              apply_blob(dmode, u.blob);
+              ++r.updates_with_weights;
+            } catch (const std::exception& ex) {
+              r.errors.push_back(std::string("UPDATE blob refused: ") + ex.what());
+              net.drop(e.epoch, "bad UPDATE blob");
+              session = false;
+              outstanding.reset();
+              break;
+            }
+          }
+          ++r.updates;
+          r.steps_total += u.steps;
+          stride = u.next_stride;
+          next_key = int64_t(u.key_frame) + stride;
+          outstanding.reset();
+        } else if (m.is<Labels>()) {
+          Labels& l = m.as<Labels>();
+          if (!session || e.epoch != epoch || !outstanding || int64_t(l.frame_index) != *outstanding)
+            break;
+          labels = std::move(l);
+          ++r.labels;
+          outstanding.reset();
+        }
+        break;
+      }
+    }
+  };
+  // Blocks until the outstanding answer arrives or the session is lost.
+  auto block = [&] {
+    auto t0 = Clock::now();
+    NetClient::Event e;
+    while (session && outstanding) {
+      double left = opt.update_timeout_s - secs(t0, Clock::now());
+      if (left <= 0 || !net.wait(e, left)) {
+        std::string why = "no answer to key frame " + std::to_string(*outstanding) + " within " +
+                          std::to_string(opt.update_timeout_s) + " s";
+        r.errors.push_back(why);
+        net.drop(epoch, why);
+        session = false;
+        outstanding.reset();
+        ++r.disconnects;
+        break;
+      }
+      handle(e);
+    }
+    r.blocked_s += secs(t0, Clock::now());
+  };
+
+  if (opt.initial_wait_s > 0) {  // give the first session a head start (not a requirement)
+    auto t0 = Clock::now();
+    NetClient::Event e;
+    while (!session) {
+      double left = opt.initial_wait_s - secs(t0, Clock::now());
+      if (left <= 0 || !net.wait(e, left)) break;
+      handle(e);
+    }
+  }
+  auto t_start = Clock::now(), t_print = t_start;
+  auto t_next = t_start;
+  Frame f;
+  while ((opt.max_frames < 0 || r.frames < opt.max_frames) && source->next(f)) {
+    ST_CHECK(f.bgr.height == H && f.bgr.width == W, "edge: frame ", f.index, " changed size");
+    frame_i = f.index;
+    if (opt.frame_interval_s > 0) {
+      std::this_thread::sleep_until(t_next);
+      t_next += std::chrono::duration_cast<Clock::duration>(
+          std::chrono::duration<double>(opt.frame_interval_s));
+    }
+    NetClient::Event e;
+    while (net.poll(e)) handle(e);  // updates are swapped in here, between frames
+
+    auto make_key_frame = [&] {
+      KeyFrame k;
+      k.frame_index = uint64_t(frame_i);
+      k.encoding = FrameEncoding::RawBgr;
+      k.width = uint32_t(W);
+      k.height = uint32_t(H);
+      k.data = f.bgr.pixels;
+      return k;
+    };
+    std::vector<uint8_t> pred;
+    if (session && opt.mode == EdgeMode::Naive) {
+      // Naive offloading: every frame goes up and the edge waits for its label map.
+      net.send(epoch, make_key_frame());
+      outstanding = frame_i;
+      ++r.key_frames;
+      block();
+      if (labels && int64_t(labels->frame_index) == frame_i) pred = std::move(labels->labels);
+      labels.reset();
+    } else if (opt.mode != EdgeMode::Naive) {
+      // SPEC §6: block only when MIN_STRIDE frames have run since an unanswered key frame.
+      if (session && outstanding && frame_i - *outstanding >= int64_t(welcome.min_stride)) block();
+      if (session && !outstanding && frame_i >= next_key) {
+        net.send(epoch, make_key_frame());  // without blocking: the network thread sends it
+        outstanding = frame_i;
+        ++r.key_frames;
+      }
+    }
+    if (pred.empty()) {  // the student, on the current weights
+      Tensor x = nn::Student::preprocess_bgr(f.bgr.pixels.data(), H, W);
+      NoGradGuard ng;
+      auto v = argmax_channels(active->forward(x)).to_vector<int64_t>();
+      pred.assign(v.begin(), v.end());
+    }
+    char name[32];
+    std::snprintf(name, sizeof name, "%06lld.png", (long long)frame_i);
+    if (!opt.predictions_dir.empty()) write_label_png(opt.predictions_dir / name, pred, H, W);
+    if (!opt.overlays_dir.empty()) write_overlay_png(opt.overlays_dir / name, f.bgr, pred);
+    ++r.frames;
+    auto now = Clock::now();
+    if (opt.progress && (secs(t_print, now) >= 0.2 || r.frames == 1)) {
+      t_print = now;
+      double s = std::max(secs(t_start, now), 1e-9);
+      std::fprintf(stderr,
+                   "\r[edge %s] frame %lld  %.2f fps  stride %lld  keys %lld  up %.2f MB  down %.2f "
+                   "MB  %s   ",
+                   r.mode.c_str(), (long long)frame_i, double(r.frames) / s, (long long)stride,
+                   (long long)r.key_frames, double(net.bytes_up()) / 1e6,
+                   double(net.bytes_down()) / 1e6, session ? "online" : "offline");
+      std::fflush(stderr);
+    }
+    if (opt.on_frame) opt.on_frame(frame_i);
+  }
+  if (opt.progress) std::fprintf(stderr, "\n");
+  net.stop();
+  r.wall_s = secs(t_start, Clock::now());
+  r.fps = r.wall_s > 0 ? double(r.frames) / r.wall_s : 0;
+  r.bytes_up = net.bytes_up();
+  r.bytes_down = net.bytes_down();
+  r.final_stride = stride;
+  r.final_weights_hash = cur_hash;
+  return r;
+}
+
+std::string to_json(const EdgeResult& r) {
+  nlohmann::json j;
+  j["mode"] = r.mode;
+  j["frames"] = r.frames;
+  j["key_frames"] = r.key_frames;
+  j["key_frame_ratio"] = r.frames ? double(r.key_frames) / double(r.frames) : 0.0;
+  j["updates"] = r.updates;
+  j["updates_with_weights"] = r.updates_with_weights;
+  j["distillation_steps"] = r.steps_total;
+  j["labels_received"] = r.labels;
+  j["sessions"] = r.welcomes;
+  j["full_weight_syncs"] = r.full_weight_syncs;
+  j["disconnects"] = r.disconnects;
+  j["bytes"] = {{"up_total", r.bytes_up},
+                {"down_total", r.bytes_down},
+                {"up_per_frame", r.frames ? double(r.bytes_up) / double(r.frames) : 0.0},
+                {"down_per_frame", r.frames ? double(r.bytes_down) / double(r.frames) : 0.0}};
+  j["fps"] = r.fps;
+  j["wall_s"] = r.wall_s;
+  j["blocked_s"] = r.blocked_s;
+  j["final_stride"] = r.final_stride;
+  j["errors"] = r.errors;
+  return j.dump(1);
+}
+
+}  // namespace st::edge

@@ -1,0 +1,131 @@
+// shadowtutor-edge: the edge side of ShadowTutor over the network (SPEC §6, docs/protocol.md).
+//
+// Two threads: the calling thread reads frames and runs the student on every one of them; a
+// network thread runs a libuv loop that owns the TCP connection (connect, HELLO/WELCOME,
+// KEY_FRAME out, UPDATE/LABELS in, PING/PONG, reconnect with exponential backoff, optional
+// token-bucket link-rate limit per direction). They talk through two queues: commands to the
+// network thread (uv_async_t), events back (mutex + condition variable).
+//
+// The student's weights live in two buffers: updates are unpacked into the spare copy and the
+// copies are swapped between two frames, never while a frame is being computed. The edge only
+// blocks when MIN_STRIDE frames have been processed since a key frame whose update has not
+// arrived (or, in naive mode, for each frame's labels). When the server is unreachable it keeps
+// segmenting with its local student and resynchronises from the next WELCOME.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "nn/blob.h"
+#include "protocol/protocol.h"
+
+namespace st::edge {
+
+// A token bucket: `rate` bytes per second, at most `burst` bytes saved up. Not thread-safe.
+class TokenBucket {
+ public:
+  using Clock = std::chrono::steady_clock;
+  TokenBucket(double rate_bytes_per_s, double burst_bytes);
+  double available(Clock::time_point now);  // refills, then returns the tokens (may be < 0)
+  void consume(double n) { tokens_ -= n; }  // may go negative (reads are charged afterwards)
+  // Seconds until at least `n` (clipped to the burst) tokens are available.
+  double seconds_until(double n, Clock::time_point now);
+  double rate() const { return rate_; }
+  double burst() const { return burst_; }
+
+ private:
+  double rate_, burst_, tokens_;
+  Clock::time_point last_;
+};
+
+struct ClientOptions {
+  std::string host = "127.0.0.1";
+  int port = 0;
+  double link_mbps = 0;        // > 0: token bucket per direction at this rate (Mbit/s)
+  double backoff_initial_s = 0.1, backoff_max_s = 5.0;
+  size_t max_message_bytes = protocol::kDefaultMaxMessageSize;
+  bool log = true;
+};
+
+// The network thread. Thread-safe: every public method may be called from any thread.
+class NetClient {
+ public:
+  struct Event {
+    enum Kind { Connected, Message, Disconnected } kind = Connected;
+    uint64_t epoch = 0;            // one per TCP connection, 1, 2, ...
+    protocol::Message message;     // Kind::Message: WELCOME, UPDATE or LABELS
+    std::string text;              // Kind::Disconnected: why
+  };
+
+  explicit NetClient(ClientOptions o);
+  ~NetClient();  // stop()s
+  void start();
+  // Sends BYE when connected (best effort), closes, joins the thread.
+  void stop();
+  // Queues a message on connection `epoch`; dropped when that connection is gone.
+  void send(uint64_t epoch, protocol::Body body);
+  // Drops connection `epoch` (if current) and reconnects after the backoff.
+  void drop(uint64_t epoch, const std::string& why);
+  bool poll(Event& e);                        // non-blocking
+  bool wait(Event& e, double timeout_s);      // false on timeout
+  int64_t bytes_up() const { return bytes_up_; }
+  int64_t bytes_down() const { return bytes_down_; }
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  std::atomic<int64_t> bytes_up_{0}, bytes_down_{0};
+  friend struct Impl;
+};
+
+enum class EdgeMode { Partial, Full, Naive };
+EdgeMode parse_edge_mode(const std::string& s);  // partial | full | naive
+const char* edge_mode_name(EdgeMode m);
+
+struct EdgeOptions {
+  ClientOptions net;
+  std::string token;
+  std::filesystem::path video;            // directory of frames or a video file
+  std::filesystem::path weights;          // student weights; empty = Student(init_seed)
+  uint64_t init_seed = 0;
+  EdgeMode mode = EdgeMode::Partial;
+  int64_t max_frames = -1;                // -1 = all
+  std::filesystem::path predictions_dir;  // optional label PNGs
+  std::filesystem::path overlays_dir;     // optional overlay PNGs
+  uint8_t accept_blobs = protocol::kAcceptF32 | protocol::kAcceptF16;
+  std::string edge_name = "shadowtutor-edge";
+  double update_timeout_s = 60;  // blocked this long on an update/labels: drop the connection
+  double initial_wait_s = 0;     // at start, wait up to this long for the first WELCOME
+  double frame_interval_s = 0;   // > 0: pace frames (a camera at 1/interval fps)
+  bool progress = true;          // live progress line on stderr
+  // Called after each frame on the calling thread (tests: stop a server mid-run, ...).
+  std::function<void(int64_t frame)> on_frame;
+};
+
+struct EdgeResult {
+  std::string mode;
+  int64_t frames = 0, key_frames = 0;
+  int64_t updates = 0, updates_with_weights = 0, steps_total = 0, labels = 0;
+  int64_t welcomes = 0, full_weight_syncs = 0, disconnects = 0;
+  int64_t bytes_up = 0, bytes_down = 0;  // measured at the socket
+  double wall_s = 0, fps = 0, blocked_s = 0;
+  int64_t final_stride = 0;
+  uint64_t initial_weights_hash = 0, final_weights_hash = 0;
+  std::vector<std::string> errors;       // why connections ended, ERRORs received
+};
+
+EdgeResult run_edge(const EdgeOptions& opt);
+std::string to_json(const EdgeResult& r);
+
+}  // namespace st::edge

@@ -1,0 +1,114 @@
+// shadowtutor-edge: the ShadowTutor edge client (student on every frame, key frames to a server).
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <string>
+
+#include "edge/client.h"
+#include "server/common.h"
+
+namespace {
+
+const char* kUsage = R"(usage: shadowtutor-edge --server HOST:PORT --token T --video PATH [options]
+
+  --server HOST:PORT   the shadowtutor-server
+  --token T            auth token (or --token-file F)
+  --video PATH         a directory of frames (png/jpg) or a video file (decoded by ffmpeg)
+  --weights FILE       student weights (.safetensors); default: deterministic init (the server
+                       sends its weights when they differ)
+  --mode M             partial | full | naive                     (default partial)
+  --frames N           stop after N frames
+  --predictions DIR    write predicted label maps (PNG)
+  --overlays DIR       write colour overlays (PNG)
+  --link-mbps R        limit the link to R Mbit/s per direction (token bucket)
+  --fp32-only          accept only fp32 blobs (default: fp32 and fp16)
+  --update-timeout S   drop the connection after blocking S seconds on an answer (default 60)
+  --wait-server S      at start, wait up to S seconds for the server before the first frame
+  --fps F              pace frames at F per second (a live camera); default: as fast as possible
+  --json OUT           write the JSON summary to OUT (default: stdout)
+  --quiet              no live progress line and no log lines
+)";
+
+int usage_error(const std::string& msg) {
+  std::fprintf(stderr, "shadowtutor-edge: %s\n\n%s", msg.c_str(), kUsage);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  st::edge::EdgeOptions o;
+  std::string server, json_out, token_file;
+  bool have_token = false;
+  try {
+    for (int i = 1; i < argc; ++i) {
+      std::string a = argv[i];
+      if (a == "-h" || a == "--help") {
+        std::fputs(kUsage, stdout);
+        return 0;
+      }
+      if (a == "--quiet") {
+        o.progress = false;
+        o.net.log = false;
+        continue;
+      }
+      if (a == "--fp32-only") {
+        o.accept_blobs = st::protocol::kAcceptF32;
+        continue;
+      }
+      if (i + 1 >= argc) return usage_error("option " + a + " needs a value");
+      std::string v = argv[++i];
+      if (a == "--server") server = v;
+      else if (a == "--token") o.token = v, have_token = true;
+      else if (a == "--token-file") token_file = v;
+      else if (a == "--video") o.video = v;
+      else if (a == "--weights") o.weights = v;
+      else if (a == "--mode") o.mode = st::edge::parse_edge_mode(v);
+      else if (a == "--frames") o.max_frames = std::stoll(v);
+      else if (a == "--predictions") o.predictions_dir = v;
+      else if (a == "--overlays") o.overlays_dir = v;
+      else if (a == "--link-mbps") o.net.link_mbps = std::stod(v);
+      else if (a == "--wait-server") o.initial_wait_s = std::stod(v);
+      else if (a == "--update-timeout") o.update_timeout_s = std::stod(v);
+      else if (a == "--fps") {
+        double fps = std::stod(v);
+        if (fps <= 0) return usage_error("--fps must be positive");
+        o.frame_interval_s = 1.0 / fps;
+      } else if (a == "--json") json_out = v;
+      else return usage_error("unknown option " + a);
+    }
+    if (server.empty() || o.video.empty()) return usage_error("--server and --video are required");
+    auto [host, port] = st::net::parse_host_port(server);
+    o.net.host = host;
+    o.net.port = port;
+  } catch (const std::exception& e) {
+    return usage_error(e.what());
+  }
+  if (!token_file.empty()) {
+    std::ifstream f(token_file);
+    if (!f) return usage_error("cannot read token file " + token_file);
+    std::getline(f, o.token);
+    if (!o.token.empty() && o.token.back() == '\r') o.token.pop_back();
+    have_token = true;
+  }
+  if (!have_token) return usage_error("--token or --token-file is required");
+  try {
+    st::edge::EdgeResult r = st::edge::run_edge(o);
+    std::string json = st::edge::to_json(r);
+    if (json_out.empty()) {
+      std::cout << json << "\n";
+    } else {
+      std::ofstream f(json_out);
+      if (!(f << json << "\n")) throw st::Error("cannot write " + json_out);
+    }
+    std::fprintf(stderr,
+                 "shadowtutor-edge: %lld frames at %.2f fps, %lld key frames, %lld updates, "
+                 "%.2f MB up, %.2f MB down\n",
+                 (long long)r.frames, r.fps, (long long)r.key_frames, (long long)r.updates,
+                 double(r.bytes_up) / 1e6, double(r.bytes_down) / 1e6);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shadowtutor-edge: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,589 @@
+// The libuv server (server.h). Threading: one loop thread owns every uv handle and all session
+// protocol state; key-frame work (teacher + Algorithm 1/2 + blob packing) runs on libuv's worker
+// pool (uv_queue_work). A Session is held by a shared_ptr in the server's table until its handles
+// are closed, and by every worker job in flight, so a job whose client vanished finishes on live
+// memory and its result is dropped.
+#include "server/server.h"
+
+#include <uv.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "protocol/conversation.h"
+#include "protocol/decoder.h"
+#include "server/common.h"
+#include "tensor/autograd.h"
+
+namespace st::server {
+
+using namespace st::protocol;
+
+namespace {
+constexpr size_t kReadChunk = 64 * 1024;
+constexpr uint64_t kHelloTimeoutMs = 30000;  // a connection must say HELLO within this
+constexpr uint64_t kCloseTimeoutMs = 3000;   // flushing the last messages at most this long
+
+std::string uv_err(int rc) { return std::string(uv_err_name(rc)) + " (" + uv_strerror(rc) + ")"; }
+
+std::string clip_text(std::string s) {
+  if (s.size() > kMaxErrorText) s.resize(kMaxErrorText);
+  return s;
+}
+}  // namespace
+
+struct Session;
+
+struct Server::Impl {
+  ServerOptions opt;
+  uv_loop_t loop{};
+  uv_tcp_t listener{};
+  uv_async_t stop_async{};
+  std::thread thread;
+  bool loop_ready = false;
+  bool stopping = false;  // loop thread only
+
+  std::unique_ptr<nn::Student> base;
+  uint64_t base_hash = 0, layout = 0;
+  std::vector<uint8_t> full_blob[2];  // indexed by BlobEncoding
+
+  std::unordered_map<Session*, std::shared_ptr<Session>> sessions;  // loop thread only
+  uint64_t next_id = 1;
+
+  mutable std::mutex stats_mu;
+  ServerStats stats;
+  template <class F>
+  void count(F&& f) {
+    std::lock_guard<std::mutex> l(stats_mu);
+    f(stats);
+  }
+  void log(const std::string& s) const {
+    if (opt.log) net::log_line("server", s);
+  }
+};
+
+struct Session {
+  Server::Impl* srv = nullptr;
+  uint64_t id = 0;
+  std::string peer;
+  uv_tcp_t tcp{};
+  uv_timer_t timer{};  // HELLO deadline, then the flush deadline when closing
+  int open_handles = 0;
+
+  Decoder dec;
+  Encoder enc;
+  Conversation conv{Role::Server};
+  std::vector<char> rbuf = std::vector<char>(kReadChunk);
+
+  // Set at HELLO on the loop thread; then only read.
+  SessionMode mode = SessionMode::Partial;
+  nn::Distillation dmode = nn::Distillation::Partial;
+  nn::BlobEncoding blob_enc = nn::BlobEncoding::F32;
+  uint32_t width = 0, height = 0;
+
+  // Used only by the (single) worker job in flight.
+  std::unique_ptr<nn::Student> student;
+  std::unique_ptr<nn::Distiller> distiller;
+  std::unique_ptr<Teacher> teacher;
+  int stride = 8;
+
+  // Loop thread state.
+  bool welcomed = false, busy = false, bye_received = false, closing = false;
+  std::atomic<bool> gone{false};  // read by workers: skip the work
+
+  explicit Session(DecoderOptions o) : dec(o) {}
+  std::string name() const { return "session " + std::to_string(id) + " (" + peer + ")"; }
+};
+
+namespace {
+
+struct WriteReq {
+  uv_write_t req;
+  Session* s;
+  std::vector<uint8_t> bytes;
+};
+
+struct Job {
+  uv_work_t req;
+  std::shared_ptr<Session> s;
+  KeyFrame kf;
+  std::optional<Body> answer;
+  std::optional<ErrorMessage> error;
+  bool teacher_failed = false;
+};
+
+void close_session(Session& s, std::optional<ErrorMessage> err, uint64_t flush_ms = kCloseTimeoutMs);
+
+void on_handle_closed(uv_handle_t* h) {
+  Session* s = static_cast<Session*>(h->data);
+  if (--s->open_handles > 0) return;
+  Server::Impl* srv = s->srv;
+  srv->count([](ServerStats& st) {
+    st.sessions_closed++;
+    st.sessions_active--;
+  });
+  srv->log(s->name() + " closed");
+  srv->sessions.erase(s);  // the last reference may be a worker job's: it frees the session
+}
+
+void force_close(Session& s) {
+  if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&s.tcp)))
+    uv_close(reinterpret_cast<uv_handle_t*>(&s.tcp), on_handle_closed);
+  if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&s.timer)))
+    uv_close(reinterpret_cast<uv_handle_t*>(&s.timer), on_handle_closed);
+}
+
+void on_write(uv_write_t* r, int status) {
+  std::unique_ptr<WriteReq> w(static_cast<WriteReq*>(r->data));
+  Session& s = *w->s;
+  if (status < 0) {
+    if (status != UV_ECANCELED && !s.closing) {
+      s.srv->log(s.name() + ": write failed: " + uv_err(status));
+      close_session(s, std::nullopt, 0);
+    }
+    return;
+  }
+  s.srv->count([&](ServerStats& st) { st.bytes_out += w->bytes.size(); });
+}
+
+// Encodes, checks against the conversation rules and queues one message.
+void send(Session& s, Body body, bool check = true) {
+  Message m{s.enc.next_seq(), s.enc.version(), body};
+  if (check) s.conv.on_send(m);
+  auto* w = new WriteReq;
+  w->req.data = w;
+  w->s = &s;
+  w->bytes = s.enc.encode(std::move(body));
+  uv_buf_t b = uv_buf_init(reinterpret_cast<char*>(w->bytes.data()), unsigned(w->bytes.size()));
+  int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&s.tcp), &b, 1, on_write);
+  if (rc < 0) {
+    delete w;
+    throw Error("write: " + uv_err(rc));
+  }
+}
+
+void on_shutdown(uv_shutdown_t* req, int status) {
+  Session* s = static_cast<Session*>(req->data);
+  delete req;
+  force_close(*s);
+}
+
+void on_close_timer(uv_timer_t* t) { force_close(*static_cast<Session*>(t->data)); }
+
+// Stops reading, sends ERROR when given (best effort), flushes what is queued and closes.
+void close_session(Session& s, std::optional<ErrorMessage> err, uint64_t flush_ms) {
+  if (s.closing) return;
+  s.closing = true;
+  s.gone = true;
+  auto* stream = reinterpret_cast<uv_stream_t*>(&s.tcp);
+  uv_read_stop(stream);
+  if (err) {
+    err->text = clip_text(err->text);
+    s.srv->log(s.name() + ": sending ERROR " + error_code_name(err->code) + ": " + err->text);
+    s.srv->count([](ServerStats& st) { st.errors_sent++; });
+    try {
+      send(s, *err, false);
+    } catch (const std::exception&) {
+    }
+  }
+  if (flush_ms == 0) {
+    force_close(s);
+    return;
+  }
+  uv_timer_stop(&s.timer);
+  uv_timer_start(&s.timer, on_close_timer, flush_ms, 0);
+  auto* req = new uv_shutdown_t;
+  req->data = &s;
+  if (uv_shutdown(req, stream, on_shutdown) < 0) {
+    delete req;
+    force_close(s);
+  }
+}
+
+void on_hello_timer(uv_timer_t* t) {
+  Session& s = *static_cast<Session*>(t->data);
+  if (!s.welcomed) close_session(s, ErrorMessage{ErrorCode::Timeout, "no HELLO within 30 s"});
+}
+
+// ---- worker side ----
+
+void work(uv_work_t* r) {
+  Job& j = *static_cast<Job*>(r->data);
+  Session& s = *j.s;
+  if (s.gone) return;
+  const ServerOptions& opt = s.srv->opt;
+  const int64_t H = j.kf.height, W = j.kf.width;
+  try {
+    TeacherOutput t;
+    try {
+      t = s.teacher->run(j.kf.frame_index, j.kf.data.data(), H, W);
+      ST_CHECK(t.height == H && t.width == W && t.labels.size() == size_t(H * W),
+               "teacher answered a ", t.width, "x", t.height, " label map for a ", W, "x", H,
+               " frame");
+    } catch (const std::exception& e) {
+      j.teacher_failed = true;
+      j.error = ErrorMessage{ErrorCode::Internal, "teacher failed on frame " +
+                                                      std::to_string(j.kf.frame_index) + ": " +
+                                                      e.what()};
+      return;
+    }
+    if (s.mode == SessionMode::Naive) {
+      j.answer = Labels{j.kf.frame_index, j.kf.width, j.kf.height, std::move(t.labels)};
+      return;
+    }
+    if (!s.student) {
+      s.student = std::make_unique<nn::Student>(opt.init_seed);
+      s.student->load_state(s.srv->base->named_parameters(), "server base weights");
+      s.distiller = std::make_unique<nn::Distiller>(*s.student, s.dmode, opt.distill);
+    }
+    if (s.gone) return;
+    Tensor x = nn::Student::preprocess_bgr(j.kf.data.data(), H, W);
+    nn::Target target = nn::make_target(t.labels, H, W, t.boxes ? &*t.boxes : nullptr);
+    nn::DistillOutcome o = s.distiller->distill(x, target);
+    s.stride = nn::next_stride(o.acc, s.stride, opt.distill);
+    Update u;
+    u.key_frame = j.kf.frame_index;
+    u.next_stride = uint32_t(s.stride);
+    u.accuracy = std::clamp(float(o.acc), 0.f, 1.f);
+    if (!std::isfinite(u.accuracy)) u.accuracy = 0.f;
+    u.steps = uint32_t(o.steps);
+    if (o.steps > 0) {
+      u.blob_kind = s.blob_enc == nn::BlobEncoding::F32 ? BlobKind::F32 : BlobKind::F16;
+      u.blob = nn::pack_trained(*s.student, s.dmode, s.blob_enc);
+    }
+    j.answer = std::move(u);
+  } catch (const std::exception& e) {
+    j.error = ErrorMessage{ErrorCode::Internal, "key frame " + std::to_string(j.kf.frame_index) +
+                                                    ": " + e.what()};
+  }
+}
+
+void after_work(uv_work_t* r, int status) {
+  std::unique_ptr<Job> j(static_cast<Job*>(r->data));
+  Session& s = *j->s;
+  s.busy = false;
+  if (j->teacher_failed) s.srv->count([](ServerStats& st) { st.teacher_failures++; });
+  if (s.closing || status < 0) return;  // the client went away: drop the result
+  try {
+    if (j->error) {
+      close_session(s, j->error);
+      return;
+    }
+    if (!j->answer) return;
+    if (auto* u = std::get_if<Update>(&*j->answer))
+      s.srv->log(s.name() + ": key frame " + std::to_string(u->key_frame) + ": " +
+                 std::to_string(u->steps) + " steps, mIoU " + std::to_string(u->accuracy) +
+                 ", next stride " + std::to_string(u->next_stride));
+    send(s, std::move(*j->answer));
+    s.srv->count([](ServerStats& st) { st.updates++; });
+    if (s.bye_received) {
+      send(s, Bye{});
+      close_session(s, std::nullopt);
+    }
+  } catch (const ProtocolError& e) {
+    close_session(s, ErrorMessage{e.code(), e.text()});
+  } catch (const std::exception& e) {
+    close_session(s, ErrorMessage{ErrorCode::Internal, e.what()});
+  }
+}
+
+// ---- loop side: messages ----
+
+void handle_hello(Session& s, const Hello& h) {
+  Server::Impl& srv = *s.srv;
+  const ServerOptions& opt = srv.opt;
+  auto v = negotiate_version(h.min_version, h.max_version);
+  if (!v)
+    throw ProtocolError(ErrorCode::UnsupportedVersion,
+                        "server speaks " + std::to_string(kVersionMin) + ".." +
+                            std::to_string(kVersionMax) + ", HELLO offers " +
+                            std::to_string(h.min_version) + ".." + std::to_string(h.max_version));
+  if (!constant_time_equal(h.auth_token, opt.token))
+    throw ProtocolError(ErrorCode::AuthFailed, "HELLO.auth_token refused");
+  if (h.layout_hash != srv.layout)
+    throw ProtocolError(ErrorCode::LayoutMismatch,
+                        "HELLO.layout_hash " + std::to_string(h.layout_hash) +
+                            " is not the server student's " + std::to_string(srv.layout));
+  const bool offered = (h.mode == SessionMode::Partial && opt.offer_partial) ||
+                       (h.mode == SessionMode::Full && opt.offer_full) ||
+                       (h.mode == SessionMode::Naive && opt.offer_naive);
+  if (!offered)
+    throw ProtocolError(ErrorCode::UnsupportedMode,
+                        "HELLO.mode " + std::to_string(int(h.mode)) + " is not offered");
+  size_t active = 0;
+  for (auto& [p, sp] : srv.sessions)
+    if (sp->welcomed && !sp->closing) ++active;
+  if (active >= opt.max_sessions)
+    throw ProtocolError(ErrorCode::Busy, "the server has " + std::to_string(active) +
+                                             " sessions, its limit");
+
+  // Blob encoding: the preferred one when the edge applies it, else the other.
+  nn::BlobEncoding enc = opt.encoding;
+  auto accepts = [&](nn::BlobEncoding e) {
+    return (h.accept_blobs & (e == nn::BlobEncoding::F32 ? kAcceptF32 : kAcceptF16)) != 0;
+  };
+  if (!accepts(enc)) enc = enc == nn::BlobEncoding::F32 ? nn::BlobEncoding::F16 : nn::BlobEncoding::F32;
+  s.blob_enc = enc;
+  s.mode = h.mode;
+  s.dmode = h.mode == SessionMode::Full ? nn::Distillation::Full : nn::Distillation::Partial;
+  s.width = h.frame_width;
+  s.height = h.frame_height;
+  s.stride = opt.distill.min_stride;
+  s.teacher = opt.teacher();
+
+  Welcome w;
+  w.version = *v;
+  w.session_id = s.id;
+  w.mode = h.mode;
+  w.min_stride = uint32_t(opt.distill.min_stride);
+  w.max_stride = uint32_t(opt.distill.max_stride);
+  w.threshold = float(opt.distill.threshold);
+  w.accept_frames = kAcceptRawBgr;
+  if (h.weights_hash != srv.base_hash) {
+    // The edge's weights are not the server's base: send the full student.
+    w.scope = WeightsScope::Full;
+    w.blob_kind = enc == nn::BlobEncoding::F32 ? BlobKind::F32 : BlobKind::F16;
+    w.blob = srv.full_blob[size_t(enc)];
+  } else {
+    w.scope = WeightsScope::Trained;  // a new session's trained part is the base's: keep it
+    w.blob_kind = BlobKind::None;
+  }
+  const bool full = w.scope == WeightsScope::Full;
+  send(s, std::move(w));
+  s.enc.set_version(*v);
+  s.dec.set_versions(*v, *v);
+  s.welcomed = true;
+  uv_timer_stop(&s.timer);
+  srv.log(s.name() + ": WELCOME '" + h.edge_name + "' mode " + std::to_string(int(h.mode)) +
+          " " + std::to_string(h.frame_width) + "x" + std::to_string(h.frame_height) +
+          (full ? ", sent the full student" : ", weights in sync"));
+}
+
+void handle_message(Session& s, Message& m) {
+  switch (m.type()) {
+    case MessageType::Hello: handle_hello(s, m.as<Hello>()); break;
+    case MessageType::KeyFrame: {
+      KeyFrame& kf = m.as<KeyFrame>();
+      if (kf.encoding != FrameEncoding::RawBgr)
+        throw ProtocolError(ErrorCode::BadFrame, "only raw BGR key frames are decoded");
+      s.srv->count([](ServerStats& st) { st.key_frames++; });
+      auto* j = new Job;
+      j->req.data = j;
+      j->s = s.srv->sessions.at(&s);
+      j->kf = std::move(kf);
+      s.busy = true;
+      int rc = uv_queue_work(&s.srv->loop, &j->req, work, after_work);
+      if (rc < 0) {
+        s.busy = false;
+        delete j;
+        throw ProtocolError(ErrorCode::Internal, "cannot queue work: " + uv_err(rc));
+      }
+      break;
+    }
+    case MessageType::Ping: send(s, Pong{m.as<Ping>().nonce}); break;
+    case MessageType::Pong: break;
+    case MessageType::Bye:
+      s.bye_received = true;
+      uv_read_stop(reinterpret_cast<uv_stream_t*>(&s.tcp));
+      if (!s.busy) {
+        send(s, Bye{});
+        close_session(s, std::nullopt);
+      }
+      break;
+    case MessageType::Error: {
+      const ErrorMessage& e = m.as<ErrorMessage>();
+      s.srv->log(s.name() + ": peer sent ERROR " + error_code_name(e.code) + ": " + e.text);
+      close_session(s, std::nullopt);
+      break;
+    }
+    default:
+      throw ProtocolError(ErrorCode::UnexpectedMessage,
+                          std::string(message_type_name(m.type())) + " is not for the server");
+  }
+}
+
+void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
+  Session* s = static_cast<Session*>(h->data);
+  *buf = uv_buf_init(s->rbuf.data(), unsigned(s->rbuf.size()));
+}
+
+void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
+  Session& s = *static_cast<Session*>(stream->data);
+  if (s.closing) return;
+  if (nread < 0) {
+    std::string why = nread == UV_EOF ? "disconnected" : "read error " + uv_err(int(nread));
+    try {
+      s.dec.finish();
+    } catch (const ProtocolError& e) {
+      why += " inside a message (" + std::string(e.what()) + ")";
+    }
+    s.srv->log(s.name() + ": " + why);
+    if (s.bye_received && s.busy) return;  // answer the last key frame, then BYE
+    close_session(s, std::nullopt, 0);
+    return;
+  }
+  if (nread == 0) return;
+  s.srv->count([&](ServerStats& st) { st.bytes_in += uint64_t(nread); });
+  try {
+    s.dec.feed(reinterpret_cast<const uint8_t*>(buf->base), size_t(nread));
+    Message m;
+    while (!s.closing && !s.bye_received && s.dec.next(m)) {
+      s.conv.on_receive(m);
+      handle_message(s, m);
+    }
+  } catch (const ProtocolError& e) {
+    close_session(s, ErrorMessage{e.code(), e.text()});
+  } catch (const std::exception& e) {
+    close_session(s, ErrorMessage{ErrorCode::Internal, e.what()});
+  }
+}
+
+void on_connection(uv_stream_t* server, int status) {
+  Server::Impl& srv = *static_cast<Server::Impl*>(server->data);
+  if (status < 0) {
+    srv.log("accept error: " + uv_err(status));
+    return;
+  }
+  DecoderOptions dopt;
+  dopt.max_message_size = srv.opt.max_message_bytes;
+  auto sp = std::make_shared<Session>(dopt);
+  Session& s = *sp;
+  s.srv = &srv;
+  s.id = srv.next_id++;
+  uv_tcp_init(&srv.loop, &s.tcp);
+  uv_timer_init(&srv.loop, &s.timer);
+  s.tcp.data = &s;
+  s.timer.data = &s;
+  s.open_handles = 2;
+  srv.sessions.emplace(&s, sp);
+  srv.count([](ServerStats& st) {
+    st.sessions_opened++;
+    st.sessions_active++;
+  });
+  int rc = uv_accept(server, reinterpret_cast<uv_stream_t*>(&s.tcp));
+  if (rc < 0 || srv.stopping) {
+    s.closing = true;
+    force_close(s);
+    return;
+  }
+  uv_tcp_nodelay(&s.tcp, 1);
+  sockaddr_storage addr{};
+  int len = sizeof addr;
+  char host[64] = "?";
+  if (uv_tcp_getpeername(&s.tcp, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    if (addr.ss_family == AF_INET) {
+      auto* a = reinterpret_cast<sockaddr_in*>(&addr);
+      uv_ip4_name(a, host, sizeof host);
+      s.peer = std::string(host) + ":" + std::to_string(ntohs(a->sin_port));
+    } else if (addr.ss_family == AF_INET6) {
+      auto* a = reinterpret_cast<sockaddr_in6*>(&addr);
+      uv_ip6_name(a, host, sizeof host);
+      s.peer = "[" + std::string(host) + "]:" + std::to_string(ntohs(a->sin6_port));
+    }
+  }
+  srv.log(s.name() + " connected");
+  uv_timer_start(&s.timer, on_hello_timer, kHelloTimeoutMs, 0);
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&s.tcp), on_alloc, on_read);
+}
+
+void on_stop(uv_async_t* a) {
+  Server::Impl& srv = *static_cast<Server::Impl*>(a->data);
+  srv.stopping = true;
+  if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&srv.listener)))
+    uv_close(reinterpret_cast<uv_handle_t*>(&srv.listener), nullptr);
+  std::vector<Session*> all;
+  for (auto& [p, sp] : srv.sessions) all.push_back(p);
+  for (Session* s : all)
+    close_session(*s, ErrorMessage{ErrorCode::ShuttingDown, "the server is stopping"}, 1000);
+  uv_close(reinterpret_cast<uv_handle_t*>(&srv.stop_async), nullptr);
+}
+
+}  // namespace
+
+Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>()) {
+  impl_->opt = std::move(options);
+}
+
+Server::~Server() { stop(); }
+
+void Server::start() {
+  ST_CHECK(!running_, "server: already running");
+  Impl& m = *impl_;
+  ST_CHECK(bool(m.opt.teacher), "server: no teacher configured");
+  const auto& d = m.opt.distill;
+  ST_CHECK(d.min_stride >= 1 && d.max_stride >= d.min_stride && uint32_t(d.max_stride) <= kMaxStride,
+           "server: bad stride limits ", d.min_stride, "..", d.max_stride);
+  ST_CHECK(d.threshold > 0 && d.threshold < 1, "server: threshold ", d.threshold, " not in (0, 1)");
+  ST_CHECK(d.max_updates >= 0 && uint32_t(d.max_updates) <= kMaxSteps, "server: bad max updates");
+  net::ignore_sigpipe();
+  if (!m.base) {
+    m.base = std::make_unique<nn::Student>(m.opt.init_seed);
+    if (!m.opt.weights.empty()) m.base->load_safetensors(m.opt.weights);
+    m.base_hash = net::weights_hash(*m.base);
+    m.layout = nn::layout_hash(*m.base, nn::Distillation::Full);
+    m.full_blob[size_t(nn::BlobEncoding::F32)] =
+        nn::pack_trained(*m.base, nn::Distillation::Full, nn::BlobEncoding::F32);
+    m.full_blob[size_t(nn::BlobEncoding::F16)] =
+        nn::pack_trained(*m.base, nn::Distillation::Full, nn::BlobEncoding::F16);
+  }
+  // A previous run's loop is closed in stop(); each start uses a fresh one.
+  ST_CHECK(uv_loop_init(&m.loop) == 0, "server: uv_loop_init failed");
+  m.stopping = false;
+  m.listener = uv_tcp_t{};
+  uv_tcp_init(&m.loop, &m.listener);
+  m.listener.data = &m;
+  auto fail = [&](const std::string& what, int rc) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&m.listener), nullptr);
+    uv_run(&m.loop, UV_RUN_DEFAULT);
+    uv_loop_close(&m.loop);
+    throw Error("server: " + what + ": " + uv_err(rc));
+  };
+  sockaddr_storage addr{};
+  int rc = uv_ip4_addr(m.opt.host.c_str(), m.opt.port, reinterpret_cast<sockaddr_in*>(&addr));
+  if (rc < 0) rc = uv_ip6_addr(m.opt.host.c_str(), m.opt.port, reinterpret_cast<sockaddr_in6*>(&addr));
+  if (rc < 0) fail("bad host '" + m.opt.host + "' (give a numeric IPv4/IPv6 address)", rc);
+  rc = uv_tcp_bind(&m.listener, reinterpret_cast<sockaddr*>(&addr), 0);
+  if (rc < 0) fail("bind " + m.opt.host + ":" + std::to_string(m.opt.port), rc);
+  rc = uv_listen(reinterpret_cast<uv_stream_t*>(&m.listener), 128, on_connection);
+  if (rc < 0) fail("listen on " + m.opt.host + ":" + std::to_string(m.opt.port), rc);
+  sockaddr_storage bound{};
+  int len = sizeof bound;
+  uv_tcp_getsockname(&m.listener, reinterpret_cast<sockaddr*>(&bound), &len);
+  port_ = bound.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
+                                      : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  uv_async_init(&m.loop, &m.stop_async, on_stop);
+  m.stop_async.data = &m;
+  m.loop_ready = true;
+  running_ = true;
+  m.log("listening on " + m.opt.host + ":" + std::to_string(port_) + ", teacher: " +
+        m.opt.teacher()->describe());
+  m.thread = std::thread([&m] {
+    uv_run(&m.loop, UV_RUN_DEFAULT);  // ends when every handle is closed and no work is left
+  });
+}
+
+void Server::stop() {
+  Impl& m = *impl_;
+  if (!m.loop_ready) return;
+  uv_async_send(&m.stop_async);
+  if (m.thread.joinable()) m.thread.join();
+  uv_loop_close(&m.loop);
+  m.loop_ready = false;
+  running_ = false;
+  m.log("stopped");
+}
+
+void Server::wait() {
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+ServerStats Server::stats() const {
+  std::lock_guard<std::mutex> l(impl_->stats_mu);
+  return impl_->stats;
+}
+
+}  // namespace st::server

@@ -1,0 +1,472 @@
+// shadowtutor-server over loopback: concurrent sessions, misbehaving clients (raw sockets),
+// clients vanishing mid-message, external teachers that crash or write garbage.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "edge/client.h"
+#include "edge/video.h"
+#include "nn/blob.h"
+#include "protocol/crc32c.h"
+#include "protocol/decoder.h"
+#include "server/common.h"
+#include "server/server.h"
+#include "test_util.h"
+
+using namespace st;
+namespace fs = std::filesystem;
+using namespace st::protocol;
+
+namespace {
+
+constexpr int64_t kH = 48, kW = 64;
+
+// A clip of `n` 48x64 frames, a bright rectangle drifting right, labelled exactly.
+struct Clip {
+  fs::path dir, frames, labels;
+  explicit Clip(const std::string& tag, int n = 24) {
+    static std::atomic<int> counter{0};
+    dir = fs::temp_directory_path() /
+          ("st_srv_" + tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    frames = dir / "frames";
+    labels = dir / "labels";
+    fs::create_directories(frames);
+    fs::create_directories(labels);
+    for (int64_t k = 0; k < n; ++k) {
+      image::Image img{kH, kW, 3, std::vector<uint8_t>(size_t(kH * kW * 3), 20)};
+      std::vector<uint8_t> l(size_t(kH * kW), 8);
+      for (int64_t y = 12; y < 36; ++y)
+        for (int64_t x = 8 + k % 40; x < 24 + k % 40; ++x) {
+          l[size_t(y * kW + x)] = 0;
+          for (int c = 0; c < 3; ++c) img.pixels[size_t((y * kW + x) * 3 + c)] = uint8_t(200 + 20 * c);
+        }
+      char name[32];
+      std::snprintf(name, sizeof name, "%06lld.png", (long long)k);
+      image::write_png(frames / name, img);
+      edge::write_label_png(labels / name, l, kH, kW);
+    }
+  }
+  ~Clip() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+};
+
+server::ServerOptions server_options(const fs::path& labels) {
+  server::ServerOptions o;
+  o.port = 0;
+  o.token = "sesame";
+  o.log = false;
+  o.teacher = [labels] { return std::make_unique<server::RecordedTeacher>(labels); };
+  return o;
+}
+
+edge::EdgeOptions edge_options(const Clip& clip, int port) {
+  edge::EdgeOptions o;
+  o.net.host = "127.0.0.1";
+  o.net.port = port;
+  o.net.log = false;
+  o.net.backoff_initial_s = 0.05;
+  o.net.backoff_max_s = 0.2;
+  o.token = "sesame";
+  o.video = clip.frames;
+  o.progress = false;
+  o.update_timeout_s = 20;
+  o.initial_wait_s = 10;
+  return o;
+}
+
+// A blocking raw TCP client for feeding the server bytes no real edge would send.
+struct Raw {
+  int fd = -1;
+  Decoder dec;
+  explicit Raw(int port) {
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    timeval tv{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  ~Raw() { close(); }
+  void close() {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+  void send(const std::vector<uint8_t>& b) {
+    size_t off = 0;
+    while (off < b.size()) {
+      ssize_t n = ::send(fd, b.data() + off, b.size() - off, MSG_NOSIGNAL);
+      REQUIRE(n > 0);
+      off += size_t(n);
+    }
+  }
+  // Reads messages until one satisfies `want`, or the peer closes (then `closed`).
+  struct Got {
+    std::vector<Message> msgs;
+    bool closed = false;
+  };
+  Got read_until_closed() {
+    Got g;
+    uint8_t buf[65536];
+    for (;;) {
+      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n == 0 || (n < 0 && errno == ECONNRESET)) {
+        g.closed = true;
+        break;
+      }
+      if (n < 0) break;  // timeout
+      dec.feed(buf, size_t(n));
+      Message m;
+      while (dec.next(m)) g.msgs.push_back(m);
+    }
+    return g;
+  }
+  Message read_one() {
+    uint8_t buf[65536];
+    Message m;
+    while (!dec.next(m)) {
+      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      REQUIRE(n > 0);
+      dec.feed(buf, size_t(n));
+    }
+    return m;
+  }
+};
+
+Hello good_hello(const std::string& token = "sesame") {
+  nn::Student s(0);
+  Hello h;
+  h.mode = SessionMode::Partial;
+  h.layout_hash = nn::layout_hash(s, nn::Distillation::Full);
+  h.weights_hash = net::weights_hash(s);
+  h.frame_width = uint32_t(kW);
+  h.frame_height = uint32_t(kH);
+  h.auth_token = token;
+  h.edge_name = "raw";
+  return h;
+}
+
+std::vector<uint8_t> encode_msg(Body b, uint64_t seq = 0, uint16_t version = 1) {
+  return encode(Message{seq, version, std::move(b)});
+}
+
+// Rewrites the payload CRC and header CRC after a payload byte was changed.
+void fix_crcs(std::vector<uint8_t>& m) {
+  uint32_t pc = crc32c(m.data() + 32, m.size() - 32);
+  std::memcpy(m.data() + 24, &pc, 4);
+  uint32_t hc = header_crc(m.data());
+  std::memcpy(m.data() + 28, &hc, 4);
+}
+
+// A header alone, with valid CRCs (payload CRC of zero bytes of that size).
+std::vector<uint8_t> header_only(MessageType t, uint32_t payload_size) {
+  Header h;
+  h.type = uint16_t(t);
+  h.payload_size = payload_size;
+  std::vector<uint8_t> zeros(std::min<uint32_t>(payload_size, 1u << 20), 0);
+  h.payload_crc = crc32c(zeros.data(), zeros.size());
+  std::vector<uint8_t> out(32);
+  write_header(h, out.data());
+  return out;
+}
+
+ErrorCode expect_error_and_close(Raw& r) {
+  auto g = r.read_until_closed();
+  REQUIRE(g.closed);
+  REQUIRE(!g.msgs.empty());
+  REQUIRE(g.msgs.back().is<ErrorMessage>());
+  return g.msgs.back().as<ErrorMessage>().code;
+}
+
+KeyFrame key_frame(uint64_t idx) {
+  KeyFrame k;
+  k.frame_index = idx;
+  k.width = uint32_t(kW);
+  k.height = uint32_t(kH);
+  k.data.assign(size_t(kH * kW * 3), 50);
+  return k;
+}
+
+}  // namespace
+
+TEST_CASE("server: three concurrent edges complete a clip and apply updates", "[server]") {
+  Clip clip("three");
+  server::Server srv(server_options(clip.labels));
+  srv.start();
+  REQUIRE(srv.port() > 0);
+  std::vector<edge::EdgeResult> res(3);
+  std::vector<std::thread> ts;
+  for (int c = 0; c < 3; ++c)
+    ts.emplace_back([&, c] {
+      auto o = edge_options(clip, srv.port());
+      o.edge_name = "edge" + std::to_string(c);
+      if (c == 2) o.init_seed = 7;  // differs from the server's base: gets the full student
+      res[size_t(c)] = edge::run_edge(o);
+    });
+  for (auto& t : ts) t.join();
+  for (int c = 0; c < 3; ++c) {
+    const auto& r = res[size_t(c)];
+    INFO("edge " << c << ": " << edge::to_json(r));
+    REQUIRE(r.frames == 24);
+    REQUIRE(r.welcomes == 1);
+    REQUIRE(r.key_frames >= 2);
+    REQUIRE(r.key_frames <= 3);  // strides >= MIN_STRIDE 8
+    // The last key frame may still be unanswered when the clip ends.
+    REQUIRE(r.updates >= r.key_frames - 1);
+    REQUIRE(r.updates_with_weights >= 1);
+    REQUIRE(r.steps_total > 0);
+    REQUIRE(r.final_weights_hash != r.initial_weights_hash);  // the updates were applied
+    REQUIRE(r.bytes_up >= r.key_frames * (kH * kW * 3 + 53));
+    REQUIRE(r.bytes_down >= r.updates_with_weights * (32 + 25 + 413884));
+  }
+  REQUIRE(res[2].full_weight_syncs == 1);
+  REQUIRE(res[0].full_weight_syncs == 0);
+  srv.stop();
+  auto st = srv.stats();
+  REQUIRE(st.sessions_opened == 3);
+  REQUIRE(st.sessions_active == 0);
+  REQUIRE(st.errors_sent == 0);
+}
+
+TEST_CASE("server: bad clients get ERROR and are closed while a good one carries on", "[server]") {
+  Clip clip("bad");
+  auto so = server_options(clip.labels);
+  so.max_message_bytes = 1 << 20;
+  server::Server srv(so);
+  srv.start();
+  const int port = srv.port();
+
+  edge::EdgeResult good;
+  std::thread good_thread([&] {
+    auto o = edge_options(clip, port);
+    o.frame_interval_s = 0.02;  // keep it running while the bad clients come and go
+    good = edge::run_edge(o);
+  });
+
+  {  // not the protocol at all
+    Raw r(port);
+    r.send(std::vector<uint8_t>{'G', 'E', 'T', ' ', '/', ' ', 'H', 'T', 'T', 'P'});
+    REQUIRE(expect_error_and_close(r) == ErrorCode::BadMagic);
+  }
+  {  // a HELLO header announcing a payload below HELLO's minimum
+    Raw r(port);
+    r.send(header_only(MessageType::Hello, 10));
+    REQUIRE(expect_error_and_close(r) == ErrorCode::Truncated);
+  }
+  {  // oversize: a 20 MB key frame announced in the header, refused before any payload
+    Raw r(port);
+    r.send(header_only(MessageType::KeyFrame, 20u << 20));
+    REQUIRE(expect_error_and_close(r) == ErrorCode::Oversize);
+  }
+  {  // malformed field: HELLO.mode = 7
+    Raw r(port);
+    auto b = encode_msg(good_hello());
+    b[32 + 4] = 7;
+    fix_crcs(b);
+    r.send(b);
+    REQUIRE(expect_error_and_close(r) == ErrorCode::Malformed);
+  }
+  {  // corrupted payload (CRC mismatch)
+    Raw r(port);
+    auto b = encode_msg(good_hello());
+    b[40] ^= 0x55;
+    r.send(b);
+    REQUIRE(expect_error_and_close(r) == ErrorCode::BadCrc);
+  }
+  {  // wrong token
+    Raw r(port);
+    r.send(encode_msg(good_hello("open sesame")));
+    REQUIRE(expect_error_and_close(r) == ErrorCode::AuthFailed);
+  }
+  {  // no common version
+    Raw r(port);
+    Hello h = good_hello();
+    h.min_version = 5;
+    h.max_version = 9;
+    r.send(encode_msg(h, 0, 5));
+    REQUIRE(expect_error_and_close(r) == ErrorCode::UnsupportedVersion);
+  }
+  {  // a layout the server does not have
+    Raw r(port);
+    Hello h = good_hello();
+    h.layout_hash ^= 1;
+    r.send(encode_msg(h));
+    REQUIRE(expect_error_and_close(r) == ErrorCode::LayoutMismatch);
+  }
+  {  // a valid message at the wrong time: KEY_FRAME before HELLO
+    Raw r(port);
+    r.send(encode_msg(key_frame(0)));
+    REQUIRE(expect_error_and_close(r) == ErrorCode::UnexpectedMessage);
+  }
+  {  // a key frame of the wrong size after a good handshake
+    Raw r(port);
+    r.send(encode_msg(good_hello()));
+    Message w = r.read_one();
+    REQUIRE(w.is<Welcome>());
+    REQUIRE(w.as<Welcome>().blob_kind == BlobKind::None);  // same base weights
+    KeyFrame k = key_frame(0);
+    k.width = 32;
+    k.data.resize(size_t(32 * kH * 3));
+    r.send(encode_msg(k, 1));
+    REQUIRE(expect_error_and_close(r) == ErrorCode::UnexpectedMessage);
+  }
+  {  // PING answered, then BYE answered with BYE and a close
+    Raw r(port);
+    r.send(encode_msg(good_hello()));
+    REQUIRE(r.read_one().is<Welcome>());
+    r.send(encode_msg(Ping{99}, 1));
+    Message p = r.read_one();
+    REQUIRE(p.is<Pong>());
+    REQUIRE(p.as<Pong>().nonce == 99);
+    r.send(encode_msg(Bye{}, 2));
+    auto g = r.read_until_closed();
+    REQUIRE(g.closed);
+    REQUIRE(g.msgs.size() == 1);
+    REQUIRE(g.msgs[0].is<Bye>());
+  }
+  good_thread.join();
+  INFO(edge::to_json(good));
+  REQUIRE(good.frames == 24);
+  REQUIRE(good.welcomes == 1);
+  REQUIRE(good.disconnects == 0);
+  REQUIRE(good.updates >= 1);
+  srv.stop();
+  REQUIRE(srv.stats().errors_sent >= 10);
+}
+
+TEST_CASE("server: clients vanishing mid-message or with a key frame in flight", "[server]") {
+  Clip clip("vanish");
+  server::Server srv(server_options(clip.labels));
+  srv.start();
+  const int port = srv.port();
+  for (int round = 0; round < 3; ++round) {
+    {  // half a HELLO, then gone
+      Raw r(port);
+      auto b = encode_msg(good_hello());
+      b.resize(b.size() / 2);
+      r.send(b);
+    }
+    {  // half a KEY_FRAME after the handshake, then gone
+      Raw r(port);
+      r.send(encode_msg(good_hello()));
+      REQUIRE(r.read_one().is<Welcome>());
+      auto b = encode_msg(key_frame(0), 1);
+      b.resize(b.size() - 1000);
+      r.send(b);
+    }
+    {  // a whole KEY_FRAME, then gone while the worker distils it
+      Raw r(port);
+      r.send(encode_msg(good_hello()));
+      REQUIRE(r.read_one().is<Welcome>());
+      r.send(encode_msg(key_frame(0), 1));
+    }
+  }
+  // The server still serves a full session.
+  {
+    Raw r(port);
+    r.send(encode_msg(good_hello()));
+    REQUIRE(r.read_one().is<Welcome>());
+    r.send(encode_msg(key_frame(0), 1));
+    Message u = r.read_one();
+    REQUIRE(u.is<Update>());
+    REQUIRE(u.as<Update>().key_frame == 0);
+    REQUIRE(u.as<Update>().next_stride >= 8);
+    REQUIRE(u.as<Update>().next_stride <= 64);
+    if (u.as<Update>().steps > 0) {
+      REQUIRE(u.as<Update>().blob_kind == BlobKind::F32);
+      REQUIRE(u.as<Update>().blob.size() == 24 + 413860);
+    }
+  }
+  // Every session ends (worker jobs of vanished clients finish on live memory).
+  for (int i = 0; i < 200 && srv.stats().sessions_active > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  REQUIRE(srv.stats().sessions_active == 0);
+  REQUIRE(srv.stats().sessions_opened == 10);
+  srv.stop();
+}
+
+namespace {
+// Writes an executable shell script and returns the command that runs it.
+std::string script(const fs::path& dir, const std::string& name, const std::string& body) {
+  fs::path p = dir / name;
+  std::ofstream(p) << "#!/bin/sh\n" << body;
+  fs::permissions(p, fs::perms::owner_all);
+  return "'" + p.string() + "'";
+}
+}  // namespace
+
+TEST_CASE("server: external teacher command: good, crashing, garbage", "[server]") {
+  Clip clip("teacher", 1);
+  // A good teacher for 48x64 frames: reads each 20 + 9216 byte request, answers an all-person
+  // label map (class 0) with "no boxes" (count 0xFFFFFFFF).
+  const std::string good = script(clip.dir, "good.sh", R"(
+while head -c 9236 > /dev/null; do
+  printf 'STTA\060\000\000\000\100\000\000\000'
+  head -c 3072 /dev/zero
+  printf '\377\377\377\377'
+done
+)");
+  const std::string crash = script(clip.dir, "crash.sh", "head -c 100 > /dev/null\nexit 3\n");
+  const std::string garbage = script(clip.dir, "garbage.sh",
+                                     "printf 'this is not a label map at all'\nsleep 5\n");
+
+  auto run_session = [&](const std::string& cmd) {
+    auto so = server_options(clip.labels);
+    so.teacher = [cmd] { return std::make_unique<server::CommandTeacher>(cmd, 10.0); };
+    server::Server srv(so);
+    srv.start();
+    Raw r(srv.port());
+    r.send(encode_msg(good_hello()));
+    REQUIRE(r.read_one().is<Welcome>());
+    r.send(encode_msg(key_frame(0), 1));
+    auto g = r.read_until_closed();
+    // The server is alive: a new session still gets its WELCOME.
+    Raw r2(srv.port());
+    r2.send(encode_msg(good_hello()));
+    REQUIRE(r2.read_one().is<Welcome>());
+    auto st = srv.stats();
+    srv.stop();
+    return std::make_pair(g, st);
+  };
+
+  {
+    auto so = server_options(clip.labels);
+    so.teacher = [good] { return std::make_unique<server::CommandTeacher>(good, 10.0); };
+    server::Server srv(so);
+    srv.start();
+    Raw r(srv.port());
+    r.send(encode_msg(good_hello()));
+    REQUIRE(r.read_one().is<Welcome>());
+    for (uint64_t k = 0; k < 2; ++k) {
+      r.send(encode_msg(key_frame(k * 8), 1 + k));
+      Message u = r.read_one();
+      REQUIRE(u.is<Update>());
+      REQUIRE(u.as<Update>().key_frame == k * 8);
+    }
+    srv.stop();
+    REQUIRE(srv.stats().teacher_failures == 0);
+  }
+  for (const std::string& cmd : {crash, garbage}) {
+    auto [g, st] = run_session(cmd);
+    REQUIRE(g.closed);
+    REQUIRE(!g.msgs.empty());
+    REQUIRE(g.msgs.back().is<ErrorMessage>());
+    const auto& e = g.msgs.back().as<ErrorMessage>();
+    INFO(e.text);
+    REQUIRE(e.code == ErrorCode::Internal);
+    REQUIRE_THAT(e.text, Catch::Contains("teacher failed on frame 0"));
+    if (cmd == crash) REQUIRE_THAT(e.text, Catch::Contains("exited with status 3"));
+    else REQUIRE_THAT(e.text, Catch::Contains("garbage"));
+    REQUIRE(st.teacher_failures == 1);
+  }
+}
