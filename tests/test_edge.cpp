@@ -7,6 +7,7 @@
 #include "edge/client.h"
 #include "edge/video.h"
 #include "server/server.h"
+#include "synthetic_clip.h"
 #include "test_util.h"
 
 using namespace st;
@@ -16,34 +17,8 @@ namespace {
 
 constexpr int64_t kH = 48, kW = 64;
 
-struct EdgeClip {
-  fs::path dir, frames, labels;
-  explicit EdgeClip(const std::string& tag, int n) {
-    static std::atomic<int> counter{0};
-    dir = fs::temp_directory_path() /
-          ("st_edge_" + tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    frames = dir / "frames";
-    labels = dir / "labels";
-    fs::create_directories(frames);
-    fs::create_directories(labels);
-    for (int64_t k = 0; k < n; ++k) {
-      image::Image img{kH, kW, 3, std::vector<uint8_t>(size_t(kH * kW * 3), 20)};
-      std::vector<uint8_t> l(size_t(kH * kW), 8);
-      for (int64_t y = 12; y < 36; ++y)
-        for (int64_t x = 8 + k % 40; x < 24 + k % 40; ++x) {
-          l[size_t(y * kW + x)] = 0;
-          for (int c = 0; c < 3; ++c) img.pixels[size_t((y * kW + x) * 3 + c)] = uint8_t(200 + 20 * c);
-        }
-      char name[32];
-      std::snprintf(name, sizeof name, "%06lld.png", (long long)k);
-      image::write_png(frames / name, img);
-      edge::write_label_png(labels / name, l, kH, kW);
-    }
-  }
-  ~EdgeClip() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
+struct EdgeClip : test::SyntheticClip {
+  EdgeClip(const std::string& tag, int n) : SyntheticClip("edge_" + tag, n) {}
 };
 
 server::ServerOptions srv_opts(const fs::path& labels, int port = 0) {

@@ -4,38 +4,15 @@
 
 #include "edge/simulate.h"
 #include "edge/video.h"
+#include "synthetic_clip.h"
 #include "test_util.h"
 
 using namespace st;
 namespace fs = std::filesystem;
 
 namespace {
-// 24 frames of 48x64: a bright rectangle ("person", class 0) drifting right on a dark
-// background; the recorded teacher labels it exactly.
-struct Clip {
-  fs::path dir, frames, labels;
-  Clip() {
-    dir = fs::temp_directory_path() / ("st_sim_" + std::to_string(::getpid()));
-    frames = dir / "frames";
-    labels = dir / "labels";
-    fs::create_directories(frames);
-    fs::create_directories(labels);
-    const int64_t H = 48, W = 64;
-    for (int64_t k = 0; k < 24; ++k) {
-      image::Image img{H, W, 3, std::vector<uint8_t>(size_t(H * W * 3), 20)};
-      std::vector<uint8_t> l(size_t(H * W), 8);
-      for (int64_t y = 12; y < 36; ++y)
-        for (int64_t x = 8 + k; x < 24 + k; ++x) {
-          l[size_t(y * W + x)] = 0;
-          for (int c = 0; c < 3; ++c) img.pixels[size_t((y * W + x) * 3 + c)] = uint8_t(200 + 20 * c);
-        }
-      char name[32];
-      std::snprintf(name, sizeof name, "%06lld.png", (long long)k);
-      image::write_png(frames / name, img);
-      edge::write_label_png(labels / name, l, H, W);
-    }
-  }
-  ~Clip() { fs::remove_all(dir); }
+struct Clip : test::SyntheticClip {
+  Clip() : SyntheticClip("sim") {}
 };
 }  // namespace
 
