@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "edge/video.h"
@@ -14,6 +15,7 @@
 #include "protocol/decoder.h"
 #include "server/common.h"
 #include "tensor/autograd.h"
+#include "tensor/image.h"
 
 namespace st::edge {
 
@@ -522,6 +524,18 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     cur_hash = net::weights_hash(*active);
   };
 
+  std::optional<LabelSource> reference;
+  if (!opt.reference_dir.empty()) {
+    ST_CHECK(std::filesystem::is_directory(opt.reference_dir), "edge: reference label folder ",
+             opt.reference_dir.string(), " does not exist");
+    reference.emplace(opt.reference_dir);
+  }
+  std::ofstream frame_log;
+  if (!opt.frame_log.empty()) {
+    frame_log.open(opt.frame_log);
+    ST_CHECK(bool(frame_log), "edge: cannot write the frame log ", opt.frame_log.string());
+  }
+  ST_CHECK(opt.jpeg_quality >= 1 && opt.jpeg_quality <= 100, "edge: JPEG quality must be 1..100");
   if (!opt.predictions_dir.empty()) std::filesystem::create_directories(opt.predictions_dir);
   if (!opt.overlays_dir.empty()) std::filesystem::create_directories(opt.overlays_dir);
 
@@ -536,6 +550,9 @@ EdgeResult run_edge(const EdgeOptions& opt) {
   std::optional<int64_t> outstanding;  // key frame sent, answer not here yet
   std::optional<Labels> labels;        // naive: the answer to the outstanding frame
   int64_t frame_i = 0;
+  bool applied = false;                // an update was swapped in before this frame
+  double last_acc = -1;                // the server's mIoU for the last update applied
+  double miou_sum = 0;
 
   auto handle = [&](NetClient::Event& e) {
     switch (e.kind) {
@@ -604,6 +621,8 @@ EdgeResult run_edge(const EdgeOptions& opt) {
             }
           }
           ++r.updates;
+          applied = true;
+          last_acc = u.accuracy;
           r.steps_total += u.steps;
           stride = u.next_stride;
           next_key = int64_t(u.key_frame) + stride;
@@ -667,18 +686,26 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     auto make_key_frame = [&] {
       KeyFrame k;
       k.frame_index = uint64_t(frame_i);
-      k.encoding = FrameEncoding::RawBgr;
       k.width = uint32_t(W);
       k.height = uint32_t(H);
-      k.data = f.bgr.pixels;
+      FrameEncoding enc = opt.key_encoding;
+      if ((welcome.accept_frames & (1u << uint8_t(enc))) == 0) enc = FrameEncoding::RawBgr;
+      k.encoding = enc;
+      if (enc == FrameEncoding::Png) k.data = image::encode_png(image::bgr_to_rgb(f.bgr));
+      else if (enc == FrameEncoding::Jpeg)
+        k.data = image::encode_jpeg(image::bgr_to_rgb(f.bgr), opt.jpeg_quality);
+      else k.data = f.bgr.pixels;
+      r.key_bytes += int64_t(k.data.size());
       return k;
     };
+    bool key_sent = false;
     std::vector<uint8_t> pred;
     if (session && opt.mode == EdgeMode::Naive) {
       // Naive offloading: every frame goes up and the edge waits for its label map.
       net.send(epoch, make_key_frame());
       outstanding = frame_i;
       ++r.key_frames;
+      key_sent = true;
       block();
       if (labels && int64_t(labels->frame_index) == frame_i) pred = std::move(labels->labels);
       labels.reset();
@@ -689,6 +716,7 @@ EdgeResult run_edge(const EdgeOptions& opt) {
         net.send(epoch, make_key_frame());  // without blocking: the network thread sends it
         outstanding = frame_i;
         ++r.key_frames;
+        key_sent = true;
       }
     }
     if (pred.empty()) {  // the student, on the current weights
@@ -701,8 +729,29 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     std::snprintf(name, sizeof name, "%06lld.png", (long long)frame_i);
     if (!opt.predictions_dir.empty()) write_label_png(opt.predictions_dir / name, pred, H, W);
     if (!opt.overlays_dir.empty()) write_overlay_png(opt.overlays_dir / name, f.bgr, pred);
+    double frame_miou = -1;
+    if (reference && reference->has(frame_i)) {
+      frame_miou = nn::miou(pred, reference->labels(frame_i, H, W));
+      miou_sum += frame_miou;
+      ++r.miou_frames;
+    }
     ++r.frames;
     auto now = Clock::now();
+    if (frame_log.is_open()) {
+      nlohmann::json j;
+      j["frame"] = frame_i;
+      j["t"] = secs(t_start, now);
+      j["key"] = key_sent;
+      j["applied"] = applied;
+      if (applied) j["server_miou"] = last_acc;
+      j["stride"] = stride;
+      if (frame_miou >= 0) j["miou"] = frame_miou;
+      j["up"] = net.bytes_up();
+      j["down"] = net.bytes_down();
+      j["online"] = session;
+      frame_log << j.dump() << "\n";
+    }
+    applied = false;
     if (opt.progress && (secs(t_print, now) >= 0.2 || r.frames == 1)) {
       t_print = now;
       double s = std::max(secs(t_start, now), 1e-9);
@@ -724,6 +773,11 @@ EdgeResult run_edge(const EdgeOptions& opt) {
   r.bytes_down = net.bytes_down();
   r.final_stride = stride;
   r.final_weights_hash = cur_hash;
+  r.miou_mean = r.miou_frames ? miou_sum / double(r.miou_frames) : 0.0;
+  if (frame_log.is_open()) {
+    frame_log.flush();
+    ST_CHECK(bool(frame_log), "edge: writing the frame log ", opt.frame_log.string(), " failed");
+  }
   return r;
 }
 
@@ -748,6 +802,11 @@ std::string to_json(const EdgeResult& r) {
   j["wall_s"] = r.wall_s;
   j["blocked_s"] = r.blocked_s;
   j["final_stride"] = r.final_stride;
+  j["key_frame_bytes"] = r.key_bytes;
+  if (r.miou_frames) {
+    j["miou_frames"] = r.miou_frames;
+    j["miou_mean"] = r.miou_mean;
+  }
   j["errors"] = r.errors;
   return j.dump(1);
 }

@@ -103,6 +103,13 @@ struct EdgeOptions {
   int64_t max_frames = -1;                // -1 = all
   std::filesystem::path predictions_dir;  // optional label PNGs
   std::filesystem::path overlays_dir;     // optional overlay PNGs
+  // Key frames on the wire: raw BGR, PNG or JPEG (used when WELCOME accepts it, else raw).
+  protocol::FrameEncoding key_encoding = protocol::FrameEncoding::RawBgr;
+  int jpeg_quality = 90;
+  // Optional reference label maps (DIR/%06d.png, e.g. the teacher on every frame): each frame's
+  // mIoU against it goes into the frame log and the summary.
+  std::filesystem::path reference_dir;
+  std::filesystem::path frame_log;        // optional JSON-lines log, one object per frame
   uint8_t accept_blobs = protocol::kAcceptF32 | protocol::kAcceptF16;
   std::string edge_name = "shadowtutor-edge";
   double update_timeout_s = 60;  // blocked this long on an update/labels: drop the connection
@@ -120,6 +127,9 @@ struct EdgeResult {
   int64_t welcomes = 0, full_weight_syncs = 0, disconnects = 0;
   int64_t bytes_up = 0, bytes_down = 0;  // measured at the socket
   double wall_s = 0, fps = 0, blocked_s = 0;
+  int64_t miou_frames = 0;               // frames compared with the reference
+  double miou_mean = 0;                  // mean per-frame mIoU against the reference
+  int64_t key_bytes = 0;                 // KEY_FRAME image bytes sent (after encoding)
   int64_t final_stride = 0;
   uint64_t initial_weights_hash = 0, final_weights_hash = 0;
   std::vector<std::string> errors;       // why connections ended, ERRORs received

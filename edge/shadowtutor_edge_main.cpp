@@ -21,6 +21,9 @@ const char* kUsage = R"(usage: shadowtutor-edge --server HOST:PORT --token T --v
   --predictions DIR    write predicted label maps (PNG)
   --overlays DIR       write colour overlays (PNG)
   --link-mbps R        limit the link to R Mbit/s per direction (token bucket)
+  --key-encoding E     key frames as raw | png | jpeg[:QUALITY]  (default raw; jpeg = quality 90)
+  --reference DIR      reference label maps DIR/%06d.png: per-frame mIoU in the log and summary
+  --frame-log FILE     one JSON object per frame (frame, t, key, stride, miou, bytes up/down)
   --fp32-only          accept only fp32 blobs (default: fp32 and fp16)
   --update-timeout S   drop the connection after blocking S seconds on an answer (default 60)
   --wait-server S      at start, wait up to S seconds for the server before the first frame
@@ -68,7 +71,21 @@ int main(int argc, char** argv) {
       else if (a == "--predictions") o.predictions_dir = v;
       else if (a == "--overlays") o.overlays_dir = v;
       else if (a == "--link-mbps") o.net.link_mbps = std::stod(v);
-      else if (a == "--wait-server") o.initial_wait_s = std::stod(v);
+      else if (a == "--reference") o.reference_dir = v;
+      else if (a == "--frame-log") o.frame_log = v;
+      else if (a == "--key-encoding") {
+        if (v == "raw") o.key_encoding = st::protocol::FrameEncoding::RawBgr;
+        else if (v == "png") o.key_encoding = st::protocol::FrameEncoding::Png;
+        else if (v.rfind("jpeg", 0) == 0) {
+          o.key_encoding = st::protocol::FrameEncoding::Jpeg;
+          if (v.size() > 4) {
+            if (v[4] != ':') return usage_error("--key-encoding: raw, png, jpeg or jpeg:QUALITY");
+            o.jpeg_quality = std::stoi(v.substr(5));
+            if (o.jpeg_quality < 1 || o.jpeg_quality > 100)
+              return usage_error("--key-encoding: JPEG quality must be 1..100");
+          }
+        } else return usage_error("--key-encoding: raw, png, jpeg or jpeg:QUALITY, not " + v);
+      } else if (a == "--wait-server") o.initial_wait_s = std::stod(v);
       else if (a == "--update-timeout") o.update_timeout_s = std::stod(v);
       else if (a == "--fps") {
         double fps = std::stod(v);

@@ -73,13 +73,13 @@ Target make_target(const std::vector<uint8_t>& labels, int64_t h, int64_t w,
   return t;
 }
 
-double miou(const Tensor& pred, const Tensor& target, int64_t classes) {
-  ST_CHECK(pred.numel() == target.numel(), "miou: prediction ", pred.shape(), " and target ",
-           target.shape(), " differ in size");
-  auto p = pred.to_vector<int64_t>(), t = target.to_vector<int64_t>();
+namespace {
+template <class T>
+double miou_impl(const T* p, const T* t, size_t n, int64_t classes) {
   std::vector<int64_t> inter(size_t(classes), 0), uni(size_t(classes), 0);
-  for (size_t i = 0; i < p.size(); ++i) {
-    ST_CHECK(p[i] >= 0 && p[i] < classes && t[i] >= 0 && t[i] < classes,
+  for (size_t i = 0; i < n; ++i) {
+    ST_CHECK(int64_t(p[i]) >= 0 && int64_t(p[i]) < classes && int64_t(t[i]) >= 0 &&
+                 int64_t(t[i]) < classes,
              "miou: class index out of range at pixel ", i);
     if (p[i] == t[i]) {
       ++inter[size_t(p[i])];
@@ -90,13 +90,28 @@ double miou(const Tensor& pred, const Tensor& target, int64_t classes) {
     }
   }
   double sum = 0;
-  int n = 0;
+  int k = 0;
   for (int64_t c = 0; c < classes; ++c)
     if (uni[size_t(c)] > 0) {
       sum += double(inter[size_t(c)]) / double(uni[size_t(c)]);
-      ++n;
+      ++k;
     }
-  return n ? sum / n : 0.0;
+  return k ? sum / k : 0.0;
+}
+}  // namespace
+
+double miou(const Tensor& pred, const Tensor& target, int64_t classes) {
+  ST_CHECK(pred.numel() == target.numel(), "miou: prediction ", pred.shape(), " and target ",
+           target.shape(), " differ in size");
+  auto p = pred.to_vector<int64_t>(), t = target.to_vector<int64_t>();
+  return miou_impl(p.data(), t.data(), p.size(), classes);
+}
+
+double miou(const std::vector<uint8_t>& pred, const std::vector<uint8_t>& target,
+            int64_t classes) {
+  ST_CHECK(pred.size() == target.size(), "miou: prediction (", pred.size(), " pixels) and target (",
+           target.size(), " pixels) differ in size");
+  return miou_impl(pred.data(), target.data(), pred.size(), classes);
 }
 
 int next_stride(double acc, int current, const DistillConfig& cfg) {

@@ -30,6 +30,9 @@ Target make_target(const std::vector<uint8_t>& labels, int64_t h, int64_t w,
 // mIoU of one frame (SPEC §3): per-class IoU of one-hot prediction vs target, averaged over
 // the classes whose union is non-empty. pred and target: integer (1,H,W) or (H,W) tensors.
 double miou(const Tensor& pred, const Tensor& target, int64_t classes = Student::kClasses);
+// The same on label maps (values < classes), e.g. decoded PNGs.
+double miou(const std::vector<uint8_t>& pred, const std::vector<uint8_t>& target,
+            int64_t classes = Student::kClasses);
 
 struct DistillConfig {
   double threshold = 0.8;  // THRESHOLD

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -18,6 +19,7 @@
 #include "protocol/decoder.h"
 #include "server/common.h"
 #include "tensor/autograd.h"
+#include "tensor/image.h"
 
 namespace st::server {
 
@@ -93,6 +95,9 @@ struct Session {
 
   // Loop thread state.
   bool welcomed = false, busy = false, bye_received = false, closing = false;
+  uint64_t last_rx_ms = 0;  // uv_now when bytes last arrived
+  bool ping_out = false;    // an idle PING is unanswered
+  uint64_t ping_nonce = 0;
   std::atomic<bool> gone{false};  // read by workers: skip the work
 
   explicit Session(DecoderOptions o) : dec(o) {}
@@ -209,6 +214,28 @@ void on_hello_timer(uv_timer_t* t) {
   if (!s.welcomed) close_session(s, ErrorMessage{ErrorCode::Timeout, "no HELLO within 30 s"});
 }
 
+// After WELCOME: PING a silent peer after half the idle timeout, drop it after all of it.
+void on_idle_timer(uv_timer_t* t) {
+  Session& s = *static_cast<Session*>(t->data);
+  if (s.closing) return;
+  const double idle_s = s.srv->opt.idle_timeout_s;
+  const uint64_t limit = uint64_t(idle_s * 1000.0);
+  const uint64_t quiet = uv_now(&s.srv->loop) - s.last_rx_ms;
+  if (quiet >= limit) {
+    char text[96];
+    std::snprintf(text, sizeof text, "no message for %.1f s (an idle PING went unanswered)",
+                  double(quiet) / 1000.0);
+    close_session(s, ErrorMessage{ErrorCode::Timeout, text});
+  } else if (quiet >= limit / 2 && !s.ping_out) {
+    try {
+      send(s, Ping{++s.ping_nonce});
+      s.ping_out = true;
+    } catch (const std::exception& e) {
+      close_session(s, ErrorMessage{ErrorCode::Internal, e.what()});
+    }
+  }
+}
+
 // ---- worker side ----
 
 void work(uv_work_t* r) {
@@ -217,6 +244,18 @@ void work(uv_work_t* r) {
   if (s.gone) return;
   const ServerOptions& opt = s.srv->opt;
   const int64_t H = j.kf.height, W = j.kf.width;
+  if (j.kf.encoding != FrameEncoding::RawBgr) {  // PNG / JPEG: decode here, off the loop
+    try {
+      image::Image img = image::decode(j.kf.data.data(), j.kf.data.size(), 3, W, H, "key frame");
+      ST_CHECK(img.width == W && img.height == H, "key frame ", j.kf.frame_index, " decodes to ",
+               img.width, "x", img.height, ", not the announced ", W, "x", H);
+      j.kf.data = image::bgr_to_rgb(std::move(img)).pixels;  // RGB -> BGR (the same swap)
+      j.kf.encoding = FrameEncoding::RawBgr;
+    } catch (const std::exception& e) {
+      j.error = ErrorMessage{ErrorCode::BadFrame, e.what()};
+      return;
+    }
+  }
   try {
     TeacherOutput t;
     try {
@@ -342,7 +381,7 @@ void handle_hello(Session& s, const Hello& h) {
   w.min_stride = uint32_t(opt.distill.min_stride);
   w.max_stride = uint32_t(opt.distill.max_stride);
   w.threshold = float(opt.distill.threshold);
-  w.accept_frames = kAcceptRawBgr;
+  w.accept_frames = kAcceptRawBgr | kAcceptPng | kAcceptJpeg;
   if (h.weights_hash != srv.base_hash) {
     // The edge's weights are not the server's base: send the full student.
     w.scope = WeightsScope::Full;
@@ -358,6 +397,10 @@ void handle_hello(Session& s, const Hello& h) {
   s.dec.set_versions(*v, *v);
   s.welcomed = true;
   uv_timer_stop(&s.timer);
+  if (opt.idle_timeout_s > 0) {
+    const uint64_t period = std::max<uint64_t>(10, uint64_t(opt.idle_timeout_s * 250.0));
+    uv_timer_start(&s.timer, on_idle_timer, period, period);
+  }
   srv.log(s.name() + ": WELCOME '" + h.edge_name + "' mode " + std::to_string(int(h.mode)) +
           " " + std::to_string(h.frame_width) + "x" + std::to_string(h.frame_height) +
           (full ? ", sent the full student" : ", weights in sync"));
@@ -368,8 +411,6 @@ void handle_message(Session& s, Message& m) {
     case MessageType::Hello: handle_hello(s, m.as<Hello>()); break;
     case MessageType::KeyFrame: {
       KeyFrame& kf = m.as<KeyFrame>();
-      if (kf.encoding != FrameEncoding::RawBgr)
-        throw ProtocolError(ErrorCode::BadFrame, "only raw BGR key frames are decoded");
       s.srv->count([](ServerStats& st) { st.key_frames++; });
       auto* j = new Job;
       j->req.data = j;
@@ -385,7 +426,7 @@ void handle_message(Session& s, Message& m) {
       break;
     }
     case MessageType::Ping: send(s, Pong{m.as<Ping>().nonce}); break;
-    case MessageType::Pong: break;
+    case MessageType::Pong: s.ping_out = false; break;
     case MessageType::Bye:
       s.bye_received = true;
       uv_read_stop(reinterpret_cast<uv_stream_t*>(&s.tcp));
@@ -428,6 +469,7 @@ void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
   }
   if (nread == 0) return;
   s.srv->count([&](ServerStats& st) { st.bytes_in += uint64_t(nread); });
+  s.last_rx_ms = uv_now(&s.srv->loop);
   try {
     s.dec.feed(reinterpret_cast<const uint8_t*>(buf->base), size_t(nread));
     Message m;

@@ -35,6 +35,9 @@ struct ServerOptions {
   size_t max_message_bytes = protocol::kDefaultMaxMessageSize;
   size_t max_sessions = 64;
   bool offer_partial = true, offer_full = true, offer_naive = true;
+  // A welcomed session silent this long (no message, not even a PONG) is closed with
+  // ERROR(Timeout); after half of it the server sends a PING. 0 = never.
+  double idle_timeout_s = 300;
   TeacherFactory teacher;             // required
   bool log = true;                    // one line per session event on stderr
 };

@@ -28,6 +28,8 @@ const char* kUsage = R"(usage: shadowtutor-server --port P (--token T | --token-
   --min-stride S        (default 8)      --max-stride S   (default 64)
   --max-message-bytes N largest message accepted (default 16 MiB)
   --max-sessions N      concurrent sessions (default 64)
+  --idle-timeout S      close a session silent for S seconds; PING it after S/2 (default 300,
+                        0 = never)
   --quiet               no per-session log lines
 )";
 
@@ -79,6 +81,10 @@ int main(int argc, char** argv) {
       else if (a == "--max-stride") o.distill.max_stride = std::stoi(v);
       else if (a == "--max-message-bytes") o.max_message_bytes = std::stoull(v);
       else if (a == "--max-sessions") o.max_sessions = std::stoull(v);
+      else if (a == "--idle-timeout") {
+        o.idle_timeout_s = std::stod(v);
+        if (!(o.idle_timeout_s >= 0)) return usage_error("--idle-timeout must be >= 0");
+      }
       else return usage_error("unknown option " + a);
     }
   } catch (const std::exception&) {

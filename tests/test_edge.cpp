@@ -1,6 +1,9 @@
 // shadowtutor-edge over loopback: a server that goes away and comes back, a server that is not
 // there yet, naive offloading, full distillation, the link-rate limit, a teacher that hangs.
 #include <atomic>
+#include <cmath>
+#include <mutex>
+#include <nlohmann/json.hpp>
 #include <fstream>
 #include <thread>
 
@@ -213,4 +216,122 @@ TEST_CASE("edge: a hanging teacher: the edge gives up waiting and carries on", "
   REQUIRE(gave_up);
   srv.stop();
   REQUIRE(srv.stats().teacher_failures >= 1);
+}
+
+namespace {
+// Labels from the recorded maps; keeps a copy of every frame the server hands it (decoded).
+struct CapturingTeacher : server::Teacher {
+  struct Shared {
+    std::mutex mu;
+    std::vector<std::pair<uint64_t, std::vector<uint8_t>>> frames;
+  };
+  server::RecordedTeacher rec;
+  std::shared_ptr<Shared> shared;
+  CapturingTeacher(fs::path labels, std::shared_ptr<Shared> s) : rec(std::move(labels)), shared(std::move(s)) {}
+  server::TeacherOutput run(uint64_t idx, const uint8_t* bgr, int64_t h, int64_t w) override {
+    {
+      std::lock_guard<std::mutex> l(shared->mu);
+      shared->frames.emplace_back(idx, std::vector<uint8_t>(bgr, bgr + h * w * 3));
+    }
+    return rec.run(idx, bgr, h, w);
+  }
+  std::string describe() const override { return "capturing"; }
+};
+
+std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
+  std::ifstream f(p);
+  std::vector<nlohmann::json> out;
+  for (std::string line; std::getline(f, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+}  // namespace
+
+TEST_CASE("edge: PNG and JPEG key frames are decoded by the server; reference mIoU and frame log",
+          "[edge]") {
+  EdgeClip clip("enc", 5);
+  for (auto enc : {protocol::FrameEncoding::Png, protocol::FrameEncoding::Jpeg}) {
+    auto shared = std::make_shared<CapturingTeacher::Shared>();
+    auto so = srv_opts(clip.labels);
+    so.teacher = [&] { return std::make_unique<CapturingTeacher>(clip.labels, shared); };
+    server::Server srv(so);
+    srv.start();
+    auto o = edge_opts(clip, srv.port());
+    o.mode = edge::EdgeMode::Naive;
+    o.initial_wait_s = 10;
+    o.key_encoding = enc;
+    o.reference_dir = clip.labels;
+    o.frame_log = clip.dir / "frames.jsonl";
+    edge::EdgeResult r = edge::run_edge(o);
+    srv.stop();
+    INFO(edge::to_json(r));
+    REQUIRE(r.frames == 5);
+    REQUIRE(r.labels == 5);
+    // Encoded frames are smaller than raw BGR, and the socket saw the encoded size.
+    REQUIRE(r.key_bytes < 5 * kH * kW * 3);
+    REQUIRE(r.bytes_up < 5 * kH * kW * 3);
+    // The teacher saw the decoded frames: exact for PNG, close for JPEG.
+    auto src = edge::open_video(clip.frames);
+    edge::Frame f;
+    REQUIRE(shared->frames.size() == 5);
+    for (auto& [idx, bgr] : shared->frames) {
+      REQUIRE(src->next(f));
+      REQUIRE(uint64_t(f.index) == idx);
+      if (enc == protocol::FrameEncoding::Png) {
+        REQUIRE(bgr == f.bgr.pixels);
+      } else {
+        double err = 0;
+        for (size_t i = 0; i < bgr.size(); ++i) err += std::abs(int(bgr[i]) - int(f.bgr.pixels[i]));
+        REQUIRE(err / double(bgr.size()) < 6.0);
+        REQUIRE(bgr != f.bgr.pixels);  // it really went through JPEG
+      }
+    }
+    // Naive predictions are the teacher's labels: mIoU 1 against the same maps.
+    REQUIRE(r.miou_frames == 5);
+    REQUIRE(r.miou_mean == Approx(1.0));
+    auto log = read_jsonl(o.frame_log);
+    REQUIRE(log.size() == 5);
+    for (size_t i = 0; i < log.size(); ++i) {
+      REQUIRE(log[i]["frame"] == int64_t(i));
+      REQUIRE(log[i]["key"] == true);
+      REQUIRE(log[i]["miou"].get<double>() == Approx(1.0));
+      if (i > 0) REQUIRE(log[i]["up"].get<int64_t>() > log[i - 1]["up"].get<int64_t>());
+    }
+  }
+}
+
+TEST_CASE("edge: partial run frame log: keys, applied updates, reference mIoU", "[edge]") {
+  EdgeClip clip("log", 20);
+  server::Server srv(srv_opts(clip.labels));
+  srv.start();
+  auto o = edge_opts(clip, srv.port());
+  o.initial_wait_s = 10;
+  o.reference_dir = clip.labels;
+  o.frame_log = clip.dir / "partial.jsonl";
+  edge::EdgeResult r = edge::run_edge(o);
+  srv.stop();
+  INFO(edge::to_json(r));
+  auto log = read_jsonl(o.frame_log);
+  REQUIRE(int64_t(log.size()) == r.frames);
+  int64_t keys = 0, applied = 0;
+  double miou = 0;
+  for (auto& j : log) {
+    keys += j["key"].get<bool>();
+    applied += j["applied"].get<bool>();
+    REQUIRE(j["miou"].get<double>() >= 0.0);
+    REQUIRE(j["miou"].get<double>() <= 1.0);
+    miou += j["miou"].get<double>();
+    if (j["applied"].get<bool>()) REQUIRE(j.contains("server_miou"));
+  }
+  REQUIRE(keys == r.key_frames);
+  REQUIRE(applied == r.updates);
+  REQUIRE(r.miou_frames == r.frames);
+  REQUIRE(miou / double(log.size()) == Approx(r.miou_mean));
+  REQUIRE(log.front()["key"] == true);  // the first frame of a session is a key frame
+}
+
+TEST_CASE("edge: a reference folder that does not exist is refused up front", "[edge]") {
+  EdgeClip clip("noref", 2);
+  auto o = edge_opts(clip, 1);
+  o.reference_dir = clip.dir / "nope";
+  REQUIRE_THROWS_WITH(edge::run_edge(o), Catch::Contains("reference") && Catch::Contains("nope"));
 }

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <thread>
@@ -18,6 +19,7 @@
 #include "server/common.h"
 #include "server/server.h"
 #include "synthetic_clip.h"
+#include "tensor/image.h"
 #include "test_util.h"
 
 using namespace st;
@@ -444,4 +446,86 @@ done
     else REQUIRE_THAT(e.text, Catch::Contains("garbage"));
     REQUIRE(st.teacher_failures == 1);
   }
+}
+
+TEST_CASE("server: idle sessions are PINGed, then closed; a peer that answers stays", "[server]") {
+  Clip clip("idle", 2);
+  auto so = server_options(clip.labels);
+  so.idle_timeout_s = 0.4;
+  server::Server srv(so);
+  srv.start();
+  {  // silent after the handshake: PING, then ERROR(Timeout) and a close
+    Raw r(srv.port());
+    r.send(encode_msg(good_hello()));
+    REQUIRE(r.read_one().is<Welcome>());
+    auto t0 = std::chrono::steady_clock::now();
+    auto g = r.read_until_closed();
+    double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    REQUIRE(g.closed);
+    REQUIRE(g.msgs.size() == 2);
+    REQUIRE(g.msgs[0].is<Ping>());
+    REQUIRE(g.msgs[1].is<ErrorMessage>());
+    REQUIRE(g.msgs[1].as<ErrorMessage>().code == ErrorCode::Timeout);
+    REQUIRE_THAT(g.msgs[1].as<ErrorMessage>().text, Catch::Contains("PING"));
+    REQUIRE(waited >= 0.35);
+    REQUIRE(waited < 5.0);
+  }
+  {  // answers every PING: still open after five idle periods, then says BYE
+    Raw r(srv.port());
+    r.send(encode_msg(good_hello()));
+    REQUIRE(r.read_one().is<Welcome>());
+    uint64_t seq = 1;
+    int pings = 0;
+    auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(2000)) {
+      Message m = r.read_one();
+      REQUIRE(m.is<Ping>());
+      ++pings;
+      r.send(encode_msg(Pong{m.as<Ping>().nonce}, seq++));
+    }
+    REQUIRE(pings >= 3);
+    r.send(encode_msg(Bye{}, seq++));
+    auto g = r.read_until_closed();
+    REQUIRE(g.closed);
+    REQUIRE(!g.msgs.empty());
+    REQUIRE(g.msgs.back().is<Bye>());
+  }
+  srv.stop();
+  REQUIRE(srv.stats().errors_sent == 1);
+}
+
+TEST_CASE("server: undecodable PNG / JPEG key frames get ERROR(BadFrame)", "[server]") {
+  Clip clip("badpng", 2);
+  server::Server srv(server_options(clip.labels));
+  srv.start();
+  auto attempt = [&](FrameEncoding enc, std::vector<uint8_t> data) {
+    Raw r(srv.port());
+    r.send(encode_msg(good_hello()));
+    Message w = r.read_one();
+    REQUIRE(w.is<Welcome>());
+    REQUIRE((w.as<Welcome>().accept_frames & (kAcceptPng | kAcceptJpeg)) == (kAcceptPng | kAcceptJpeg));
+    KeyFrame k = key_frame(0);
+    k.encoding = enc;
+    k.data = std::move(data);
+    r.send(encode_msg(k, 1));
+    auto g = r.read_until_closed();
+    REQUIRE(g.closed);
+    REQUIRE(!g.msgs.empty());
+    REQUIRE(g.msgs.back().is<ErrorMessage>());
+    return g.msgs.back().as<ErrorMessage>();
+  };
+  auto e1 = attempt(FrameEncoding::Png, std::vector<uint8_t>(500, 7));
+  REQUIRE(e1.code == ErrorCode::BadFrame);
+  REQUIRE_THAT(e1.text, Catch::Contains("key frame"));
+  // A valid PNG of another size than the session's frames.
+  image::Image small{kH / 2, kW / 2, 3, std::vector<uint8_t>(size_t(kH / 2 * kW / 2 * 3), 9)};
+  auto e2 = attempt(FrameEncoding::Png, image::encode_png(small));
+  REQUIRE(e2.code == ErrorCode::BadFrame);
+  REQUIRE_THAT(e2.text, Catch::Contains("32x24"));
+  // A valid JPEG larger than announced is refused from its header.
+  image::Image big{kH * 2, kW * 2, 3, std::vector<uint8_t>(size_t(kH * kW * 12), 9)};
+  auto e3 = attempt(FrameEncoding::Jpeg, image::encode_jpeg(big, 80));
+  REQUIRE(e3.code == ErrorCode::BadFrame);
+  REQUIRE_THAT(e3.text, Catch::Contains("limit"));
+  srv.stop();
 }

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -14,6 +15,7 @@
 #include <sstream>
 
 #include "edge/video.h"
+#include "tensor/image.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -492,4 +494,44 @@ TEST_CASE("video: ffmpeg pipe failures are reported", "[video]") {
     REQUIRE(msg.find(file.string()) != std::string::npos);
   }
   REQUIRE(children_of_self() == 0);
+}
+
+TEST_CASE("image: PNG and JPEG encode/decode in memory, and bad bytes", "[video]") {
+  image::Image img{20, 30, 3, std::vector<uint8_t>(20 * 30 * 3)};
+  for (size_t i = 0; i < img.pixels.size(); ++i) img.pixels[i] = uint8_t((i * 7) % 251);
+  auto png = image::encode_png(img);
+  REQUIRE(png.size() > 8);
+  REQUIRE(png[1] == 'P');
+  auto back = image::decode(png.data(), png.size(), 3, 30, 20);
+  REQUIRE(back.width == 30);
+  REQUIRE(back.height == 20);
+  REQUIRE(back.pixels == img.pixels);  // lossless
+
+  image::Image smooth{32, 32, 3, std::vector<uint8_t>(32 * 32 * 3)};
+  for (int64_t y = 0; y < 32; ++y)
+    for (int64_t x = 0; x < 32; ++x)
+      for (int c = 0; c < 3; ++c) smooth.pixels[size_t((y * 32 + x) * 3 + c)] = uint8_t(4 * x + 2 * y + 10 * c);
+  auto jpg = image::encode_jpeg(smooth, 95);
+  REQUIRE(jpg[0] == 0xFF);
+  REQUIRE(jpg[1] == 0xD8);
+  auto j2 = image::decode(jpg.data(), jpg.size(), 3, 32, 32);
+  double err = 0;
+  for (size_t i = 0; i < j2.pixels.size(); ++i) err += std::abs(int(j2.pixels[i]) - int(smooth.pixels[i]));
+  REQUIRE(err / double(j2.pixels.size()) < 3.0);
+  REQUIRE_THROWS_WITH(image::encode_jpeg(smooth, 0), Catch::Contains("quality"));
+
+  // The header's size is checked before decoding: a 30x20 PNG is refused under a 16x16 limit.
+  REQUIRE_THROWS_WITH(image::decode(png.data(), png.size(), 3, 16, 16, "key frame"),
+                      Catch::Contains("key frame") && Catch::Contains("30x20") &&
+                          Catch::Contains("limit"));
+  std::vector<uint8_t> junk(100, 0x42);
+  REQUIRE_THROWS_WITH(image::decode(junk.data(), junk.size(), 3, 64, 64, "key frame"),
+                      Catch::StartsWith("cannot decode key frame"));
+  auto cut = png;
+  cut.resize(cut.size() / 2);  // truncated: the header parses, the pixels do not
+  REQUIRE_THROWS_WITH(image::decode(cut.data(), cut.size(), 3, 64, 64), Catch::StartsWith("cannot decode"));
+  REQUIRE_THROWS(image::decode(nullptr, 0, 3, 64, 64));
+  auto rgb = image::bgr_to_rgb(img);
+  REQUIRE(rgb.pixels[0] == img.pixels[2]);
+  REQUIRE(rgb.pixels[2] == img.pixels[0]);
 }
