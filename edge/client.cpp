@@ -535,6 +535,7 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     frame_log.open(opt.frame_log);
     ST_CHECK(bool(frame_log), "edge: cannot write the frame log ", opt.frame_log.string());
   }
+  ST_CHECK(opt.overlay_every >= 1, "edge: overlay_every must be >= 1");
   ST_CHECK(opt.jpeg_quality >= 1 && opt.jpeg_quality <= 100, "edge: JPEG quality must be 1..100");
   if (!opt.predictions_dir.empty()) std::filesystem::create_directories(opt.predictions_dir);
   if (!opt.overlays_dir.empty()) std::filesystem::create_directories(opt.overlays_dir);
@@ -728,7 +729,10 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     char name[32];
     std::snprintf(name, sizeof name, "%06lld.png", (long long)frame_i);
     if (!opt.predictions_dir.empty()) write_label_png(opt.predictions_dir / name, pred, H, W);
-    if (!opt.overlays_dir.empty()) write_overlay_png(opt.overlays_dir / name, f.bgr, pred);
+    if (!opt.overlays_dir.empty() && frame_i % opt.overlay_every == 0)
+      write_overlay_png(
+          opt.overlays_dir / std::filesystem::path(name).replace_extension(opt.overlay_jpeg ? ".jpg" : ".png"),
+          f.bgr, pred);
     double frame_miou = -1;
     if (reference && reference->has(frame_i)) {
       frame_miou = nn::miou(pred, reference->labels(frame_i, H, W));

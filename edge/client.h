@@ -103,6 +103,8 @@ struct EdgeOptions {
   int64_t max_frames = -1;                // -1 = all
   std::filesystem::path predictions_dir;  // optional label PNGs
   std::filesystem::path overlays_dir;     // optional overlay PNGs
+  int64_t overlay_every = 1;              // write the overlay of every Nth frame only
+  bool overlay_jpeg = false;              // overlays as %06d.jpg (JPEG) instead of PNG
   // Key frames on the wire: raw BGR, PNG or JPEG (used when WELCOME accepts it, else raw).
   protocol::FrameEncoding key_encoding = protocol::FrameEncoding::RawBgr;
   int jpeg_quality = 90;

@@ -20,6 +20,8 @@ const char* kUsage = R"(usage: shadowtutor-edge --server HOST:PORT --token T --v
   --frames N           stop after N frames
   --predictions DIR    write predicted label maps (PNG)
   --overlays DIR       write colour overlays (PNG)
+  --overlay-every N    only every Nth frame's overlay (default 1)
+  --overlay-jpeg       overlays as JPEG (%06d.jpg), not PNG
   --link-mbps R        limit the link to R Mbit/s per direction (token bucket)
   --key-encoding E     key frames as raw | png | jpeg[:QUALITY]  (default raw; jpeg = quality 90)
   --reference DIR      reference label maps DIR/%06d.png: per-frame mIoU in the log and summary
@@ -55,6 +57,10 @@ int main(int argc, char** argv) {
         o.net.log = false;
         continue;
       }
+      if (a == "--overlay-jpeg") {
+        o.overlay_jpeg = true;
+        continue;
+      }
       if (a == "--fp32-only") {
         o.accept_blobs = st::protocol::kAcceptF32;
         continue;
@@ -72,6 +78,10 @@ int main(int argc, char** argv) {
       else if (a == "--overlays") o.overlays_dir = v;
       else if (a == "--link-mbps") o.net.link_mbps = std::stod(v);
       else if (a == "--reference") o.reference_dir = v;
+      else if (a == "--overlay-every") {
+        o.overlay_every = std::stoll(v);
+        if (o.overlay_every < 1) return usage_error("--overlay-every must be >= 1");
+      }
       else if (a == "--frame-log") o.frame_log = v;
       else if (a == "--key-encoding") {
         if (v == "raw") o.key_encoding = st::protocol::FrameEncoding::RawBgr;

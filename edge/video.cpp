@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
 #include <array>
 #include <cctype>
 #include <cerrno>
@@ -564,7 +565,15 @@ void write_overlay_png(const fs::path& path, const image::Image& bgr,
       o[c] = uint8_t(std::clamp(std::lround(v), 0L, 255L));
     }
   }
-  image::write_png(path, out);
+  const auto ext = path.extension().string();
+  if (ext == ".jpg" || ext == ".jpeg") {
+    auto bytes = image::encode_jpeg(out, 85);
+    std::ofstream f(path, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+    ST_CHECK(bool(f), "cannot write JPEG ", path.string());
+  } else {
+    image::write_png(path, out);
+  }
 }
 
 }  // namespace st::edge

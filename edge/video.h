@@ -52,7 +52,8 @@ class LabelSource {
 // Writes a label map (values 0..8) as an 8-bit grey PNG.
 void write_label_png(const std::filesystem::path& path, const std::vector<uint8_t>& labels,
                      int64_t h, int64_t w);
-// Writes the frame with each non-background class blended in its colour (alpha in [0,1]).
+// Writes the frame with each non-background class blended in its colour (alpha in [0,1]), as
+// PNG, or as JPEG (quality 85) when the path ends in .jpg / .jpeg.
 void write_overlay_png(const std::filesystem::path& path, const image::Image& bgr,
                        const std::vector<uint8_t>& labels, double alpha = 0.5);
 

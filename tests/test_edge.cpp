@@ -2,6 +2,8 @@
 // there yet, naive offloading, full distillation, the link-rate limit, a teacher that hangs.
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <iterator>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <fstream>
@@ -334,4 +336,48 @@ TEST_CASE("edge: a reference folder that does not exist is refused up front", "[
   auto o = edge_opts(clip, 1);
   o.reference_dir = clip.dir / "nope";
   REQUIRE_THROWS_WITH(edge::run_edge(o), Catch::Contains("reference") && Catch::Contains("nope"));
+}
+
+TEST_CASE("edge: the demo's HTML report from real loopback runs (tools/report.py)", "[edge]") {
+  if (std::system("python3 -c 'import json' >/dev/null 2>&1") != 0) ST_SKIP("python3 is not installed");
+  EdgeClip clip("report", 12);
+  server::Server srv(srv_opts(clip.labels));
+  srv.start();
+  const fs::path out = clip.dir / "demo";
+  fs::create_directories(out);
+  for (auto mode : {edge::EdgeMode::Naive, edge::EdgeMode::Partial, edge::EdgeMode::Full}) {
+    const std::string m = edge::edge_mode_name(mode);
+    auto o = edge_opts(clip, srv.port());
+    o.initial_wait_s = 10;
+    o.mode = mode;
+    o.frame_log = out / (m + ".jsonl");
+    o.overlays_dir = out / ("overlays_" + m);
+    o.overlay_every = 4;
+    o.overlay_jpeg = true;
+    if (mode == edge::EdgeMode::Naive) o.predictions_dir = out / "reference";
+    else o.reference_dir = out / "reference";
+    edge::EdgeResult r = edge::run_edge(o);
+    std::ofstream(out / (m + ".json")) << edge::to_json(r);
+  }
+  srv.stop();
+  REQUIRE(fs::exists(out / "overlays_partial" / "000004.jpg"));
+  const fs::path html = out / "report.html";
+  std::string cmd = "python3 '" + std::string(ST_SOURCE_DIR) + "/tools/report.py' --dir '" +
+                    out.string() + "' --out '" + html.string() + "' --frames 12 --link-mbps 80";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  std::ifstream f(html);
+  std::string page((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  REQUIRE(page.find("<table>") != std::string::npos);
+  for (const char* m : {"<td>naive</td>", "<td>partial</td>", "<td>full</td>"})
+    REQUIRE(page.find(m) != std::string::npos);
+  size_t svgs = 0;
+  for (size_t p = page.find("<svg"); p != std::string::npos; p = page.find("<svg", p + 1)) ++svgs;
+  REQUIRE(svgs == 3);
+  REQUIRE(page.find("data:image/jpeg;base64,") != std::string::npos);
+  REQUIRE(page.find("random initialisation") != std::string::npos);
+  // A missing run folder is a clear error, not a traceback.
+  std::string bad = "python3 '" + std::string(ST_SOURCE_DIR) + "/tools/report.py' --dir '" +
+                    (clip.dir / "nothing").string() + "' --out '" + (clip.dir / "x.html").string() +
+                    "' 2>/dev/null";
+  REQUIRE(std::system(bad.c_str()) != 0);
 }

@@ -448,7 +448,7 @@ done
   }
 }
 
-TEST_CASE("server: idle sessions are PINGed, then closed; a peer that answers stays", "[server]") {
+TEST_CASE("server: idle sessions are PINGed, then closed, while a peer that answers stays", "[server]") {
   Clip clip("idle", 2);
   auto so = server_options(clip.labels);
   so.idle_timeout_s = 0.4;

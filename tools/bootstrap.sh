@@ -3,12 +3,20 @@
 # As root it runs apt-get; otherwise it prints the exact command and stops.
 #   tools/bootstrap.sh          build + test dependencies
 #   tools/bootstrap.sh --bench  also PyTorch (Debian python3-torch), the benchmarks' peer
+#   tools/bootstrap.sh --demo   also python3, Node.js and npm (the demo's report and teacher)
 set -euo pipefail
 
 pkgs=(cmake g++ make catch2 libuv1-dev libstb-dev nlohmann-json3-dev ffmpeg)
-if [[ "${1:-}" == "--bench" ]]; then
-  pkgs+=(python3-torch python3-torchvision)
-fi
+case "${1:-}" in
+  --bench) pkgs+=(python3-torch python3-torchvision) ;;
+  --demo)  # the report (python3); the RVM teacher (Node.js + npm, unless some Node is there)
+    pkgs+=(python3)
+    command -v node >/dev/null || pkgs+=(nodejs)
+    command -v npm >/dev/null || pkgs+=(npm)
+    ;;
+  "") ;;
+  *) echo "usage: tools/bootstrap.sh [--bench | --demo]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${pkgs[@]}"; do

