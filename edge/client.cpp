@@ -553,6 +553,7 @@ EdgeResult run_edge(const EdgeOptions& opt) {
   int64_t frame_i = 0;
   bool applied = false;                // an update was swapped in before this frame
   double last_acc = -1;                // the server's mIoU for the last update applied
+  uint32_t last_steps = 0;             // and its distillation steps
   double miou_sum = 0;
 
   auto handle = [&](NetClient::Event& e) {
@@ -624,6 +625,7 @@ EdgeResult run_edge(const EdgeOptions& opt) {
           ++r.updates;
           applied = true;
           last_acc = u.accuracy;
+          last_steps = u.steps;
           r.steps_total += u.steps;
           stride = u.next_stride;
           next_key = int64_t(u.key_frame) + stride;
@@ -747,7 +749,7 @@ EdgeResult run_edge(const EdgeOptions& opt) {
       j["t"] = secs(t_start, now);
       j["key"] = key_sent;
       j["applied"] = applied;
-      if (applied) j["server_miou"] = last_acc;
+      if (applied) j["server_miou"] = last_acc, j["steps"] = last_steps;
       j["stride"] = stride;
       if (frame_miou >= 0) j["miou"] = frame_miou;
       j["up"] = net.bytes_up();

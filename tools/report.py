@@ -98,7 +98,8 @@ def svg_plot(series, xlabel, ylabel, ymin=None, ymax=None, log=False, ticks=(), 
     out.append(f'<text x="{ml + pw / 2}" y="{h - 4}" text-anchor="middle">{esc(xlabel)}</text>')
     out.append(f'<text transform="translate(12,{mt + ph / 2}) rotate(-90)" '
                f'text-anchor="middle">{esc(ylabel)}</text>')
-    for name, color, xs, ys, step in series:
+    for name, color, xs, ys, step, *style in series:
+        dash = f' stroke-dasharray="{style[0]}"' if style and style[0] else ""
         pts = []
         for i, (a, b) in enumerate(zip(xs, ys)):
             if log and b <= 0:
@@ -106,18 +107,25 @@ def svg_plot(series, xlabel, ylabel, ymin=None, ymax=None, log=False, ticks=(), 
             if step and pts:
                 pts.append(f"{X(a):.1f},{float(pts[-1].split(',')[1]):.1f}")
             pts.append(f"{X(a):.1f},{Y(b):.1f}")
-        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" '
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5"{dash} '
                    f'points="{" ".join(pts)}"><title>{esc(name)}</title></polyline>')
+        if len(xs) <= 16:  # few points: mark them
+            for a_, b_ in zip(xs, ys):
+                if not (log and b_ <= 0):
+                    out.append(f'<circle cx="{X(a_):.1f}" cy="{Y(b_):.1f}" r="2.5" fill="{color}"/>')
     for x, color, row in ticks:
         ty = mt + ph + 22 + 10 * row
         out.append(f'<line x1="{X(x):.1f}" x2="{X(x):.1f}" y1="{ty}" y2="{ty + 7}" '
                    f'stroke="{color}" stroke-width="1.5"/>')
     # legend
-    lx = ml + 8
+    lx, ly = ml + 8, mt + 6
     for name, color, *_ in series:
-        out.append(f'<rect x="{lx}" y="{mt + 6}" width="12" height="3" fill="{color}"/>')
-        out.append(f'<text x="{lx + 16}" y="{mt + 11}">{esc(name)}</text>')
-        lx += 16 + 7 * len(name) + 18
+        width = 16 + 6 * len(name) + 14
+        if lx + width > ml + pw:
+            lx, ly = ml + 8, ly + 13
+        out.append(f'<rect x="{lx}" y="{ly}" width="12" height="3" fill="{color}"/>')
+        out.append(f'<text x="{lx + 16}" y="{ly + 5}">{esc(name)}</text>')
+        lx += width
     out.append("</svg>")
     return "\n".join(out)
 
@@ -251,7 +259,7 @@ def main():
              "to ship — pass <code>WEIGHTS=file.safetensors</code> to start from it)")
     choice += (
         "With a random start the frozen front of partial distillation is random too. Measured on "
-        "the whole vtest clip (795 frames) with the recorded Mask R-CNN labels "
+        "the whole vtest clip (795 frames) with the recorded teacher labels of ../shared/data/vtest (RVM, person only) "
         "(<code>shadowtutor simulate</code>, P-1, docs/results.md): partial 79.6% mean mIoU with "
         "6.5% key frames, full 77.6% with 5.4% key frames (full collapses for ~200 frames "
         "mid-clip). A random front carries enough for this scene, so the demo's default is "
