@@ -176,7 +176,7 @@ struct NetClient::Impl {
     size_t n = b.size() - c->off;
     if (up) {
       auto now = Clock::now();
-      size_t want = std::min(n, size_t(up->burst()));
+      size_t want = std::min(n, size_t(up->burst() / 2));
       if (up->available(now) < double(want)) {
         uv_timer_start(&write_timer, on_write_timer, to_ms(up->seconds_until(double(want), now)), 0);
         return;
@@ -414,7 +414,10 @@ void NetClient::start() {
   m.backoff = m.opt.backoff_initial_s;
   if (m.opt.link_mbps > 0) {
     double rate = m.opt.link_mbps * 1e6 / 8.0;
-    double burst = std::max(rate * 0.01, 16384.0);
+    // A small burst (4 ms of traffic, at least 16 KiB) so that a message arriving on an idle
+    // link gets little head start; writes go out in half-burst chunks, so a late timer
+    // (millisecond granularity) loses no tokens to the cap.
+    double burst = std::max(rate * 0.004, 16384.0);
     m.up.emplace(rate, burst);
     m.down.emplace(rate, burst);
   }

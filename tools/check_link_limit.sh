@@ -73,7 +73,9 @@ shape() {  # on|off
   for pair in "$ns_s:$if_s" "$ns_e:$if_e"; do
     ns=${pair%%:*} dev=${pair#*:}
     tc -n "$ns" qdisc del dev "$dev" root 2>/dev/null || true
-    [[ $1 == on ]] && tc -n "$ns" qdisc add dev "$dev" root tbf rate "${rate}mbit" burst 64kb latency 500ms
+    # the same burst as the edge's bucket: 4 ms of traffic, at least 16 KiB
+    [[ $1 == on ]] && tc -n "$ns" qdisc add dev "$dev" root tbf rate "${rate}mbit" \
+      burst "$(python3 -c "print(max(int($rate*1e6/8*0.004), 16384))")" latency 500ms
   done
   return 0
 }
