@@ -177,7 +177,7 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   if (!peer) return 0;
-  const std::string py = "/usr/bin/python3";
+  const std::string py = std::getenv("ST_PEER_PYTHON") ? std::getenv("ST_PEER_PYTHON") : "/usr/bin/python3";
   const std::string script = src_dir + "/bench/conv_peer.py";
   if (access(py.c_str(), X_OK) != 0) {
     std::printf("peer: missing (%s not found)\n", py.c_str());

@@ -33,6 +33,8 @@
 //
 // Usage: bench_student [SOURCE_DIR] [--no-peer] [--no-rss] [--reps N] [--sizes 1280x720,768x576]
 //                      [--modes forward,step-partial,step-full]   (which of ours to time)
+//                      [--device cpu|cuda] [--peak-gflops G]   (cuda: GPU timings, synchronised
+//                      per phase; the peer runs on the same GPU; G gives "% of peak")
 //        bench_student --rss forward|step-partial|step-full W H      (child mode)
 #include <omp.h>
 #include <sys/resource.h>
@@ -72,6 +74,13 @@ using st::bench::json_field;
 using st::bench::run_lines;
 
 namespace {
+
+// --device cuda: the student, input and target live on the GPU; each phase ends with a device
+// synchronisation so wall-clock times cover the GPU work.
+st::Device g_dev = st::Device::cpu();
+void sync() {
+  if (g_dev.is_cuda()) st::backend_for(g_dev).synchronize();
+}
 
 const char* kModes[3] = {"forward", "step-partial", "step-full"};
 
@@ -171,7 +180,9 @@ struct Phases {
 class Workload {
  public:
   Workload(Student& s, int mode, const Size& sz)
-      : s_(s), mode_(mode), x_(make_input(sz)), target_(make_bench_target(sz)) {
+      : s_(s), mode_(mode), x_(make_input(sz).to(g_dev)), target_(make_bench_target(sz)) {
+    target_.labels = target_.labels.to(g_dev);
+    target_.weight = target_.weight.to(g_dev);
     const Distillation d = mode == 0 ? Distillation::None
                                      : mode == 1 ? Distillation::Partial : Distillation::Full;
     s_.configure(d);
@@ -192,18 +203,22 @@ class Workload {
     if (mode_ == 0) {
       st::NoGradGuard ng;
       Tensor y = s_.forward(x_);
+      sync();
       p.fwd = ms_since(t0);
       return p;
     }
     adam_->zero_grad();
     Tensor logits = mode_ == 1 ? s_.back(front_) : s_.forward(x_);
+    sync();
     p.fwd = ms_since(t0);
     auto t1 = clk::now();
     st::weighted_cross_entropy(logits, target_.labels, target_.weight).backward();
     logits = Tensor();
+    sync();
     p.bwd = ms_since(t1);
     auto t2 = clk::now();
     adam_->step();
+    sync();
     p.adam = ms_since(t2);
     return p;
   }
@@ -325,7 +340,7 @@ struct PeerResult {
 PeerResult run_peer(const std::string& src_dir, const std::vector<Size>& sizes, int reps,
                     bool rss) {
   PeerResult r;
-  const std::string py = "/usr/bin/python3";
+  const std::string py = std::getenv("ST_PEER_PYTHON") ? std::getenv("ST_PEER_PYTHON") : "/usr/bin/python3";
   const std::string script = src_dir + "/bench/student_peer.py";
   if (access(py.c_str(), X_OK) != 0) {
     r.error = py + " not found";
@@ -338,7 +353,8 @@ PeerResult run_peer(const std::string& src_dir, const std::vector<Size>& sizes, 
   std::string sz;
   for (const Size& s : sizes) sz += (sz.empty() ? "" : ",") + size_str(s);
   std::string cmd = py + " '" + script + "' --shared '" + shared_dir() + "' --sizes " + sz +
-                    " --reps " + std::to_string(reps) + " 2>&1";
+                    " --reps " + std::to_string(reps) +
+                    (g_dev.is_cuda() ? " --device cuda" : "") + " 2>&1";
   int rc = 0;
   for (const std::string& line : run_lines(cmd, rc)) {
     if (!json_field(line, "error").empty()) r.error = json_field(line, "error");
@@ -376,11 +392,22 @@ int main(int argc, char** argv) {
   bool peer = true, rss = true;
   bool run_mode[3] = {true, true, true};
   int reps = 3;
+  double peak_gflops = 0;  // the device's peak (GFLOP/s), for "% of peak"
   std::vector<Size> sizes = {{1280, 720}, {768, 576}};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--rss" && i + 3 < argc) {
       return rss_child(argv[i + 1], {std::atol(argv[i + 2]), std::atol(argv[i + 3])});
+    } else if (a == "--device" && i + 1 < argc) {
+      const std::string d = argv[++i];
+      if (d == "cuda") g_dev = st::Device::cuda(0);
+      else if (d != "cpu") {
+        std::fprintf(stderr, "bench_student: --device cpu|cuda\n");
+        return 2;
+      }
+      rss = false;  // host RSS says little about a GPU run
+    } else if (a == "--peak-gflops" && i + 1 < argc) {
+      peak_gflops = std::atof(argv[++i]);
     } else if (a == "--no-peer") {
       peer = false;
     } else if (a == "--no-rss") {
@@ -417,8 +444,18 @@ int main(int argc, char** argv) {
 
   Student student;
   const std::string weights = load_weights(student);
-  std::printf("student benchmark, CPU float32, N=1, %d OpenMP threads; weights: %s\n",
-              omp_get_max_threads(), weights.c_str());
+  if (g_dev.is_cuda()) {
+    if (!st::device_available(st::DeviceType::CUDA)) {
+      std::printf("bench_student: no usable CUDA GPU\n");
+      return 0;
+    }
+    student.to(g_dev);
+    std::printf("student benchmark, CUDA float32 (%s), N=1; weights: %s\n", g_dev.str().c_str(),
+                weights.c_str());
+  } else {
+    std::printf("student benchmark, CPU float32, N=1, %d OpenMP threads; weights: %s\n",
+                omp_get_max_threads(), weights.c_str());
+  }
   std::printf("load average at start: %s; warm-up then median of %d reps\n", loadavg().c_str(),
               reps);
   std::fflush(stdout);
@@ -463,6 +500,8 @@ int main(int argc, char** argv) {
         std::printf("  %-13s %10.1f %10.1f %7.2f %9.2f %9.1f %9.1f %5.2f/%4.2f\n", kModes[m], ms,
                     it->second, it->second / ms, gf, gf / ms * 1e3, gf / it->second * 1e3,
                     ours[key].cores, pr.cores[key]);
+      if (peak_gflops > 0)
+        std::printf("  %-13s ours at %.1f%% of the device's peak %.0f GFLOP/s\n", "", 100.0 * gf / ms * 1e3 / peak_gflops, peak_gflops);
       else
         std::printf("  %-13s %10.1f %10s %7s %9.2f %9.1f %9s %5.2f\n", kModes[m], ms, "n/a", "", gf,
                     gf / ms * 1e3, "", ours[key].cores);

@@ -139,13 +139,14 @@ def make_target(torch, h, w):
 
 
 class Workload:
-    def __init__(self, torch, ref, weights, mode, h, w):
+    def __init__(self, torch, ref, weights, mode, h, w, device="cpu"):
         import torch.nn.functional as F
         self.torch, self.ref, self.F, self.mode = torch, ref, F, mode
-        self.w = {k: v.clone() for k, v in weights.items()}
+        self.dev = device
+        self.w = {k: v.clone().to(device) for k, v in weights.items()}
         g = torch.Generator().manual_seed(12345)
-        self.x = torch.randn((1, 3, h, w), generator=g) * 50
-        self.labels, self.weight = make_target(torch, h, w)
+        self.x = (torch.randn((1, 3, h, w), generator=g) * 50).to(device)
+        self.labels, self.weight = (t.to(device) for t in make_target(torch, h, w))
         if mode == "forward":
             return
         names = [n for n in self.w if mode == "step-full" or n.startswith(BACK_PREFIXES)]
@@ -158,25 +159,33 @@ class Workload:
             with torch.no_grad():
                 self.front = front(ref, self.w, self.x)
 
+    def sync(self):
+        if self.dev != "cpu":
+            self.torch.cuda.synchronize()
+
     def run(self):
         torch, ref = self.torch, self.ref
         t0 = time.perf_counter()
         if self.mode == "forward":
             with torch.no_grad():
                 ref.student(self.w, self.x)
+            self.sync()
             return time.perf_counter() - t0, 0.0, 0.0
         self.opt.zero_grad(set_to_none=True)
         if self.mode == "step-partial":
             logits = back(torch, ref, self.w, self.front)
         else:
             logits = ref.student(self.w, self.x)
+        self.sync()
         t1 = time.perf_counter()
         # SPEC §3 loss: -mean(weight * log_softmax(logits)[target])
         loss = (self.F.cross_entropy(logits, self.labels, reduction="none") * self.weight).mean()
         loss.backward()
         del logits, loss
+        self.sync()
         t2 = time.perf_counter()
         self.opt.step()
+        self.sync()
         return t1 - t0, t2 - t1, time.perf_counter() - t2
 
 
@@ -208,6 +217,7 @@ def main(argv):
     ap.add_argument("--sizes", default="1280x720,768x576")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rss", nargs=2, metavar=("MODE", "WxH"))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args(argv)
     try:
         import torch
@@ -230,8 +240,12 @@ def main(argv):
         emit({"rss_mode": mode, "size": "%dx%d" % (w, h), "hwm_kb": hwm_kb(), "base_kb": base})
         return 0
 
-    emit({"peer": "torch", "version": torch.__version__, "threads": torch.get_num_threads(),
-          "weights": kind})
+    if args.device == "cuda" and not torch.cuda.is_available():
+        emit({"error": "torch has no usable CUDA device"})
+        return 0
+    emit({"peer": "torch" if args.device == "cpu" else
+          "torch eager cuDNN on " + torch.cuda.get_device_name(0),
+          "version": torch.__version__, "threads": torch.get_num_threads(), "weights": kind})
     # The front/back split must reproduce the reference forward.
     with torch.no_grad():
         xs = torch.randn(1, 3, 64, 96) * 50
@@ -243,7 +257,7 @@ def main(argv):
     for size in args.sizes.split(","):
         w, h = parse_size(size)
         for mode in MODES:
-            work = Workload(torch, ref, weights, mode, h, w)
+            work = Workload(torch, ref, weights, mode, h, w, args.device)
             work.run()  # warm-up
             cpu0, wall0 = cpu_seconds(), time.perf_counter()
             reps = [work.run() for _ in range(max(1, args.reps))]

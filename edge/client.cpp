@@ -512,6 +512,8 @@ EdgeResult run_edge(const EdgeOptions& opt) {
   spare->load_state(active->named_parameters(), "edge weights");
   active->configure(nn::Distillation::None);
   spare->configure(nn::Distillation::None);
+  active->to(opt.device);
+  spare->to(opt.device);
   const uint64_t layout = nn::layout_hash(*active, nn::Distillation::Full);
   uint64_t cur_hash = net::weights_hash(*active);
   r.initial_weights_hash = cur_hash;
@@ -726,7 +728,7 @@ EdgeResult run_edge(const EdgeOptions& opt) {
       }
     }
     if (pred.empty()) {  // the student, on the current weights
-      Tensor x = nn::Student::preprocess_bgr(f.bgr.pixels.data(), H, W);
+      Tensor x = nn::Student::preprocess_bgr(f.bgr.pixels.data(), H, W).to(opt.device);
       NoGradGuard ng;
       auto v = argmax_channels(active->forward(x)).to_vector<int64_t>();
       pred.assign(v.begin(), v.end());

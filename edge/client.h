@@ -99,6 +99,7 @@ struct EdgeOptions {
   std::filesystem::path video;            // directory of frames or a video file
   std::filesystem::path weights;          // student weights; empty = Student(init_seed)
   uint64_t init_seed = 0;
+  Device device = Device::cpu();          // where the student runs (cuda:N: the GPU)
   EdgeMode mode = EdgeMode::Partial;
   int64_t max_frames = -1;                // -1 = all
   std::filesystem::path predictions_dir;  // optional label PNGs

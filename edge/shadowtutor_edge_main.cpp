@@ -17,6 +17,7 @@ const char* kUsage = R"(usage: shadowtutor-edge --server HOST:PORT --token T --v
   --weights FILE       student weights (.safetensors); default: deterministic init (the server
                        sends its weights when they differ)
   --mode M             partial | full | naive                     (default partial)
+  --device D           cpu | cuda | cuda:N: where the student runs (default cpu)
   --frames N           stop after N frames
   --predictions DIR    write predicted label maps (PNG)
   --overlays DIR       write colour overlays (PNG)
@@ -78,6 +79,7 @@ int main(int argc, char** argv) {
       else if (a == "--overlays") o.overlays_dir = v;
       else if (a == "--link-mbps") o.net.link_mbps = std::stod(v);
       else if (a == "--reference") o.reference_dir = v;
+      else if (a == "--device") o.device = st::net::parse_device(v);
       else if (a == "--overlay-every") {
         o.overlay_every = std::stoll(v);
         if (o.overlay_every < 1) return usage_error("--overlay-every must be >= 1");

@@ -148,7 +148,13 @@ void restore(std::vector<Tensor>& ps, const std::vector<Tensor>& saved) {
 }
 }  // namespace
 
-DistillOutcome Distiller::distill(const Tensor& x, const Target& target, bool reuse_front) {
+DistillOutcome Distiller::distill(const Tensor& x_in, const Target& target_in, bool reuse_front) {
+  // Frame and target go where the student is (a CUDA student trains on the GPU).
+  const Device dev = student_.device();
+  const Tensor x = x_in.device() == dev ? x_in : x_in.to(dev);
+  Target target = target_in;
+  if (target.labels.device() != dev) target.labels = target.labels.to(dev);
+  if (target.weight.device() != dev) target.weight = target.weight.to(dev);
   DistillOutcome out;
   const bool train = mode_ != Distillation::None && cfg_.max_updates > 0;
   // The frozen front does not change across steps (same frame, frozen weights, batch-stat BN).

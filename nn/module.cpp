@@ -19,6 +19,24 @@ void Module::collect(const std::string& prefix, NamedTensors& out) const {
   for (auto& [n, m] : children_) m->collect(prefix + n + ".", out);
 }
 
+void Module::to(Device device) {
+  for (auto& [n, t] : named_parameters()) {
+    if (t.device() == device) continue;
+    Tensor moved = t.detach().to(device);  // contiguous, on the device
+    TensorImpl* impl = t.impl();
+    impl->storage = moved.impl()->storage;
+    impl->shape = moved.shape();
+    impl->strides = moved.strides();
+    impl->offset = moved.offset();
+    impl->grad.reset();
+  }
+}
+
+Device Module::device() const {
+  NamedTensors all = named_parameters();
+  return all.empty() ? Device::cpu() : all.front().second.device();
+}
+
 NamedTensors Module::named_parameters() const {
   NamedTensors out;
   collect("", out);

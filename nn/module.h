@@ -42,6 +42,13 @@ class Module {
   // Marks every parameter as trainable or frozen (requires_grad).
   void set_trainable(bool on);
 
+  // Moves every parameter to `device` in place: the tensors keep their identity (handles held
+  // elsewhere, e.g. by an optimizer built later, see the moved data); gradients are dropped.
+  // Build optimizers after moving: their state lives on the parameters' device.
+  void to(Device device);
+  // The device of the parameters (cpu for a module without any).
+  Device device() const;
+
  protected:
   Tensor& register_parameter(const std::string& name, Tensor t);
   template <class M>

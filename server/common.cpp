@@ -19,11 +19,20 @@ uint64_t weights_hash(const nn::Student& s) {
   for (auto& [name, t] : s.named_parameters()) {
     mix(name.data(), name.size());
     for (int64_t d : t.shape()) mix(&d, sizeof d);
-    Tensor c = t.contiguous();
+    Tensor c = t.device().is_cpu() ? t.contiguous() : t.to(Device::cpu());
     ST_CHECK(c.dtype() == DType::F32, "weights_hash: parameter ", name, " is not float32");
     mix(c.data<float>(), size_t(c.numel()) * sizeof(float));
   }
   return h;
+}
+
+Device parse_device(const std::string& s) {
+  if (s == "cpu") return Device::cpu();
+  if (s == "cuda") return Device::cuda(0);
+  if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.size() < 8 &&
+      s.find_first_not_of("0123456789", 5) == std::string::npos)
+    return Device::cuda(std::stoi(s.substr(5)));
+  throw Error("bad device '" + s + "' (cpu, cuda or cuda:N)");
 }
 
 std::pair<std::string, int> parse_host_port(const std::string& s) {

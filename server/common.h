@@ -17,6 +17,9 @@ uint64_t weights_hash(const nn::Student& s);
 // st::Error naming the text when it is not of that form or the port is not 1..65535.
 std::pair<std::string, int> parse_host_port(const std::string& s);
 
+// "cpu", "cuda" (= cuda:0) or "cuda:N"; throws st::Error naming the text otherwise.
+Device parse_device(const std::string& s);
+
 // Writes "[tag] message" plus a newline to stderr under a process-wide mutex.
 void log_line(const char* tag, const std::string& message);
 

@@ -277,6 +277,7 @@ void work(uv_work_t* r) {
     if (!s.student) {
       s.student = std::make_unique<nn::Student>(opt.init_seed);
       s.student->load_state(s.srv->base->named_parameters(), "server base weights");
+      s.student->to(opt.device);  // training runs there (the distiller moves frame and target)
       s.distiller = std::make_unique<nn::Distiller>(*s.student, s.dmode, opt.distill);
     }
     if (s.gone) return;

@@ -38,6 +38,7 @@ struct ServerOptions {
   // A welcomed session silent this long (no message, not even a PONG) is closed with
   // ERROR(Timeout); after half of it the server sends a PING. 0 = never.
   double idle_timeout_s = 300;
+  Device device = Device::cpu();      // where sessions' students train (cuda:N: the GPU)
   TeacherFactory teacher;             // required
   bool log = true;                    // one line per session event on stderr
 };

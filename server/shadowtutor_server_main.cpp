@@ -5,6 +5,7 @@
 #include <fstream>
 #include <string>
 
+#include "server/common.h"
 #include "server/server.h"
 
 namespace {
@@ -30,6 +31,7 @@ const char* kUsage = R"(usage: shadowtutor-server --port P (--token T | --token-
   --max-sessions N      concurrent sessions (default 64)
   --idle-timeout S      close a session silent for S seconds; PING it after S/2 (default 300,
                         0 = never)
+  --device D            cpu | cuda | cuda:N: where distillation runs (default cpu)
   --quiet               no per-session log lines
 )";
 
@@ -81,6 +83,7 @@ int main(int argc, char** argv) {
       else if (a == "--max-stride") o.distill.max_stride = std::stoi(v);
       else if (a == "--max-message-bytes") o.max_message_bytes = std::stoull(v);
       else if (a == "--max-sessions") o.max_sessions = std::stoull(v);
+      else if (a == "--device") o.device = st::net::parse_device(v);
       else if (a == "--idle-timeout") {
         o.idle_timeout_s = std::stod(v);
         if (!(o.idle_timeout_s >= 0)) return usage_error("--idle-timeout must be >= 0");

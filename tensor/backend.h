@@ -37,10 +37,19 @@ struct AdamParams {
   int64_t step = 1;  // the step being taken (1-based), for bias correction
 };
 
+// What a backend's allocator has done (for tests and profiles). A caching allocator serves
+// steady-state requests from its cache: device_allocations stops growing.
+struct MemoryStats {
+  uint64_t device_allocations = 0;  // real allocations from the device (cudaMalloc, malloc)
+  uint64_t cache_hits = 0;          // requests served from the cache
+  size_t in_use_bytes = 0, peak_in_use_bytes = 0, cached_bytes = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
+  virtual MemoryStats memory_stats() const { return {}; }
 
   // ---- memory ----
   virtual void* allocate(size_t nbytes, int device_index) = 0;

@@ -21,7 +21,6 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 FRAMES = ["000000", "000400"]
 MEAN_BGR = [103.53, 116.28, 123.675]
@@ -97,6 +96,8 @@ def student(w, x):
 
 
 def main():
+    from PIL import Image  # only the generator reads frames (bench/student_peer.py imports us)
+
     ap = argparse.ArgumentParser()
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--shared", default=os.path.join(here, "..", "..", "shared"))

@@ -1,0 +1,90 @@
+// The CUDA backend class. Its methods live in several translation units:
+//   cuda_backend.cu     context, caching allocator, copies, profiling, registration
+//   cuda_elementwise.cu fill, copy, unary, binary, reductions, Adam
+//   cuda_conv.cu        cuDNN convolutions, cuBLAS matmul
+//   cuda_image.cu       batch norm, resampling, pooling, softmax, cross-entropy, argmax
+#pragma once
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+namespace st::cuda {
+
+class CudaBackend final : public Backend {
+ public:
+  const char* name() const override { return "cuda"; }
+  MemoryStats memory_stats() const override;
+
+  void* allocate(size_t nbytes, int device) override;
+  void deallocate(void* ptr, size_t nbytes, int device) noexcept override;
+  void memcpy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n) override;
+  void synchronize() override;
+  void release_cache();
+
+  void fill(Tensor& dst, double value) override;
+  void copy(const Tensor& src, Tensor& dst) override;
+  void unary(UnaryOp op, const Tensor& x, Tensor& y, double alpha) override;
+  void unary_backward(UnaryOp op, const Tensor& gy, const Tensor& saved, Tensor& gx,
+                      double alpha) override;
+  void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) override;
+  void sum_to(const Tensor& x, Tensor& out) override;
+  void sum_all(const Tensor& x, Tensor& out) override;
+
+  void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p,
+                      Tensor& y) override;
+  void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dParams& p,
+                            Tensor& gx) override;
+  void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dParams& p,
+                              Tensor& gw) override;
+  void conv2d_backward_bias(const Tensor& gy, Tensor& gb) override;
+  void conv_transpose2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias,
+                                const Conv2dParams& p, Tensor& y) override;
+
+  void batch_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps,
+                          Tensor& y, Tensor& mean, Tensor& invstd) override;
+  void batch_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& gamma,
+                           const Tensor& mean, const Tensor& invstd, Tensor* gx, Tensor* ggamma,
+                           Tensor* gbeta) override;
+  void batch_norm_frozen_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                 const Tensor& mean, const Tensor& invstd, Tensor& y) override;
+  void batch_norm_frozen_backward(const Tensor& gy, const Tensor& x, const Tensor& gamma,
+                                  const Tensor& mean, const Tensor& invstd, Tensor* gx,
+                                  Tensor* ggamma, Tensor* gbeta) override;
+
+  void resize_bilinear_forward(const Tensor& x, Tensor& y) override;
+  void resize_bilinear_backward(const Tensor& gy, Tensor& gx) override;
+  void resize_nearest_forward(const Tensor& x, Tensor& y) override;
+  void resize_nearest_backward(const Tensor& gy, Tensor& gx) override;
+  void max_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y,
+                          Tensor& indices) override;
+  void max_pool2d_backward(const Tensor& gy, const Tensor& indices, Tensor& gx) override;
+
+  void softmax_channels(const Tensor& x, bool log, Tensor& y) override;
+  void softmax_channels_backward(const Tensor& gy, const Tensor& y, bool log, Tensor& gx) override;
+  void weighted_cross_entropy_forward(const Tensor& logits, const Tensor& target,
+                                      const Tensor& weight, Tensor& loss) override;
+  void weighted_cross_entropy_backward(const Tensor& gloss, const Tensor& logits,
+                                       const Tensor& target, const Tensor& weight,
+                                       Tensor& glogits) override;
+  void argmax_channels(const Tensor& x, Tensor& out) override;
+
+  void matmul(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                 const AdamParams& p) override;
+
+  // Shared helper: out[k] = sum over the elements of x (any layout) whose coordinates in the
+  // kept dims (keep[d] true) give out's linear index k (out: contiguous, the kept dims' sizes).
+  void reduce_sum(const Tensor& x, const std::vector<bool>& keep, Tensor& out);
+
+ private:
+  // Caching allocator: free blocks by (device, rounded size).
+  mutable std::mutex alloc_mu_;
+  std::multimap<std::pair<int, size_t>, void*> free_;
+  MemoryStats stats_;
+};
+
+CudaBackend& backend();
+
+}  // namespace st::cuda

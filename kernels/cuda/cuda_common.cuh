@@ -1,0 +1,173 @@
+// Shared by the CUDA backend's translation units: error checks that name the call, file and
+// line; the per-device context (stream, cuBLAS and cuDNN handles, the cuDNN workspace, cached
+// algorithm choices); the op guard (device lock, NVTX range, profiling, debug synchronisation);
+// strided-tensor descriptors and launch helpers. CUDA C++17.
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "kernels/cuda/cuda_backend.h"
+#include "tensor/backend.h"
+#include "tensor/half.h"
+
+namespace st::cuda {
+
+[[noreturn]] void throw_error(const char* call, const char* file, int line, const std::string& why);
+const char* cublas_status_name(cublasStatus_t s);
+
+#define ST_CUDA_CHECK(call)                                                              \
+  do {                                                                                   \
+    cudaError_t st_e_ = (call);                                                          \
+    if (st_e_ != cudaSuccess)                                                            \
+      ::st::cuda::throw_error(#call, __FILE__, __LINE__, cudaGetErrorString(st_e_));     \
+  } while (0)
+#define ST_CUDNN_CHECK(call)                                                             \
+  do {                                                                                   \
+    cudnnStatus_t st_s_ = (call);                                                        \
+    if (st_s_ != CUDNN_STATUS_SUCCESS)                                                   \
+      ::st::cuda::throw_error(#call, __FILE__, __LINE__, cudnnGetErrorString(st_s_));    \
+  } while (0)
+#define ST_CUBLAS_CHECK(call)                                                            \
+  do {                                                                                   \
+    cublasStatus_t st_s_ = (call);                                                       \
+    if (st_s_ != CUBLAS_STATUS_SUCCESS)                                                  \
+      ::st::cuda::throw_error(#call, __FILE__, __LINE__, ::st::cuda::cublas_status_name(st_s_)); \
+  } while (0)
+// After every kernel launch: a launch error is reported at once; in the synchronous debug mode
+// (ST_CUDA_SYNC=1) the stream is also drained so an execution error names this line.
+#define ST_CUDA_LAUNCHED(ctx) ::st::cuda::after_launch((ctx), __FILE__, __LINE__)
+
+struct Context;
+void after_launch(Context& ctx, const char* file, int line);
+
+// ---- runtime settings (environment, read once) ----
+bool debug_sync();    // ST_CUDA_SYNC=1
+bool allow_tf32();    // ST_CUDA_TF32=0 turns TF32 tensor-core math off for cuDNN (default on)
+bool cudnn_benchmark();  // ST_CUDNN_BENCHMARK=1: time the candidate algorithms once per shape
+
+// One per device: everything runs on its stream, in order.
+struct Context {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  cudnnHandle_t cudnn = nullptr;
+  std::recursive_mutex mu;  // one host thread issues work at a time (handles are not shared)
+  // The cuDNN workspace: grows to the largest request seen, never beyond workspace_limit().
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  void* workspace_at_least(size_t n);
+  // Algorithm choices, per convolution problem (shape, dtype, parameters), made once.
+  std::map<std::string, int> algo_cache;
+};
+Context& context(int device);  // created on first use
+
+// The op guard every backend entry point opens: locks the device's context, makes the device
+// current, opens an NVTX range named after the op, and when ST_PROFILE=1 times the op with
+// CUDA events (flops > 0 adds GFLOP/s to the table).
+class Op {
+ public:
+  Op(const char* name, int device, double flops = 0);
+  ~Op();
+  Op(const Op&) = delete;
+  Op& operator=(const Op&) = delete;
+  Context& ctx;
+
+ private:
+  std::lock_guard<std::recursive_mutex> lock_;
+  const char* name_;
+  double flops_;
+  cudaEvent_t start_ = nullptr;
+};
+
+// ---- strided tensors on the device ----
+constexpr int kMaxRank = 8;
+struct Strided {
+  int rank = 0;
+  int64_t size[kMaxRank] = {};
+  int64_t stride[kMaxRank] = {};
+};
+Strided strided_of(const Tensor& t);  // throws for rank > 8
+
+// Element offset of the linear (row-major) index `i` over `s.size`.
+__device__ inline int64_t strided_offset(const Strided& s, int64_t i) {
+  int64_t off = 0;
+  for (int d = s.rank - 1; d >= 0; --d) {
+    const int64_t n = s.size[d];
+    off += (i % n) * s.stride[d];
+    i /= n;
+  }
+  return off;
+}
+
+// ---- element conversions (f16 is storage: uint16_t bits) ----
+template <class T> __device__ inline double to_double(T v) { return double(v); }
+template <> __device__ inline double to_double(uint16_t v) { return double(half_to_float(v)); }
+template <class T> __device__ inline T from_double(double v) { return T(v); }
+template <> __device__ inline uint16_t from_double(double v) { return float_to_half(float(v)); }
+template <> __device__ inline uint8_t from_double(double v) { return uint8_t(int64_t(v)); }
+
+// Calls f(T{}) with T the C++ type stored for `t` (f16 -> uint16_t).
+template <class F>
+void dispatch_all(DType t, F&& f) {
+  switch (t) {
+    case DType::F32: f(float{}); break;
+    case DType::F64: f(double{}); break;
+    case DType::F16: f(uint16_t{}); break;
+    case DType::U8: f(uint8_t{}); break;
+    case DType::I32: f(int32_t{}); break;
+    case DType::I64: f(int64_t{}); break;
+  }
+}
+// f32 / f64 only; other dtypes throw naming the kernel.
+template <class F>
+void dispatch_float(const char* kernel, DType t, F&& f) {
+  if (t == DType::F32) f(float{});
+  else if (t == DType::F64) f(double{});
+  else throw Error(std::string(kernel) + ": dtype " + dtype_name(t) + " is not supported on cuda");
+}
+
+// Grid for n elements with 256-thread blocks, capped (kernels use grid-stride loops).
+inline unsigned blocks_for(int64_t n, int threads = 256) {
+  int64_t b = (n + threads - 1) / threads;
+  if (b < 1) b = 1;
+  if (b > 65535 * 8) b = 65535 * 8;
+  return unsigned(b);
+}
+#define ST_GRID_STRIDE(i, n)                                                              \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n);              \
+       i += int64_t(blockDim.x) * gridDim.x)
+
+// A device scratch buffer from the caching allocator, freed (to the cache) on scope exit.
+struct Scratch {
+  Scratch(size_t bytes, int device);
+  ~Scratch();
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  int device = 0;
+  template <class T> T* as() const { return static_cast<T*>(ptr); }
+};
+
+// Block-wide sum of a double (blockDim.x a multiple of 32, <= 1024); the result is valid in
+// thread 0. Deterministic for a fixed launch shape.
+__device__ inline double block_sum(double v) {
+  __shared__ double warp_sums[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // warp_sums may still be read by a previous call
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < (blockDim.x >> 5) ? warp_sums[threadIdx.x] : 0.0;
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+}  // namespace st::cuda

@@ -1,0 +1,289 @@
+// Convolutions through cuDNN (forward, backward-data, backward-filter; transposed convolution as
+// backward-data) and matmul through cuBLAS. Algorithms are chosen once per problem (shape,
+// dtype, parameters) and cached in the device context; the workspace is the context's one
+// grow-only buffer, capped by workspace_limit().
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/cuda_backend_impl.cuh"
+
+namespace st::cuda {
+
+namespace {
+
+template <class T> cudnnDataType_t cudnn_type();
+template <> cudnnDataType_t cudnn_type<float>() { return CUDNN_DATA_FLOAT; }
+template <> cudnnDataType_t cudnn_type<double>() { return CUDNN_DATA_DOUBLE; }
+
+struct TensorDesc {
+  cudnnTensorDescriptor_t d = nullptr;
+  TensorDesc(cudnnDataType_t t, const Tensor& x) {
+    ST_CUDNN_CHECK(cudnnCreateTensorDescriptor(&d));
+    ST_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NCHW, t, int(x.size(0)),
+                                              int(x.size(1)), int(x.size(2)), int(x.size(3))));
+  }
+  ~TensorDesc() { cudnnDestroyTensorDescriptor(d); }
+};
+struct FilterDesc {
+  cudnnFilterDescriptor_t d = nullptr;
+  FilterDesc(cudnnDataType_t t, const Tensor& w) {
+    ST_CUDNN_CHECK(cudnnCreateFilterDescriptor(&d));
+    ST_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d, t, CUDNN_TENSOR_NCHW, int(w.size(0)),
+                                              int(w.size(1)), int(w.size(2)), int(w.size(3))));
+  }
+  ~FilterDesc() { cudnnDestroyFilterDescriptor(d); }
+};
+struct ConvDesc {
+  cudnnConvolutionDescriptor_t d = nullptr;
+  ConvDesc(cudnnDataType_t t, const Conv2dParams& p) {
+    ST_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&d));
+    ST_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(d, int(p.pad_h), int(p.pad_w), int(p.stride_h),
+                                                   int(p.stride_w), 1, 1, CUDNN_CROSS_CORRELATION,
+                                                   t));
+    ST_CUDNN_CHECK(cudnnSetConvolutionGroupCount(d, int(p.groups)));
+    // f32: TF32 tensor cores unless ST_CUDA_TF32=0 (PyTorch's cuDNN default is TF32 on too).
+    ST_CUDNN_CHECK(cudnnSetConvolutionMathType(
+        d, t == CUDNN_DATA_FLOAT && allow_tf32() ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+  }
+  ~ConvDesc() { cudnnDestroyConvolutionDescriptor(d); }
+};
+
+std::string problem_key(const char* kind, DType t, const Tensor& x, const Tensor& w,
+                        const Tensor& y, const Conv2dParams& p) {
+  std::string k = kind;
+  k += dtype_name(t);
+  for (const Tensor* a : {&x, &w, &y})
+    for (auto s : a->shape()) k += "," + std::to_string(s);
+  k += "|" + std::to_string(p.pad_h) + "," + std::to_string(p.pad_w) + "," +
+       std::to_string(p.stride_h) + "," + std::to_string(p.stride_w) + "," +
+       std::to_string(p.groups) + (allow_tf32() ? "t" : "f");
+  return k;
+}
+
+// 2 * N * K * OH * OW * (C / groups) * R * S for the convolution with output y, weight w.
+double conv_flops(const Tensor& y, const Tensor& w) {
+  return 2.0 * double(y.numel()) * double(w.size(1)) * double(w.size(2)) * double(w.size(3));
+}
+
+// The first algorithm (cuDNN's heuristic order, or measured order in benchmark mode) that
+// succeeds and fits the workspace limit.
+template <class Perf>
+int pick(const Perf* perf, int n, const std::string& key) {
+  for (int i = 0; i < n; ++i)
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= workspace_limit())
+      return int(perf[i].algo);
+  throw Error("cuDNN has no algorithm for " + key + " within the workspace limit of " +
+              std::to_string(workspace_limit()) + " bytes");
+}
+
+template <class T>
+__global__ void add_bias_kernel(T* y, const T* b, int64_t n, int64_t C, int64_t P) {
+  ST_GRID_STRIDE(i, n) y[i] += b[(i / P) % C];
+}
+
+template <class T>
+void add_bias(Context& ctx, Tensor& y, const Tensor& bias) {
+  const int64_t n = y.numel();
+  add_bias_kernel<<<blocks_for(n), 256, 0, ctx.stream>>>(y.data<T>(), bias.data<T>(), n, y.size(1),
+                                                          y.size(2) * y.size(3));
+  ST_CUDA_LAUNCHED(ctx);
+}
+
+}  // namespace
+
+void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias,
+                                 const Conv2dParams& p, Tensor& y) {
+  if (y.numel() == 0) return;
+  Op op("conv2d_forward", x.device().index, conv_flops(y, w));
+  Context& ctx = op.ctx;
+  dispatch_float("conv2d_forward", x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const cudnnDataType_t t = cudnn_type<T>();
+    TensorDesc xd(t, x), yd(t, y);
+    FilterDesc wd(t, w);
+    ConvDesc cd(t, p);
+    const std::string key = problem_key("fwd", x.dtype(), x, w, y, p);
+    auto it = ctx.algo_cache.find(key);
+    if (it == ctx.algo_cache.end()) {
+      cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+      int n = 0;
+      if (cudnn_benchmark()) {
+        void* ws = ctx.workspace_at_least(workspace_limit());
+        ST_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
+            ctx.cudnn, xd.d, x.raw_data(), wd.d, w.raw_data(), cd.d, yd.d, y.raw_data(),
+            CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf, ws, workspace_limit()));
+      } else {
+        ST_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
+            ctx.cudnn, xd.d, wd.d, cd.d, yd.d, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf));
+      }
+      it = ctx.algo_cache.emplace(key, pick(perf, n, key)).first;
+    }
+    const auto algo = cudnnConvolutionFwdAlgo_t(it->second);
+    size_t ws_bytes = 0;
+    ST_CUDNN_CHECK(
+        cudnnGetConvolutionForwardWorkspaceSize(ctx.cudnn, xd.d, wd.d, cd.d, yd.d, algo, &ws_bytes));
+    void* ws = ctx.workspace_at_least(ws_bytes);
+    const T one = 1, zero = 0;
+    ST_CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn, &one, xd.d, x.raw_data(), wd.d, w.raw_data(),
+                                           cd.d, algo, ws, ws_bytes, &zero, yd.d, y.raw_data()));
+    if (bias) add_bias<T>(ctx, y, *bias);
+  });
+  ST_CUDA_LAUNCHED(ctx);
+}
+
+// dx of the convolution x -> dy with weight w (also the transposed convolution's forward).
+template <class T>
+static void backward_data(Context& ctx, const Tensor& dy, const Tensor& w, const Conv2dParams& p,
+                          Tensor& dx, const char* kind) {
+  const cudnnDataType_t t = cudnn_type<T>();
+  TensorDesc dyd(t, dy), dxd(t, dx);
+  FilterDesc wd(t, w);
+  ConvDesc cd(t, p);
+  const std::string key = problem_key(kind, dx.dtype(), dx, w, dy, p);
+  auto it = ctx.algo_cache.find(key);
+  if (it == ctx.algo_cache.end()) {
+    cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+    int n = 0;
+    if (cudnn_benchmark()) {
+      void* ws = ctx.workspace_at_least(workspace_limit());
+      ST_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
+          ctx.cudnn, wd.d, w.raw_data(), dyd.d, dy.raw_data(), cd.d, dxd.d, dx.raw_data(),
+          CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf, ws, workspace_limit()));
+    } else {
+      ST_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
+          ctx.cudnn, wd.d, dyd.d, cd.d, dxd.d, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf));
+    }
+    it = ctx.algo_cache.emplace(key, pick(perf, n, key)).first;
+  }
+  const auto algo = cudnnConvolutionBwdDataAlgo_t(it->second);
+  size_t ws_bytes = 0;
+  ST_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(ctx.cudnn, wd.d, dyd.d, cd.d, dxd.d,
+                                                              algo, &ws_bytes));
+  void* ws = ctx.workspace_at_least(ws_bytes);
+  const T one = 1, zero = 0;
+  ST_CUDNN_CHECK(cudnnConvolutionBackwardData(ctx.cudnn, &one, wd.d, w.raw_data(), dyd.d,
+                                              dy.raw_data(), cd.d, algo, ws, ws_bytes, &zero,
+                                              dxd.d, dx.raw_data()));
+}
+
+void CudaBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dParams& p,
+                                       Tensor& gx) {
+  if (gx.numel() == 0) return;
+  Op op("conv2d_backward_data", gy.device().index, conv_flops(gy, w));
+  dispatch_float("conv2d_backward_data", gy.dtype(), [&](auto tag) {
+    backward_data<decltype(tag)>(op.ctx, gy, w, p, gx, "bwd_data");
+  });
+  ST_CUDA_LAUNCHED(op.ctx);
+}
+
+void CudaBackend::conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dParams& p,
+                                         Tensor& gw) {
+  if (gw.numel() == 0) return;
+  Op op("conv2d_backward_weight", gy.device().index, conv_flops(gy, gw));
+  Context& ctx = op.ctx;
+  dispatch_float("conv2d_backward_weight", gy.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const cudnnDataType_t t = cudnn_type<T>();
+    TensorDesc xd(t, x), dyd(t, gy);
+    FilterDesc wd(t, gw);
+    ConvDesc cd(t, p);
+    const std::string key = problem_key("bwd_filter", x.dtype(), x, gw, gy, p);
+    auto it = ctx.algo_cache.find(key);
+    if (it == ctx.algo_cache.end()) {
+      cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+      int n = 0;
+      if (cudnn_benchmark()) {
+        void* ws = ctx.workspace_at_least(workspace_limit());
+        ST_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
+            ctx.cudnn, xd.d, x.raw_data(), dyd.d, gy.raw_data(), cd.d, wd.d, gw.raw_data(),
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf, ws, workspace_limit()));
+      } else {
+        ST_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+            ctx.cudnn, xd.d, dyd.d, cd.d, wd.d, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf));
+      }
+      it = ctx.algo_cache.emplace(key, pick(perf, n, key)).first;
+    }
+    const auto algo = cudnnConvolutionBwdFilterAlgo_t(it->second);
+    size_t ws_bytes = 0;
+    ST_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(ctx.cudnn, xd.d, dyd.d, cd.d,
+                                                                  wd.d, algo, &ws_bytes));
+    void* ws = ctx.workspace_at_least(ws_bytes);
+    const T one = 1, zero = 0;
+    ST_CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx.cudnn, &one, xd.d, x.raw_data(), dyd.d,
+                                                  gy.raw_data(), cd.d, algo, ws, ws_bytes, &zero,
+                                                  wd.d, gw.raw_data()));
+  });
+  ST_CUDA_LAUNCHED(ctx);
+}
+
+void CudaBackend::conv2d_backward_bias(const Tensor& gy, Tensor& gb) {
+  reduce_sum(gy, {false, true, false, false}, gb);  // sum over N, H, W per channel
+}
+
+void CudaBackend::conv_transpose2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias,
+                                           const Conv2dParams& p, Tensor& y) {
+  if (y.numel() == 0) return;
+  Op op("conv_transpose2d_forward", x.device().index, conv_flops(x, w));
+  dispatch_float("conv_transpose2d_forward", x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    // The convolution that maps y (C_out channels) to x (C_in), weight (C_in, C_out/g, kh, kw):
+    // its input gradient for "dy" = x is the transposed convolution of x.
+    backward_data<T>(op.ctx, x, w, p, y, "convT");
+    if (bias) add_bias<T>(op.ctx, y, *bias);
+  });
+  ST_CUDA_LAUNCHED(op.ctx);
+}
+
+// ---------------- matmul (cuBLAS) ----------------
+namespace {
+// How a row-major (rows x cols) view with strides (s0, s1) reads as a column-major matrix:
+// transposed (op N, ld = s0) when rows are contiguous, plain (op T, ld = s1) when columns are.
+struct GemmView {
+  bool ok = false;
+  cublasOperation_t op = CUBLAS_OP_N;
+  int64_t ld = 1;
+};
+GemmView gemm_view(const Tensor& t) {
+  const int64_t r = t.size(0), c = t.size(1), s0 = t.strides()[0], s1 = t.strides()[1];
+  GemmView v;
+  if ((c == 1 || s1 == 1) && (r == 1 || s0 >= std::max<int64_t>(c, 1))) {
+    v.ok = true;
+    v.op = CUBLAS_OP_N;
+    v.ld = r == 1 ? std::max<int64_t>(c, 1) : s0;
+  } else if ((r == 1 || s0 == 1) && (c == 1 || s1 >= std::max<int64_t>(r, 1))) {
+    v.ok = true;
+    v.op = CUBLAS_OP_T;
+    v.ld = c == 1 ? std::max<int64_t>(r, 1) : s1;
+  }
+  return v;
+}
+}  // namespace
+
+void CudaBackend::matmul(const Tensor& a_in, const Tensor& b_in, Tensor& out) {
+  const int64_t M = a_in.size(0), K = a_in.size(1), N = b_in.size(1);
+  if (out.numel() == 0) return;
+  if (K == 0) {
+    fill(out, 0.0);
+    return;
+  }
+  Op op("matmul", out.device().index, 2.0 * double(M) * double(N) * double(K));
+  GemmView va = gemm_view(a_in), vb = gemm_view(b_in);
+  Tensor a = va.ok ? a_in : a_in.contiguous(), b = vb.ok ? b_in : b_in.contiguous();
+  if (!va.ok) va = gemm_view(a);
+  if (!vb.ok) vb = gemm_view(b);
+  // Row-major C = A B  <=>  column-major C^T = B^T A^T: C^T is N x M with ld N.
+  dispatch_float("matmul", out.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T one = 1, zero = 0;
+    if constexpr (std::is_same_v<T, float>)
+      ST_CUBLAS_CHECK(cublasSgemm(op.ctx.cublas, vb.op, va.op, int(N), int(M), int(K), &one,
+                                  b.data<T>(), int(vb.ld), a.data<T>(), int(va.ld), &zero,
+                                  out.data<T>(), int(N)));
+    else
+      ST_CUBLAS_CHECK(cublasDgemm(op.ctx.cublas, vb.op, va.op, int(N), int(M), int(K), &one,
+                                  b.data<T>(), int(vb.ld), a.data<T>(), int(va.ld), &zero,
+                                  out.data<T>(), int(N)));
+  });
+}
+
+}  // namespace st::cuda

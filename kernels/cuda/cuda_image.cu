@@ -1,0 +1,591 @@
+// CUDA kernels for NCHW image ops: batch norm (batch statistics and frozen), bilinear and
+// nearest resize, max-pool, channel softmax / log-softmax, the weighted cross-entropy of
+// SPEC §3, argmax. Each follows the CPU reference's formula and operation order
+// (kernels/cpu/cpu_image_ops.cpp); source-coordinate rules are shared (kernels/cpu/resample.h).
+// Reductions accumulate in double in a fixed order (deterministic); resampling and pooling
+// backward passes scatter with atomicAdd.
+#include <cmath>
+
+#include "kernels/cpu/resample.h"
+#include "kernels/cuda/cuda_backend_impl.cuh"
+
+namespace st::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+// Splits per channel for the per-channel reductions: enough blocks to fill the device.
+int channel_splits(int64_t C, int64_t count) {
+  int64_t s = std::max<int64_t>(1, std::min<int64_t>(count / (kThreads * 8), 4096 / std::max<int64_t>(C, 1)));
+  return int(std::max<int64_t>(1, s));
+}
+
+// partial[c * S + s] = sum over the s-th slice of channel c's N*P elements of
+//   x              (mode 0: for the mean)
+//   (x - mean)^2   (mode 1: for the variance)
+template <class T>
+__global__ void channel_sum_kernel(const T* x, int64_t N, int64_t C, int64_t P, int S, int mode,
+                                   const double* mean, double* partial) {
+  const int64_t c = blockIdx.x;
+  const int s = int(blockIdx.y);
+  const int64_t count = N * P, chunk = (count + S - 1) / S;
+  const int64_t e0 = int64_t(s) * chunk, e1 = min(count, e0 + chunk);
+  const double mu = mode == 1 ? mean[c] : 0.0;
+  double acc = 0;
+  for (int64_t e = e0 + threadIdx.x; e < e1; e += blockDim.x) {
+    const int64_t n = e / P, i = e - n * P;
+    const double v = double(x[(n * C + c) * P + i]);
+    acc += mode == 1 ? (v - mu) * (v - mu) : v;
+  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partial[c * S + s] = acc;
+}
+
+// partial_g / partial_gx[c * S + s]: sums of gy and of gy * (x - mean[c]).
+template <class T>
+__global__ void channel_grad_sums_kernel(const T* gy, const T* x, const T* mean, int64_t N,
+                                         int64_t C, int64_t P, int S, double* pg, double* pgx) {
+  const int64_t c = blockIdx.x;
+  const int s = int(blockIdx.y);
+  const int64_t count = N * P, chunk = (count + S - 1) / S;
+  const int64_t e0 = int64_t(s) * chunk, e1 = min(count, e0 + chunk);
+  const double mu = double(mean[c]);
+  double a = 0, b = 0;
+  for (int64_t e = e0 + threadIdx.x; e < e1; e += blockDim.x) {
+    const int64_t n = e / P, i = e - n * P, k = (n * C + c) * P + i;
+    const double g = double(gy[k]);
+    a += g;
+    b += g * (double(x[k]) - mu);
+  }
+  a = block_sum(a);
+  b = block_sum(b);
+  if (threadIdx.x == 0) {
+    pg[c * S + s] = a;
+    pgx[c * S + s] = b;
+  }
+}
+
+__global__ void combine_kernel(const double* partial, int S, int64_t C, double* out) {
+  ST_GRID_STRIDE(c, C) {
+    double acc = 0;
+    for (int s = 0; s < S; ++s) acc += partial[c * S + s];
+    out[c] = acc;
+  }
+}
+
+template <class T>
+__global__ void bn_stats_finalize_kernel(const double* sum, const double* ssq, int64_t C,
+                                         double count, double eps, const T* gamma, const T* beta,
+                                         double* mean_d, T* mean, T* invstd, T* scale, T* shift) {
+  ST_GRID_STRIDE(c, C) {
+    const double mu = sum[c] / count;
+    if (ssq == nullptr) {  // first pass: the mean only
+      mean_d[c] = mu;
+      continue;
+    }
+    const double is = 1.0 / sqrt(ssq[c] / count + eps);
+    mean[c] = T(mu);
+    invstd[c] = T(is);
+    scale[c] = T(double(gamma[c]) * is);
+    shift[c] = T(double(beta[c]) - mu * double(gamma[c]) * is);
+  }
+}
+
+template <class T>
+__global__ void channel_affine_kernel(const T* x, const T* scale, const T* shift, T* y, int64_t n,
+                                      int64_t C, int64_t P) {
+  ST_GRID_STRIDE(i, n) {
+    const int64_t c = (i / P) % C;
+    y[i] = x[i] * scale[c] + shift[c];
+  }
+}
+
+}  // namespace
+
+// ---------------- batch norm ----------------
+void CudaBackend::batch_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                     double eps, Tensor& y, Tensor& mean, Tensor& invstd) {
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  if (C == 0) return;
+  Op op("batch_norm_forward", x.device().index);
+  const int dev = x.device().index;
+  const int S = channel_splits(C, N * P);
+  Scratch partial(size_t(C * S) * sizeof(double), dev), sums(size_t(C) * sizeof(double), dev),
+      ssq(size_t(C) * sizeof(double), dev), mean_d(size_t(C) * sizeof(double), dev);
+  dispatch_float("batch_norm_forward", x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    Scratch scale(size_t(C) * sizeof(T), dev), shift(size_t(C) * sizeof(T), dev);
+    const dim3 grid{unsigned(C), unsigned(S), 1u};
+    cudaStream_t st = op.ctx.stream;
+    // Two passes in double, as the CPU reference: the mean, then the centred sum of squares.
+    channel_sum_kernel<<<grid, kThreads, 0, st>>>(x.data<T>(), N, C, P, S, 0, nullptr,
+                                                  partial.as<double>());
+    combine_kernel<<<blocks_for(C), kThreads, 0, st>>>(partial.as<double>(), S, C, sums.as<double>());
+    bn_stats_finalize_kernel<T><<<blocks_for(C), kThreads, 0, st>>>(
+        sums.as<double>(), nullptr, C, double(N * P), eps, nullptr, nullptr, mean_d.as<double>(),
+        nullptr, nullptr, nullptr, nullptr);
+    channel_sum_kernel<<<grid, kThreads, 0, st>>>(x.data<T>(), N, C, P, S, 1, mean_d.as<double>(),
+                                                  partial.as<double>());
+    combine_kernel<<<blocks_for(C), kThreads, 0, st>>>(partial.as<double>(), S, C, ssq.as<double>());
+    bn_stats_finalize_kernel<T><<<blocks_for(C), kThreads, 0, st>>>(
+        sums.as<double>(), ssq.as<double>(), C, double(N * P), eps, gamma.data<T>(),
+        beta.data<T>(), mean_d.as<double>(), mean.data<T>(), invstd.data<T>(), scale.as<T>(),
+        shift.as<T>());
+    const int64_t n = x.numel();
+    channel_affine_kernel<<<blocks_for(n), kThreads, 0, st>>>(x.data<T>(), scale.as<T>(),
+                                                              shift.as<T>(), y.data<T>(), n, C, P);
+    ST_CUDA_LAUNCHED(op.ctx);
+  });
+}
+
+namespace {
+template <class T>
+__global__ void bn_grad_finalize_kernel(const double* sg, double* sgx, const T* invstd, int64_t C,
+                                        T* ggamma, T* gbeta) {
+  ST_GRID_STRIDE(c, C) {
+    const double v = sgx[c] * double(invstd[c]);  // sum(gy * xhat)
+    sgx[c] = v;
+    if (ggamma) ggamma[c] = T(v);
+    if (gbeta) gbeta[c] = T(sg[c]);
+  }
+}
+
+template <class T>
+__global__ void bn_input_grad_kernel(bool batch_stats, const T* gy, const T* x, const T* gamma,
+                                     const T* mean, const T* invstd, const double* sg,
+                                     const double* sgx, double M, T* gx, int64_t n, int64_t C,
+                                     int64_t P) {
+  ST_GRID_STRIDE(i, n) {
+    const int64_t c = (i / P) % C;
+    const double is = double(invstd[c]), k = double(gamma[c]) * is;
+    if (batch_stats) {
+      const T a = T(k), b = T(-k * sg[c] / M), cc = T(-k * sgx[c] * is / M), m = mean[c];
+      gx[i] = a * gy[i] + b + cc * (x[i] - m);
+    } else {
+      gx[i] = T(k) * gy[i];
+    }
+  }
+}
+
+template <class T>
+void bn_backward(Context& ctx, bool batch_stats, const Tensor& gy, const Tensor& x,
+                 const Tensor& gamma, const Tensor& mean, const Tensor& invstd, Tensor* gx,
+                 Tensor* ggamma, Tensor* gbeta) {
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  const int dev = x.device().index;
+  const bool need_sums = batch_stats ? (gx || ggamma || gbeta) : (ggamma || gbeta);
+  const int S = channel_splits(C, N * P);
+  Scratch pg(size_t(C * S) * sizeof(double), dev), pgx(size_t(C * S) * sizeof(double), dev),
+      sg(size_t(C) * sizeof(double), dev), sgx(size_t(C) * sizeof(double), dev);
+  cudaStream_t st = ctx.stream;
+  if (need_sums) {
+    channel_grad_sums_kernel<<<dim3(unsigned(C), unsigned(S)), kThreads, 0, st>>>(
+        gy.data<T>(), x.data<T>(), mean.data<T>(), N, C, P, S, pg.as<double>(), pgx.as<double>());
+    combine_kernel<<<blocks_for(C), kThreads, 0, st>>>(pg.as<double>(), S, C, sg.as<double>());
+    combine_kernel<<<blocks_for(C), kThreads, 0, st>>>(pgx.as<double>(), S, C, sgx.as<double>());
+    bn_grad_finalize_kernel<<<blocks_for(C), kThreads, 0, st>>>(
+        sg.as<double>(), sgx.as<double>(), invstd.data<T>(), C,
+        ggamma ? ggamma->data<T>() : nullptr, gbeta ? gbeta->data<T>() : nullptr);
+  }
+  if (gx) {
+    const int64_t n = x.numel();
+    bn_input_grad_kernel<<<blocks_for(n), kThreads, 0, st>>>(
+        batch_stats, gy.data<T>(), x.data<T>(), gamma.data<T>(), mean.data<T>(), invstd.data<T>(),
+        sg.as<double>(), sgx.as<double>(), double(N * P), gx->data<T>(), n, C, P);
+  }
+  ST_CUDA_LAUNCHED(ctx);
+}
+
+template <class T>
+__global__ void bn_frozen_kernel(const T* x, const T* g, const T* b, const T* m, const T* is, T* y,
+                                 int64_t n, int64_t C, int64_t P) {
+  ST_GRID_STRIDE(i, n) {
+    const int64_t c = (i / P) % C;
+    const T scale = g[c] * is[c], shift = b[c] - m[c] * g[c] * is[c];
+    y[i] = x[i] * scale + shift;
+  }
+}
+}  // namespace
+
+void CudaBackend::batch_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& gamma,
+                                      const Tensor& mean, const Tensor& invstd, Tensor* gx,
+                                      Tensor* ggamma, Tensor* gbeta) {
+  if (x.size(1) == 0) return;
+  Op op("batch_norm_backward", x.device().index);
+  dispatch_float("batch_norm_backward", x.dtype(), [&](auto tag) {
+    bn_backward<decltype(tag)>(op.ctx, true, gy, x, gamma, mean, invstd, gx, ggamma, gbeta);
+  });
+}
+
+void CudaBackend::batch_norm_frozen_forward(const Tensor& x, const Tensor& gamma,
+                                            const Tensor& beta, const Tensor& mean,
+                                            const Tensor& invstd, Tensor& y) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  Op op("batch_norm_frozen_forward", x.device().index);
+  dispatch_float("batch_norm_frozen_forward", x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    bn_frozen_kernel<<<blocks_for(n), kThreads, 0, op.ctx.stream>>>(
+        x.data<T>(), gamma.data<T>(), beta.data<T>(), mean.data<T>(), invstd.data<T>(),
+        y.data<T>(), n, x.size(1), x.size(2) * x.size(3));
+  });
+  ST_CUDA_LAUNCHED(op.ctx);
+}
+
+void CudaBackend::batch_norm_frozen_backward(const Tensor& gy, const Tensor& x,
+                                             const Tensor& gamma, const Tensor& mean,
+                                             const Tensor& invstd, Tensor* gx, Tensor* ggamma,
+                                             Tensor* gbeta) {
+  if (x.size(1) == 0) return;
+  Op op("batch_norm_frozen_backward", x.device().index);
+  dispatch_float("batch_norm_frozen_backward", x.dtype(), [&](auto tag) {
+    bn_backward<decltype(tag)>(op.ctx, false, gy, x, gamma, mean, invstd, gx, ggamma, gbeta);
+  });
+}
+
+// ---------------- resampling ----------------
+namespace {
+template <class T>
+__global__ void bilinear_fwd_kernel(const T* x, T* y, int64_t NC, int64_t H, int64_t W,
+                                    int64_t OH, int64_t OW) {
+  ST_GRID_STRIDE(idx, NC * OH * OW) {
+    const int64_t j = idx % OW, i = (idx / OW) % OH, p = idx / (OW * OH);
+    const BilinearTap a = bilinear_tap(i, H, OH), b = bilinear_tap(j, W, OW);
+    const T* r0 = x + (p * H + a.i0) * W;
+    const T* r1 = x + (p * H + a.i1) * W;
+    const T h0 = T(a.l0), h1 = T(a.l1), w0 = T(b.l0), w1 = T(b.l1);
+    y[idx] = h0 * (w0 * r0[b.i0] + w1 * r0[b.i1]) + h1 * (w0 * r1[b.i0] + w1 * r1[b.i1]);
+  }
+}
+template <class T>
+__global__ void bilinear_bwd_kernel(const T* gy, T* gx, int64_t NC, int64_t H, int64_t W,
+                                    int64_t OH, int64_t OW) {
+  ST_GRID_STRIDE(idx, NC * OH * OW) {
+    const int64_t j = idx % OW, i = (idx / OW) % OH, p = idx / (OW * OH);
+    const BilinearTap a = bilinear_tap(i, H, OH), b = bilinear_tap(j, W, OW);
+    T* r0 = gx + (p * H + a.i0) * W;
+    T* r1 = gx + (p * H + a.i1) * W;
+    const T h0 = T(a.l0), h1 = T(a.l1), w0 = T(b.l0), w1 = T(b.l1), g = gy[idx];
+    atomicAdd(r0 + b.i0, h0 * w0 * g);
+    atomicAdd(r0 + b.i1, h0 * w1 * g);
+    atomicAdd(r1 + b.i0, h1 * w0 * g);
+    atomicAdd(r1 + b.i1, h1 * w1 * g);
+  }
+}
+template <class T>
+__global__ void nearest_fwd_kernel(const T* x, T* y, int64_t NC, int64_t H, int64_t W, int64_t OH,
+                                   int64_t OW) {
+  ST_GRID_STRIDE(idx, NC * OH * OW) {
+    const int64_t j = idx % OW, i = (idx / OW) % OH, p = idx / (OW * OH);
+    y[idx] = x[(p * H + nearest_src(i, H, OH)) * W + nearest_src(j, W, OW)];
+  }
+}
+template <class T>
+__global__ void nearest_bwd_kernel(const T* gy, T* gx, int64_t NC, int64_t H, int64_t W,
+                                   int64_t OH, int64_t OW) {
+  ST_GRID_STRIDE(idx, NC * OH * OW) {
+    const int64_t j = idx % OW, i = (idx / OW) % OH, p = idx / (OW * OH);
+    atomicAdd(gx + (p * H + nearest_src(i, H, OH)) * W + nearest_src(j, W, OW), gy[idx]);
+  }
+}
+}  // namespace
+
+#define ST_RESAMPLE_LAUNCH(NAME, KERNEL, IN, OUT, ZERO_OUT, NCHW_IN, NCHW_OUT)                  \
+  do {                                                                                        \
+    const int64_t NC = NCHW_IN.size(0) * NCHW_IN.size(1);                                     \
+    const int64_t total = NC * NCHW_OUT.size(2) * NCHW_OUT.size(3);                           \
+    if (OUT.numel() == 0) return;                                                             \
+    Op op(NAME, IN.device().index);                                                           \
+    if (ZERO_OUT)                                                                             \
+      ST_CUDA_CHECK(cudaMemsetAsync(OUT.raw_data(), 0, size_t(OUT.numel()) *                 \
+                                        dtype_size(OUT.dtype()), op.ctx.stream));             \
+    if (total == 0) return;                                                                   \
+    dispatch_float(NAME, IN.dtype(), [&](auto tag) {                                          \
+      using T = decltype(tag);                                                                \
+      KERNEL<<<blocks_for(total), kThreads, 0, op.ctx.stream>>>(                              \
+          IN.data<T>(), OUT.data<T>(), NC, small.size(2), small.size(3), big.size(2),        \
+          big.size(3));                                                                       \
+    });                                                                                       \
+    ST_CUDA_LAUNCHED(op.ctx);                                                                 \
+  } while (0)
+
+void CudaBackend::resize_bilinear_forward(const Tensor& x, Tensor& y) {
+  const Tensor &small = x, &big = y;  // "small" = the input plane, "big" = the output plane
+  ST_RESAMPLE_LAUNCH("resize_bilinear_forward", bilinear_fwd_kernel, x, y, false, x, y);
+}
+void CudaBackend::resize_bilinear_backward(const Tensor& gy, Tensor& gx) {
+  const Tensor &small = gx, &big = gy;
+  ST_RESAMPLE_LAUNCH("resize_bilinear_backward", bilinear_bwd_kernel, gy, gx, true, gx, gy);
+}
+void CudaBackend::resize_nearest_forward(const Tensor& x, Tensor& y) {
+  const Tensor &small = x, &big = y;
+  ST_RESAMPLE_LAUNCH("resize_nearest_forward", nearest_fwd_kernel, x, y, false, x, y);
+}
+void CudaBackend::resize_nearest_backward(const Tensor& gy, Tensor& gx) {
+  const Tensor &small = gx, &big = gy;
+  ST_RESAMPLE_LAUNCH("resize_nearest_backward", nearest_bwd_kernel, gy, gx, true, gx, gy);
+}
+#undef ST_RESAMPLE_LAUNCH
+
+// ---------------- max pool ----------------
+namespace {
+template <class T>
+__global__ void maxpool_fwd_kernel(const T* x, T* y, int64_t* ind, int64_t NC, int64_t H, int64_t W,
+                                   int64_t OH, int64_t OW, Pool2dParams p) {
+  ST_GRID_STRIDE(idx, NC * OH * OW) {
+    const int64_t j = idx % OW, i = (idx / OW) % OH, q = idx / (OW * OH);
+    const T* plane = x + q * H * W;
+    T best = -T(INFINITY);
+    int64_t arg = -1;
+    for (int64_t r = 0; r < p.kernel_h; ++r) {
+      const int64_t h = i * p.stride_h - p.pad_h + r;
+      if (h < 0 || h >= H) continue;
+      for (int64_t s = 0; s < p.kernel_w; ++s) {
+        const int64_t w = j * p.stride_w - p.pad_w + s;
+        if (w < 0 || w >= W) continue;
+        const T v = plane[h * W + w];
+        if (arg < 0 || v > best || isnan(v)) {
+          best = v;
+          arg = h * W + w;
+        }
+      }
+    }
+    y[idx] = best;
+    ind[idx] = arg;
+  }
+}
+template <class T>
+__global__ void maxpool_bwd_kernel(const T* gy, const int64_t* ind, T* gx, int64_t NC, int64_t HW,
+                                   int64_t OHW) {
+  ST_GRID_STRIDE(idx, NC * OHW) {
+    const int64_t a = ind[idx];
+    if (a >= 0) atomicAdd(gx + (idx / OHW) * HW + a, gy[idx]);
+  }
+}
+}  // namespace
+
+void CudaBackend::max_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y,
+                                     Tensor& indices) {
+  const int64_t NC = x.size(0) * x.size(1), total = y.numel();
+  if (total == 0) return;
+  Op op("max_pool2d_forward", x.device().index);
+  dispatch_float("max_pool2d_forward", x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    maxpool_fwd_kernel<<<blocks_for(total), kThreads, 0, op.ctx.stream>>>(
+        x.data<T>(), y.data<T>(), indices.data<int64_t>(), NC, x.size(2), x.size(3), y.size(2),
+        y.size(3), p);
+  });
+  ST_CUDA_LAUNCHED(op.ctx);
+}
+
+void CudaBackend::max_pool2d_backward(const Tensor& gy, const Tensor& indices, Tensor& gx) {
+  if (gx.numel() == 0) return;
+  Op op("max_pool2d_backward", gy.device().index);
+  ST_CUDA_CHECK(cudaMemsetAsync(gx.raw_data(), 0, size_t(gx.numel()) * dtype_size(gx.dtype()),
+                                op.ctx.stream));
+  const int64_t NC = gx.size(0) * gx.size(1), OHW = gy.size(2) * gy.size(3);
+  if (NC * OHW == 0) return;
+  dispatch_float("max_pool2d_backward", gy.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    maxpool_bwd_kernel<<<blocks_for(NC * OHW), kThreads, 0, op.ctx.stream>>>(
+        gy.data<T>(), indices.data<int64_t>(), gx.data<T>(), NC, gx.size(2) * gx.size(3), OHW);
+  });
+  ST_CUDA_LAUNCHED(op.ctx);
+}
+
+// ---------------- channel softmax, cross-entropy, argmax ----------------
+// One thread per pixel (n, p); the C values of a pixel are P apart (coalesced across threads).
+namespace {
+template <class T>
+__global__ void softmax_kernel(const T* x, T* y, bool log, int64_t N, int64_t C, int64_t P) {
+  ST_GRID_STRIDE(idx, N * P) {
+    const int64_t n = idx / P, p = idx - n * P;
+    const T* b = x + n * C * P + p;
+    T* o = y + n * C * P + p;
+    T mx = b[0];
+    for (int64_t c = 1; c < C; ++c) mx = max(mx, b[c * P]);
+    T sum = T(0);
+    for (int64_t c = 0; c < C; ++c) {
+      const T e = exp(b[c * P] - mx);
+      sum += e;
+      if (!log) o[c * P] = e;
+    }
+    if (log) {
+      const T lse = mx + ::log(sum);
+      for (int64_t c = 0; c < C; ++c) o[c * P] = b[c * P] - lse;
+    } else {
+      const T inv = T(1) / sum;
+      for (int64_t c = 0; c < C; ++c) o[c * P] *= inv;
+    }
+  }
+}
+template <class T>
+__global__ void softmax_bwd_kernel(const T* gy, const T* y, T* gx, bool log, int64_t N, int64_t C,
+                                   int64_t P) {
+  ST_GRID_STRIDE(idx, N * P) {
+    const int64_t n = idx / P, p = idx - n * P, o = n * C * P + p;
+    T dot = T(0);
+    for (int64_t c = 0; c < C; ++c) dot += log ? gy[o + c * P] : gy[o + c * P] * y[o + c * P];
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t k = o + c * P;
+      gx[k] = log ? gy[k] - exp(y[k]) * dot : y[k] * (gy[k] - dot);
+    }
+  }
+}
+
+template <class T>
+__device__ inline T pixel_lse(const T* l, int64_t C, int64_t P) {
+  T mx = l[0];
+  for (int64_t c = 1; c < C; ++c) mx = max(mx, l[c * P]);
+  T s = T(0);
+  for (int64_t c = 0; c < C; ++c) s += exp(l[c * P] - mx);
+  return mx + log(s);
+}
+
+// partial[block] = sum over the block's pixels of weight * (lse - logit[target]); the first
+// pixel whose target is out of range goes to *bad (atomicMin of its index).
+template <class T>
+__global__ void ce_fwd_kernel(const T* logits, const int64_t* target, const T* weight, int64_t N,
+                              int64_t C, int64_t P, double* partial,
+                              unsigned long long* bad) {
+  double acc = 0;
+  ST_GRID_STRIDE(idx, N * P) {
+    const int64_t n = idx / P, p = idx - n * P;
+    const int64_t t = target[idx];
+    if (t < 0 || t >= C) {
+      atomicMin(bad, (unsigned long long)idx);
+      continue;
+    }
+    const T* l = logits + n * C * P + p;
+    acc += double(weight[idx]) * double(pixel_lse(l, C, P) - l[t * P]);
+  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+template <class T>
+__global__ void ce_final_kernel(const double* partial, int blocks, double count, T* loss) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    double s = 0;
+    for (int b = 0; b < blocks; ++b) s += partial[b];
+    loss[0] = T(s / count);
+  }
+}
+template <class T>
+__global__ void ce_bwd_kernel(const T* gloss, const T* logits, const int64_t* target,
+                              const T* weight, T* glogits, int64_t N, int64_t C, int64_t P) {
+  const T g0 = T(double(gloss[0]) / double(N * P));
+  ST_GRID_STRIDE(idx, N * P) {
+    const int64_t n = idx / P, p = idx - n * P;
+    const T* l = logits + n * C * P + p;
+    T* g = glogits + n * C * P + p;
+    const T lse = pixel_lse(l, C, P), scale = g0 * weight[idx];
+    for (int64_t c = 0; c < C; ++c) g[c * P] = scale * exp(l[c * P] - lse);
+    const int64_t t = target[idx];
+    if (t >= 0 && t < C) g[t * P] -= scale;
+  }
+}
+template <class T>
+__global__ void argmax_kernel(const T* x, int64_t* out, int64_t N, int64_t C, int64_t P) {
+  ST_GRID_STRIDE(idx, N * P) {
+    const int64_t n = idx / P, p = idx - n * P;
+    const T* l = x + n * C * P + p;
+    T best = l[0];
+    int64_t arg = 0;
+    for (int64_t c = 1; c < C; ++c)
+      if (l[c * P] > best) {
+        best = l[c * P];
+        arg = c;
+      }
+    out[idx] = arg;
+  }
+}
+}  // namespace
+
+void CudaBackend::softmax_channels(const Tensor& x, bool log, Tensor& y) {
+  const int64_t N = x.size(0), C = x.size(1), P = x.numel() / std::max<int64_t>(N * C, 1);
+  if (N * C * P == 0) return;
+  Op op(log ? "log_softmax_channels" : "softmax_channels", x.device().index);
+  dispatch_float("softmax_channels", x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    softmax_kernel<<<blocks_for(N * P), kThreads, 0, op.ctx.stream>>>(x.data<T>(), y.data<T>(), log,
+                                                                       N, C, P);
+  });
+  ST_CUDA_LAUNCHED(op.ctx);
+}
+
+void CudaBackend::softmax_channels_backward(const Tensor& gy, const Tensor& y, bool log,
+                                            Tensor& gx) {
+  const int64_t N = y.size(0), C = y.size(1), P = y.numel() / std::max<int64_t>(N * C, 1);
+  if (N * C * P == 0) return;
+  Op op("softmax_channels_backward", y.device().index);
+  dispatch_float("softmax_channels_backward", y.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    softmax_bwd_kernel<<<blocks_for(N * P), kThreads, 0, op.ctx.stream>>>(
+        gy.data<T>(), y.data<T>(), gx.data<T>(), log, N, C, P);
+  });
+  ST_CUDA_LAUNCHED(op.ctx);
+}
+
+void CudaBackend::weighted_cross_entropy_forward(const Tensor& logits, const Tensor& target,
+                                                 const Tensor& weight, Tensor& loss) {
+  const int64_t N = logits.size(0), C = logits.size(1), P = logits.size(2) * logits.size(3);
+  Op op("weighted_cross_entropy_forward", logits.device().index);
+  const int dev = logits.device().index;
+  const int blocks = int(std::min<unsigned>(blocks_for(N * P), 1024u));
+  Scratch partial(size_t(blocks) * sizeof(double), dev), bad(sizeof(unsigned long long), dev);
+  ST_CUDA_CHECK(cudaMemsetAsync(bad.ptr, 0xFF, sizeof(unsigned long long), op.ctx.stream));
+  dispatch_float("weighted_cross_entropy_forward", logits.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    ce_fwd_kernel<<<blocks, kThreads, 0, op.ctx.stream>>>(
+        logits.data<T>(), target.data<int64_t>(), weight.data<T>(), N, C, P, partial.as<double>(),
+        bad.as<unsigned long long>());
+    ST_CUDA_LAUNCHED(op.ctx);
+    ce_final_kernel<<<1, 32, 0, op.ctx.stream>>>(partial.as<double>(), blocks,
+                                                 double(std::max<int64_t>(N * P, 1)),
+                                                 loss.data<T>());
+    ST_CUDA_LAUNCHED(op.ctx);
+  });
+  // Targets are validated as on the CPU: the first bad pixel is named (one small read-back).
+  unsigned long long first = 0;
+  ST_CUDA_CHECK(cudaMemcpyAsync(&first, bad.ptr, sizeof first, cudaMemcpyDeviceToHost,
+                                op.ctx.stream));
+  ST_CUDA_CHECK(cudaStreamSynchronize(op.ctx.stream));
+  if (first != ~0ull) {
+    int64_t value = 0;
+    ST_CUDA_CHECK(cudaMemcpy(&value, target.data<int64_t>() + first, sizeof value,
+                             cudaMemcpyDeviceToHost));
+    throw Error("weighted_cross_entropy: target value " + std::to_string(value) + " at pixel " +
+                std::to_string(first) + " is outside [0, " + std::to_string(C) + ")");
+  }
+}
+
+void CudaBackend::weighted_cross_entropy_backward(const Tensor& gloss, const Tensor& logits,
+                                                  const Tensor& target, const Tensor& weight,
+                                                  Tensor& glogits) {
+  const int64_t N = logits.size(0), C = logits.size(1), P = logits.size(2) * logits.size(3);
+  if (N * P == 0) return;
+  Op op("weighted_cross_entropy_backward", logits.device().index);
+  dispatch_float("weighted_cross_entropy_backward", logits.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    Tensor g = gloss.dtype() == logits.dtype() ? gloss.contiguous() : gloss.to(logits.dtype());
+    ce_bwd_kernel<<<blocks_for(N * P), kThreads, 0, op.ctx.stream>>>(
+        g.data<T>(), logits.data<T>(), target.data<int64_t>(), weight.data<T>(),
+        glogits.data<T>(), N, C, P);
+  });
+  ST_CUDA_LAUNCHED(op.ctx);
+}
+
+void CudaBackend::argmax_channels(const Tensor& x, Tensor& out) {
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  if (N * P == 0) return;
+  Op op("argmax_channels", x.device().index);
+  dispatch_float("argmax_channels", x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    argmax_kernel<<<blocks_for(N * P), kThreads, 0, op.ctx.stream>>>(x.data<T>(),
+                                                                      out.data<int64_t>(), N, C, P);
+  });
+  ST_CUDA_LAUNCHED(op.ctx);
+}
+
+}  // namespace st::cuda

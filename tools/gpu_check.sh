@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU: build with the CUDA backend, run every test (the CUDA parity
+# tests included, which a GPU-less machine reports as skipped), run the GPU benchmarks against
+# PyTorch eager on the same GPU, and write a short summary.
+#
+#   tools/gpu_check.sh [OUT_DIR]        (default gpu_check_out/; summary in OUT_DIR/summary.md)
+# Environment: BUILD_DIR (default build-gpu), CUDA_ARCH (default: the GPU's own, e.g. 90),
+#   ST_PEER_PYTHON (python with torch + CUDA for the peer; default: python3 on PATH),
+#   JOBS (build/test parallelism; default nproc), SKIP_TESTS=1, BENCH_REPS (default 10).
+# Needs nvcc, cuBLAS and cuDNN (headers + libraries; a pip cuDNN works: set CUDNN_ROOT to the
+# folder holding include/cudnn.h and lib/libcudnn.so*).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-gpu_check_out}"
+mkdir -p "$out"
+out="$(realpath "$out")"
+build="${BUILD_DIR:-build-gpu}"
+jobs="${JOBS:-$(nproc)}"
+reps="${BENCH_REPS:-10}"
+summary="$out/summary.md"
+log() { printf '%s\n' "$*" | tee -a "$summary"; }
+: >"$summary"
+
+command -v nvidia-smi >/dev/null || { echo "gpu_check: nvidia-smi not found: no NVIDIA GPU here" >&2; exit 2; }
+gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)"
+arch="${CUDA_ARCH:-$cc}"
+nvcc_bin="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
+# FP32 (non-tensor-core) peak, GFLOP/s, for "% of peak".
+case "$gpu" in
+  *H200*|*H100*SXM*|*"H100 80GB HBM3"*) peak=66900 ;;
+  *H100*PCIe*|*"H100 PCIe"*) peak=51200 ;;
+  *H100*) peak=66900 ;;
+  *A100*) peak=19500 ;;
+  *L40S*) peak=91600 ;;
+  *A10*) peak=31200 ;;
+  *T4*) peak=8100 ;;
+  *Orin*) peak=5300 ;;
+  *) peak=0 ;;
+esac
+log "# GPU check — $(date -u +%Y-%m-%dT%H:%MZ)"
+log ""
+log "- GPU: $gpu (sm_$cc), driver $(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)"
+log "- nvcc: $("$nvcc_bin" --version | tail -2 | head -1)"
+log "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (modified)')"
+
+# cuDNN from pip (nvidia-cudnn-cu13 / -cu12) when the toolkit has none.
+cmake_extra=()
+if [[ -z "${CUDNN_ROOT:-}" && ! -e /usr/local/cuda/include/cudnn.h ]]; then
+  py="${ST_PEER_PYTHON:-python3}"
+  CUDNN_ROOT="$("$py" -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))' 2>/dev/null || true)"
+fi
+if [[ -n "${CUDNN_ROOT:-}" ]]; then
+  log "- cuDNN from $CUDNN_ROOT"
+  cmake_extra+=("-DCUDNN_INCLUDE_DIR=$CUDNN_ROOT/include")
+  lib="$(ls "$CUDNN_ROOT"/lib/libcudnn.so* 2>/dev/null | head -1)"
+  [[ -n "$lib" ]] && cmake_extra+=("-DCUDNN_LIBRARY=$lib")
+  export LD_LIBRARY_PATH="$CUDNN_ROOT/lib:${LD_LIBRARY_PATH:-}"
+fi
+
+t0=$(date +%s)
+if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DST_CUDA=ON -DST_SANITIZER_TESTS=OFF \
+     -DCMAKE_CUDA_COMPILER="$nvcc_bin" -DCMAKE_CUDA_ARCHITECTURES="$arch" "${cmake_extra[@]}" \
+     >"$out/configure.log" 2>&1; then
+  log "- configure FAILED (see configure.log)"; tail -20 "$out/configure.log"; exit 1
+fi
+if ! cmake --build "$build" -j "$jobs" >"$out/build.log" 2>&1; then
+  log "- build FAILED (see build.log)"; grep -m 20 -E "error" "$out/build.log"; exit 1
+fi
+log "- configure + build: $(( $(date +%s) - t0 )) s"
+
+status=0
+if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
+  t0=$(date +%s)
+  ctest --test-dir "$build" -j "$jobs" --output-on-failure >"$out/ctest.log" 2>&1 || status=1
+  log "- ctest: $(grep -E 'tests passed|tests failed' "$out/ctest.log" | tail -1) ($(( $(date +%s) - t0 )) s)"
+  cuda_total=$(grep -cE 'Test +#[0-9]+: cuda:' "$out/ctest.log")
+  cuda_pass=$(grep -E 'Test +#[0-9]+: cuda:' "$out/ctest.log" | grep -c 'Passed')
+  log "- CUDA parity tests: $cuda_pass of $cuda_total passed"
+  grep -E 'Test +#[0-9]+: cuda:' "$out/ctest.log" | grep -v Passed | sed 's/^/    /' | tee -a "$summary"
+fi
+
+log ""
+log "## Student at 1280x720, ours vs PyTorch eager on the same GPU"
+log '```'
+ST_PEER_PYTHON="${ST_PEER_PYTHON:-$(command -v python3)}" \
+  "$build/bench_student" . --device cuda --sizes 1280x720 --reps "$reps" --peak-gflops "$peak" \
+  2>&1 | tee "$out/bench_student_cuda.txt" | tee -a "$summary"
+log '```'
+log ""
+log "## Per-op profile of the partial step (ST_PROFILE=1)"
+log '```'
+ST_PROFILE=1 ST_PROFILE_TRACE="$out/trace_partial.json" \
+  "$build/bench_student" . --device cuda --sizes 1280x720 --reps 3 --modes step-partial --no-peer \
+  >"$out/profile_stdout.txt" 2>"$out/profile.txt"
+head -30 "$out/profile.txt" | tee -a "$summary"
+log '```'
+log ""
+log "Outputs in $out: summary.md, ctest.log, bench_student_cuda.txt, profile.txt, trace_partial.json (chrome://tracing)."
+exit $status
