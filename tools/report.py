@@ -78,12 +78,18 @@ def svg_plot(series, xlabel, ylabel, ymin=None, ymax=None, log=False, ticks=(), 
     # y grid
     if log:
         yt = [10 ** e for e in range(int(y0), int(y1) + 1)]
-    else:
-        step = (y1 - y0) / 5
-        yt = [y0 + i * step for i in range(6)]
+    else:  # "nice" steps: 1, 2 or 5 times a power of ten
+        raw = (y1 - y0) / 5
+        mag = 10 ** math.floor(math.log10(raw))
+        step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw - 1e-12)
+        yt = []
+        y = math.ceil(y0 / step - 1e-9) * step
+        while y <= y1 + 1e-9:
+            yt.append(y)
+            y += step
     for y in yt:
         yy = Y(y)
-        lab = (f"{y:.0e}" if log else (f"{y:.2f}" if y1 - y0 <= 2 else f"{y:.0f}"))
+        lab = f"{y:.0e}" if log else f"{y:g}"
         out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#e4e4e4"/>')
         out.append(f'<text x="{ml - 4}" y="{yy + 4:.1f}" text-anchor="end">{esc(lab)}</text>')
     # x ticks
@@ -286,7 +292,7 @@ figcaption{font-size:12px;color:#555}pre{background:#f6f6f6;padding:6px;font-siz
 on loopback{f", the edge's link limited to {esc(a.link_mbps)} Mbit/s per direction" if a.link_mbps not in ("", "0") else ""}.
 Bytes are measured at the edge's socket.</p>
 <ul>
-<li>Video: {esc(a.video)}{f", first {esc(a.frames)} frames" if a.frames not in ("", "0") else ""}</li>
+<li>Video: {esc(a.video or "(not given)")}{f", first {esc(a.frames)} frames" if a.frames not in ("", "0") else ""}</li>
 <li>Teacher: {esc(a.teacher)}; a pixel is <i>person</i> where the predicted alpha &gt; 0.5, else
 background. The teacher's label on every frame (the naive run) is the reference for mIoU.</li>
 <li>Student: started from {start}.</li>
