@@ -48,8 +48,11 @@ say "data ($cache)"
 mkdir -p "$cache"
 video="$cache/vtest.avi"
 if [[ ! -s "$video" ]]; then
-  (cd "$cache" && rm -f opencv-doc_*.deb && apt-get download opencv-doc) ||
-    die "could not download Debian's opencv-doc (apt-get download opencv-doc; try apt-get update)"
+  fetch_deb() { (cd "$cache" && rm -f opencv-doc_*.deb && apt-get download opencv-doc); }
+  if ! fetch_deb; then  # a fresh machine may have no package lists yet
+    if [[ $(id -u) -eq 0 ]]; then apt-get update -qq && fetch_deb; else false; fi ||
+      die "could not download Debian's opencv-doc (apt-get download opencv-doc; as root: apt-get update first)"
+  fi
   dpkg-deb --fsys-tarfile "$cache"/opencv-doc_*.deb |
     tar -xO ./usr/share/doc/opencv-doc/examples/data/vtest.avi >"$video.part"
   mv "$video.part" "$video"
