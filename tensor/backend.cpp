@@ -129,4 +129,8 @@ void Backend::adam_step(Tensor&, const Tensor&, Tensor&, Tensor&, const AdamPara
   unsupported("adam_step");
 }
 
+void Backend::roi_align_forward(const Tensor&, const Tensor&, double, int64_t, bool, Tensor&) {
+  unsupported("roi_align_forward");
+}
+
 }  // namespace st

@@ -129,6 +129,13 @@ class Backend {
   virtual void matmul(const Tensor& a, const Tensor& b, Tensor& out);
   virtual void sum_all(const Tensor& x, Tensor& out);  // out: one element
 
+  // ---- detection (the Mask R-CNN teacher; inference only) ----
+  // ROIAlign, torchvision semantics (MASKRCNN.md §5.1): x (N, C, H, W); rois (R, 5) rows
+  // (batch index, x0, y0, x1, y1) in input pixels, same dtype as x; out (R, C, PH, PW).
+  // sampling_ratio <= 0: adaptive (ceil(roi size / bins)); aligned: half-pixel offset.
+  virtual void roi_align_forward(const Tensor& x, const Tensor& rois, double spatial_scale,
+                                 int64_t sampling_ratio, bool aligned, Tensor& out);
+
   // ---- optimizer ----
   // One Adam step (PyTorch semantics, bias-corrected) on contiguous param/grad/m/v.
   virtual void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,

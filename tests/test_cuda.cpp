@@ -14,6 +14,7 @@
 #include "nn/blob.h"
 #include "nn/distill.h"
 #include "nn/student.h"
+#include "teacher_port/detect_ops.h"
 #include "test_util.h"
 
 using namespace st;
@@ -320,4 +321,23 @@ TEST_CASE("cuda: errors name the problem", "[cuda][errors]") {
                       Contains("out of memory") && Contains("cuda:0"));
   Tensor a = Tensor::zeros({2, 2}, DType::F32, kGpu);
   REQUIRE_THROWS_WITH(relu(a.to(DType::I32)), Contains("i32"));
+}
+
+TEST_CASE("cuda: ROIAlign (the teacher's pooler) matches the CPU", "[cuda][teacher]") {
+  REQUIRE_GPU();
+  Tensor x = Tensor::randn({2, 5, 19, 23}, 1);
+  std::vector<float> rv;
+  for (int i = 0; i < 30; ++i) {
+    const float x0 = float((i * 37) % 90) - 10, y0 = float((i * 53) % 70) - 10;
+    rv.insert(rv.end(), {float(i % 2), x0, y0, x0 + float(i % 17) + 0.5f, y0 + float(i % 11) + 1.5f});
+  }
+  Tensor rois = Tensor::from_vector(rv, {30, 5});
+  for (bool aligned : {true, false})
+    for (int64_t sr : {int64_t(0), int64_t(2)}) {
+      INFO("aligned " << aligned << " sampling " << sr);
+      Tensor yc = teacher::roi_align(x, rois, 7, 7, 0.25, sr, aligned);
+      Tensor yg = teacher::roi_align(gpu(x), rois, 7, 7, 0.25, sr, aligned);
+      REQUIRE(yg.device() == kGpu);
+      ST_REQUIRE_CLOSE(cpu(yg), yc, 1e-5, 1e-5);
+    }
 }

@@ -64,6 +64,8 @@ class CpuBackend final : public Backend {
   void argmax_channels(const Tensor& x, Tensor& out) override;
 
   void matmul(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void roi_align_forward(const Tensor& x, const Tensor& rois, double spatial_scale,
+                         int64_t sampling_ratio, bool aligned, Tensor& out) override;
   void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                  const AdamParams& p) override;
 

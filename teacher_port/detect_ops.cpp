@@ -1,0 +1,151 @@
+#include "teacher_port/detect_ops.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "tensor/backend.h"
+
+namespace st::teacher {
+
+namespace {
+// A CPU float32 contiguous copy of a (K, 4) tensor, checked.
+std::vector<float> boxes_f32(const Tensor& t, const char* op, const char* what) {
+  ST_CHECK(t.dim() == 2 && t.size(1) == 4, op, ": ", what, " must be (K, 4), got ", t.shape());
+  ST_CHECK(is_floating(t.dtype()), op, ": ", what, " must be floating point, got ", t.dtype());
+  return t.to_vector<float>();
+}
+
+// Indices 0..n-1 by decreasing score, ties by increasing index.
+std::vector<int64_t> order_desc(const std::vector<float>& s) {
+  std::vector<int64_t> o(s.size());
+  std::iota(o.begin(), o.end(), 0);
+  std::stable_sort(o.begin(), o.end(), [&](int64_t a, int64_t b) { return s[size_t(a)] > s[size_t(b)]; });
+  return o;
+}
+
+// NMS over the boxes `idx` (already in processing order); appends the kept indices to `keep`.
+void nms_into(const std::vector<float>& b, const std::vector<int64_t>& idx, float thr,
+              std::vector<int64_t>& keep) {
+  const size_t n = idx.size();
+  std::vector<float> area(n);
+  for (size_t k = 0; k < n; ++k) {
+    const float* p = &b[size_t(idx[k]) * 4];
+    area[k] = (p[2] - p[0]) * (p[3] - p[1]);
+  }
+  std::vector<char> suppressed(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    if (suppressed[i]) continue;
+    keep.push_back(idx[i]);
+    const float* pi = &b[size_t(idx[i]) * 4];
+    for (size_t j = i + 1; j < n; ++j) {
+      if (suppressed[j]) continue;
+      const float* pj = &b[size_t(idx[j]) * 4];
+      const float xx1 = std::max(pi[0], pj[0]), yy1 = std::max(pi[1], pj[1]);
+      const float xx2 = std::min(pi[2], pj[2]), yy2 = std::min(pi[3], pj[3]);
+      const float w = std::max(0.0f, xx2 - xx1), h = std::max(0.0f, yy2 - yy1);
+      const float inter = w * h;
+      const float ovr = inter / (area[i] + area[j] - inter);
+      if (ovr > thr) suppressed[j] = 1;
+    }
+  }
+}
+}  // namespace
+
+Tensor roi_align(const Tensor& x, const Tensor& rois_in, int64_t out_h, int64_t out_w,
+                 double spatial_scale, int64_t sampling_ratio, bool aligned) {
+  ST_CHECK(x.dim() == 4, "roi_align: input must be (N, C, H, W), got ", x.shape());
+  ST_CHECK(is_floating(x.dtype()) && x.dtype() != DType::F16, "roi_align: input dtype ",
+           x.dtype(), " is not supported (f32, f64)");
+  ST_CHECK(rois_in.dim() == 2 && rois_in.size(1) == 5, "roi_align: rois must be (R, 5), got ",
+           rois_in.shape());
+  ST_CHECK(out_h > 0 && out_w > 0, "roi_align: output size must be positive, got ", out_h, "x",
+           out_w);
+  ST_CHECK(spatial_scale > 0 && std::isfinite(spatial_scale), "roi_align: bad spatial scale ",
+           spatial_scale);
+  const auto v = rois_in.to_vector<double>();
+  for (int64_t r = 0; r < rois_in.size(0); ++r) {
+    const double b = v[size_t(r * 5)];
+    ST_CHECK(b == std::floor(b) && b >= 0 && b < double(x.size(0)), "roi_align: roi ", r,
+             " has batch index ", b, ", the input has ", x.size(0), " images");
+    for (int k = 1; k < 5; ++k)
+      ST_CHECK(std::isfinite(v[size_t(r * 5 + k)]), "roi_align: roi ", r, " has a non-finite coordinate");
+  }
+  Tensor rois = rois_in.to(x.dtype()).to(x.device()).contiguous();
+  Tensor xc = x.contiguous();
+  Tensor out = Tensor::empty({rois.size(0), x.size(1), out_h, out_w}, x.dtype(), x.device());
+  if (out.numel() > 0)
+    backend_for(x.device()).roi_align_forward(xc, rois, spatial_scale, sampling_ratio, aligned, out);
+  return out;
+}
+
+Tensor decode_boxes(const Tensor& deltas, const Tensor& boxes, std::array<double, 4> weights,
+                    double clamp) {
+  const auto d = boxes_f32(deltas, "decode_boxes", "deltas");
+  const auto b = boxes_f32(boxes, "decode_boxes", "boxes");
+  ST_CHECK(deltas.size(0) == boxes.size(0), "decode_boxes: ", deltas.size(0), " deltas for ",
+           boxes.size(0), " boxes");
+  const int64_t K = boxes.size(0);
+  std::vector<float> out(size_t(K * 4));
+  const float wx = float(weights[0]), wy = float(weights[1]), ww = float(weights[2]),
+              wh = float(weights[3]), cl = float(clamp);
+  for (int64_t k = 0; k < K; ++k) {
+    const float* p = &b[size_t(k * 4)];
+    const float* q = &d[size_t(k * 4)];
+    const float w = p[2] - p[0], h = p[3] - p[1];
+    const float cx = p[0] + 0.5f * w, cy = p[1] + 0.5f * h;
+    const float dx = q[0] / wx, dy = q[1] / wy;
+    const float dw = std::min(q[2] / ww, cl), dh = std::min(q[3] / wh, cl);
+    const float pcx = dx * w + cx, pcy = dy * h + cy;
+    const float pw = std::exp(dw) * w, ph = std::exp(dh) * h;
+    float* o = &out[size_t(k * 4)];
+    o[0] = pcx - 0.5f * pw;
+    o[1] = pcy - 0.5f * ph;
+    o[2] = pcx + 0.5f * pw;
+    o[3] = pcy + 0.5f * ph;
+  }
+  return Tensor::from_vector(out, {K, 4});
+}
+
+std::vector<int64_t> nms(const Tensor& boxes, const Tensor& scores, double iou_threshold) {
+  const auto b = boxes_f32(boxes, "nms", "boxes");
+  ST_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "nms: scores must be (",
+           boxes.size(0), "), got ", scores.shape());
+  std::vector<int64_t> keep;
+  nms_into(b, order_desc(scores.to_vector<float>()), float(iou_threshold), keep);
+  return keep;
+}
+
+std::vector<int64_t> batched_nms(const Tensor& boxes, const Tensor& scores,
+                                 const std::vector<int64_t>& groups, double iou_threshold) {
+  const auto b = boxes_f32(boxes, "batched_nms", "boxes");
+  ST_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "batched_nms: scores must be (",
+           boxes.size(0), "), got ", scores.shape());
+  ST_CHECK(int64_t(groups.size()) == boxes.size(0), "batched_nms: ", groups.size(),
+           " group ids for ", boxes.size(0), " boxes");
+  const auto s = scores.to_vector<float>();
+  const auto order = order_desc(s);
+  std::vector<int64_t> ids(groups);
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  std::vector<int64_t> keep;
+  for (int64_t gid : ids) {
+    std::vector<int64_t> idx;
+    for (int64_t k : order)
+      if (groups[size_t(k)] == gid) idx.push_back(k);
+    nms_into(b, idx, float(iou_threshold), keep);
+  }
+  std::stable_sort(keep.begin(), keep.end(), [&](int64_t a, int64_t c) {
+    return s[size_t(a)] > s[size_t(c)] || (s[size_t(a)] == s[size_t(c)] && a < c);
+  });
+  return keep;
+}
+
+std::vector<int64_t> topk(const Tensor& scores, int64_t k) {
+  ST_CHECK(scores.dim() == 1, "topk: scores must be 1-D, got ", scores.shape());
+  ST_CHECK(k >= 0, "topk: k must be >= 0, got ", k);
+  auto o = order_desc(scores.to_vector<float>());
+  if (int64_t(o.size()) > k) o.resize(size_t(k));
+  return o;
+}
+
+}  // namespace st::teacher

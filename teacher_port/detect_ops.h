@@ -1,0 +1,37 @@
+// Detection ops of the Mask R-CNN teacher (MASKRCNN.md §4–§5), inference only: ROIAlign (a
+// backend kernel: CPU and CUDA), box decoding, NMS (exact, per group), top-k. Each follows
+// torchvision's float32 arithmetic so golden comparisons are tight
+// (tests/test_teacher_ops.cpp, golden file from tools/make_teacher_ops_golden.py).
+#pragma once
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace st::teacher {
+
+// x (N, C, H, W) f32/f64 on any device; rois (R, 5) rows (batch index, x0, y0, x1, y1) in input
+// pixels, same dtype (moved to x's device). Returns (R, C, out_h, out_w) on x's device.
+Tensor roi_align(const Tensor& x, const Tensor& rois, int64_t out_h, int64_t out_w,
+                 double spatial_scale, int64_t sampling_ratio, bool aligned);
+
+// Box2BoxTransform.apply_deltas / torchvision BoxCoder.decode_single in float32: deltas (K, 4)
+// (dx, dy, dw, dh), boxes (K, 4) (x0, y0, x1, y1) -> (K, 4) on the CPU.
+inline const double kBoxClamp = std::log(1000.0 / 16.0);
+Tensor decode_boxes(const Tensor& deltas, const Tensor& boxes, std::array<double, 4> weights,
+                    double clamp = kBoxClamp);
+
+// torchvision.ops.nms: indices kept, by decreasing score (ties: lower index first); a box is
+// suppressed by a kept one when IoU > iou_threshold (strict). boxes (K, 4), scores (K).
+std::vector<int64_t> nms(const Tensor& boxes, const Tensor& scores, double iou_threshold);
+// NMS independently within each group (groups[k] for box k), results merged by decreasing
+// score (ties: lower index first) — batched_nms without the coordinate-offset trick.
+std::vector<int64_t> batched_nms(const Tensor& boxes, const Tensor& scores,
+                                 const std::vector<int64_t>& groups, double iou_threshold);
+// Indices of the k largest values of a 1-D tensor, in decreasing order (ties: lower index
+// first); k is clipped to the size.
+std::vector<int64_t> topk(const Tensor& scores, int64_t k);
+
+}  // namespace st::teacher

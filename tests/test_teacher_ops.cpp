@@ -1,0 +1,105 @@
+// The Mask R-CNN teacher's detection ops against torchvision 0.14 (tests/golden/teacher_ops.safetensors,
+// made by tools/make_teacher_ops_golden.py): ROIAlign in both conventions, NMS, exact per-group
+// NMS, box decoding with the clamp. Our kernels follow torchvision's float32 operation order, so
+// tolerances are tight: ROIAlign 1e-5 absolute on O(1) features; boxes 1e-4 px (exp() of two
+// libms); NMS indices exactly.
+#include <nlohmann/json.hpp>
+
+#include "teacher_port/detect_ops.h"
+#include "tensor/safetensors.h"
+#include "test_util.h"
+
+using namespace st;
+using Catch::Matchers::Contains;
+
+namespace {
+safetensors::File golden() {
+  auto f = safetensors::load(test::source_dir() / "tests" / "golden" / "teacher_ops.safetensors");
+  REQUIRE(f.metadata.at("generator") == "tools/make_teacher_ops_golden.py");
+  return f;
+}
+std::vector<int64_t> ints(const Tensor& t) { return t.to_vector<int64_t>(); }
+}  // namespace
+
+TEST_CASE("teacher ops: ROIAlign matches torchvision (aligned/adaptive and unaligned/sampling 2)",
+          "[teacher][golden]") {
+  auto f = golden();
+  auto cases = nlohmann::json::parse(f.metadata.at("cases"));
+  Tensor x = f.get("roi.x");
+  for (const char* name : {"roi_box", "roi_mask", "roi_tv"}) {
+    INFO(name);
+    const auto& c = cases.at(name);
+    Tensor rois = f.get(std::string(name) + ".rois"), ref = f.get(std::string(name) + ".y");
+    Tensor y = teacher::roi_align(x, rois, c.at("out_h"), c.at("out_w"), c.at("scale"),
+                                  c.at("sampling_ratio"), c.at("aligned"));
+    REQUIRE(y.shape() == ref.shape());
+    ST_REQUIRE_CLOSE(y, ref, 1e-5, 1e-5);
+    // The f64 path agrees with the f32 reference up to f32 rounding.
+    Tensor y64 = teacher::roi_align(x.to(DType::F64), rois.to(DType::F64), c.at("out_h"),
+                                    c.at("out_w"), c.at("scale"), c.at("sampling_ratio"),
+                                    c.at("aligned"));
+    ST_REQUIRE_CLOSE(y64, ref.to(DType::F64), 1e-5, 1e-5);
+  }
+  // The special boxes at the end: fully outside and empty give zeros.
+  Tensor y = teacher::roi_align(x, f.get("roi_box.rois"), 7, 7, 0.25, 0, true);
+  const int64_t R = y.size(0);
+  for (int64_t r : {R - 5, R - 4}) {
+    auto v = y.slice(0, r, r + 1).contiguous().to_vector<float>();
+    for (float e : v) REQUIRE(e == 0.0f);
+  }
+}
+
+TEST_CASE("teacher ops: NMS and exact per-group NMS match torchvision", "[teacher][golden]") {
+  auto f = golden();
+  Tensor boxes = f.get("nms.boxes"), scores = f.get("nms.scores");
+  std::vector<int64_t> groups = ints(f.get("nms.groups"));
+  for (const char* tag : {"05", "07"}) {
+    const double thr = std::string(tag) == "05" ? 0.5 : 0.7;
+    INFO("threshold " << thr);
+    REQUIRE(teacher::nms(boxes, scores, thr) == ints(f.get(std::string("nms.keep") + tag)));
+    REQUIRE(teacher::batched_nms(boxes, scores, groups, thr) ==
+            ints(f.get(std::string("nms.bkeep") + tag)));
+  }
+  REQUIRE(teacher::nms(boxes, scores, 0.5).size() < size_t(boxes.size(0)));  // it suppressed
+}
+
+TEST_CASE("teacher ops: box decoding with the dw/dh clamp matches torchvision", "[teacher][golden]") {
+  auto f = golden();
+  Tensor anchors = f.get("decode.anchors"), deltas = f.get("decode.deltas");
+  ST_REQUIRE_CLOSE(teacher::decode_boxes(deltas, anchors, {1, 1, 1, 1}), f.get("decode.w1"), 1e-4,
+                   1e-6);
+  ST_REQUIRE_CLOSE(teacher::decode_boxes(deltas, anchors, {10, 10, 5, 5}), f.get("decode.w10"),
+                   1e-4, 1e-6);
+}
+
+TEST_CASE("teacher ops: small hand-checked cases and bad input", "[teacher][errors]") {
+  // Two identical boxes: the lower score goes; a disjoint one stays. IoU exactly 0.5 is kept
+  // (suppression needs IoU > threshold).
+  Tensor b = Tensor::from_vector<float>({0, 0, 10, 10, 0, 0, 10, 10, 20, 20, 30, 30, 0, 0, 10, 5},
+                                        {4, 4});
+  Tensor s = Tensor::from_vector<float>({0.5f, 0.9f, 0.1f, 0.3f}, {4});
+  REQUIRE(teacher::nms(b, s, 0.5) == std::vector<int64_t>{1, 3, 2});
+  REQUIRE(teacher::nms(b, s, 0.49) == std::vector<int64_t>{1, 2});
+  // In different groups the identical boxes 0 and 1 no longer suppress each other.
+  REQUIRE(teacher::batched_nms(b, s, {0, 1, 0, 1}, 0.5) == std::vector<int64_t>{1, 0, 3, 2});
+  REQUIRE(teacher::batched_nms(b, s, {0, 0, 0, 0}, 0.5) == teacher::nms(b, s, 0.5));
+  REQUIRE(teacher::topk(s, 2) == std::vector<int64_t>{1, 0});
+  REQUIRE(teacher::topk(s, 10).size() == 4);
+  // ROIAlign of a constant map is that constant wherever the box lies inside.
+  Tensor x = Tensor::full({1, 2, 8, 8}, 3.0);
+  Tensor r = Tensor::from_vector<float>({0, 4, 4, 20, 24}, {1, 5});
+  auto v = teacher::roi_align(x, r, 2, 2, 0.25, 0, true).to_vector<float>();
+  for (float e : v) REQUIRE(e == Approx(3.0f));
+
+  REQUIRE_THROWS_WITH(teacher::roi_align(x, Tensor::from_vector<float>({1, 0, 0, 4, 4}, {1, 5}), 2,
+                                         2, 1.0, 0, true),
+                      Contains("batch index 1") && Contains("1 images"));
+  REQUIRE_THROWS_WITH(teacher::roi_align(x, Tensor::zeros({3, 4}), 2, 2, 1.0, 0, true),
+                      Contains("(R, 5)"));
+  REQUIRE_THROWS_WITH(teacher::roi_align(Tensor::zeros({2, 8, 8}), r, 2, 2, 1.0, 0, true),
+                      Contains("(N, C, H, W)"));
+  REQUIRE_THROWS_WITH(teacher::nms(b, Tensor::zeros({3}), 0.5), Contains("scores"));
+  REQUIRE_THROWS_WITH(teacher::batched_nms(b, s, {0, 1}, 0.5), Contains("2 group ids"));
+  REQUIRE_THROWS_WITH(teacher::decode_boxes(Tensor::zeros({2, 4}), b, {1, 1, 1, 1}),
+                      Contains("2 deltas for 4 boxes"));
+}

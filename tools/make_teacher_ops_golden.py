@@ -1,0 +1,109 @@
+#!/usr/bin/python3
+"""Golden file for the Mask R-CNN teacher's detection ops (teacher_port/detect_ops.h), from
+Debian's torchvision 0.14 (run with /usr/bin/python3):
+
+  roi_align    torchvision.ops.roi_align on float32 features, three settings (Detectron2's
+               aligned + adaptive sampling at the box and mask pooler sizes, and torchvision's
+               unaligned sampling 2), with boxes partly or fully outside, tiny and empty ones;
+  nms          torchvision.ops.nms at IoU 0.5 and 0.7 on clustered boxes (unique scores);
+  batched_nms  torchvision's exact per-group variant (_batched_nms_vanilla), 4 groups;
+  decode       torchvision's BoxCoder.decode_single, weights (1,1,1,1) and (10,10,5,5),
+               clamp log(1000/16) (some dw/dh above it).
+
+Writes tests/golden/teacher_ops.safetensors (seeded; byte-identical on rerun).
+    /usr/bin/python3 tools/make_teacher_ops_golden.py
+"""
+import importlib.util
+import json
+import math
+import os
+
+import torch
+import torchvision
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import boxes as box_ops
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "tests", "golden", "teacher_ops.safetensors")
+
+
+def load_writer():
+    spec = importlib.util.spec_from_file_location("make_golden", os.path.join(HERE, "make_golden.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.encode_safetensors
+
+
+def random_boxes(g, n, lo, hi, min_wh=0.0, max_wh=30.0):
+    x0 = torch.rand(n, generator=g) * (hi - lo) + lo
+    y0 = torch.rand(n, generator=g) * (hi - lo) + lo
+    w = torch.rand(n, generator=g) * (max_wh - min_wh) + min_wh
+    h = torch.rand(n, generator=g) * (max_wh - min_wh) + min_wh
+    return torch.stack([x0, y0, x0 + w, y0 + h], 1)
+
+
+def main():
+    torch.set_num_threads(1)
+    encode = load_writer()
+    g = torch.Generator().manual_seed(20261126)
+    tensors, cases = [], {}
+
+    # ---- roi_align ----
+    x = torch.randn(2, 3, 13, 17, generator=g)
+    special = torch.tensor([
+        [0, -20.0, -20.0, -10.0, -10.0],  # fully outside (top-left)
+        [1, 60.0, 40.0, 60.0, 40.0],      # empty
+        [0, 10.0, 10.0, 10.5, 11.0],      # tiny
+        [1, -8.0, -8.0, 80.0, 60.0],      # covers everything and more
+        [0, 50.0, 30.0, 75.0, 58.0],      # past the bottom-right edge
+    ])
+    for name, (oh, ow, scale, sr, aligned, seed_boxes) in {
+        "roi_box": (7, 7, 0.25, 0, True, 20),
+        "roi_mask": (14, 14, 0.125, 0, True, 12),
+        "roi_tv": (5, 4, 0.5, 2, False, 16),
+    }.items():
+        b = random_boxes(g, seed_boxes, -10.0, 70.0, 0.5, 40.0)
+        idx = (torch.rand(seed_boxes, generator=g) < 0.5).float().unsqueeze(1)
+        rois = torch.cat([torch.cat([idx, b], 1), special], 0)
+        y = torchvision.ops.roi_align(x, rois, (oh, ow), spatial_scale=scale, sampling_ratio=sr,
+                                      aligned=aligned)
+        tensors += [(name + ".rois", rois), (name + ".y", y)]
+        cases[name] = {"out_h": oh, "out_w": ow, "scale": scale, "sampling_ratio": sr,
+                       "aligned": aligned}
+    tensors.append(("roi.x", x))
+
+    # ---- nms / batched_nms ----
+    centers = torch.rand(8, 2, generator=g) * 80
+    pick = torch.randint(0, 8, (80,), generator=g)
+    c = centers[pick] + torch.randn(80, 2, generator=g) * 4
+    wh = torch.rand(80, 2, generator=g) * 20 + 6
+    boxes = torch.cat([c - wh / 2, c + wh / 2], 1)
+    scores = torch.randperm(80, generator=g).float() / 80 + torch.rand(80, generator=g) * 1e-3
+    groups = torch.randint(0, 4, (80,), generator=g)
+    tensors += [("nms.boxes", boxes), ("nms.scores", scores), ("nms.groups", groups)]
+    for thr in (0.5, 0.7):
+        tag = str(thr).replace(".", "")
+        tensors.append(("nms.keep" + tag, torchvision.ops.nms(boxes, scores, thr)))
+        tensors.append(("nms.bkeep" + tag,
+                        box_ops._batched_nms_vanilla(boxes, scores, groups, thr)))
+
+    # ---- decode ----
+    anchors = random_boxes(g, 50, -20.0, 100.0, 1.0, 60.0)
+    deltas = torch.randn(50, 4, generator=g) * 0.5
+    deltas[::7, 2] = 30.0   # beyond the clamp after the /5 of the box-head weights
+    deltas[3::7, 3] = 25.0
+    tensors += [("decode.anchors", anchors), ("decode.deltas", deltas)]
+    clip = math.log(1000.0 / 16)
+    for tag, w in (("w1", (1.0, 1.0, 1.0, 1.0)), ("w10", (10.0, 10.0, 5.0, 5.0))):
+        coder = BoxCoder(w, bbox_xform_clip=clip)
+        tensors.append(("decode." + tag, coder.decode_single(deltas, anchors)))
+
+    meta = {"generator": "tools/make_teacher_ops_golden.py", "torch_version": torch.__version__,
+            "torchvision_version": torchvision.__version__, "cases": json.dumps(cases)}
+    with open(OUT, "wb") as f:
+        f.write(encode(tensors, meta))
+    print("wrote", OUT, os.path.getsize(OUT), "bytes")
+
+
+if __name__ == "__main__":
+    main()
