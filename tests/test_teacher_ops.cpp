@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "teacher_port/detect_ops.h"
+#include "teacher_port/glue.h"
 #include "tensor/safetensors.h"
 #include "test_util.h"
 
@@ -102,4 +103,71 @@ TEST_CASE("teacher ops: small hand-checked cases and bad input", "[teacher][erro
   REQUIRE_THROWS_WITH(teacher::batched_nms(b, s, {0, 1}, 0.5), Contains("2 group ids"));
   REQUIRE_THROWS_WITH(teacher::decode_boxes(Tensor::zeros({2, 4}), b, {1, 1, 1, 1}),
                       Contains("2 deltas for 4 boxes"));
+}
+
+TEST_CASE("teacher glue: anchors in both conventions", "[teacher][golden]") {
+  auto f = golden();
+  for (int size : {32, 64, 128, 256, 512}) {
+    INFO("size " << size);
+    for (auto [conv, tag] : {std::pair{teacher::Convention::Torchvision, "tv"},
+                             std::pair{teacher::Convention::Detectron2, "d2"}}) {
+      auto cell = teacher::cell_anchors(size, {0.5, 1.0, 2.0}, conv);
+      std::vector<float> flat;
+      for (auto& c : cell) flat.insert(flat.end(), c.begin(), c.end());
+      Tensor ref = f.get(std::string("anchors.") + tag + std::to_string(size));
+      REQUIRE(flat == ref.to_vector<float>());  // exact
+    }
+  }
+  auto cell = teacher::cell_anchors(64, {0.5, 1.0, 2.0}, teacher::Convention::Torchvision);
+  Tensor grid = teacher::grid_anchors(cell, 5, 7, 16);
+  REQUIRE(grid.to_vector<float>() == f.get("anchors.grid_tv64_5x7_s16").to_vector<float>());
+  // Detectron2's documented values for size 32 (MASKRCNN.md §4.2).
+  auto d2 = teacher::cell_anchors(32, {0.5, 1.0, 2.0}, teacher::Convention::Detectron2);
+  REQUIRE(d2[0][0] == Approx(-22.627417f));
+  REQUIRE(d2[1][1] == -16.0f);
+}
+
+TEST_CASE("teacher glue: FPN level assignment in both conventions", "[teacher][golden]") {
+  auto f = golden();
+  Tensor boxes = f.get("levels.boxes");
+  REQUIRE(teacher::assign_levels(boxes, teacher::Convention::Torchvision) == ints(f.get("levels.tv")));
+  REQUIRE(teacher::assign_levels(boxes, teacher::Convention::Detectron2) == ints(f.get("levels.d2")));
+  // 224 x 224 is level 4 by definition; tiny boxes clamp to 2, huge ones to 5.
+  Tensor b = Tensor::from_vector<float>({0, 0, 224, 224, 0, 0, 2, 2, 0, 0, 5000, 5000}, {3, 4});
+  REQUIRE(teacher::assign_levels(b, teacher::Convention::Detectron2) == std::vector<int64_t>{4, 2, 5});
+}
+
+TEST_CASE("teacher glue: Detectron2 mask paste and the 9-class label map", "[teacher][golden]") {
+  auto f = golden();
+  Tensor masks = f.get("paste.masks"), boxes = f.get("paste.boxes"), ref = f.get("paste.out");
+  const int64_t n = masks.size(0), H = ref.size(1), W = ref.size(2);
+  auto m = masks.to_vector<float>();
+  auto b = boxes.to_vector<float>();
+  auto r = ref.to_vector<uint8_t>();
+  std::vector<std::vector<uint8_t>> pasted;
+  int64_t mismatches = 0, on = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<uint8_t> out(size_t(H * W), 0);
+    teacher::paste_mask(m.data() + i * 28 * 28, 28, {b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]},
+                        H, W, out.data());
+    for (int64_t p = 0; p < H * W; ++p) {
+      mismatches += out[size_t(p)] != r[size_t(i * H * W + p)];
+      on += out[size_t(p)];
+    }
+    pasted.push_back(std::move(out));
+  }
+  INFO(mismatches << " mismatching pixels of " << n * H * W << " (" << on << " on)");
+  REQUIRE(on > 100);
+  // Masks by mismatch fraction: a pixel whose value is within float rounding of 0.5 may flip.
+  REQUIRE(double(mismatches) / double(n * H * W) <= 1e-3);
+  auto classes = ints(f.get("paste.classes"));
+  auto label = teacher::label_map(classes, pasted, H, W);
+  auto lref = f.get("paste.label").to_vector<uint8_t>();
+  int64_t lmis = 0;
+  for (size_t p = 0; p < label.size(); ++p) lmis += label[p] != lref[p];
+  REQUIRE(double(lmis) / double(label.size()) <= 1e-3);
+  // Class 3 (motorcycle) is not tracked: background.
+  REQUIRE(teacher::shadowtutor_label(3) == 8);
+  REQUIRE(teacher::shadowtutor_label(5) == 2);
+  REQUIRE_THROWS_WITH(teacher::label_map({0}, {std::vector<uint8_t>(5)}, 2, 2), Contains("5 pixels"));
 }

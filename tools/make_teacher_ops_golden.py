@@ -8,7 +8,10 @@ Debian's torchvision 0.14 (run with /usr/bin/python3):
   nms          torchvision.ops.nms at IoU 0.5 and 0.7 on clustered boxes (unique scores);
   batched_nms  torchvision's exact per-group variant (_batched_nms_vanilla), 4 groups;
   decode       torchvision's BoxCoder.decode_single, weights (1,1,1,1) and (10,10,5,5),
-               clamp log(1000/16) (some dw/dh above it).
+               clamp log(1000/16) (some dw/dh above it);
+  anchors      torchvision's AnchorGenerator (rounded cells, a grid) and Detectron2's formula;
+  levels       torchvision's LevelMapper and Detectron2's assign_boxes_to_levels formula;
+  paste        Detectron2's grid_sample mask paste and ShadowTutor's label-map painting.
 
 Writes tests/golden/teacher_ops.safetensors (seeded; byte-identical on rerun).
     /usr/bin/python3 tools/make_teacher_ops_golden.py
@@ -97,6 +100,58 @@ def main():
     for tag, w in (("w1", (1.0, 1.0, 1.0, 1.0)), ("w10", (10.0, 10.0, 5.0, 5.0))):
         coder = BoxCoder(w, bbox_xform_clip=clip)
         tensors.append(("decode." + tag, coder.decode_single(deltas, anchors)))
+
+    # ---- anchors: torchvision's (rounded) and Detectron2's formula (unrounded) ----
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops.poolers import LevelMapper
+    sizes, ratios = (32, 64, 128, 256, 512), (0.5, 1.0, 2.0)
+    gen = AnchorGenerator(sizes=tuple((s,) for s in sizes), aspect_ratios=(ratios,) * len(sizes))
+    for s, cell in zip(sizes, gen.cell_anchors):
+        tensors.append(("anchors.tv%d" % s, cell))
+        rows = []
+        for r in ratios:  # detectron2 DefaultAnchorGenerator.generate_cell_anchors
+            w = math.sqrt(s * s / r)
+            h = r * w
+            rows.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+        tensors.append(("anchors.d2%d" % s, torch.tensor(rows)))
+    one = AnchorGenerator(sizes=((64,),), aspect_ratios=(ratios,))
+    tensors.append(("anchors.grid_tv64_5x7_s16",
+                     one.grid_anchors([[5, 7]], [[torch.tensor(16), torch.tensor(16)]])[0]))
+
+    # ---- FPN level of each box ----
+    lb = random_boxes(g, 300, 0.0, 800.0, 1.0, 900.0)
+    tensors.append(("levels.boxes", lb))
+    tensors.append(("levels.tv", LevelMapper(2, 5)([lb]) + 2))
+    area = (lb[:, 2] - lb[:, 0]) * (lb[:, 3] - lb[:, 1])  # detectron2 poolers.assign_boxes_to_levels
+    d2 = torch.floor(4 + torch.log2(torch.sqrt(area) / 224 + 1e-8))
+    tensors.append(("levels.d2", torch.clamp(d2, min=2, max=5).to(torch.int64)))
+
+    # ---- Detectron2 mask paste (grid_sample) and the ShadowTutor label map ----
+    H, W = 40, 56
+    pm = torch.rand(7, 28, 28, generator=g)
+    pb = random_boxes(g, 7, -8.0, 45.0, 4.0, 30.0)
+    pasted = []
+    for i in range(7):
+        x0, y0, x1, y1 = pb[i].tolist()
+        img_y = (torch.arange(0, H, dtype=torch.float32) + 0.5 - pb[i, 1]) / (pb[i, 3] - pb[i, 1]) * 2 - 1
+        img_x = (torch.arange(0, W, dtype=torch.float32) + 0.5 - pb[i, 0]) / (pb[i, 2] - pb[i, 0]) * 2 - 1
+        gx = img_x[None, None, :].expand(1, H, W)
+        gy = img_y[None, :, None].expand(1, H, W)
+        grid = torch.stack([gx, gy], dim=3)
+        img = torch.nn.functional.grid_sample(pm[i][None, None], grid, align_corners=False)
+        pasted.append((img[0, 0] >= 0.5).to(torch.uint8))
+    pasted = torch.stack(pasted)
+    classes = torch.tensor([0, 2, 5, 16, 3, 0, 23])
+    order = [[0], [1], [2, 5, 7], [14], [16], [17], [20], [23]]
+    label = torch.full((H, W), 8, dtype=torch.uint8)
+    for ci, ids in enumerate(order):  # dod_server.py sem_seg_label
+        sel = torch.zeros(len(classes), dtype=torch.bool)
+        for c in ids:
+            sel |= classes == c
+        if sel.any():
+            label[pasted[sel].any(0).bool()] = ci
+    tensors += [("paste.masks", pm), ("paste.boxes", pb), ("paste.out", pasted),
+                ("paste.classes", classes), ("paste.label", label)]
 
     meta = {"generator": "tools/make_teacher_ops_golden.py", "torch_version": torch.__version__,
             "torchvision_version": torchvision.__version__, "cases": json.dumps(cases)}
