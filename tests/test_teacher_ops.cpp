@@ -7,6 +7,7 @@
 
 #include "teacher_port/detect_ops.h"
 #include "teacher_port/glue.h"
+#include "teacher_port/proposals.h"
 #include "tensor/safetensors.h"
 #include "test_util.h"
 
@@ -170,4 +171,36 @@ TEST_CASE("teacher glue: Detectron2 mask paste and the 9-class label map", "[tea
   REQUIRE(teacher::shadowtutor_label(3) == 8);
   REQUIRE(teacher::shadowtutor_label(5) == 2);
   REQUIRE_THROWS_WITH(teacher::label_map({0}, {std::vector<uint8_t>(5)}, 2, 2), Contains("5 pixels"));
+}
+
+TEST_CASE("teacher: RPN proposal selection in both conventions", "[teacher][golden]") {
+  auto f = golden();
+  auto c = nlohmann::json::parse(f.metadata.at("cases")).at("rpn");
+  const int64_t H = c.at("img_h"), W = c.at("img_w");
+  auto logits = f.get("rpn.logits").to_vector<float>();
+  auto deltas = f.get("rpn.deltas").to_vector<float>();
+  auto counts = ints(f.get("rpn.counts"));
+  std::vector<teacher::RpnLevel> levels;
+  int64_t off = 0;
+  size_t li = 0;
+  for (const auto& g : c.at("grids")) {
+    const int64_t gh = g[0], gw = g[1], stride = g[2], size = g[3], n = counts[li++];
+    auto cell = teacher::cell_anchors(double(size), {0.5, 1.0, 2.0}, teacher::Convention::Torchvision);
+    Tensor anchors = teacher::grid_anchors(cell, gh, gw, stride);
+    REQUIRE(anchors.size(0) == n);
+    levels.push_back({Tensor::from_vector(std::vector<float>(logits.begin() + off, logits.begin() + off + n), {n}),
+                      Tensor::from_vector(std::vector<float>(deltas.begin() + off * 4, deltas.begin() + (off + n) * 4), {n, 4}),
+                      anchors});
+    off += n;
+  }
+  for (auto [conv, tag] : {std::pair{teacher::Convention::Torchvision, "tv"},
+                           std::pair{teacher::Convention::Detectron2, "d2"}}) {
+    INFO(tag);
+    auto p = teacher::select_proposals(levels, H, W, conv);
+    Tensor rb = f.get(std::string("rpn.") + tag + "_boxes"), rs = f.get(std::string("rpn.") + tag + "_scores");
+    REQUIRE(p.boxes.shape() == rb.shape());
+    ST_REQUIRE_CLOSE(p.boxes, rb, 1e-3, 1e-6);  // boxes to 1e-3 px
+    ST_REQUIRE_CLOSE(p.scores, rs, 1e-6, 1e-5);
+    REQUIRE(int64_t(p.level.size()) == p.boxes.size(0));
+  }
 }

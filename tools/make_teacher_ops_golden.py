@@ -11,7 +11,9 @@ Debian's torchvision 0.14 (run with /usr/bin/python3):
                clamp log(1000/16) (some dw/dh above it);
   anchors      torchvision's AnchorGenerator (rounded cells, a grid) and Detectron2's formula;
   levels       torchvision's LevelMapper and Detectron2's assign_boxes_to_levels formula;
-  paste        Detectron2's grid_sample mask paste and ShadowTutor's label-map painting.
+  paste        Detectron2's grid_sample mask paste and ShadowTutor's label-map painting;
+  rpn          proposal selection: torchvision's RegionProposalNetwork.filter_proposals and
+               Detectron2's find_top_rpn_proposals rules (exact per-level NMS), 5 levels.
 
 Writes tests/golden/teacher_ops.safetensors (seeded; byte-identical on rerun).
     /usr/bin/python3 tools/make_teacher_ops_golden.py
@@ -152,6 +154,44 @@ def main():
             label[pasted[sel].any(0).bool()] = ci
     tensors += [("paste.masks", pm), ("paste.boxes", pb), ("paste.out", pasted),
                 ("paste.classes", classes), ("paste.label", label)]
+
+    # ---- RPN proposal selection: torchvision's filter_proposals and Detectron2's rules ----
+    from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+    img_h, img_w = 250, 330
+    grids = [(16, 21, 16, 32), (8, 11, 32, 64), (4, 6, 64, 128), (2, 3, 128, 256), (1, 2, 256, 512)]
+    logits, deltas, anchors, counts = [], [], [], []
+    for gh, gw, stride, size in grids:
+        one = AnchorGenerator(sizes=((size,),), aspect_ratios=(ratios,))
+        a = one.grid_anchors([[gh, gw]], [[torch.tensor(stride), torch.tensor(stride)]])[0]
+        n = a.shape[0]
+        logits.append(torch.randn(n, generator=g) * 3)
+        deltas.append(torch.randn(n, 4, generator=g) * 0.3)
+        anchors.append(a)
+        counts.append(n)
+    coder = BoxCoder((1.0, 1.0, 1.0, 1.0), bbox_xform_clip=clip)
+    rpn = RegionProposalNetwork(AnchorGenerator(), RPNHead(8, 3), 0.7, 0.3, 256, 0.5,
+                                dict(training=2000, testing=1000), dict(training=2000, testing=1000),
+                                0.7).eval()
+    all_logits, all_deltas, all_anchors = torch.cat(logits), torch.cat(deltas), torch.cat(anchors)
+    props = coder.decode(all_deltas, [all_anchors]).view(1, -1, 4)
+    tvb, tvs = rpn.filter_proposals(props, all_logits.view(1, -1), [(img_h, img_w)], counts)
+    # Detectron2 find_top_rpn_proposals (test mode), with exact per-level NMS
+    cb, cs, cl = [], [], []
+    for lvl, (lg, dl, an) in enumerate(zip(logits, deltas, anchors)):
+        top = lg.topk(min(1000, lg.shape[0])).indices
+        cb.append(coder.decode_single(dl[top], an[top]))
+        cs.append(lg[top])
+        cl.append(torch.full((top.shape[0],), lvl, dtype=torch.int64))
+    b, sc, lv = torch.cat(cb), torch.cat(cs), torch.cat(cl)
+    b[:, 0::2] = b[:, 0::2].clamp(min=0, max=img_w)
+    b[:, 1::2] = b[:, 1::2].clamp(min=0, max=img_h)
+    ok = ((b[:, 2] - b[:, 0]) > 0) & ((b[:, 3] - b[:, 1]) > 0)
+    b, sc, lv = b[ok], sc[ok], lv[ok]
+    keep = box_ops._batched_nms_vanilla(b, sc, lv, 0.7)[:1000]
+    tensors += [("rpn.logits", all_logits), ("rpn.deltas", all_deltas),
+                ("rpn.counts", torch.tensor(counts)), ("rpn.tv_boxes", tvb[0]), ("rpn.tv_scores", tvs[0]),
+                ("rpn.d2_boxes", b[keep]), ("rpn.d2_scores", sc[keep])]
+    cases["rpn"] = {"img_h": img_h, "img_w": img_w, "grids": grids}
 
     meta = {"generator": "tools/make_teacher_ops_golden.py", "torch_version": torch.__version__,
             "torchvision_version": torchvision.__version__, "cases": json.dumps(cases)}
