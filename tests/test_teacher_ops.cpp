@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "teacher_port/detect_ops.h"
+#include "teacher_port/box_inference.h"
 #include "teacher_port/glue.h"
 #include "teacher_port/proposals.h"
 #include "tensor/safetensors.h"
@@ -203,4 +204,29 @@ TEST_CASE("teacher: RPN proposal selection in both conventions", "[teacher][gold
     ST_REQUIRE_CLOSE(p.scores, rs, 1e-6, 1e-5);
     REQUIRE(int64_t(p.level.size()) == p.boxes.size(0));
   }
+}
+
+TEST_CASE("teacher: box-head inference in both conventions", "[teacher][golden]") {
+  auto f = golden();
+  auto c = nlohmann::json::parse(f.metadata.at("cases")).at("boxinf");
+  Tensor prop = f.get("boxinf.proposals");
+  for (auto [conv, tag, thr] : {std::tuple{teacher::Convention::Torchvision, "tv", 0.05},
+                                std::tuple{teacher::Convention::Detectron2, "d2", 0.5}}) {
+    INFO(tag);
+    teacher::BoxInferenceConfig cfg;
+    cfg.score_thresh = thr;
+    const std::string p = std::string("boxinf.") + tag;
+    auto d = teacher::box_inference(f.get(p + "_logits"), f.get(p + "_deltas"), prop, c.at("img_h"),
+                                    c.at("img_w"), conv, cfg);
+    Tensor rb = f.get(p + "_boxes");
+    REQUIRE(rb.size(0) > 10);
+    REQUIRE(d.boxes.shape() == rb.shape());
+    ST_REQUIRE_CLOSE(d.boxes, rb, 1e-3, 1e-6);
+    ST_REQUIRE_CLOSE(d.scores, f.get(p + "_scores"), 1e-6, 1e-5);
+    REQUIRE(d.classes == ints(f.get(p + "_classes")));
+  }
+  REQUIRE_THROWS_WITH(teacher::box_inference(Tensor::zeros({3, 81}), Tensor::zeros({3, 324}),
+                                             Tensor::zeros({3, 4}), 10, 10,
+                                             teacher::Convention::Detectron2),
+                      Contains("(3, 320)"));
 }

@@ -13,7 +13,10 @@ Debian's torchvision 0.14 (run with /usr/bin/python3):
   levels       torchvision's LevelMapper and Detectron2's assign_boxes_to_levels formula;
   paste        Detectron2's grid_sample mask paste and ShadowTutor's label-map painting;
   rpn          proposal selection: torchvision's RegionProposalNetwork.filter_proposals and
-               Detectron2's find_top_rpn_proposals rules (exact per-level NMS), 5 levels.
+               Detectron2's find_top_rpn_proposals rules (exact per-level NMS), 5 levels;
+  boxinf       box-head inference: torchvision's RoIHeads.postprocess_detections (91 classes,
+               threshold 0.05) and Detectron2's fast_rcnn_inference_single_image rules (80 + bg
+               last, ShadowTutor's threshold 0.5).
 
 Writes tests/golden/teacher_ops.safetensors (seeded; byte-identical on rerun).
     /usr/bin/python3 tools/make_teacher_ops_golden.py
@@ -192,6 +195,38 @@ def main():
                 ("rpn.counts", torch.tensor(counts)), ("rpn.tv_boxes", tvb[0]), ("rpn.tv_scores", tvs[0]),
                 ("rpn.d2_boxes", b[keep]), ("rpn.d2_scores", sc[keep])]
     cases["rpn"] = {"img_h": img_h, "img_w": img_w, "grids": grids}
+
+    # ---- box-head inference: torchvision postprocess_detections, Detectron2's rules ----
+    from torchvision.models.detection.roi_heads import RoIHeads
+    R, img_h, img_w = 64, 240, 320
+    prop = random_boxes(g, R, -10.0, 300.0, 8.0, 120.0)
+    heads = RoIHeads(None, None, None, 0.5, 0.5, 512, 0.25, None, 0.05, 0.5, 100)
+    for tag, classes in (("tv", 91), ("d2", 81)):
+        lg = torch.randn(R, classes, generator=g)
+        boost = torch.randint(0, classes, (R, 3), generator=g)
+        lg.scatter_add_(1, boost, torch.rand(R, 3, generator=g) * 3 + 3)
+        reg = classes if tag == "tv" else classes - 1
+        dl = torch.randn(R, reg * 4, generator=g) * 0.5
+        tensors += [("boxinf.%s_logits" % tag, lg), ("boxinf.%s_deltas" % tag, dl)]
+        if tag == "tv":
+            b, sc, lab = heads.postprocess_detections(lg, dl, [prop], [(img_h, img_w)])
+            b, sc, lab = b[0], sc[0], lab[0]
+        else:  # fast_rcnn_inference_single_image, ShadowTutor's score threshold 0.5
+            coder10 = BoxCoder((10.0, 10.0, 5.0, 5.0), bbox_xform_clip=clip)
+            boxes = torch.stack([coder10.decode_single(dl[:, 4 * j:4 * j + 4], prop)
+                                 for j in range(reg)], 1)
+            boxes[..., 0::2] = boxes[..., 0::2].clamp(min=0, max=img_w)
+            boxes[..., 1::2] = boxes[..., 1::2].clamp(min=0, max=img_h)
+            scores = torch.softmax(lg, -1)[:, :-1]
+            mask = scores > 0.5
+            inds = mask.nonzero()
+            bb, ss = boxes[mask], scores[mask]
+            keep = box_ops._batched_nms_vanilla(bb, ss, inds[:, 1], 0.5)[:100]
+            b, sc, lab = bb[keep], ss[keep], inds[keep, 1]
+        tensors += [("boxinf.%s_boxes" % tag, b), ("boxinf.%s_scores" % tag, sc),
+                    ("boxinf.%s_classes" % tag, lab)]
+    tensors.append(("boxinf.proposals", prop))
+    cases["boxinf"] = {"img_h": img_h, "img_w": img_w}
 
     meta = {"generator": "tools/make_teacher_ops_golden.py", "torch_version": torch.__version__,
             "torchvision_version": torchvision.__version__, "cases": json.dumps(cases)}
