@@ -1,0 +1,105 @@
+#!/usr/bin/python3
+"""Stage-by-stage golden data for the Mask R-CNN teacher port (MASKRCNN.md §10.2), generated at
+test time (the weights are ~110 MB, never committed) from a seeded model, with Debian's
+torchvision 0.14 (/usr/bin/python3).
+
+Builds torchvision's ResNet-50 + FPN backbone (FrozenBN) with a fixed seed; --mode d2 applies
+Detectron2's stride placement (stride on each block's first 1x1 conv). FrozenBN affine values are
+randomised and the running statistics calibrated on the test input, layer by layer, so random
+weights give O(1) activations. Writes to OUT_DIR:
+  weights.safetensors   the backbone under Detectron2 names (MASKRCNN.md §8.3), float32
+  stages.safetensors    x (1, 3, H, W), c2..c5 and p2..p6 from torchvision's own forward in
+                        float32, and the same from the float64 copy of the model (c2_f64, ...)
+
+    /usr/bin/python3 tools/make_teacher_golden.py OUT_DIR [--mode d2|tv] [--size 64x96] [--seed 1]
+"""
+import argparse
+import copy
+import importlib.util
+import os
+
+import torch
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def writer():
+    spec = importlib.util.spec_from_file_location("make_golden", os.path.join(HERE, "make_golden.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.encode_safetensors
+
+
+def d2_name(tv):
+    """torchvision backbone state-dict name -> Detectron2 name (MASKRCNN.md §8.3)."""
+    n = tv
+    n = n.replace("body.conv1.", "bottom_up.stem.conv1.").replace("body.bn1.", "bottom_up.stem.conv1.norm.")
+    for layer in range(1, 5):
+        n = n.replace("body.layer%d." % layer, "bottom_up.res%d." % (layer + 1))
+    for k in (1, 2, 3):
+        n = n.replace(".bn%d." % k, ".conv%d.norm." % k)
+    n = n.replace(".downsample.0.", ".shortcut.").replace(".downsample.1.", ".shortcut.norm.")
+    for j in range(4):
+        n = n.replace("fpn.inner_blocks.%d.0." % j, "fpn_lateral%d." % (j + 2))
+        n = n.replace("fpn.layer_blocks.%d.0." % j, "fpn_output%d." % (j + 2))
+    return "backbone." + n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--mode", choices=["d2", "tv"], default="d2")
+    ap.add_argument("--size", default="64x96")
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    h, w = (int(v) for v in a.size.split("x"))
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(2)
+    bb = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=5).eval()
+    if a.mode == "d2":  # Detectron2 (MSRA): the stride sits on the block's first 1x1 conv
+        for layer in (bb.body.layer2, bb.body.layer3, bb.body.layer4):
+            blk = layer[0]
+            blk.conv1.stride, blk.conv2.stride = blk.conv2.stride, (1, 1)
+    x = torch.randn(1, 3, h, w)
+    bns = [m for m in bb.modules() if isinstance(m, FrozenBatchNorm2d)]
+    with torch.no_grad():
+        for m in bns:
+            m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape))
+            m.bias.copy_(0.1 * torch.randn(m.bias.shape))
+        for m in bns:  # calibrate in order: each BN normalises what it actually receives
+            seen = {}
+            hook = m.register_forward_hook(lambda mod, inp, out: seen.setdefault("x", inp[0]))
+            bb.body(x)
+            hook.remove()
+            v = seen["x"]
+            m.running_mean.copy_(v.mean((0, 2, 3)))
+            # + 0.25 keeps every scale gamma / sqrt(var) below ~2: near-dead channels (var ~ 0)
+            # would otherwise amplify rounding differences chaotically through 50 layers.
+            m.running_var.copy_(v.var((0, 2, 3), unbiased=False) + 0.25)
+        c = bb.body(x)
+        p = bb.fpn(c)
+        # The same network in float64: the reference; torch's own float32 error against it is the
+        # yardstick for ours (random calibrated networks amplify rounding with depth).
+        bd = copy.deepcopy(bb).double()
+        cd = bd.body(x.double())
+        pd = bd.fpn(cd)
+    encode = writer()
+    os.makedirs(a.out, exist_ok=True)
+    sd = [(d2_name(k), v.float()) for k, v in bb.state_dict().items()
+          if not k.endswith("num_batches_tracked")]
+    meta = {"generator": "tools/make_teacher_golden.py", "mode": a.mode, "seed": str(a.seed),
+            "torch_version": torch.__version__}
+    with open(os.path.join(a.out, "weights.safetensors"), "wb") as f:
+        f.write(encode(sd, meta))
+    stages = [("x", x)]
+    for tag, f32, f64 in (("c", c, cd), ("p", p, pd)):
+        for i, (t32, t64) in enumerate(zip(f32.values(), f64.values())):
+            stages += [("%s%d" % (tag, i + 2), t32), ("%s%d_f64" % (tag, i + 2), t64)]
+    with open(os.path.join(a.out, "stages.safetensors"), "wb") as f:
+        f.write(encode(stages, meta))
+
+
+if __name__ == "__main__":
+    main()
