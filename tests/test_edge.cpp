@@ -248,7 +248,7 @@ std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
 }
 }  // namespace
 
-TEST_CASE("edge: PNG and JPEG key frames are decoded by the server; reference mIoU and frame log",
+TEST_CASE("edge: PNG and JPEG key frames are decoded by the server, with reference mIoU and frame log",
           "[edge]") {
   EdgeClip clip("enc", 5);
   for (auto enc : {protocol::FrameEncoding::Png, protocol::FrameEncoding::Jpeg}) {

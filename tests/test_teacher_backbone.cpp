@@ -14,6 +14,7 @@
 #include <filesystem>
 
 #include "teacher_port/backbone.h"
+#include "teacher_port/heads.h"
 #include "test_util.h"
 
 using namespace st;
@@ -93,4 +94,45 @@ TEST_CASE("teacher: ResNet-50 + FPN backbone matches torchvision (Detectron2 and
 TEST_CASE("teacher: backbone weights are validated by name and shape", "[teacher][errors]") {
   safetensors::File empty;
   REQUIRE_THROWS_WITH(teacher::Backbone(empty), Contains("missing tensor 'backbone.bottom_up.stem.conv1.weight'"));
+}
+
+TEST_CASE("teacher: RPN, box and mask heads match torchvision (teacher-forced)", "[teacher][golden]") {
+  if (!have_torchvision()) ST_SKIP("Debian's python3-torchvision is not installed (tools/bootstrap.sh --bench)");
+  TempDir tmp;
+  const std::string cmd = "/usr/bin/python3 '" + (test::source_dir() / "tools" / "make_teacher_golden.py").string() +
+                          "' '" + tmp.p.string() + "' --mode heads --size 64x96";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  auto w = safetensors::load(tmp.p / "heads_weights.safetensors");
+  auto io = safetensors::load(tmp.p / "heads_io.safetensors");
+  std::vector<Tensor> p;
+  for (int l = 2; l <= 6; ++l) p.push_back(io.get("p" + std::to_string(l)));
+  // RPN head: per level, flattened in (y, x, a) order.
+  teacher::RpnHead rpn(w);
+  auto lv = rpn.forward(p);
+  REQUIRE(lv.size() == 5);
+  for (int l = 0; l < 5; ++l) {
+    INFO("level P" << l + 2);
+    Tensor obj = io.get("rpn_obj" + std::to_string(l + 2));   // (1, A, H, W)
+    Tensor del = io.get("rpn_deltas" + std::to_string(l + 2));  // (1, 4A, H, W)
+    const int64_t A = obj.size(1), H = obj.size(2), W = obj.size(3);
+    Tensor ref_l = obj.permute({0, 2, 3, 1}).reshape({H * W * A});
+    Tensor ref_d = del.reshape({1, A, 4, H, W}).permute({0, 3, 4, 1, 2}).reshape({H * W * A, 4});
+    ST_REQUIRE_CLOSE(lv[size_t(l)].logits, ref_l, 1e-4, 1e-4);
+    ST_REQUIRE_CLOSE(lv[size_t(l)].deltas, ref_d, 1e-4, 1e-4);
+  }
+  // torchvision's pooler: its level rule, unaligned ROIAlign with 2 samples per bin.
+  teacher::PoolerOptions po;
+  po.levels = teacher::Convention::Torchvision;
+  po.aligned = false;
+  po.sampling_ratio = 2;
+  std::vector<Tensor> p25(p.begin(), p.begin() + 4);
+  teacher::BoxHead box(w);
+  auto bo = box.forward(p25, io.get("proposals"), po);
+  ST_REQUIRE_CLOSE(bo.class_logits, io.get("class_logits"), 1e-4, 1e-3);
+  ST_REQUIRE_CLOSE(bo.box_deltas, io.get("box_regression"), 1e-4, 1e-3);
+  teacher::MaskHead mask(w);
+  REQUIRE(mask.classes() == 91);
+  ST_REQUIRE_CLOSE(mask.forward(p25, io.get("mask_boxes"), po), io.get("mask_logits"), 1e-4, 1e-3);
+  safetensors::File empty;
+  REQUIRE_THROWS_WITH(teacher::BoxHead(empty), Contains("roi_heads.box_head.fc1.weight"));
 }

@@ -11,7 +11,12 @@ weights give O(1) activations. Writes to OUT_DIR:
   stages.safetensors    x (1, 3, H, W), c2..c5 and p2..p6 from torchvision's own forward in
                         float32, and the same from the float64 copy of the model (c2_f64, ...)
 
-    /usr/bin/python3 tools/make_teacher_golden.py OUT_DIR [--mode d2|tv] [--size 64x96] [--seed 1]
+    /usr/bin/python3 tools/make_teacher_golden.py OUT_DIR [--mode d2|tv|heads] [--size 64x96] [--seed 1]
+
+--mode heads: the heads of torchvision's maskrcnn_resnet50_fpn (seeded; 91-class layout, weights
+under Detectron2 names), teacher-forced on the model's own P2..P6 and on given boxes:
+heads_weights.safetensors and heads_io.safetensors (RPN objectness/deltas per level, box-head
+class logits and box regression for 40 proposals, mask logits for 12 boxes).
 """
 import argparse
 import copy
@@ -47,16 +52,72 @@ def d2_name(tv):
     return "backbone." + n
 
 
+def heads(out, h, w):
+    """The heads of torchvision's maskrcnn_resnet50_fpn (seeded), teacher-forced: RPN head on
+    the model's own P2..P6, box head on given proposals, mask head on given boxes."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 3, h, w, generator=g)
+    names = {"rpn.head.conv.0.0.": "proposal_generator.rpn_head.conv.",
+             "rpn.head.cls_logits.": "proposal_generator.rpn_head.objectness_logits.",
+             "rpn.head.bbox_pred.": "proposal_generator.rpn_head.anchor_deltas.",
+             "roi_heads.box_head.fc6.": "roi_heads.box_head.fc1.",
+             "roi_heads.box_head.fc7.": "roi_heads.box_head.fc2.",
+             "roi_heads.box_predictor.": "roi_heads.box_predictor.",
+             "roi_heads.mask_predictor.conv5_mask.": "roi_heads.mask_head.deconv.",
+             "roi_heads.mask_predictor.mask_fcn_logits.": "roi_heads.mask_head.predictor."}
+    for k in range(4):
+        names["roi_heads.mask_head.%d.0." % k] = "roi_heads.mask_head.mask_fcn%d." % (k + 1)
+    weights = []
+    for k, v in model.state_dict().items():
+        for a, b in names.items():
+            if k.startswith(a):
+                weights.append((b + k[len(a):], v.float()))
+    with torch.no_grad():
+        feats = model.backbone(x)
+        levels = list(feats.values())  # P2..P6 ('0'..'3', 'pool')
+        obj, deltas = model.rpn.head(levels)
+        shapes = [(h, w)]
+        R, D = 40, 12
+        def boxes(n):
+            x0 = torch.rand(n, generator=g) * (w - 8)
+            y0 = torch.rand(n, generator=g) * (h - 8)
+            bw = torch.rand(n, generator=g) * (w - x0 - 2) + 2
+            bh = torch.rand(n, generator=g) * (h - y0 - 2) + 2
+            return torch.stack([x0, y0, x0 + bw, y0 + bh], 1)
+        props, dets = boxes(R), boxes(D)
+        bf = model.roi_heads.box_roi_pool(feats, [props], shapes)
+        cls, reg = model.roi_heads.box_predictor(model.roi_heads.box_head(bf))
+        mf = model.roi_heads.mask_roi_pool(feats, [dets], shapes)
+        ml = model.roi_heads.mask_predictor(model.roi_heads.mask_head(mf))
+    io = [("p%d" % (i + 2), t) for i, t in enumerate(levels)]
+    io += [("rpn_obj%d" % (i + 2), t) for i, t in enumerate(obj)]
+    io += [("rpn_deltas%d" % (i + 2), t) for i, t in enumerate(deltas)]
+    io += [("proposals", props), ("class_logits", cls), ("box_regression", reg),
+           ("mask_boxes", dets), ("mask_logits", ml)]
+    encode = writer()
+    meta = {"generator": "tools/make_teacher_golden.py", "mode": "heads", "torch_version": torch.__version__}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "heads_weights.safetensors"), "wb") as f:
+        f.write(encode(weights, meta))
+    with open(os.path.join(out, "heads_io.safetensors"), "wb") as f:
+        f.write(encode(io, meta))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
-    ap.add_argument("--mode", choices=["d2", "tv"], default="d2")
+    ap.add_argument("--mode", choices=["d2", "tv", "heads"], default="d2")
     ap.add_argument("--size", default="64x96")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     h, w = (int(v) for v in a.size.split("x"))
     torch.manual_seed(a.seed)
     torch.set_num_threads(2)
+    if a.mode == "heads":
+        heads(a.out, h, w)
+        return
     bb = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=5).eval()
     if a.mode == "d2":  # Detectron2 (MSRA): the stride sits on the block's first 1x1 conv
         for layer in (bb.body.layer2, bb.body.layer3, bb.body.layer4):
