@@ -105,10 +105,67 @@ def heads(out, h, w):
         f.write(encode(io, meta))
 
 
+def e2e(out, h, w):
+    """torchvision's maskrcnn_resnet50_fpn end to end (seeded, BN calibrated, input used at its own
+    size: min_size = h, max_size = w) on a random BGR frame: all weights under Detectron2 names
+    (torchvision's 91-class layout) and model([img]) detections."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=h, max_size=w).eval()
+    g = torch.Generator().manual_seed(11)
+    bgr = torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8)
+    img = bgr.flip(2).permute(2, 0, 1).float() / 255  # RGB 0..1, as torchvision expects
+    bns = [m for m in model.backbone.body.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        images, _ = model.transform([img])
+        for m in bns:
+            m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape))
+            m.bias.copy_(0.1 * torch.randn(m.bias.shape))
+        for m in bns:
+            seen = {}
+            hook = m.register_forward_hook(lambda mod, inp, out: seen.setdefault("x", inp[0]))
+            model.backbone.body(images.tensors)
+            hook.remove()
+            v = seen["x"]
+            m.running_mean.copy_(v.mean((0, 2, 3)))
+            m.running_var.copy_(v.var((0, 2, 3), unbiased=False) + 0.25)
+        # A random box predictor spreads its softmax over 91 classes (all scores < 0.05): lift a
+        # few classes so that detections exist and per-class NMS has work to do.
+        model.roi_heads.box_predictor.cls_score.bias[torch.tensor([1, 3, 18])] += torch.tensor([5.0, 4.5, 4.0])
+        det = model([img])[0]
+    names = {"rpn.head.conv.0.0.": "proposal_generator.rpn_head.conv.",
+             "rpn.head.cls_logits.": "proposal_generator.rpn_head.objectness_logits.",
+             "rpn.head.bbox_pred.": "proposal_generator.rpn_head.anchor_deltas.",
+             "roi_heads.box_head.fc6.": "roi_heads.box_head.fc1.",
+             "roi_heads.box_head.fc7.": "roi_heads.box_head.fc2.",
+             "roi_heads.box_predictor.": "roi_heads.box_predictor.",
+             "roi_heads.mask_predictor.conv5_mask.": "roi_heads.mask_head.deconv.",
+             "roi_heads.mask_predictor.mask_fcn_logits.": "roi_heads.mask_head.predictor."}
+    for k in range(4):
+        names["roi_heads.mask_head.%d.0." % k] = "roi_heads.mask_head.mask_fcn%d." % (k + 1)
+    weights = []
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        if k.startswith("backbone."):
+            weights.append((d2_name(k[len("backbone."):]), v.float()))
+            continue
+        for a, b in names.items():
+            if k.startswith(a):
+                weights.append((b + k[len(a):], v.float()))
+    encode = writer()
+    meta = {"generator": "tools/make_teacher_golden.py", "mode": "e2e", "torch_version": torch.__version__}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "e2e_weights.safetensors"), "wb") as f:
+        f.write(encode(weights, meta))
+    io = [("bgr", bgr), ("boxes", det["boxes"]), ("scores", det["scores"]), ("labels", det["labels"])]
+    with open(os.path.join(out, "e2e_io.safetensors"), "wb") as f:
+        f.write(encode(io, meta))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
-    ap.add_argument("--mode", choices=["d2", "tv", "heads"], default="d2")
+    ap.add_argument("--mode", choices=["d2", "tv", "heads", "e2e"], default="d2")
     ap.add_argument("--size", default="64x96")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
@@ -117,6 +174,9 @@ def main():
     torch.set_num_threads(2)
     if a.mode == "heads":
         heads(a.out, h, w)
+        return
+    if a.mode == "e2e":
+        e2e(a.out, h, w)
         return
     bb = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=5).eval()
     if a.mode == "d2":  # Detectron2 (MSRA): the stride sits on the block's first 1x1 conv

@@ -1,0 +1,54 @@
+// The Mask R-CNN R50-FPN teacher end to end (MASKRCNN.md): preprocessing and padding, backbone,
+// RPN, proposal selection, box head and inference, mask head, paste, the 9-class label map.
+// Detectron2 conventions by default (what ShadowTutor ran: BGR 0..255, no resize, score 0.5);
+// MaskRcnnOptions::torchvision() gives the switches that reproduce torchvision's forward
+// (without its resize: the input is used at its own size).
+#pragma once
+#include <array>
+#include <vector>
+
+#include "teacher_port/backbone.h"
+#include "teacher_port/box_inference.h"
+#include "teacher_port/heads.h"
+
+namespace st::teacher {
+
+struct MaskRcnnOptions {
+  Convention convention = Convention::Detectron2;
+  bool stride_in_1x1 = true;
+  double bn_eps = 1e-5;
+  bool bgr255 = true;  // input as BGR 0..255 (Detectron2); else RGB 0..1 (torchvision)
+  std::array<float, 3> mean{103.530f, 116.280f, 123.675f};  // in the input's channel order
+  std::array<float, 3> std{1.0f, 1.0f, 1.0f};
+  double score_thresh = 0.5;  // ShadowTutor's teacher; Detectron2's default is 0.05
+  double mask_thresh = 0.5;
+  static MaskRcnnOptions detectron2() { return {}; }
+  static MaskRcnnOptions torchvision();
+};
+
+class MaskRcnn {
+ public:
+  MaskRcnn(const safetensors::File& weights, MaskRcnnOptions o = {});
+  void to(Device d);
+
+  struct Result {
+    Detections detections;                    // boxes in input pixels, scores, classes
+    Tensor mask_probs;                        // (D, 28, 28) of each detection's class
+    std::vector<std::vector<uint8_t>> masks;  // pasted binary masks, H*W each (Detectron2 paste)
+    std::vector<uint8_t> label_map;           // ShadowTutor's 9-class map (H*W)
+  };
+  // One BGR frame (interleaved, h x w).
+  Result run(const uint8_t* bgr, int64_t h, int64_t w) const;
+  // The normalised, zero-padded (to /32) input tensor (1, 3, H', W') on the model's device.
+  Tensor preprocess(const uint8_t* bgr, int64_t h, int64_t w) const;
+
+ private:
+  MaskRcnnOptions opt_;
+  Backbone backbone_;
+  RpnHead rpn_;
+  BoxHead box_;
+  MaskHead mask_;
+  Device device_ = Device::cpu();
+};
+
+}  // namespace st::teacher
