@@ -11,7 +11,7 @@
 namespace {
 
 const char* kUsage = R"(usage: shadowtutor-server --port P (--token T | --token-file F)
-                          (--labels DIR | --teacher-cmd "CMD ARGS") [options]
+                          (--labels DIR | --teacher-cmd "CMD ARGS" | --maskrcnn FILE) [options]
 
   --port P              TCP port to listen on (0 = any free port, printed at start)
   --host ADDR           numeric address to bind (default 127.0.0.1)
@@ -21,6 +21,8 @@ const char* kUsage = R"(usage: shadowtutor-server --port P (--token T | --token-
   --teacher-cmd CMD     external teacher: `/bin/sh -c CMD`, one process per session, speaking
                         the pipe format of docs/teacher_pipe.md
   --teacher-timeout S   seconds the external teacher may take per frame (default 120)
+  --maskrcnn FILE       the Mask R-CNN port as the teacher (Detectron2-named safetensors weights;
+                        Detectron2 conventions, score threshold 0.5), loaded once
   --weights FILE        base student weights (.safetensors); default: deterministic init
   --modes LIST          modes offered, comma-separated: partial,full,naive (default all)
   --encoding E          preferred blob encoding fp32 | fp16 (default fp32)
@@ -44,7 +46,7 @@ int usage_error(const std::string& msg) {
 
 int main(int argc, char** argv) {
   st::server::ServerOptions o;
-  std::string labels, cmd, token_file;
+  std::string labels, cmd, token_file, maskrcnn;
   bool have_token = false, have_port = false;
   double teacher_timeout = 120;
   try {
@@ -66,6 +68,7 @@ int main(int argc, char** argv) {
       else if (a == "--token-file") token_file = v;
       else if (a == "--labels") labels = v;
       else if (a == "--teacher-cmd") cmd = v;
+      else if (a == "--maskrcnn") maskrcnn = v;
       else if (a == "--teacher-timeout") teacher_timeout = std::stod(v);
       else if (a == "--weights") o.weights = v;
       else if (a == "--modes") {
@@ -102,8 +105,20 @@ int main(int argc, char** argv) {
     have_token = true;
   }
   if (!have_token) return usage_error("--token or --token-file is required");
-  if (labels.empty() == cmd.empty()) return usage_error("give exactly one of --labels and --teacher-cmd");
-  if (!labels.empty())
+  if (int(!labels.empty()) + int(!cmd.empty()) + int(!maskrcnn.empty()) != 1)
+    return usage_error("give exactly one of --labels, --teacher-cmd and --maskrcnn");
+  if (!maskrcnn.empty()) {
+    std::shared_ptr<const void> model;
+    try {
+      model = st::server::MaskRcnnTeacher::load(maskrcnn, o.device);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "shadowtutor-server: error: %s\n", e.what());
+      return 1;
+    }
+    o.teacher = [model, maskrcnn] {
+      return std::make_unique<st::server::MaskRcnnTeacher>(model, maskrcnn);
+    };
+  } else if (!labels.empty())
     o.teacher = [labels] { return std::make_unique<st::server::RecordedTeacher>(labels); };
   else
     o.teacher = [cmd, teacher_timeout] {

@@ -52,6 +52,24 @@ class RecordedTeacher : public Teacher {
 };
 
 // Pipe protocol limits (docs/teacher_pipe.md).
+// The Mask R-CNN port (teacher_port/maskrcnn.h) with Detectron2 conventions, as ShadowTutor ran
+// it: the 9-class label map and every score-thresholded detection box (all classes, SPEC §3).
+// The model (~180 MB of weights) is loaded once and shared by every session; runs are serialised.
+class MaskRcnnTeacher : public Teacher {
+ public:
+  // Loads and validates the weights (Detectron2 names; tools/ converters); throws naming the file.
+  // `options`: nullptr = teacher::MaskRcnnOptions::detectron2() (tests pass others).
+  static std::shared_ptr<const void> load(const std::filesystem::path& weights, Device device,
+                                          const void* options = nullptr);
+  MaskRcnnTeacher(std::shared_ptr<const void> model, std::string source);
+  TeacherOutput run(uint64_t frame_index, const uint8_t* bgr, int64_t h, int64_t w) override;
+  std::string describe() const override { return "Mask R-CNN " + source_; }
+
+ private:
+  std::shared_ptr<const void> model_;
+  std::string source_;
+};
+
 inline constexpr uint32_t kTeacherRequestMagic = 0x51545453;   // "STTQ"
 inline constexpr uint32_t kTeacherResponseMagic = 0x41545453;  // "STTA"
 inline constexpr uint32_t kTeacherNoBoxes = 0xFFFFFFFFu;        // box count: "use components"

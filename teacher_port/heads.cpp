@@ -104,7 +104,7 @@ BoxHead::Out BoxHead::forward(const std::vector<Tensor>& p, const Tensor& propos
   NoGradGuard ng;
   const Device d = p.at(0).device();
   Tensor x = pool_levels(p, proposals, 7, o);
-  x = x.reshape({x.size(0), -1});
+  x = x.reshape({x.size(0), x.size(1) * 7 * 7});  // explicit: R may be 0
   x = relu(linear(x, fc1_w_.to(d), fc1_b_.to(d)));
   x = relu(linear(x, fc2_w_.to(d), fc2_b_.to(d)));
   return {linear(x, cls_w_.to(d), cls_b_.to(d)), linear(x, box_w_.to(d), box_b_.to(d))};

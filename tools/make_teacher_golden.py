@@ -130,7 +130,7 @@ def e2e(out, h, w):
             m.running_var.copy_(v.var((0, 2, 3), unbiased=False) + 0.25)
         # A random box predictor spreads its softmax over 91 classes (all scores < 0.05): lift a
         # few classes so that detections exist and per-class NMS has work to do.
-        model.roi_heads.box_predictor.cls_score.bias[torch.tensor([1, 3, 18])] += torch.tensor([5.0, 4.5, 4.0])
+        model.roi_heads.box_predictor.cls_score.bias[torch.tensor([1, 3, 18])] += torch.tensor([7.0, 4.5, 4.0])
         det = model([img])[0]
     names = {"rpn.head.conv.0.0.": "proposal_generator.rpn_head.conv.",
              "rpn.head.cls_logits.": "proposal_generator.rpn_head.objectness_logits.",
@@ -157,6 +157,14 @@ def e2e(out, h, w):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "e2e_weights.safetensors"), "wb") as f:
         f.write(encode(weights, meta))
+    # The same weights converted like a user's .pth (tools/convert_teacher.py tv): Detectron2's
+    # class layout, for the Detectron2-convention teacher.
+    spec = importlib.util.spec_from_file_location("convert_teacher", os.path.join(HERE, "convert_teacher.py"))
+    conv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conv)
+    conv.write_safetensors(os.path.join(out, "e2e_weights_d2layout.safetensors"),
+                           conv.tv_to_d2({k: v.numpy() for k, v in model.state_dict().items()}),
+                           {"converter": "tools/convert_teacher.py", "source": "tv"})
     io = [("bgr", bgr), ("boxes", det["boxes"]), ("scores", det["scores"]), ("labels", det["labels"])]
     with open(os.path.join(out, "e2e_io.safetensors"), "wb") as f:
         f.write(encode(io, meta))
