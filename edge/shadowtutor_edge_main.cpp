@@ -114,10 +114,8 @@ int main(int argc, char** argv) {
     return usage_error(e.what());
   }
   if (!token_file.empty()) {
-    std::ifstream f(token_file);
-    if (!f) return usage_error("cannot read token file " + token_file);
-    std::getline(f, o.token);
-    if (!o.token.empty() && o.token.back() == '\r') o.token.pop_back();
+    if (!st::net::read_token_file(token_file, o.token))
+      return usage_error("cannot read token file " + token_file);
     have_token = true;
   }
   if (!have_token) return usage_error("--token or --token-file is required");

@@ -3,6 +3,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <mutex>
 
 namespace st::net {
@@ -24,6 +25,14 @@ uint64_t weights_hash(const nn::Student& s) {
     mix(c.data<float>(), size_t(c.numel()) * sizeof(float));
   }
   return h;
+}
+
+bool read_token_file(const std::string& path, std::string& token) {
+  std::ifstream f(path);
+  if (!f) return false;
+  std::getline(f, token);
+  if (!token.empty() && token.back() == '\r') token.pop_back();
+  return true;
 }
 
 Device parse_device(const std::string& s) {

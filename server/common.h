@@ -20,6 +20,9 @@ std::pair<std::string, int> parse_host_port(const std::string& s);
 // "cpu", "cuda" (= cuda:0) or "cuda:N"; throws st::Error naming the text otherwise.
 Device parse_device(const std::string& s);
 
+// The first line of a token file (a trailing CR dropped) into `token`; false when unreadable.
+bool read_token_file(const std::string& path, std::string& token);
+
 // Writes "[tag] message" plus a newline to stderr under a process-wide mutex.
 void log_line(const char* tag, const std::string& message);
 

@@ -98,17 +98,15 @@ int main(int argc, char** argv) {
   }
   if (!have_port) return usage_error("--port is required");
   if (!token_file.empty()) {
-    std::ifstream f(token_file);
-    if (!f) return usage_error("cannot read token file " + token_file);
-    std::getline(f, o.token);
-    if (!o.token.empty() && o.token.back() == '\r') o.token.pop_back();
+    if (!st::net::read_token_file(token_file, o.token))
+      return usage_error("cannot read token file " + token_file);
     have_token = true;
   }
   if (!have_token) return usage_error("--token or --token-file is required");
   if (int(!labels.empty()) + int(!cmd.empty()) + int(!maskrcnn.empty()) != 1)
     return usage_error("give exactly one of --labels, --teacher-cmd and --maskrcnn");
   if (!maskrcnn.empty()) {
-    std::shared_ptr<const void> model;
+    std::shared_ptr<st::server::MaskRcnnTeacher::Shared> model;
     try {
       model = st::server::MaskRcnnTeacher::load(maskrcnn, o.device);
     } catch (const std::exception& e) {

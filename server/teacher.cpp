@@ -31,35 +31,31 @@ TeacherOutput RecordedTeacher::run(uint64_t frame_index, const uint8_t*, int64_t
   return out;
 }
 
-namespace {
-struct SharedMaskRcnn {
+struct MaskRcnnTeacher::Shared {
   std::unique_ptr<teacher::MaskRcnn> model;
   std::mutex mu;  // one frame at a time (the model is large; sessions share it)
 };
-}  // namespace
 
-std::shared_ptr<const void> MaskRcnnTeacher::load(const std::filesystem::path& weights, Device device,
-                                                  const void* options) {
+std::shared_ptr<MaskRcnnTeacher::Shared> MaskRcnnTeacher::load(
+    const std::filesystem::path& weights, Device device, const teacher::MaskRcnnOptions* options) {
   ST_CHECK(std::filesystem::exists(weights), "Mask R-CNN teacher: weights file ", weights.string(),
            " does not exist (convert a Detectron2 .pkl or torchvision .pth with tools/)");
   auto file = safetensors::load(weights);
-  auto m = std::make_shared<SharedMaskRcnn>();
-  const auto opt = options ? *static_cast<const teacher::MaskRcnnOptions*>(options)
-                           : teacher::MaskRcnnOptions::detectron2();
+  auto m = std::make_shared<Shared>();
+  const auto opt = options ? *options : teacher::MaskRcnnOptions::detectron2();
   m->model = std::make_unique<teacher::MaskRcnn>(file, opt);
   m->model->to(device);
   return m;
 }
 
-MaskRcnnTeacher::MaskRcnnTeacher(std::shared_ptr<const void> model, std::string source)
+MaskRcnnTeacher::MaskRcnnTeacher(std::shared_ptr<Shared> model, std::string source)
     : model_(std::move(model)), source_(std::move(source)) {
   ST_CHECK(model_ != nullptr, "Mask R-CNN teacher: no model");
 }
 
 TeacherOutput MaskRcnnTeacher::run(uint64_t, const uint8_t* bgr, int64_t h, int64_t w) {
-  auto* m = const_cast<SharedMaskRcnn*>(static_cast<const SharedMaskRcnn*>(model_.get()));
-  std::lock_guard<std::mutex> lock(m->mu);
-  auto r = m->model->run(bgr, h, w);
+  std::lock_guard<std::mutex> lock(model_->mu);
+  auto r = model_->model->run(bgr, h, w);
   TeacherOutput out;
   out.height = h;
   out.width = w;

@@ -21,6 +21,10 @@
 #include "edge/video.h"
 #include "nn/distill.h"
 
+namespace st::teacher {
+struct MaskRcnnOptions;
+}
+
 namespace st::server {
 
 struct TeacherOutput {
@@ -57,16 +61,17 @@ class RecordedTeacher : public Teacher {
 // The model (~180 MB of weights) is loaded once and shared by every session; runs are serialised.
 class MaskRcnnTeacher : public Teacher {
  public:
+  struct Shared;  // the model and the lock that serialises its runs
   // Loads and validates the weights (Detectron2 names; tools/ converters); throws naming the file.
   // `options`: nullptr = teacher::MaskRcnnOptions::detectron2() (tests pass others).
-  static std::shared_ptr<const void> load(const std::filesystem::path& weights, Device device,
-                                          const void* options = nullptr);
-  MaskRcnnTeacher(std::shared_ptr<const void> model, std::string source);
+  static std::shared_ptr<Shared> load(const std::filesystem::path& weights, Device device,
+                                      const teacher::MaskRcnnOptions* options = nullptr);
+  MaskRcnnTeacher(std::shared_ptr<Shared> model, std::string source);
   TeacherOutput run(uint64_t frame_index, const uint8_t* bgr, int64_t h, int64_t w) override;
   std::string describe() const override { return "Mask R-CNN " + source_; }
 
  private:
-  std::shared_ptr<const void> model_;
+  std::shared_ptr<Shared> model_;
   std::string source_;
 };
 

@@ -31,13 +31,7 @@ Detections box_inference(const Tensor& class_logits, const Tensor& box_deltas,
   auto boxes = decode_boxes(Tensor::from_vector(dl, {R * reg, 4}),
                             Tensor::from_vector(rep, {R * reg, 4}), {10, 10, 5, 5})
                    .to_vector<float>();
-  for (int64_t i = 0; i < R * reg; ++i) {
-    float* b = &boxes[size_t(i * 4)];
-    b[0] = std::min(std::max(b[0], 0.0f), float(img_w));
-    b[2] = std::min(std::max(b[2], 0.0f), float(img_w));
-    b[1] = std::min(std::max(b[1], 0.0f), float(img_h));
-    b[3] = std::min(std::max(b[3], 0.0f), float(img_h));
-  }
+  for (int64_t i = 0; i < R * reg; ++i) clip_box(&boxes[size_t(i * 4)], img_h, img_w);
   std::vector<float> cb, cs;
   std::vector<int64_t> ccls;
   std::vector<float> prob(static_cast<size_t>(K1));

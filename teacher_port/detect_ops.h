@@ -3,6 +3,7 @@
 // torchvision's float32 arithmetic so golden comparisons are tight
 // (tests/test_teacher_ops.cpp, golden file from tools/make_teacher_ops_golden.py).
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -22,6 +23,14 @@ Tensor roi_align(const Tensor& x, const Tensor& rois, int64_t out_h, int64_t out
 inline const double kBoxClamp = std::log(1000.0 / 16.0);
 Tensor decode_boxes(const Tensor& deltas, const Tensor& boxes, std::array<double, 4> weights,
                     double clamp = kBoxClamp);
+
+// Boxes.clip / clip_boxes_to_image on one (x0, y0, x1, y1): x to [0, w], y to [0, h].
+inline void clip_box(float* b, int64_t h, int64_t w) {
+  b[0] = std::min(std::max(b[0], 0.0f), float(w));
+  b[2] = std::min(std::max(b[2], 0.0f), float(w));
+  b[1] = std::min(std::max(b[1], 0.0f), float(h));
+  b[3] = std::min(std::max(b[3], 0.0f), float(h));
+}
 
 // torchvision.ops.nms: indices kept, by decreasing score (ties: lower index first); a box is
 // suppressed by a kept one when IoU > iou_threshold (strict). boxes (K, 4), scores (K).

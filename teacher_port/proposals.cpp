@@ -36,11 +36,7 @@ Proposals select_proposals(const std::vector<RpnLevel>& levels, int64_t img_h, i
     for (int64_t j = 0; j < k; ++j) {
       float b[4];
       for (int q = 0; q < 4; ++q) b[q] = dec[size_t(j * 4 + q)];
-      // clip: x to [0, W], y to [0, H]
-      b[0] = std::min(std::max(b[0], 0.0f), float(img_w));
-      b[2] = std::min(std::max(b[2], 0.0f), float(img_w));
-      b[1] = std::min(std::max(b[1], 0.0f), float(img_h));
-      b[3] = std::min(std::max(b[3], 0.0f), float(img_h));
+      clip_box(b, img_h, img_w);
       const float w = b[2] - b[0], h = b[3] - b[1];
       const bool keep = c == Convention::Detectron2 ? (w > 0 && h > 0) : (w >= 1e-3f && h >= 1e-3f);
       if (!keep) continue;

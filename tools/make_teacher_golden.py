@@ -20,6 +20,7 @@ class logits and box regression for 40 proposals, mask logits for 12 boxes).
 """
 import argparse
 import copy
+import functools
 import importlib.util
 import os
 
@@ -37,20 +38,18 @@ def writer():
     return mod.encode_safetensors
 
 
-def d2_name(tv):
-    """torchvision backbone state-dict name -> Detectron2 name (MASKRCNN.md §8.3)."""
-    n = tv
-    n = n.replace("body.conv1.", "bottom_up.stem.conv1.").replace("body.bn1.", "bottom_up.stem.conv1.norm.")
-    for layer in range(1, 5):
-        n = n.replace("body.layer%d." % layer, "bottom_up.res%d." % (layer + 1))
-    for k in (1, 2, 3):
-        n = n.replace(".bn%d." % k, ".conv%d.norm." % k)
-    n = n.replace(".downsample.0.", ".shortcut.").replace(".downsample.1.", ".shortcut.norm.")
-    for j in range(4):
-        n = n.replace("fpn.inner_blocks.%d.0." % j, "fpn_lateral%d." % (j + 2))
-        n = n.replace("fpn.layer_blocks.%d.0." % j, "fpn_output%d." % (j + 2))
-    return "backbone." + n
+@functools.lru_cache(maxsize=None)
+def converter():
+    """tools/convert_teacher.py as a module: the torchvision -> Detectron2 name mapping."""
+    spec = importlib.util.spec_from_file_location("convert_teacher", os.path.join(HERE, "convert_teacher.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
+
+def d2_name(tv):
+    """torchvision backbone state-dict name (without 'backbone.') -> Detectron2 name."""
+    return converter().backbone_name("backbone." + tv)
 
 def heads(out, h, w):
     """The heads of torchvision's maskrcnn_resnet50_fpn (seeded), teacher-forced: RPN head on
@@ -59,21 +58,9 @@ def heads(out, h, w):
     model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
     g = torch.Generator().manual_seed(7)
     x = torch.randn(1, 3, h, w, generator=g)
-    names = {"rpn.head.conv.0.0.": "proposal_generator.rpn_head.conv.",
-             "rpn.head.cls_logits.": "proposal_generator.rpn_head.objectness_logits.",
-             "rpn.head.bbox_pred.": "proposal_generator.rpn_head.anchor_deltas.",
-             "roi_heads.box_head.fc6.": "roi_heads.box_head.fc1.",
-             "roi_heads.box_head.fc7.": "roi_heads.box_head.fc2.",
-             "roi_heads.box_predictor.": "roi_heads.box_predictor.",
-             "roi_heads.mask_predictor.conv5_mask.": "roi_heads.mask_head.deconv.",
-             "roi_heads.mask_predictor.mask_fcn_logits.": "roi_heads.mask_head.predictor."}
-    for k in range(4):
-        names["roi_heads.mask_head.%d.0." % k] = "roi_heads.mask_head.mask_fcn%d." % (k + 1)
-    weights = []
-    for k, v in model.state_dict().items():
-        for a, b in names.items():
-            if k.startswith(a):
-                weights.append((b + k[len(a):], v.float()))
+    weights = [(k, torch.from_numpy(v)) for k, v in converter().tv_to_d2(
+        {k: v.numpy() for k, v in model.state_dict().items()}, reorder_classes=False).items()
+        if not k.startswith("backbone.")]
     with torch.no_grad():
         feats = model.backbone(x)
         levels = list(feats.values())  # P2..P6 ('0'..'3', 'pool')
@@ -132,26 +119,9 @@ def e2e(out, h, w):
         # few classes so that detections exist and per-class NMS has work to do.
         model.roi_heads.box_predictor.cls_score.bias[torch.tensor([1, 3, 18])] += torch.tensor([7.0, 4.5, 4.0])
         det = model([img])[0]
-    names = {"rpn.head.conv.0.0.": "proposal_generator.rpn_head.conv.",
-             "rpn.head.cls_logits.": "proposal_generator.rpn_head.objectness_logits.",
-             "rpn.head.bbox_pred.": "proposal_generator.rpn_head.anchor_deltas.",
-             "roi_heads.box_head.fc6.": "roi_heads.box_head.fc1.",
-             "roi_heads.box_head.fc7.": "roi_heads.box_head.fc2.",
-             "roi_heads.box_predictor.": "roi_heads.box_predictor.",
-             "roi_heads.mask_predictor.conv5_mask.": "roi_heads.mask_head.deconv.",
-             "roi_heads.mask_predictor.mask_fcn_logits.": "roi_heads.mask_head.predictor."}
-    for k in range(4):
-        names["roi_heads.mask_head.%d.0." % k] = "roi_heads.mask_head.mask_fcn%d." % (k + 1)
-    weights = []
-    for k, v in model.state_dict().items():
-        if k.endswith("num_batches_tracked"):
-            continue
-        if k.startswith("backbone."):
-            weights.append((d2_name(k[len("backbone."):]), v.float()))
-            continue
-        for a, b in names.items():
-            if k.startswith(a):
-                weights.append((b + k[len(a):], v.float()))
+    conv = converter()
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    weights = [(k, torch.from_numpy(v)) for k, v in conv.tv_to_d2(state, reorder_classes=False).items()]
     encode = writer()
     meta = {"generator": "tools/make_teacher_golden.py", "mode": "e2e", "torch_version": torch.__version__}
     os.makedirs(out, exist_ok=True)
@@ -159,11 +129,7 @@ def e2e(out, h, w):
         f.write(encode(weights, meta))
     # The same weights converted like a user's .pth (tools/convert_teacher.py tv): Detectron2's
     # class layout, for the Detectron2-convention teacher.
-    spec = importlib.util.spec_from_file_location("convert_teacher", os.path.join(HERE, "convert_teacher.py"))
-    conv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conv)
-    conv.write_safetensors(os.path.join(out, "e2e_weights_d2layout.safetensors"),
-                           conv.tv_to_d2({k: v.numpy() for k, v in model.state_dict().items()}),
+    conv.write_safetensors(os.path.join(out, "e2e_weights_d2layout.safetensors"), conv.tv_to_d2(state),
                            {"converter": "tools/convert_teacher.py", "source": "tv"})
     io = [("bgr", bgr), ("boxes", det["boxes"]), ("scores", det["scores"]), ("labels", det["labels"])]
     with open(os.path.join(out, "e2e_io.safetensors"), "wb") as f:
