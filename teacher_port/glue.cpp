@@ -1,6 +1,9 @@
 #include "teacher_port/glue.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "kernels/cpu/resample.h"
 
 namespace st::teacher {
 
@@ -86,6 +89,34 @@ void paste_mask(const float* m, int64_t M, const std::array<float, 4>& box, int6
       const int64_t u = int64_t(ix_nw), v = int64_t(iy_nw);
       const float val = at(v, u) * nw + at(v, u + 1) * ne + at(v + 1, u) * sw + at(v + 1, u + 1) * se;
       if (val >= threshold) out[py * W + px] = 1;
+    }
+  }
+}
+
+void paste_mask_torchvision(const float* m, int64_t M, const std::array<float, 4>& box, int64_t H,
+                            int64_t W, uint8_t* out, float threshold) {
+  const int64_t P = M + 2;  // expand_masks(padding=1)
+  const float scale = float(double(P) / double(M));
+  // expand_boxes in float32, then .to(int64) (truncation toward zero)
+  float w_half = (box[2] - box[0]) * 0.5f, h_half = (box[3] - box[1]) * 0.5f;
+  const float x_c = (box[2] + box[0]) * 0.5f, y_c = (box[3] + box[1]) * 0.5f;
+  w_half *= scale;
+  h_half *= scale;
+  const int64_t bx0 = int64_t(x_c - w_half), bx1 = int64_t(x_c + w_half);
+  const int64_t by0 = int64_t(y_c - h_half), by1 = int64_t(y_c + h_half);
+  const int64_t bw = std::max<int64_t>(bx1 - bx0 + 1, 1), bh = std::max<int64_t>(by1 - by0 + 1, 1);
+  const int64_t x_0 = std::max<int64_t>(bx0, 0), x_1 = std::min<int64_t>({bx1 + 1, W, bx0 + bw});
+  const int64_t y_0 = std::max<int64_t>(by0, 0), y_1 = std::min<int64_t>({by1 + 1, H, by0 + bh});
+  auto at = [&](int64_t v, int64_t u) -> float {  // the zero-padded mask
+    return (v >= 1 && v <= M && u >= 1 && u <= M) ? m[(v - 1) * M + (u - 1)] : 0.0f;
+  };
+  for (int64_t y = y_0; y < y_1; ++y) {
+    const BilinearTap ty = bilinear_tap(y - by0, P, bh, true);
+    for (int64_t x = x_0; x < x_1; ++x) {
+      const BilinearTap tx = bilinear_tap(x - bx0, P, bw, true);
+      const float val = float(ty.l0) * (float(tx.l0) * at(ty.i0, tx.i0) + float(tx.l1) * at(ty.i0, tx.i1)) +
+                        float(ty.l1) * (float(tx.l0) * at(ty.i1, tx.i0) + float(tx.l1) * at(ty.i1, tx.i1));
+      if (val > threshold) out[y * W + x] = 1;
     }
   }
 }

@@ -32,6 +32,13 @@ std::vector<int64_t> assign_levels(const Tensor& boxes, Convention c, int64_t k_
 void paste_mask(const float* mask, int64_t M, const std::array<float, 4>& box, int64_t H,
                 int64_t W, uint8_t* out, float threshold = 0.5f);
 
+// torchvision's paste (paste_masks_in_image): the mask is zero-padded to (M+2) x (M+2), the box
+// scaled about its centre by (M+2)/M and truncated to integers, the padded mask resized to the
+// box's integer size (bilinear, align_corners=False) and copied into the image where the box
+// overlaps it; out[y*W + x] = 1 where the value is > threshold, else out is left as it was.
+void paste_mask_torchvision(const float* mask, int64_t M, const std::array<float, 4>& box,
+                            int64_t H, int64_t W, uint8_t* out, float threshold = 0.5f);
+
 // ShadowTutor's 9-class map (SPEC §3, MASKRCNN.md §6): per class the union of its instances'
 // masks (auto = car, bus, truck), painted in class order (later wins), background 8; classes
 // are Detectron2 contiguous ids (0..79), masks H*W bytes (non-zero = on).

@@ -21,35 +21,56 @@ void expect(bool ok, const std::string& name, const Tensor& t, const char* want)
 }
 }  // namespace
 
-Tensor pool_levels(const std::vector<Tensor>& p, const Tensor& boxes, int64_t out,
-                   const PoolerOptions& o) {
+namespace {
+// ROIAlign of each box on its level, on the features' device, without leaving it: rows grouped by
+// level (P2 first), each group in box order; order[i] is the box of row i.
+Tensor pool_grouped(const std::vector<Tensor>& p, const Tensor& boxes, int64_t out,
+                    const PoolerOptions& o, std::vector<int64_t>& order) {
   ST_CHECK(p.size() == 4, "pool_levels: needs P2..P5, got ", p.size(), " maps");
   ST_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "pool_levels: boxes must be (R, 4), got ",
            boxes.shape());
   const int64_t R = boxes.size(0), C = p[0].size(1);
+  const Device d = p[0].device();
   const auto lvl = assign_levels(boxes, o.levels);
   const auto bv = boxes.to_vector<float>();
-  std::vector<float> result(size_t(R * C * out * out), 0.0f);
+  std::vector<Tensor> parts;
+  order.clear();
   for (int64_t l = 2; l <= 5; ++l) {
     std::vector<float> rois;
-    std::vector<int64_t> rows;
+    int64_t n = 0;
     for (int64_t r = 0; r < R; ++r)
       if (lvl[size_t(r)] == l) {
         rois.insert(rois.end(), {0.0f, bv[size_t(r * 4)], bv[size_t(r * 4 + 1)],
                                  bv[size_t(r * 4 + 2)], bv[size_t(r * 4 + 3)]});
-        rows.push_back(r);
+        order.push_back(r);
+        ++n;
       }
-    if (rows.empty()) continue;
-    const Tensor& f = p[size_t(l - 2)];
-    auto y = roi_align(f, Tensor::from_vector(rois, {int64_t(rows.size()), 5}), out, out,
-                       1.0 / double(int64_t(1) << l), o.sampling_ratio, o.aligned)
-                 .to_vector<float>();
-    const size_t block = size_t(C * out * out);
-    for (size_t i = 0; i < rows.size(); ++i)
-      std::copy(y.begin() + i * block, y.begin() + (i + 1) * block,
-                result.begin() + size_t(rows[i]) * block);
+    if (n == 0) continue;
+    parts.push_back(roi_align(p[size_t(l - 2)], Tensor::from_vector(rois, {n, 5}).to(d), out, out,
+                              1.0 / double(int64_t(1) << l), o.sampling_ratio, o.aligned));
   }
-  return Tensor::from_vector(result, {R, C, out, out}).to(p[0].device());
+  if (parts.empty()) return Tensor::zeros({0, C, out, out}).to(d);
+  return parts.size() == 1 ? parts[0] : cat(parts, 0);
+}
+
+// The rows of a grouped result back in box order, as a CPU tensor.
+Tensor in_box_order(const Tensor& grouped, const std::vector<int64_t>& order) {
+  const int64_t R = grouped.size(0);
+  Shape shape = grouped.shape();
+  const auto v = grouped.to_vector<float>();
+  const size_t row = R ? v.size() / size_t(R) : 0;
+  std::vector<float> y(v.size());
+  for (int64_t i = 0; i < R; ++i)
+    std::copy(v.begin() + i * row, v.begin() + (i + 1) * row, y.begin() + order[size_t(i)] * row);
+  return Tensor::from_vector(y, shape);
+}
+}  // namespace
+
+Tensor pool_levels(const std::vector<Tensor>& p, const Tensor& boxes, int64_t out,
+                   const PoolerOptions& o) {
+  std::vector<int64_t> order;
+  Tensor g = pool_grouped(p, boxes, out, o, order);
+  return in_box_order(g, order).to(p[0].device());
 }
 
 RpnHead::RpnHead(const safetensors::File& f) {
@@ -62,6 +83,10 @@ RpnHead::RpnHead(const safetensors::File& f) {
   del_b_ = need(f, n + "anchor_deltas.bias", 1);
   A_ = obj_w_.size(0);
   expect(del_w_.size(0) == 4 * A_, n + "anchor_deltas.weight", del_w_, "(4A, C, 1, 1)");
+}
+
+void RpnHead::to(Device d) {
+  for (Tensor* t : {&conv_w_, &conv_b_, &obj_w_, &obj_b_, &del_w_, &del_b_}) *t = t->to(d);
 }
 
 std::vector<RpnLevel> RpnHead::forward(const std::vector<Tensor>& levels) const {
@@ -99,15 +124,21 @@ BoxHead::BoxHead(const safetensors::File& f) {
   expect(fc1_w_.size(1) == 256 * 7 * 7, "roi_heads.box_head.fc1.weight", fc1_w_, "(1024, 12544)");
 }
 
+void BoxHead::to(Device d) {
+  for (Tensor* t : {&fc1_w_, &fc1_b_, &fc2_w_, &fc2_b_, &cls_w_, &cls_b_, &box_w_, &box_b_}) *t = t->to(d);
+}
+
 BoxHead::Out BoxHead::forward(const std::vector<Tensor>& p, const Tensor& proposals,
                               const PoolerOptions& o) const {
   NoGradGuard ng;
   const Device d = p.at(0).device();
-  Tensor x = pool_levels(p, proposals, 7, o);
+  std::vector<int64_t> order;
+  Tensor x = pool_grouped(p, proposals, 7, o, order);
   x = x.reshape({x.size(0), x.size(1) * 7 * 7});  // explicit: R may be 0
   x = relu(linear(x, fc1_w_.to(d), fc1_b_.to(d)));
   x = relu(linear(x, fc2_w_.to(d), fc2_b_.to(d)));
-  return {linear(x, cls_w_.to(d), cls_b_.to(d)), linear(x, box_w_.to(d), box_b_.to(d))};
+  return {in_box_order(linear(x, cls_w_.to(d), cls_b_.to(d)), order),
+          in_box_order(linear(x, box_w_.to(d), box_b_.to(d)), order)};
 }
 
 MaskHead::MaskHead(const safetensors::File& f) {
@@ -122,15 +153,24 @@ MaskHead::MaskHead(const safetensors::File& f) {
   pred_b_ = need(f, "roi_heads.mask_head.predictor.bias", 1);
 }
 
+void MaskHead::to(Device d) {
+  for (int k = 0; k < 4; ++k) {
+    fcn_w_[k] = fcn_w_[k].to(d);
+    fcn_b_[k] = fcn_b_[k].to(d);
+  }
+  for (Tensor* t : {&deconv_w_, &deconv_b_, &pred_w_, &pred_b_}) *t = t->to(d);
+}
+
 Tensor MaskHead::forward(const std::vector<Tensor>& p, const Tensor& boxes,
                          const PoolerOptions& o) const {
   NoGradGuard ng;
   const Device d = p.at(0).device();
-  Tensor x = pool_levels(p, boxes, 14, o);
+  std::vector<int64_t> order;
+  Tensor x = pool_grouped(p, boxes, 14, o, order);
   for (int k = 0; k < 4; ++k) x = relu(conv2d(x, fcn_w_[k].to(d), fcn_b_[k].to(d), {1, 1, 1, 1, 1}));
   Conv2dParams up{2, 2, 0, 0, 1};
   x = relu(conv_transpose2d(x, deconv_w_.to(d), deconv_b_.to(d), up));
-  return conv2d(x, pred_w_.to(d), pred_b_.to(d));
+  return in_box_order(conv2d(x, pred_w_.to(d), pred_b_.to(d)), order);
 }
 
 }  // namespace st::teacher

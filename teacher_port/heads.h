@@ -17,13 +17,15 @@ struct PoolerOptions {
 };
 
 // ROIAlign of each box (R, 4, image pixels) on its FPN level among P2..P5 (strides 4..32):
-// (R, C, out, out), rows in box order.
+// (R, C, out, out), rows in box order, on the maps' device. (The heads pool without leaving the
+// device, rows grouped by level, and put only their small outputs back in box order.)
 Tensor pool_levels(const std::vector<Tensor>& p2_to_p5, const Tensor& boxes, int64_t out,
                    const PoolerOptions& o);
 
 class RpnHead {
  public:
   explicit RpnHead(const safetensors::File& f);
+  void to(Device d);  // the weights (forward also moves them per call when they are elsewhere)
   // P2..P6 -> per level logits (H*W*A) and deltas (H*W*A, 4) in (y, x, a) order, on the CPU;
   // anchors are left empty (grid_anchors fills them).
   std::vector<RpnLevel> forward(const std::vector<Tensor>& levels) const;
@@ -37,7 +39,8 @@ class RpnHead {
 class BoxHead {
  public:
   explicit BoxHead(const safetensors::File& f);
-  struct Out {
+  void to(Device d);
+  struct Out {  // on the CPU, rows in proposal order
     Tensor class_logits;  // (R, K+1)
     Tensor box_deltas;    // (R, 4K) Detectron2 layout, or (R, 4(K+1)) torchvision layout
   };
@@ -51,7 +54,8 @@ class BoxHead {
 class MaskHead {
  public:
   explicit MaskHead(const safetensors::File& f);
-  // Mask logits (D, classes, 28, 28) for boxes (D, 4).
+  void to(Device d);
+  // Mask logits (D, classes, 28, 28) for boxes (D, 4), on the CPU, rows in box order.
   Tensor forward(const std::vector<Tensor>& p2_to_p5, const Tensor& boxes,
                  const PoolerOptions& o) const;
   int64_t classes() const { return pred_w_.size(0); }

@@ -1,5 +1,6 @@
 #include "teacher_port/maskrcnn.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "tensor/autograd.h"
@@ -15,6 +16,8 @@ MaskRcnnOptions MaskRcnnOptions::torchvision() {
   o.mean = {0.485f, 0.456f, 0.406f};
   o.std = {0.229f, 0.224f, 0.225f};
   o.score_thresh = 0.05;
+  o.min_size = 800;
+  o.max_size = 1333;
   return o;
 }
 
@@ -27,29 +30,53 @@ MaskRcnn::MaskRcnn(const safetensors::File& w, MaskRcnnOptions o)
 
 void MaskRcnn::to(Device d) {
   backbone_.to(d);
+  rpn_.to(d);
+  box_.to(d);
+  mask_.to(d);
   device_ = d;
+}
+
+std::array<int64_t, 2> MaskRcnn::network_size(int64_t h, int64_t w) const {
+  if (opt_.min_size <= 0 || opt_.max_size <= 0) return {h, w};
+  // torchvision: scale = min(min_size / shorter, max_size / longer) in float32; the output size
+  // is floor(size * scale) in double (interpolate with recompute_scale_factor=True).
+  const float scale = std::min(float(opt_.min_size) / float(std::min(h, w)),
+                               float(opt_.max_size) / float(std::max(h, w)));
+  return {int64_t(std::floor(double(h) * double(scale))), int64_t(std::floor(double(w) * double(scale)))};
 }
 
 Tensor MaskRcnn::preprocess(const uint8_t* bgr, int64_t h, int64_t w) const {
   ST_CHECK(h > 0 && w > 0, "maskrcnn: bad frame size ", w, "x", h);
-  const int64_t H = (h + 31) / 32 * 32, W = (w + 31) / 32 * 32;
-  std::vector<float> x(size_t(3 * H * W), 0.0f);  // zero padding after normalisation
+  const auto [rh, rw] = network_size(h, w);
+  ST_CHECK(rh > 0 && rw > 0, "maskrcnn: a ", w, "x", h, " frame resizes to nothing (", rw, "x", rh, ")");
+  const bool resize = rh != h || rw != w;
+  // Normalised at the input size (then resized, as torchvision does), zero padding after.
+  const int64_t H = (rh + 31) / 32 * 32, W = (rw + 31) / 32 * 32;
+  const int64_t nh = resize ? h : H, nw = resize ? w : W;
+  std::vector<float> x(size_t(3 * nh * nw), 0.0f);
   for (int64_t c = 0; c < 3; ++c) {
     const int64_t src = opt_.bgr255 ? c : 2 - c;  // channel c of the model's input order
     for (int64_t y = 0; y < h; ++y)
       for (int64_t xx = 0; xx < w; ++xx) {
         float v = float(bgr[(y * w + xx) * 3 + src]);
         if (!opt_.bgr255) v = v / 255.0f;
-        x[size_t((c * H + y) * W + xx)] = (v - opt_.mean[size_t(c)]) / opt_.std[size_t(c)];
+        x[size_t((c * nh + y) * nw + xx)] = (v - opt_.mean[size_t(c)]) / opt_.std[size_t(c)];
       }
   }
-  return Tensor::from_vector(x, {1, 3, H, W}).to(device_);
+  Tensor t = Tensor::from_vector(x, {1, 3, nh, nw}).to(device_);
+  if (!resize) return t;
+  t = resize_bilinear(t, rh, rw);
+  if (rh == H && rw == W) return t;
+  Tensor padded = Tensor::zeros({1, 3, H, W}).to(device_);
+  padded.narrow(2, 0, rh).narrow(3, 0, rw).copy_(t);
+  return padded;
 }
 
 MaskRcnn::Result MaskRcnn::run(const uint8_t* bgr, int64_t h, int64_t w) const {
   NoGradGuard ng;
   const bool d2 = opt_.convention == Convention::Detectron2;
   Tensor x = preprocess(bgr, h, w);
+  const auto [rh, rw] = network_size(h, w);
   auto feats = backbone_.forward(x);
   std::vector<Tensor> p(feats.p.begin(), feats.p.end());
   auto levels = rpn_.forward(p);
@@ -58,7 +85,7 @@ MaskRcnn::Result MaskRcnn::run(const uint8_t* bgr, int64_t h, int64_t w) const {
     auto cell = cell_anchors(double(32 << l), {0.5, 1.0, 2.0}, opt_.convention);
     levels[l].anchors = grid_anchors(cell, p[l].size(2), p[l].size(3), stride);
   }
-  Proposals props = select_proposals(levels, h, w, opt_.convention);
+  Proposals props = select_proposals(levels, rh, rw, opt_.convention);
   PoolerOptions po;
   po.levels = opt_.convention;
   po.aligned = d2;
@@ -68,7 +95,7 @@ MaskRcnn::Result MaskRcnn::run(const uint8_t* bgr, int64_t h, int64_t w) const {
   BoxInferenceConfig cfg;
   cfg.score_thresh = opt_.score_thresh;
   Result r;
-  r.detections = box_inference(bo.class_logits, bo.box_deltas, props.boxes, h, w, opt_.convention, cfg);
+  r.detections = box_inference(bo.class_logits, bo.box_deltas, props.boxes, rh, rw, opt_.convention, cfg);
   const int64_t D = r.detections.boxes.size(0);
   if (D == 0) {
     r.mask_probs = Tensor::zeros({0, 28, 28});
@@ -84,16 +111,29 @@ MaskRcnn::Result MaskRcnn::run(const uint8_t* bgr, int64_t h, int64_t w) const {
     }
     r.mask_probs = Tensor::from_vector(probs, {D, 28, 28});
   }
-  // Detectron2 post-processing: drop empty boxes, paste, threshold; then the label map.
-  const auto bx = r.detections.boxes.to_vector<float>();
+  // Boxes back to the input's pixels (torchvision's resize_boxes: float32 ratios).
+  auto bx = r.detections.boxes.to_vector<float>();
+  if (rh != h || rw != w) {
+    const float ry = float(h) / float(rh), rx = float(w) / float(rw);
+    for (int64_t i = 0; i < D; ++i) {
+      bx[size_t(i * 4)] *= rx;
+      bx[size_t(i * 4 + 1)] *= ry;
+      bx[size_t(i * 4 + 2)] *= rx;
+      bx[size_t(i * 4 + 3)] *= ry;
+    }
+    r.detections.boxes = Tensor::from_vector(bx, {D, 4});
+  }
+  // Paste and threshold (Detectron2 drops empty boxes first); then the label map.
   const auto pv = r.mask_probs.to_vector<float>();
   std::vector<int64_t> cls;
   for (int64_t i = 0; i < D; ++i) {
     const float* b = &bx[size_t(i * 4)];
+    const std::array<float, 4> box{b[0], b[1], b[2], b[3]};
     std::vector<uint8_t> m(size_t(h * w), 0);
-    if (b[2] > b[0] && b[3] > b[1])
-      paste_mask(&pv[size_t(i * 784)], 28, {b[0], b[1], b[2], b[3]}, h, w, m.data(),
-                 float(opt_.mask_thresh));
+    if (!d2)
+      paste_mask_torchvision(&pv[size_t(i * 784)], 28, box, h, w, m.data(), float(opt_.mask_thresh));
+    else if (b[2] > b[0] && b[3] > b[1])
+      paste_mask(&pv[size_t(i * 784)], 28, box, h, w, m.data(), float(opt_.mask_thresh));
     r.masks.push_back(std::move(m));
     cls.push_back(r.detections.classes[size_t(i)]);
   }

@@ -1,8 +1,9 @@
 // The Mask R-CNN R50-FPN teacher end to end (MASKRCNN.md): preprocessing and padding, backbone,
 // RPN, proposal selection, box head and inference, mask head, paste, the 9-class label map.
 // Detectron2 conventions by default (what ShadowTutor ran: BGR 0..255, no resize, score 0.5);
-// MaskRcnnOptions::torchvision() gives the switches that reproduce torchvision's forward
-// (without its resize: the input is used at its own size).
+// MaskRcnnOptions::torchvision() gives the switches that reproduce torchvision's forward,
+// including its resize (shorter side to min_size unless the longer exceeds max_size) and its
+// interpolating mask paste.
 #pragma once
 #include <array>
 #include <vector>
@@ -22,6 +23,10 @@ struct MaskRcnnOptions {
   std::array<float, 3> std{1.0f, 1.0f, 1.0f};
   double score_thresh = 0.5;  // ShadowTutor's teacher; Detectron2's default is 0.05
   double mask_thresh = 0.5;
+  // Resize before the network (torchvision's GeneralizedRCNNTransform: bilinear, scale =
+  // min(min_size / shorter side, max_size / longer side)); 0 = use the input at its own size.
+  // Boxes and masks are returned in the input's pixels either way.
+  int64_t min_size = 0, max_size = 0;
   static MaskRcnnOptions detectron2() { return {}; }
   static MaskRcnnOptions torchvision();
 };
@@ -34,13 +39,18 @@ class MaskRcnn {
   struct Result {
     Detections detections;                    // boxes in input pixels, scores, classes
     Tensor mask_probs;                        // (D, 28, 28) of each detection's class
-    std::vector<std::vector<uint8_t>> masks;  // pasted binary masks, H*W each (Detectron2 paste)
-    std::vector<uint8_t> label_map;           // ShadowTutor's 9-class map (H*W)
+    std::vector<std::vector<uint8_t>> masks;  // pasted binary masks, H*W each (the convention's paste)
+    std::vector<uint8_t> label_map;           // ShadowTutor's 9-class map (H*W; Detectron2 classes)
   };
   // One BGR frame (interleaved, h x w).
   Result run(const uint8_t* bgr, int64_t h, int64_t w) const;
-  // The normalised, zero-padded (to /32) input tensor (1, 3, H', W') on the model's device.
+  // The normalised, resized (if the options say so), zero-padded (to /32) input tensor
+  // (1, 3, H', W') on the model's device.
   Tensor preprocess(const uint8_t* bgr, int64_t h, int64_t w) const;
+  // The size the network sees an h x w input at (before padding): {h, w} without resize.
+  std::array<int64_t, 2> network_size(int64_t h, int64_t w) const;
+  Device device() const { return device_; }
+  const MaskRcnnOptions& options() const { return opt_; }
 
  private:
   MaskRcnnOptions opt_;

@@ -139,20 +139,34 @@ TEST_CASE("teacher: RPN, box and mask heads match torchvision (teacher-forced)",
   REQUIRE_THROWS_WITH(teacher::BoxHead(empty), Contains("roi_heads.box_head.fc1.weight"));
 }
 
-TEST_CASE("teacher: end to end in torchvision conventions matches torchvision's model output",
-          "[teacher][golden]") {
-  if (!have_torchvision()) ST_SKIP("Debian's python3-torchvision is not installed (tools/bootstrap.sh --bench)");
+namespace {
+// torchvision's model([img]) vs ours in torchvision conventions on the seeded model, with the
+// model's resize set to (min_size, max_size) (the input is 64 x 96).
+void compare_end_to_end(int64_t min_size, int64_t max_size) {
   TempDir tmp;
   const std::string cmd = "/usr/bin/python3 '" + (test::source_dir() / "tools" / "make_teacher_golden.py").string() +
-                          "' '" + tmp.p.string() + "' --mode e2e --size 64x96";
+                          "' '" + tmp.p.string() + "' --mode e2e --size 64x96 --resize " +
+                          std::to_string(min_size) + "," + std::to_string(max_size);
   REQUIRE(std::system(cmd.c_str()) == 0);
   auto w = safetensors::load(tmp.p / "e2e_weights.safetensors");
   auto io = safetensors::load(tmp.p / "e2e_io.safetensors");
-  teacher::MaskRcnn model(w, teacher::MaskRcnnOptions::torchvision());
+  teacher::MaskRcnnOptions opt = teacher::MaskRcnnOptions::torchvision();
+  opt.min_size = min_size;
+  opt.max_size = max_size;
+  teacher::MaskRcnn model(w, opt);
   Tensor bgr = io.get("bgr");
-  auto r = model.run(bgr.data<uint8_t>(), bgr.size(0), bgr.size(1));
+  const int64_t H = bgr.size(0), W = bgr.size(1);
+  // The network's input: normalised, resized (bilinear, torch's float rounding), zero-padded to
+  // /32: equal to an ulp (values are O(1)).
+  const Tensor input = model.preprocess(bgr.data<uint8_t>(), H, W);
+  REQUIRE(input.shape() == io.get("input").shape());
+  const Err in_err = error_vs(input, io.get("input"));
+  INFO("input error: max " << in_err.max << ", mean " << in_err.mean);
+  CHECK(in_err.max <= 1e-6);
+  auto r = model.run(bgr.data<uint8_t>(), H, W);
   Tensor rb = io.get("boxes");
-  INFO("ours " << r.detections.boxes.size(0) << " detections, torchvision " << rb.size(0));
+  INFO("network input " << model.network_size(H, W)[0] << "x" << model.network_size(H, W)[1]
+       << "; ours " << r.detections.boxes.size(0) << " detections, torchvision " << rb.size(0));
   REQUIRE(rb.size(0) > 10);
   REQUIRE(r.detections.boxes.shape() == rb.shape());
   // End to end this random network carries torch's own float32 rounding level (~2e-3 relative at
@@ -164,11 +178,13 @@ TEST_CASE("teacher: end to end in torchvision conventions matches torchvision's 
   const auto tb = rb.to_vector<float>(), ts = io.get("scores").to_vector<float>();
   const auto tl = io.get("labels").to_vector<int64_t>();
   const int64_t n = rb.size(0);
+  std::vector<int64_t> match;  // match[i]: our detection for torchvision's i, or -1
   auto count_matches = [&](const teacher::Detections& d) {
     const auto ob = d.boxes.to_vector<float>(), os = d.scores.to_vector<float>();
     const int64_t m = d.boxes.size(0);
     int64_t matched = 0;
     std::vector<bool> used(size_t(m), false);
+    match.assign(size_t(n), -1);
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < m; ++j) {
         if (used[size_t(j)] || d.classes[size_t(j)] != tl[size_t(i)]) continue;
@@ -177,23 +193,57 @@ TEST_CASE("teacher: end to end in torchvision conventions matches torchvision's 
           same = std::abs(ob[size_t(j * 4 + k)] - tb[size_t(i * 4 + k)]) <= 0.1f;
         if (same) {
           used[size_t(j)] = true;
+          match[size_t(i)] = j;
           ++matched;
           break;
         }
       }
     return matched;
   };
-  const int64_t matched = count_matches(r.detections);
-  INFO(matched << " of " << n << " detections matched");
-  REQUIRE(matched >= n * 95 / 100);
-  teacher::MaskRcnnOptions wrong = teacher::MaskRcnnOptions::torchvision();
+  teacher::MaskRcnnOptions wrong = opt;
   wrong.stride_in_1x1 = true;  // Detectron2's stride placement on torchvision's weights
-  auto rw = teacher::MaskRcnn(w, wrong).run(bgr.data<uint8_t>(), bgr.size(0), bgr.size(1));
+  auto rw = teacher::MaskRcnn(w, wrong).run(bgr.data<uint8_t>(), H, W);
   const int64_t matched_wrong = count_matches(rw.detections);
-  INFO(matched_wrong << " matched with Detectron2's stride placement");
+  const int64_t matched = count_matches(r.detections);
+  INFO(matched << " of " << n << " detections matched; " << matched_wrong
+               << " with Detectron2's stride placement");
+  REQUIRE(matched >= n * 95 / 100);
   REQUIRE(matched_wrong < n / 2);
   REQUIRE(r.mask_probs.size(0) == n);
   REQUIRE(r.masks.size() == size_t(n));
+  // Masks (torchvision's interpolating paste, thresholded at 0.5) of the matched detections, by
+  // mismatch fraction: pixels that differ over pixels that are on in either. Boxes agree to
+  // ~0.02 px, so the integer box of the paste can move by one pixel where a coordinate sits at a
+  // truncation edge; over all matched masks at most 2% of the pixels may differ.
+  const Tensor tm = io.get("masks");
+  REQUIRE(tm.shape() == Shape{n, H, W});
+  const uint8_t* tmv = tm.data<uint8_t>();
+  int64_t differ = 0, on = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (match[size_t(i)] < 0) continue;
+    const auto& ours = r.masks[size_t(match[size_t(i)])];
+    for (int64_t k = 0; k < H * W; ++k) {
+      const bool a = ours[size_t(k)] != 0, b = tmv[i * H * W + k] != 0;
+      differ += a != b;
+      on += a || b;
+    }
+  }
+  INFO(differ << " of " << on << " mask pixels differ");
+  REQUIRE(on > 0);
+  REQUIRE(double(differ) <= 0.02 * double(on));
+}
+}  // namespace
+
+TEST_CASE("teacher: end to end in torchvision conventions matches torchvision's model output",
+          "[teacher][golden]") {
+  if (!have_torchvision()) ST_SKIP("Debian's python3-torchvision is not installed (tools/bootstrap.sh --bench)");
+  compare_end_to_end(64, 96);  // the input at its own size
+}
+
+TEST_CASE("teacher: end to end with torchvision's resize matches torchvision's model output",
+          "[teacher][golden]") {
+  if (!have_torchvision()) ST_SKIP("Debian's python3-torchvision is not installed (tools/bootstrap.sh --bench)");
+  compare_end_to_end(80, 120);  // 64 x 96 -> 80 x 120: resize, boxes and masks mapped back
 }
 
 TEST_CASE("teacher: the Mask R-CNN server teacher labels frames (seeded model)", "[teacher][server]") {

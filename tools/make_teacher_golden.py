@@ -92,12 +92,13 @@ def heads(out, h, w):
         f.write(encode(io, meta))
 
 
-def e2e(out, h, w):
-    """torchvision's maskrcnn_resnet50_fpn end to end (seeded, BN calibrated, input used at its own
-    size: min_size = h, max_size = w) on a random BGR frame: all weights under Detectron2 names
-    (torchvision's 91-class layout) and model([img]) detections."""
+def seeded_e2e(h, w, min_size=None, max_size=None):
+    """torchvision's maskrcnn_resnet50_fpn, seeded and BN-calibrated, and a random BGR frame
+    (h, w). min_size / max_size are the model's resize settings; by default (h, w) the input is
+    used at its own size. Returns (model, bgr uint8 (h, w, 3), img float RGB 0..1 (3, h, w))."""
     from torchvision.models.detection import maskrcnn_resnet50_fpn
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=h, max_size=w).eval()
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=min_size or h,
+                                  max_size=max_size or w).eval()
     g = torch.Generator().manual_seed(11)
     bgr = torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8)
     img = bgr.flip(2).permute(2, 0, 1).float() / 255  # RGB 0..1, as torchvision expects
@@ -118,22 +119,41 @@ def e2e(out, h, w):
         # A random box predictor spreads its softmax over 91 classes (all scores < 0.05): lift a
         # few classes so that detections exist and per-class NMS has work to do.
         model.roi_heads.box_predictor.cls_score.bias[torch.tensor([1, 3, 18])] += torch.tensor([7.0, 4.5, 4.0])
-        det = model([img])[0]
+    return model, bgr, img
+
+
+def write_e2e_weights(out, model):
+    """The model's weights under Detectron2 names: e2e_weights.safetensors (torchvision's 91-class
+    layout) and e2e_weights_d2layout.safetensors (converted like a user's .pth by
+    tools/convert_teacher.py tv: Detectron2's class layout, for the Detectron2-convention teacher)."""
     conv = converter()
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     weights = [(k, torch.from_numpy(v)) for k, v in conv.tv_to_d2(state, reorder_classes=False).items()]
-    encode = writer()
     meta = {"generator": "tools/make_teacher_golden.py", "mode": "e2e", "torch_version": torch.__version__}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "e2e_weights.safetensors"), "wb") as f:
-        f.write(encode(weights, meta))
-    # The same weights converted like a user's .pth (tools/convert_teacher.py tv): Detectron2's
-    # class layout, for the Detectron2-convention teacher.
+        f.write(writer()(weights, meta))
     conv.write_safetensors(os.path.join(out, "e2e_weights_d2layout.safetensors"), conv.tv_to_d2(state),
                            {"converter": "tools/convert_teacher.py", "source": "tv"})
-    io = [("bgr", bgr), ("boxes", det["boxes"]), ("scores", det["scores"]), ("labels", det["labels"])]
+
+
+def e2e(out, h, w, resize=None):
+    """torchvision's model([img]) end to end on the seeded model (seeded_e2e); resize = (min_size,
+    max_size) makes torchvision resize the input (else it is used at its own size). Writes the
+    weights (write_e2e_weights) and e2e_io.safetensors: the BGR frame, the network's input (the
+    normalised, resized, padded (1, 3, H, W) tensor), the detections (boxes in input pixels,
+    scores, labels) and the pasted masks thresholded at 0.5 (D, h, w) uint8."""
+    model, bgr, img = seeded_e2e(h, w, *(resize or (None, None)))
+    with torch.no_grad():
+        det = model([img])[0]
+        net_input = model.transform([img])[0].tensors
+    write_e2e_weights(out, model)
+    meta = {"generator": "tools/make_teacher_golden.py", "mode": "e2e", "torch_version": torch.__version__,
+            "min_size": str(model.transform.min_size[0]), "max_size": str(model.transform.max_size)}
+    io = [("bgr", bgr), ("boxes", det["boxes"]), ("scores", det["scores"]), ("labels", det["labels"]),
+          ("masks", (det["masks"][:, 0] > 0.5).to(torch.uint8)), ("input", net_input)]
     with open(os.path.join(out, "e2e_io.safetensors"), "wb") as f:
-        f.write(encode(io, meta))
+        f.write(writer()(io, meta))
 
 
 def main():
@@ -142,6 +162,7 @@ def main():
     ap.add_argument("--mode", choices=["d2", "tv", "heads", "e2e"], default="d2")
     ap.add_argument("--size", default="64x96")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--resize", default=None, help="e2e: torchvision's min_size,max_size (default: none)")
     a = ap.parse_args()
     h, w = (int(v) for v in a.size.split("x"))
     torch.manual_seed(a.seed)
@@ -150,7 +171,7 @@ def main():
         heads(a.out, h, w)
         return
     if a.mode == "e2e":
-        e2e(a.out, h, w)
+        e2e(a.out, h, w, tuple(int(v) for v in a.resize.split(",")) if a.resize else None)
         return
     bb = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=5).eval()
     if a.mode == "d2":  # Detectron2 (MSRA): the stride sits on the block's first 1x1 conv

@@ -2,6 +2,7 @@
 // weighted cross-entropy of SPEC §3, argmax. Parallel over (n, c) planes or pixel blocks.
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/resample.h"
@@ -151,8 +152,9 @@ void CpuBackend::resize_bilinear_forward(const Tensor& x, Tensor& y) {
     const int64_t NC = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
     const int64_t OH = y.size(2), OW = y.size(3);
     std::vector<BilinearTap> tx(static_cast<size_t>(OW)), ty(static_cast<size_t>(OH));
-    for (int64_t j = 0; j < OW; ++j) tx[size_t(j)] = bilinear_tap(j, W, OW);
-    for (int64_t i = 0; i < OH; ++i) ty[size_t(i)] = bilinear_tap(i, H, OH);
+    constexpr bool single = std::is_same_v<T, float>;
+    for (int64_t j = 0; j < OW; ++j) tx[size_t(j)] = bilinear_tap(j, W, OW, single);
+    for (int64_t i = 0; i < OH; ++i) ty[size_t(i)] = bilinear_tap(i, H, OH, single);
     const T* px = x.data<T>();
     T* py = y.data<T>();
 #pragma omp parallel for collapse(2) if (NC * OH * OW > 32768)
@@ -178,8 +180,9 @@ void CpuBackend::resize_bilinear_backward(const Tensor& gy, Tensor& gx) {
     const int64_t NC = gx.size(0) * gx.size(1), H = gx.size(2), W = gx.size(3);
     const int64_t OH = gy.size(2), OW = gy.size(3);
     std::vector<BilinearTap> tx(static_cast<size_t>(OW)), ty(static_cast<size_t>(OH));
-    for (int64_t j = 0; j < OW; ++j) tx[size_t(j)] = bilinear_tap(j, W, OW);
-    for (int64_t i = 0; i < OH; ++i) ty[size_t(i)] = bilinear_tap(i, H, OH);
+    constexpr bool single = std::is_same_v<T, float>;
+    for (int64_t j = 0; j < OW; ++j) tx[size_t(j)] = bilinear_tap(j, W, OW, single);
+    for (int64_t i = 0; i < OH; ++i) ty[size_t(i)] = bilinear_tap(i, H, OH, single);
     const T* pg = gy.data<T>();
     T* px = gx.data<T>();
 #pragma omp parallel for if (NC * OH * OW > 32768)

@@ -5,6 +5,7 @@
 // Reductions accumulate in double in a fixed order (deterministic); resampling and pooling
 // backward passes scatter with atomicAdd.
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/cpu/resample.h"
 #include "kernels/cuda/cuda_backend_impl.cuh"
@@ -251,7 +252,8 @@ __global__ void bilinear_fwd_kernel(const T* x, T* y, int64_t NC, int64_t H, int
                                     int64_t OH, int64_t OW) {
   ST_GRID_STRIDE(idx, NC * OH * OW) {
     const int64_t j = idx % OW, i = (idx / OW) % OH, p = idx / (OW * OH);
-    const BilinearTap a = bilinear_tap(i, H, OH), b = bilinear_tap(j, W, OW);
+    constexpr bool single = std::is_same_v<T, float>;
+    const BilinearTap a = bilinear_tap(i, H, OH, single), b = bilinear_tap(j, W, OW, single);
     const T* r0 = x + (p * H + a.i0) * W;
     const T* r1 = x + (p * H + a.i1) * W;
     const T h0 = T(a.l0), h1 = T(a.l1), w0 = T(b.l0), w1 = T(b.l1);
@@ -263,7 +265,8 @@ __global__ void bilinear_bwd_kernel(const T* gy, T* gx, int64_t NC, int64_t H, i
                                     int64_t OH, int64_t OW) {
   ST_GRID_STRIDE(idx, NC * OH * OW) {
     const int64_t j = idx % OW, i = (idx / OW) % OH, p = idx / (OW * OH);
-    const BilinearTap a = bilinear_tap(i, H, OH), b = bilinear_tap(j, W, OW);
+    constexpr bool single = std::is_same_v<T, float>;
+    const BilinearTap a = bilinear_tap(i, H, OH, single), b = bilinear_tap(j, W, OW, single);
     T* r0 = gx + (p * H + a.i0) * W;
     T* r1 = gx + (p * H + a.i1) * W;
     const T h0 = T(a.l0), h1 = T(a.l1), w0 = T(b.l0), w1 = T(b.l1), g = gy[idx];
