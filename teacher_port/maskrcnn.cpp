@@ -1,6 +1,7 @@
 #include "teacher_port/maskrcnn.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "tensor/autograd.h"
@@ -72,12 +73,31 @@ Tensor MaskRcnn::preprocess(const uint8_t* bgr, int64_t h, int64_t w) const {
   return padded;
 }
 
+namespace {
+// Milliseconds since the last lap, after the device's queued work is done.
+struct Laps {
+  Device d;
+  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+  double lap() {
+    backend_for(d).synchronize();
+    const auto now = std::chrono::steady_clock::now();
+    const double ms = std::chrono::duration<double, std::milli>(now - t).count();
+    t = now;
+    return ms;
+  }
+};
+}  // namespace
+
 MaskRcnn::Result MaskRcnn::run(const uint8_t* bgr, int64_t h, int64_t w) const {
   NoGradGuard ng;
+  Result r;
+  Laps laps{device_};
   const bool d2 = opt_.convention == Convention::Detectron2;
   Tensor x = preprocess(bgr, h, w);
   const auto [rh, rw] = network_size(h, w);
+  r.ms.preprocess = laps.lap();
   auto feats = backbone_.forward(x);
+  r.ms.backbone = laps.lap();
   std::vector<Tensor> p(feats.p.begin(), feats.p.end());
   auto levels = rpn_.forward(p);
   for (size_t l = 0; l < levels.size(); ++l) {
@@ -86,6 +106,7 @@ MaskRcnn::Result MaskRcnn::run(const uint8_t* bgr, int64_t h, int64_t w) const {
     levels[l].anchors = grid_anchors(cell, p[l].size(2), p[l].size(3), stride);
   }
   Proposals props = select_proposals(levels, rh, rw, opt_.convention);
+  r.ms.rpn = laps.lap();
   PoolerOptions po;
   po.levels = opt_.convention;
   po.aligned = d2;
@@ -94,8 +115,8 @@ MaskRcnn::Result MaskRcnn::run(const uint8_t* bgr, int64_t h, int64_t w) const {
   auto bo = box_.forward(p25, props.boxes, po);
   BoxInferenceConfig cfg;
   cfg.score_thresh = opt_.score_thresh;
-  Result r;
   r.detections = box_inference(bo.class_logits, bo.box_deltas, props.boxes, rh, rw, opt_.convention, cfg);
+  r.ms.box = laps.lap();
   const int64_t D = r.detections.boxes.size(0);
   if (D == 0) {
     r.mask_probs = Tensor::zeros({0, 28, 28});
@@ -111,6 +132,7 @@ MaskRcnn::Result MaskRcnn::run(const uint8_t* bgr, int64_t h, int64_t w) const {
     }
     r.mask_probs = Tensor::from_vector(probs, {D, 28, 28});
   }
+  r.ms.mask = laps.lap();
   // Boxes back to the input's pixels (torchvision's resize_boxes: float32 ratios).
   auto bx = r.detections.boxes.to_vector<float>();
   if (rh != h || rw != w) {
@@ -138,6 +160,7 @@ MaskRcnn::Result MaskRcnn::run(const uint8_t* bgr, int64_t h, int64_t w) const {
     cls.push_back(r.detections.classes[size_t(i)]);
   }
   if (d2) r.label_map = label_map(cls, r.masks, h, w);
+  r.ms.paste = laps.lap();
   return r;
 }
 

@@ -41,6 +41,12 @@ class MaskRcnn {
     Tensor mask_probs;                        // (D, 28, 28) of each detection's class
     std::vector<std::vector<uint8_t>> masks;  // pasted binary masks, H*W each (the convention's paste)
     std::vector<uint8_t> label_map;           // ShadowTutor's 9-class map (H*W; Detectron2 classes)
+    // Wall time of each stage (ms; the device is synchronised at each boundary): preprocess,
+    // backbone, RPN head + proposal selection, box head + inference, mask head, paste + label map.
+    struct Timings {
+      double preprocess = 0, backbone = 0, rpn = 0, box = 0, mask = 0, paste = 0;
+      double total() const { return preprocess + backbone + rpn + box + mask + paste; }
+    } ms;
   };
   // One BGR frame (interleaved, h x w).
   Result run(const uint8_t* bgr, int64_t h, int64_t w) const;
