@@ -1,5 +1,5 @@
 // `shadowtutor`: the command-line entry point. Subcommands:
-//   simulate   client and server in one process on a video with a recorded teacher
+//   simulate   client and server in one process on a video, with a recorded or a live teacher
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -8,13 +8,19 @@
 #include <string>
 
 #include "edge/simulate.h"
+#include "server/common.h"
 
 namespace {
 
-const char* kUsage = R"(usage: shadowtutor simulate --video PATH --labels DIR [options]
+const char* kUsage = R"(usage: shadowtutor simulate --video PATH (--labels DIR | --maskrcnn FILE) [options]
 
   --video PATH         a directory of frames (png/jpg) or a video file (decoded by ffmpeg)
   --labels DIR         recorded teacher label maps, DIR/000000.png ... (pixel = class 0..8)
+  --maskrcnn FILE      or the Mask R-CNN port as a live teacher (Detectron2-named safetensors,
+                       tools/convert_teacher.py); Detectron2 conventions, as the server runs it
+  --teacher-device D   cpu | cuda[:N] for the Mask R-CNN      (default cpu)
+  --eval-every N       teacher labels for the mIoU on every Nth frame (key frames always; default
+                       1; the live Mask R-CNN takes seconds per frame on a CPU)
   --weights FILE       student weights (.safetensors); default: random initialisation
   --mode M             partial | full | wild | naive          (default partial)
   --delay D            apply each update after D frames, 1..MIN_STRIDE (default 1: P-1)
@@ -52,6 +58,9 @@ int run_simulate(int argc, char** argv) {
     try {
       if (a == "--video") o.video = v;
       else if (a == "--labels") o.labels = v;
+      else if (a == "--maskrcnn") o.maskrcnn = v;
+      else if (a == "--teacher-device") o.teacher_device = st::net::parse_device(v);
+      else if (a == "--eval-every") o.eval_every = std::stoll(v);
       else if (a == "--weights") o.weights = v;
       else if (a == "--mode") o.mode = st::edge::parse_sim_mode(v);
       else if (a == "--delay") o.delay = std::stoi(v);
@@ -73,7 +82,9 @@ int run_simulate(int argc, char** argv) {
       return usage_error("value out of range for " + a);
     }
   }
-  if (o.video.empty() || o.labels.empty()) return usage_error("--video and --labels are required");
+  if (o.video.empty()) return usage_error("--video is required");
+  if (o.labels.empty() == o.maskrcnn.empty()) return usage_error("give exactly one of --labels and --maskrcnn");
+  if (o.eval_every < 1) return usage_error("--eval-every must be >= 1");
   st::edge::SimResult r = st::edge::simulate(o);
   std::string json = st::edge::to_json(r);
   if (out.empty()) {
@@ -83,6 +94,7 @@ int run_simulate(int argc, char** argv) {
     if (!(f << json << "\n")) throw st::Error("cannot write " + out);
   }
   std::string run = r.mode == "partial" || r.mode == "full" ? r.mode + " P-" + std::to_string(r.delay) : r.mode;
+  std::fprintf(stderr, "teacher: %s (%lld calls)\n", r.teacher.c_str(), (long long)r.teacher_calls);
   std::fprintf(stderr, "%s: %lld frames, mean mIoU %.4f, key frames %lld (%.2f%%), traffic %.2f%% of naive\n",
                run.c_str(), (long long)r.frames, r.mean_miou, (long long)r.key_frames,
                100.0 * double(r.key_frames) / double(r.frames),

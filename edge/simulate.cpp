@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 
 #include "edge/video.h"
+#include "server/teacher.h"
+#include "teacher_port/maskrcnn.h"
 #include "tensor/autograd.h"
 
 namespace st::edge {
@@ -45,11 +47,23 @@ std::vector<uint8_t> to_u8(const Tensor& labels) {
 SimResult simulate(const SimOptions& opt) {
   ST_CHECK(opt.delay >= 1 && opt.delay <= opt.distill.min_stride, "simulate: delay ", opt.delay,
            " must be within 1..MIN_STRIDE (", opt.distill.min_stride, ")");
+  ST_CHECK(opt.labels.empty() != opt.maskrcnn.empty(),
+           "simulate: give exactly one teacher (recorded labels or Mask R-CNN weights)");
+  ST_CHECK(opt.eval_every >= 1, "simulate: eval_every must be >= 1, got ", opt.eval_every);
   auto source = open_video(opt.video);
-  LabelSource teacher(opt.labels);
+  std::unique_ptr<server::Teacher> teacher;
+  SimResult r;
+  if (!opt.maskrcnn.empty()) {
+    auto model = server::MaskRcnnTeacher::load(opt.maskrcnn, opt.teacher_device);
+    teacher = std::make_unique<server::MaskRcnnTeacher>(model, opt.maskrcnn.string());
+    r.teacher = teacher->describe() + " (Detectron2 conventions, " +
+                (opt.teacher_device.is_cuda() ? "cuda:" + std::to_string(opt.teacher_device.index) : "cpu") + ")";
+  } else {
+    teacher = std::make_unique<server::RecordedTeacher>(opt.labels);
+    r.teacher = teacher->describe();
+  }
   const int64_t H = source->height(), W = source->width();
 
-  SimResult r;
   r.mode = sim_mode_name(opt.mode);
   r.delay = opt.delay;
   r.step_histogram.assign(size_t(opt.distill.max_updates + 1), 0);
@@ -90,16 +104,23 @@ SimResult simulate(const SimOptions& opt) {
         nn::unpack_trained(edge_student, dmode, pending.data(), pending.size());
       apply_at = -1;
     }
-    auto t0 = Clock::now();
-    std::vector<uint8_t> truth = teacher.labels(i, H, W);
-    teacher_ms += ms_since(t0);
-    ++teacher_calls;
-    Tensor truth_t = Tensor::from_vector(std::vector<int64_t>(truth.begin(), truth.end()), {1, H, W});
+    const bool key = distiller && i == next_key;
+    const bool evaluate = i % opt.eval_every == 0;
+    server::TeacherOutput truth;
+    if (key || evaluate || opt.mode == SimMode::Naive) {
+      auto t0 = Clock::now();
+      truth = teacher->run(uint64_t(i), f.bgr.pixels.data(), H, W);
+      teacher_ms += ms_since(t0);
+      ++teacher_calls;
+      ST_CHECK(truth.height == H && truth.width == W && int64_t(truth.labels.size()) == H * W,
+               "simulate: the teacher answered frame ", i, " with ", truth.width, "x", truth.height,
+               " labels for a ", W, "x", H, " frame");
+    }
 
     std::vector<uint8_t> pred;
     if (opt.mode == SimMode::Naive) {
       // Every frame goes up; the client waits for the teacher's label map.
-      pred = truth;
+      pred = truth.labels;
       r.bytes_up += frame_bytes + kMessageHeaderBytes;
       r.bytes_down += label_bytes + kMessageHeaderBytes;
     } else {
@@ -113,11 +134,11 @@ SimResult simulate(const SimOptions& opt) {
       student_ms += ms_since(ts);
       pred = to_u8(labels);
 
-      if (distiller && i == next_key) {
+      if (key) {
         // Key frame: the frame goes up; the server distils and answers (SPEC §6).
         ++r.key_frames;
         r.bytes_up += frame_bytes + kMessageHeaderBytes;
-        nn::Target target = nn::make_target(truth, H, W);
+        nn::Target target = nn::make_target(truth.labels, H, W, truth.boxes ? &*truth.boxes : nullptr);
         auto td = Clock::now();
         nn::DistillOutcome o = distiller->distill(x, target);
         if (o.steps > 0) {  // the whole Algorithm 1 run, per step taken
@@ -139,9 +160,10 @@ SimResult simulate(const SimOptions& opt) {
     }
     r.naive_bytes_up += frame_bytes + kMessageHeaderBytes;
     r.naive_bytes_down += label_bytes + kMessageHeaderBytes;
-    r.frame_miou.push_back(nn::miou(Tensor::from_vector(
-                                        std::vector<int64_t>(pred.begin(), pred.end()), {1, H, W}),
-                                    truth_t));
+    if (evaluate) {
+      r.frame_miou.push_back(nn::miou(pred, truth.labels));
+      r.miou_frames.push_back(i);
+    }
     char name[32];
     std::snprintf(name, sizeof name, "%06lld.png", (long long)i);
     if (!opt.predictions_dir.empty()) write_label_png(opt.predictions_dir / name, pred, H, W);
@@ -150,7 +172,7 @@ SimResult simulate(const SimOptions& opt) {
     if (opt.progress) {
       double s = std::chrono::duration<double>(Clock::now() - t_start).count();
       std::fprintf(stderr, "\r[%s P-%d] frame %lld  mIoU %.3f  stride %lld  keys %lld  %.2f fps   ",
-                   r.mode.c_str(), opt.delay, (long long)i, r.frame_miou.back(), (long long)stride,
+                   r.mode.c_str(), opt.delay, (long long)i, r.frame_miou.empty() ? 0.0 : r.frame_miou.back(), (long long)stride,
                    (long long)r.key_frames, double(r.frames) / std::max(s, 1e-9));
       std::fflush(stderr);
     }
@@ -159,7 +181,8 @@ SimResult simulate(const SimOptions& opt) {
   ST_CHECK(r.frames > 0, "simulate: no frames read from ", opt.video.string());
   double sum = 0;
   for (double m : r.frame_miou) sum += m;
-  r.mean_miou = sum / double(r.frames);
+  r.mean_miou = r.frame_miou.empty() ? 0.0 : sum / double(r.frame_miou.size());
+  r.teacher_calls = teacher_calls;
   r.mean_student_ms = opt.mode == SimMode::Naive ? 0 : student_ms / double(r.frames);
   r.mean_step_ms = steps_total ? step_ms / double(steps_total) : 0;
   r.mean_teacher_ms = teacher_ms / double(std::max<int64_t>(teacher_calls, 1));
@@ -172,6 +195,8 @@ std::string to_json(const SimResult& r) {
   j["mode"] = r.mode;
   j["delay"] = r.delay;
   j["weights"] = r.weights;
+  j["teacher"] = r.teacher;
+  j["teacher_calls"] = r.teacher_calls;
   j["frames"] = r.frames;
   j["key_frames"] = r.key_frames;
   j["key_frame_ratio"] = r.frames ? double(r.key_frames) / double(r.frames) : 0.0;
@@ -190,6 +215,7 @@ std::string to_json(const SimResult& r) {
                   {"teacher_mean", r.mean_teacher_ms},
                   {"wall_s", r.wall_s}};
   j["frame_miou"] = r.frame_miou;
+  if (int64_t(r.miou_frames.size()) != r.frames) j["miou_frames"] = r.miou_frames;
   return j.dump(1);
 }
 

@@ -19,6 +19,11 @@ const char* sim_mode_name(SimMode m);
 struct SimOptions {
   std::filesystem::path video;            // directory of images or a video file
   std::filesystem::path labels;           // recorded teacher: <labels>/<%06d>.png
+  std::filesystem::path maskrcnn;         // or the Mask R-CNN port live (Detectron2-named weights)
+  Device teacher_device = Device::cpu();  // where the Mask R-CNN runs
+  // The teacher labels every key frame, and every eval_every-th frame for the per-frame mIoU
+  // (1 = every frame; a live Mask R-CNN on a CPU takes seconds per frame).
+  int64_t eval_every = 1;
   std::filesystem::path weights;          // student weights (.safetensors); empty = random init
   SimMode mode = SimMode::Partial;
   int delay = 1;                          // update applied after this many frames (1..MIN_STRIDE)
@@ -34,13 +39,16 @@ struct SimResult {
   std::string mode;
   int delay = 0;
   int64_t frames = 0, key_frames = 0;
-  std::vector<double> frame_miou;         // per frame, vs the teacher
+  std::vector<double> frame_miou;         // per evaluated frame, vs the teacher
+  std::vector<int64_t> miou_frames;       // the frames frame_miou is of (every frame if eval_every 1)
   double mean_miou = 0;
   std::vector<int64_t> step_histogram;    // key frames by number of steps 0..MAX_UPDATES
   int64_t bytes_up = 0, bytes_down = 0;   // totals
   int64_t naive_bytes_up = 0, naive_bytes_down = 0;
   double mean_student_ms = 0, mean_step_ms = 0, mean_teacher_ms = 0, wall_s = 0;
   std::string weights;                    // "pretrained: <path>" or "random init"
+  std::string teacher;                    // which teacher ran: recorded labels or Mask R-CNN
+  int64_t teacher_calls = 0;
 };
 
 SimResult simulate(const SimOptions& opt);

@@ -81,4 +81,40 @@ TEST_CASE("simulate: delay semantics and bad options", "[simulate]") {
   o.labels = clip.dir / "nope";
   o.mode = edge::SimMode::Partial;
   REQUIRE_THROWS(edge::simulate(o));
+  // Exactly one teacher; a missing Mask R-CNN weight file is named.
+  o.labels = clip.labels;
+  o.maskrcnn = clip.dir / "teacher.safetensors";
+  REQUIRE_THROWS_WITH(edge::simulate(o), Catch::Contains("exactly one teacher"));
+  o.labels.clear();
+  REQUIRE_THROWS_WITH(edge::simulate(o), Catch::Contains("teacher.safetensors"));
+  o.maskrcnn.clear();
+  o.labels = clip.labels;
+  o.eval_every = 0;
+  REQUIRE_THROWS_WITH(edge::simulate(o), Catch::Contains("eval_every"));
+}
+
+TEST_CASE("simulate: evaluating every Nth frame asks the teacher for key frames and those only",
+          "[simulate]") {
+  Clip clip;
+  edge::SimOptions o;
+  o.video = clip.frames;
+  o.labels = clip.labels;
+  o.progress = false;
+  o.max_frames = 20;
+  o.eval_every = 5;
+  edge::SimResult r = edge::simulate(o);
+  REQUIRE(r.frames == 20);
+  REQUIRE(r.miou_frames == std::vector<int64_t>{0, 5, 10, 15});
+  REQUIRE(r.frame_miou.size() == 4);
+  // Key frames at 0, 8 (stride 8 at least), 16 at most: the calls are the union.
+  REQUIRE(r.teacher_calls >= 5);
+  REQUIRE(r.teacher_calls <= 4 + r.key_frames);
+  REQUIRE(r.teacher.find("recorded labels") != std::string::npos);
+  edge::SimOptions all = o;
+  all.eval_every = 1;
+  edge::SimResult a = edge::simulate(all);
+  // Same run, same key frames: the evaluated frames have the same mIoU as in the full evaluation.
+  REQUIRE(a.key_frames == r.key_frames);
+  for (size_t k = 0; k < r.miou_frames.size(); ++k)
+    REQUIRE(r.frame_miou[k] == a.frame_miou[size_t(r.miou_frames[k])]);
 }

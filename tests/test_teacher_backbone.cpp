@@ -15,7 +15,9 @@
 
 #include "teacher_port/backbone.h"
 #include "teacher_port/heads.h"
+#include "edge/simulate.h"
 #include "server/teacher.h"
+#include "synthetic_clip.h"
 #include "teacher_port/maskrcnn.h"
 #include "test_util.h"
 
@@ -281,4 +283,21 @@ TEST_CASE("teacher: the Mask R-CNN server teacher labels frames (seeded model)",
   REQUIRE(out.boxes->size() > 0);
   REQUIRE(person > 0);
   for (uint8_t v : out.labels) REQUIRE((v == 0 || v == 2 || v == 8));
+
+  // The same weights as the live teacher of `shadowtutor simulate` (Detectron2 conventions): a
+  // short synthetic clip, partial distillation on the Mask R-CNN's labels and boxes.
+  test::SyntheticClip clip("maskrcnn", 12);
+  edge::SimOptions so;
+  so.video = clip.frames;
+  so.maskrcnn = tmp.p / "e2e_weights_d2layout.safetensors";
+  so.progress = false;
+  so.eval_every = 4;
+  so.distill.max_stride = so.distill.min_stride;  // key frames 0 and 8
+  edge::SimResult sr = edge::simulate(so);
+  REQUIRE(sr.frames == 12);
+  REQUIRE(sr.key_frames == 2);
+  REQUIRE(sr.teacher.find("Mask R-CNN") != std::string::npos);
+  REQUIRE(sr.teacher_calls >= 3);
+  REQUIRE(sr.frame_miou.size() == 3);
+  for (double m : sr.frame_miou) REQUIRE((m >= 0.0 && m <= 1.0));
 }

