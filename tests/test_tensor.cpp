@@ -267,3 +267,23 @@ TEST_CASE("ops: odd sizes and 1x1 spatial inputs", "[tensor]") {
                  {2, 3, 1, 0, 1})
               .shape() == Shape{3, 3, 7, 4});
 }
+
+// Large float GEMMs (M*N*K >= 2^21) run through the convolution engine (kernels/cpu/
+// cpu_backend.cpp); checked against the double path on plain, transposed and strided views.
+TEST_CASE("matmul float fast path matches the double reference (large, any layout)", "[tensor]") {
+  const int64_t M = 131, K = 257, N = 97;  // 3.3M multiply-adds, odd sizes
+  Tensor a = Tensor::uniform({M, K}, -1, 1, 11), bt = Tensor::uniform({N, K}, -1, 1, 12);
+  Tensor wide = Tensor::uniform({M, 2 * K}, -1, 1, 13);
+  const Tensor bs[] = {bt.transpose(0, 1), bt.transpose(0, 1).contiguous()};
+  const Tensor as[] = {a, wide.narrow(1, 0, K), a.transpose(0, 1).contiguous().transpose(0, 1)};
+  for (const Tensor& x : as)
+    for (const Tensor& b : bs) {
+      Tensor y = matmul(x, b);
+      Tensor ref = matmul(x.to(DType::F64), b.to(DType::F64));
+      // K = 257 products of O(1) values: float accumulation error ~ sqrt(K) * 6e-8 * |terms|.
+      ST_REQUIRE_CLOSE(y.to(DType::F64), ref, 2e-5, 2e-5);
+    }
+  Tensor lin = linear(a, bt, Tensor());
+  ST_REQUIRE_CLOSE(lin.to(DType::F64), matmul(a.to(DType::F64), bt.transpose(0, 1).to(DType::F64)),
+                   2e-5, 2e-5);
+}

@@ -22,9 +22,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from analytic_model import bounds as model_bounds, naive_fps  # noqa: E402
 from report import svg_plot  # noqa: E402
 
-MIN_STRIDE = 8
 COLORS = {"naive": "#888888", "partial": "#1f77b4", "full": "#d62728"}
 
 
@@ -78,20 +78,12 @@ def edge_run(a, port, token, mode, rate, out):
 
 def bounds(r, t, rate):
     """(lo, hi) fps of SPEC §7 for this run's key frames, steps and bytes at `rate` Mbit/s."""
-    n, k = r["frames"], max(1, r["key_frames"])
-    bps = rate * 1e6
-    up, down = r["bytes"]["up_total"], r["bytes"]["down_total"]
+    n, up, down = r["frames"], r["bytes"]["up_total"], r["bytes"]["down_total"]
     if r["mode"] == "naive":
-        per = (up + down) / n * 8 / bps + t["teacher"]
-        return n / (n * per), n / (n * per)
-    t_s, t_d = t["student"], t[f"step_{r['mode']}"]
-    t_n = (up + down) / k * 8 / bps
-    steps = list(r["_steps_per_update"])
-    steps += [0] * max(0, r["key_frames"] - len(steps))  # unanswered at the end: no steps
-    lo_w = sum(max(MIN_STRIDE * t_s, t_n + t["teacher"] + d * t_d) for d in steps)
-    hi_w = sum(MIN_STRIDE * t_s + t_n + t["teacher"] + d * t_d for d in steps)
-    others = max(n - len(steps) * MIN_STRIDE, 0) * t_s
-    return n / (others + hi_w), n / (others + lo_w)
+        fps = naive_fps(n, up, down, t["teacher"], rate)
+        return fps, fps
+    return model_bounds(n, r["key_frames"], r["_steps_per_update"], up, down, t["student"],
+                        t[f"step_{r['mode']}"], t["teacher"], rate)
 
 
 def main():
