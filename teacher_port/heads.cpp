@@ -46,7 +46,7 @@ Tensor pool_grouped(const std::vector<Tensor>& p, const Tensor& boxes, int64_t o
         ++n;
       }
     if (n == 0) continue;
-    parts.push_back(roi_align(p[size_t(l - 2)], Tensor::from_vector(rois, {n, 5}).to(d), out, out,
+    parts.push_back(roi_align(p[size_t(l - 2)], Tensor::from_vector(rois, {n, 5}), out, out,
                               1.0 / double(int64_t(1) << l), o.sampling_ratio, o.aligned));
   }
   if (parts.empty()) return Tensor::zeros({0, C, out, out}).to(d);

@@ -14,7 +14,10 @@
 #include "nn/blob.h"
 #include "nn/distill.h"
 #include "nn/student.h"
+#include "teacher_port/backbone.h"
 #include "teacher_port/detect_ops.h"
+#include "teacher_port/maskrcnn.h"
+#include "teacher_port/random_weights.h"
 #include "test_util.h"
 
 using namespace st;
@@ -340,4 +343,71 @@ TEST_CASE("cuda: ROIAlign (the teacher's pooler) matches the CPU", "[cuda][teach
       REQUIRE(yg.device() == kGpu);
       ST_REQUIRE_CLOSE(cpu(yg), yc, 1e-5, 1e-5);
     }
+}
+
+namespace {
+// A synthetic 3-channel frame: smooth gradients and a few bright rectangles.
+std::vector<uint8_t> teacher_frame(int64_t h, int64_t w) {
+  std::vector<uint8_t> f(size_t(h * w * 3));
+  for (int64_t y = 0; y < h; ++y)
+    for (int64_t x = 0; x < w; ++x)
+      for (int64_t c = 0; c < 3; ++c) {
+        int v = int((x * 3 + y * 2 + c * 40) % 256);
+        if ((x / 24 + y / 20) % 3 == 0) v = 230 - int(c) * 30;
+        f[size_t((y * w + x) * 3 + c)] = uint8_t(v);
+      }
+  return f;
+}
+}  // namespace
+
+TEST_CASE("cuda: the Mask R-CNN teacher (backbone, heads, end to end) matches the CPU", "[cuda][teacher]") {
+  REQUIRE_GPU();
+  const auto w = teacher::random_maskrcnn_weights(3);
+  const int64_t H = 120, W = 160;
+  const auto frame = teacher_frame(H, W);
+  teacher::MaskRcnn mc(w), mg(w);
+  mg.to(kGpu);
+  // Backbone: P2..P6 to 1e-4 of each map's largest value (cuDNN sums in its own order).
+  teacher::Backbone bc(w), bg(w);
+  bg.to(kGpu);
+  Tensor x = mc.preprocess(frame.data(), H, W);
+  auto fc = bc.forward(x), fg = bg.forward(gpu(x));
+  for (size_t l = 0; l < 5; ++l) {
+    INFO("P" << l + 2);
+    REQUIRE(fg.p[l].device() == kGpu);
+    const auto a = fc.p[l].to_vector<float>(), b = cpu(fg.p[l]).to_vector<float>();
+    double amax = 0, dmax = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      amax = std::max(amax, double(std::abs(a[i])));
+      dmax = std::max(dmax, double(std::abs(a[i] - b[i])));
+    }
+    REQUIRE(dmax <= 1e-4 * amax + 1e-6);
+  }
+  // End to end: detections as a set (class, box to 0.05 px, score to 1e-3), >= 90% matched;
+  // label maps differ on at most 1% of the pixels.
+  auto rc = mc.run(frame.data(), H, W), rg = mg.run(frame.data(), H, W);
+  const int64_t n = rc.detections.boxes.size(0);
+  INFO("CPU " << n << " detections, CUDA " << rg.detections.boxes.size(0));
+  REQUIRE(n > 0);
+  const auto cb = rc.detections.boxes.to_vector<float>(), gb = rg.detections.boxes.to_vector<float>();
+  const auto cs = rc.detections.scores.to_vector<float>(), gs = rg.detections.scores.to_vector<float>();
+  int64_t matched = 0;
+  std::vector<bool> used(size_t(rg.detections.boxes.size(0)), false);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < rg.detections.boxes.size(0); ++j) {
+      if (used[size_t(j)] || rg.detections.classes[size_t(j)] != rc.detections.classes[size_t(i)]) continue;
+      bool same = std::abs(cs[size_t(i)] - gs[size_t(j)]) <= 1e-3f;
+      for (int k = 0; k < 4 && same; ++k) same = std::abs(cb[size_t(i * 4 + k)] - gb[size_t(j * 4 + k)]) <= 0.05f;
+      if (same) {
+        used[size_t(j)] = true;
+        ++matched;
+        break;
+      }
+    }
+  INFO(matched << " of " << n << " matched");
+  REQUIRE(matched * 10 >= n * 9);
+  REQUIRE(rg.label_map.size() == rc.label_map.size());
+  int64_t differ = 0;
+  for (size_t i = 0; i < rc.label_map.size(); ++i) differ += rc.label_map[i] != rg.label_map[i];
+  REQUIRE(differ * 100 <= int64_t(rc.label_map.size()));
 }

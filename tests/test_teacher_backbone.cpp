@@ -19,6 +19,7 @@
 #include "server/teacher.h"
 #include "synthetic_clip.h"
 #include "teacher_port/maskrcnn.h"
+#include "teacher_port/random_weights.h"
 #include "test_util.h"
 
 using namespace st;
@@ -300,4 +301,36 @@ TEST_CASE("teacher: the Mask R-CNN server teacher labels frames (seeded model)",
   REQUIRE(sr.teacher_calls >= 3);
   REQUIRE(sr.frame_miou.size() == 3);
   for (double m : sr.frame_miou) REQUIRE((m >= 0.0 && m <= 1.0));
+}
+
+TEST_CASE("teacher: a seeded random model loads, runs end to end and is deterministic", "[teacher]") {
+  const auto w = teacher::random_maskrcnn_weights(5);
+  const auto w2 = teacher::random_maskrcnn_weights(5);
+  REQUIRE(w.tensors.size() == w2.tensors.size());
+  for (size_t i = 0; i < w.tensors.size(); ++i)
+    REQUIRE(w.tensors[i].second.to_vector<float>() == w2.tensors[i].second.to_vector<float>());
+  const int64_t H = 96, W = 128;
+  std::vector<uint8_t> frame(size_t(H * W * 3));
+  for (size_t i = 0; i < frame.size(); ++i) frame[i] = uint8_t((i * 7 + i / 300) % 256);
+  teacher::MaskRcnn m(w);
+  auto a = m.run(frame.data(), H, W), b = m.run(frame.data(), H, W);
+  INFO(a.detections.boxes.size(0) << " detections");
+  REQUIRE(a.detections.boxes.size(0) > 0);  // the classifier is biased towards person and car
+  REQUIRE(a.detections.boxes.to_vector<float>() == b.detections.boxes.to_vector<float>());
+  REQUIRE(a.label_map == b.label_map);
+  REQUIRE(a.label_map.size() == size_t(H * W));
+  for (uint8_t v : a.label_map) REQUIRE(v <= 8);
+  int64_t biased = 0;
+  for (int64_t c : a.detections.classes) {
+    REQUIRE((c >= 0 && c < 80));
+    biased += c == 0 || c == 2;
+  }
+  REQUIRE(biased * 2 > a.detections.boxes.size(0));
+  REQUIRE(a.ms.total() > 0);
+  REQUIRE(a.ms.backbone > 0);
+  // Loading validates names: drop one tensor and the error names it.
+  auto broken = w;
+  broken.tensors.erase(broken.tensors.begin() + 7);
+  const std::string dropped = w.tensors[7].first;
+  REQUIRE_THROWS_WITH(teacher::MaskRcnn(broken), Contains(dropped));
 }

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the project needs to build and test, from Debian packages, when missing.
 # As root it runs apt-get; otherwise it prints the exact command and stops.
-#   tools/bootstrap.sh          build + test dependencies
+#   tools/bootstrap.sh          build + test dependencies (with Debian's python3-torchvision, which
+#                               the teacher's golden tests generate their seeded model with)
 #   tools/bootstrap.sh --bench  also PyTorch (Debian python3-torch), the benchmarks' peer
 #   tools/bootstrap.sh --demo   also python3, Node.js and npm (the demo's report and teacher)
 set -euo pipefail
 
-pkgs=(cmake g++ make catch2 libuv1-dev libstb-dev nlohmann-json3-dev ffmpeg)
+pkgs=(cmake g++ make catch2 libuv1-dev libstb-dev nlohmann-json3-dev ffmpeg python3-torchvision)
 case "${1:-}" in
-  --bench) pkgs+=(python3-torch python3-torchvision) ;;
+  --bench) pkgs+=(python3-torch) ;;
   --demo)  # the report (python3); the RVM teacher (Node.js + npm, unless some Node is there)
     pkgs+=(python3)
     command -v node >/dev/null || pkgs+=(nodejs)

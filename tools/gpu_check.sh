@@ -88,6 +88,12 @@ ST_PEER_PYTHON="${ST_PEER_PYTHON:-$(command -v python3)}" \
   2>&1 | tee "$out/bench_student_cuda.txt" | tee -a "$summary"
 log '```'
 log ""
+log "## The Mask R-CNN teacher at 720x1280 (vs torchvision on the same GPU when the peer python has it)"
+log '```'
+ST_PEER_PYTHON="${ST_PEER_PYTHON:-$(command -v python3)}" \
+  "$build/bench_teacher" . --device cuda --size 720x1280 --reps 5 2>&1 | tee "$out/bench_teacher_cuda.txt" | tee -a "$summary"
+log '```'
+log ""
 log "## Per-op profile of the partial step (ST_PROFILE=1)"
 log '```'
 ST_PROFILE=1 ST_PROFILE_TRACE="$out/trace_partial.json" \
@@ -96,5 +102,5 @@ ST_PROFILE=1 ST_PROFILE_TRACE="$out/trace_partial.json" \
 head -30 "$out/profile.txt" | tee -a "$summary"
 log '```'
 log ""
-log "Outputs in $out: summary.md, ctest.log, bench_student_cuda.txt, profile.txt, trace_partial.json (chrome://tracing)."
+log "Outputs in $out: summary.md, ctest.log, bench_student_cuda.txt, bench_teacher_cuda.txt, profile.txt, trace_partial.json (chrome://tracing)."
 exit $status
