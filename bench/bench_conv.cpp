@@ -5,7 +5,10 @@
 // torch_ms / our_ms (> 1: we are faster). If python3 or torch is missing it prints
 // "peer: missing (...)" and still exits 0.
 //
-// Usage: bench_conv [SOURCE_DIR] [--no-peer]
+// Usage: bench_conv [SOURCE_DIR] [--no-peer] [--teacher]
+//   --teacher: instead, the forward convolutions of the Mask R-CNN teacher's ResNet-50 + FPN
+//   backbone and RPN head (Detectron2 stride placement) at 736x1280 (a 720p frame padded to /32),
+//   forward only (the teacher never trains).
 //   SOURCE_DIR locates bench/conv_peer.py; defaults to the compile definition ST_SOURCE_DIR,
 //   else ".". Timing: one warm-up call, then the median of >= 5 repetitions (more while the
 //   total is under 0.3 s, at most 15).
@@ -91,6 +94,48 @@ std::vector<Layer> student_layers() {
   return out;
 }
 
+// The teacher's backbone + RPN convolutions at 736x1280 (MASKRCNN.md §3, §4.1), deduped.
+std::vector<Layer> teacher_layers() {
+  std::vector<Layer> L;
+  auto add = [&](std::string n, int64_t c, int64_t k, int64_t h, int64_t w, int64_t r, int64_t st) {
+    for (Layer& o : L)
+      if (o.C == c && o.K == k && o.H == h && o.W == w && o.R == r && o.stride == st) {
+        ++o.mult;
+        return;
+      }
+    L.push_back({std::move(n), c, k, h, w, r, r, st, 1});
+  };
+  int64_t h = 736, w = 1280;
+  add("stem7x7", 3, 64, h, w, 7, 2);
+  h /= 4, w /= 4;  // stem stride 2 + max-pool stride 2
+  const int64_t blocks[4] = {3, 4, 6, 3}, width[4] = {64, 128, 256, 512};
+  int64_t in = 64;
+  for (int s = 0; s < 4; ++s) {
+    const int64_t mid = width[s], out = 4 * width[s];
+    for (int64_t i = 0; i < blocks[s]; ++i) {
+      const int64_t st = (i == 0 && s > 0) ? 2 : 1;
+      const std::string p = "res" + std::to_string(s + 2) + "." + std::to_string(i);
+      add(p + ".conv1", in, mid, h, w, 1, st);  // Detectron2: the stride on the first 1x1
+      const int64_t oh = h / st, ow = w / st;
+      add(p + ".conv2", mid, mid, oh, ow, 3, 1);
+      add(p + ".conv3", mid, out, oh, ow, 1, 1);
+      if (i == 0) add(p + ".shortcut", in, out, h, w, 1, st);
+      h = oh, w = ow, in = out;
+    }
+  }
+  const int64_t cin[4] = {256, 512, 1024, 2048};
+  for (int l = 0; l < 4; ++l) {
+    const int64_t lh = 184 >> l, lw = 320 >> l;
+    add("fpn_lateral" + std::to_string(l + 2), cin[l], 256, lh, lw, 1, 1);
+    add("fpn_output" + std::to_string(l + 2), 256, 256, lh, lw, 3, 1);
+  }
+  for (int l = 0; l < 5; ++l) {
+    const int64_t lh = (184 + (1 << l) - 1) >> l, lw = 320 >> l;
+    add("rpn_conv.p" + std::to_string(l + 2), 256, 256, lh, lw, 3, 1);
+  }
+  return L;
+}
+
 ConvGeom geom(const Layer& l) {
   ConvGeom g;
   g.N = 1, g.C = l.C, g.H = l.H, g.W = l.W, g.K = l.K, g.R = l.R, g.S = l.S;
@@ -128,14 +173,17 @@ const char* kDirs[3] = {"fwd", "bwd_data", "bwd_weight"};
 
 int main(int argc, char** argv) {
   std::string src_dir = ST_SOURCE_DIR;
-  bool peer = true;
+  bool peer = true, teacher = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--no-peer") == 0)
       peer = false;
+    else if (std::strcmp(argv[i], "--teacher") == 0)
+      teacher = true;
     else
       src_dir = argv[i];
   }
-  const std::vector<Layer> layers = student_layers();
+  const std::vector<Layer> layers = teacher ? teacher_layers() : student_layers();
+  const int ndirs = teacher ? 1 : 3;
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> U(-1.0f, 1.0f);
   auto rnd = [&](int64_t n) {
@@ -144,7 +192,8 @@ int main(int argc, char** argv) {
     return v;
   };
 
-  std::printf("conv2d float, N=1, student layers at 1280x720 (median of >=5 runs after warm-up)\n");
+  std::printf("conv2d float, N=1, %s (median of >=5 runs after warm-up)\n",
+              teacher ? "the teacher's backbone + RPN at 736x1280, forward only" : "student layers at 1280x720");
   std::printf("%-34s %-24s %5s | %9s %7s | %9s %7s | %9s %7s\n", "layer", "C->K kRxS s  HxW", "x",
               "fwd ms", "GF/s", "bwdD ms", "GF/s", "bwdW ms", "GF/s");
   std::vector<std::array<double, 3>> ours(layers.size());
@@ -157,10 +206,13 @@ int main(int argc, char** argv) {
     std::vector<float> y(gy.size()), gx(x.size()), gw(w.size());
     ours[li][0] =
         time_ms([&] { st::cpu::conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data()); });
-    ours[li][1] =
-        time_ms([&] { st::cpu::conv2d_backward_data<float>(g, gy.data(), w.data(), gx.data()); });
-    ours[li][2] =
-        time_ms([&] { st::cpu::conv2d_backward_weight<float>(g, gy.data(), x.data(), gw.data()); });
+    ours[li][1] = ours[li][2] = 0;
+    if (ndirs == 3) {
+      ours[li][1] =
+          time_ms([&] { st::cpu::conv2d_backward_data<float>(g, gy.data(), w.data(), gx.data()); });
+      ours[li][2] =
+          time_ms([&] { st::cpu::conv2d_backward_weight<float>(g, gy.data(), x.data(), gw.data()); });
+    }
     const double gf = gflop(g);
     char dims[64];
     std::snprintf(dims, sizeof dims, "%ld->%ld k%ldx%ld s%ld %ldx%ld", (long)l.C, (long)l.K,
@@ -187,7 +239,7 @@ int main(int argc, char** argv) {
     std::printf("peer: missing (%s not found; pass the source dir as argv[1])\n", script.c_str());
     return 0;
   }
-  std::string cmd = py + " '" + script + "'";
+  std::string cmd = py + " '" + script + "'" + (ndirs == 1 ? " --fwd-only" : "");
   for (const Layer& l : layers) {
     const ConvGeom g = geom(l);
     char a[160];
@@ -233,6 +285,10 @@ int main(int argc, char** argv) {
     std::array<double, 3> t = it == theirs.end() ? std::array<double, 3>{-1, -1, -1} : it->second;
     std::printf("%-34s", l.name.c_str());
     for (int d = 0; d < 3; ++d) {
+      if (d >= ndirs) {
+        std::printf(" | %9s %6s", "-", "");
+        continue;
+      }
       if (t[d] < 0) {
         std::printf(" | %9s %6s", "n/a", "");
         complete = false;
@@ -243,7 +299,9 @@ int main(int argc, char** argv) {
     }
     std::printf("\n");
   }
-  if (complete)
+  if (complete && ndirs == 1)
+    std::printf("%-34s | %9.3f %6.2f\n", "TOTAL (x multiplicity)", ttot[0], ttot[0] / tot[0]);
+  else if (complete)
     std::printf("%-34s | %9.3f %6.2f | %9.3f %6.2f | %9.3f %6.2f\n", "TOTAL (x multiplicity)",
                 ttot[0], ttot[0] / tot[0], ttot[1], ttot[1] / tot[1], ttot[2], ttot[2] / tot[2]);
   return 0;

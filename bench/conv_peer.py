@@ -8,7 +8,8 @@ also works by hand:
 
     /usr/bin/python3 bench/conv_peer.py out_conv,1,32,32,360,640,3,3,1,1,1,1
 
-Each argument is  name,N,C,K,H,W,R,S,stride_h,stride_w,pad_h,pad_w  (groups = 1).
+Each argument is  name,N,C,K,H,W,R,S,stride_h,stride_w,pad_h,pad_w  (groups = 1); --fwd-only
+times the forward only.
 Output: JSON lines on stdout, one per measurement:
     {"peer": "torch", "version": "1.13.0", "threads": 2}
     {"shape": "out_conv", "dir": "fwd", "ms": 35.1}
@@ -46,7 +47,8 @@ def main(argv):
     torch.set_num_threads(2)
     torch.manual_seed(0)
     emit({"peer": "torch", "version": torch.__version__, "threads": torch.get_num_threads()})
-    for spec in argv:
+    fwd_only = "--fwd-only" in argv
+    for spec in [a for a in argv if a != "--fwd-only"]:
         f = spec.split(",")
         name = f[0]
         n, c, k, h, w, r, s, sh, sw, ph, pw = (int(v) for v in f[1:12])
@@ -59,6 +61,8 @@ def main(argv):
             gy = torch.randn_like(y)
             emit({"shape": name, "dir": "fwd",
                   "ms": timed(lambda: F.conv2d(x, wt, b, stride, padding))})
+            if fwd_only:
+                continue
             # The same op autograd runs for conv2d's backward, one gradient at a time.
             bwd = torch.ops.aten.convolution_backward
             emit({"shape": name, "dir": "bwd_data",
