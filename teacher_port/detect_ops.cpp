@@ -15,38 +15,25 @@ std::vector<float> boxes_f32(const Tensor& t, const char* op, const char* what) 
   return t.to_vector<float>();
 }
 
-// Indices 0..n-1 by decreasing score, ties by increasing index.
-std::vector<int64_t> order_desc(const std::vector<float>& s) {
-  std::vector<int64_t> o(s.size());
-  std::iota(o.begin(), o.end(), 0);
-  std::stable_sort(o.begin(), o.end(), [&](int64_t a, int64_t b) { return s[size_t(a)] > s[size_t(b)]; });
-  return o;
-}
-
-// NMS over the boxes `idx` (already in processing order); appends the kept indices to `keep`.
+// NMS over the boxes `idx` (already in processing order), on `device`: the backend computes the
+// overlap bits of every pair, the greedy sweep runs here; appends the kept indices to `keep`.
 void nms_into(const std::vector<float>& b, const std::vector<int64_t>& idx, float thr,
-              std::vector<int64_t>& keep) {
-  const size_t n = idx.size();
-  std::vector<float> area(n);
-  for (size_t k = 0; k < n; ++k) {
-    const float* p = &b[size_t(idx[k]) * 4];
-    area[k] = (p[2] - p[0]) * (p[3] - p[1]);
-  }
-  std::vector<char> suppressed(n, 0);
-  for (size_t i = 0; i < n; ++i) {
-    if (suppressed[i]) continue;
-    keep.push_back(idx[i]);
-    const float* pi = &b[size_t(idx[i]) * 4];
-    for (size_t j = i + 1; j < n; ++j) {
-      if (suppressed[j]) continue;
-      const float* pj = &b[size_t(idx[j]) * 4];
-      const float xx1 = std::max(pi[0], pj[0]), yy1 = std::max(pi[1], pj[1]);
-      const float xx2 = std::min(pi[2], pj[2]), yy2 = std::min(pi[3], pj[3]);
-      const float w = std::max(0.0f, xx2 - xx1), h = std::max(0.0f, yy2 - yy1);
-      const float inter = w * h;
-      const float ovr = inter / (area[i] + area[j] - inter);
-      if (ovr > thr) suppressed[j] = 1;
-    }
+              std::vector<int64_t>& keep, Device device) {
+  const int64_t n = int64_t(idx.size());
+  if (n == 0) return;
+  std::vector<float> ordered(size_t(n * 4));
+  for (int64_t k = 0; k < n; ++k)
+    std::copy_n(&b[size_t(idx[size_t(k)]) * 4], 4, &ordered[size_t(k * 4)]);
+  const int64_t words = (n + 63) / 64;
+  Tensor boxes = Tensor::from_vector(ordered, {n, 4}).to(device);
+  Tensor mask = Tensor::empty({n, words}, DType::I64, device);
+  backend_for(device).nms_mask(boxes, double(thr), mask);
+  const auto bits = mask.to_vector<int64_t>();
+  std::vector<uint64_t> removed(size_t(words), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    if ((removed[size_t(i / 64)] >> (i % 64)) & 1) continue;
+    keep.push_back(idx[size_t(i)]);
+    for (int64_t w = i / 64; w < words; ++w) removed[size_t(w)] |= uint64_t(bits[size_t(i * words + w)]);
   }
 }
 }  // namespace
@@ -111,7 +98,7 @@ std::vector<int64_t> nms(const Tensor& boxes, const Tensor& scores, double iou_t
   ST_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "nms: scores must be (",
            boxes.size(0), "), got ", scores.shape());
   std::vector<int64_t> keep;
-  nms_into(b, order_desc(scores.to_vector<float>()), float(iou_threshold), keep);
+  nms_into(b, topk(scores, scores.size(0)), float(iou_threshold), keep, boxes.device());
   return keep;
 }
 
@@ -123,7 +110,7 @@ std::vector<int64_t> batched_nms(const Tensor& boxes, const Tensor& scores,
   ST_CHECK(int64_t(groups.size()) == boxes.size(0), "batched_nms: ", groups.size(),
            " group ids for ", boxes.size(0), " boxes");
   const auto s = scores.to_vector<float>();
-  const auto order = order_desc(s);
+  const auto order = topk(scores, scores.size(0));
   std::vector<int64_t> ids(groups);
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
@@ -132,7 +119,7 @@ std::vector<int64_t> batched_nms(const Tensor& boxes, const Tensor& scores,
     std::vector<int64_t> idx;
     for (int64_t k : order)
       if (groups[size_t(k)] == gid) idx.push_back(k);
-    nms_into(b, idx, float(iou_threshold), keep);
+    nms_into(b, idx, float(iou_threshold), keep, boxes.device());
   }
   std::stable_sort(keep.begin(), keep.end(), [&](int64_t a, int64_t c) {
     return s[size_t(a)] > s[size_t(c)] || (s[size_t(a)] == s[size_t(c)] && a < c);
@@ -143,7 +130,11 @@ std::vector<int64_t> batched_nms(const Tensor& boxes, const Tensor& scores,
 std::vector<int64_t> topk(const Tensor& scores, int64_t k) {
   ST_CHECK(scores.dim() == 1, "topk: scores must be 1-D, got ", scores.shape());
   ST_CHECK(k >= 0, "topk: k must be >= 0, got ", k);
-  auto o = order_desc(scores.to_vector<float>());
+  const Device d = scores.device();
+  Tensor s = scores.to(DType::F32).contiguous();
+  Tensor order = Tensor::empty({s.size(0)}, DType::I64, d);
+  if (s.size(0) > 0) backend_for(d).sort_desc(s, order);
+  auto o = order.to_vector<int64_t>();
   if (int64_t(o.size()) > k) o.resize(size_t(k));
   return o;
 }

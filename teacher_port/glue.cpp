@@ -3,7 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/cpu/resample.h"
+#include "kernels/cpu/detect_math.h"
+#include "tensor/backend.h"
 
 namespace st::teacher {
 
@@ -64,61 +65,33 @@ std::vector<int64_t> assign_levels(const Tensor& boxes, Convention c, int64_t k_
 
 void paste_mask(const float* m, int64_t M, const std::array<float, 4>& box, int64_t H, int64_t W,
                 uint8_t* out, float threshold) {
-  const float x0 = box[0], y0 = box[1], x1 = box[2], y1 = box[3];
-  if (!(x1 > x0) || !(y1 > y0)) return;  // empty boxes paste nothing
-  // Only pixels near the box can reach the threshold (MASKRCNN.md §5.5).
-  const int64_t ylo = std::max<int64_t>(0, int64_t(std::floor(y0)) - 1);
-  const int64_t yhi = std::min<int64_t>(H, int64_t(std::ceil(y1)) + 1);
-  const int64_t xlo = std::max<int64_t>(0, int64_t(std::floor(x0)) - 1);
-  const int64_t xhi = std::min<int64_t>(W, int64_t(std::ceil(x1)) + 1);
-  const float fm = float(M);
-  auto at = [&](int64_t v, int64_t u) -> float {
-    return (v >= 0 && v < M && u >= 0 && u < M) ? m[v * M + u] : 0.0f;
-  };
-  for (int64_t py = ylo; py < yhi; ++py) {
-    const float gy = ((float(py) + 0.5f) - y0) / (y1 - y0) * 2.0f - 1.0f;
-    const float iy = ((gy + 1.0f) * fm - 1.0f) / 2.0f;
-    const float iy_nw = std::floor(iy), iy_se = iy_nw + 1.0f;
-    for (int64_t px = xlo; px < xhi; ++px) {
-      const float gx = ((float(px) + 0.5f) - x0) / (x1 - x0) * 2.0f - 1.0f;
-      const float ix = ((gx + 1.0f) * fm - 1.0f) / 2.0f;
-      const float ix_nw = std::floor(ix), ix_se = ix_nw + 1.0f;
-      // grid_sample's bilinear weights and tap order
-      const float nw = (ix_se - ix) * (iy_se - iy), ne = (ix - ix_nw) * (iy_se - iy);
-      const float sw = (ix_se - ix) * (iy - iy_nw), se = (ix - ix_nw) * (iy - iy_nw);
-      const int64_t u = int64_t(ix_nw), v = int64_t(iy_nw);
-      const float val = at(v, u) * nw + at(v, u + 1) * ne + at(v + 1, u) * sw + at(v + 1, u + 1) * se;
-      if (val >= threshold) out[py * W + px] = 1;
-    }
-  }
+  const detect::PasteWindow w = detect::paste_d2_window(box.data(), H, W);
+  for (int64_t py = w.y_lo; py < w.y_hi; ++py)
+    for (int64_t px = w.x_lo; px < w.x_hi; ++px)
+      if (detect::paste_d2_value(m, M, box.data(), px, py) >= threshold) out[py * W + px] = 1;
 }
 
 void paste_mask_torchvision(const float* m, int64_t M, const std::array<float, 4>& box, int64_t H,
                             int64_t W, uint8_t* out, float threshold) {
-  const int64_t P = M + 2;  // expand_masks(padding=1)
-  const float scale = float(double(P) / double(M));
-  // expand_boxes in float32, then .to(int64) (truncation toward zero)
-  float w_half = (box[2] - box[0]) * 0.5f, h_half = (box[3] - box[1]) * 0.5f;
-  const float x_c = (box[2] + box[0]) * 0.5f, y_c = (box[3] + box[1]) * 0.5f;
-  w_half *= scale;
-  h_half *= scale;
-  const int64_t bx0 = int64_t(x_c - w_half), bx1 = int64_t(x_c + w_half);
-  const int64_t by0 = int64_t(y_c - h_half), by1 = int64_t(y_c + h_half);
-  const int64_t bw = std::max<int64_t>(bx1 - bx0 + 1, 1), bh = std::max<int64_t>(by1 - by0 + 1, 1);
-  const int64_t x_0 = std::max<int64_t>(bx0, 0), x_1 = std::min<int64_t>({bx1 + 1, W, bx0 + bw});
-  const int64_t y_0 = std::max<int64_t>(by0, 0), y_1 = std::min<int64_t>({by1 + 1, H, by0 + bh});
-  auto at = [&](int64_t v, int64_t u) -> float {  // the zero-padded mask
-    return (v >= 1 && v <= M && u >= 1 && u <= M) ? m[(v - 1) * M + (u - 1)] : 0.0f;
-  };
-  for (int64_t y = y_0; y < y_1; ++y) {
-    const BilinearTap ty = bilinear_tap(y - by0, P, bh, true);
-    for (int64_t x = x_0; x < x_1; ++x) {
-      const BilinearTap tx = bilinear_tap(x - bx0, P, bw, true);
-      const float val = float(ty.l0) * (float(tx.l0) * at(ty.i0, tx.i0) + float(tx.l1) * at(ty.i0, tx.i1)) +
-                        float(ty.l1) * (float(tx.l0) * at(ty.i1, tx.i0) + float(tx.l1) * at(ty.i1, tx.i1));
-      if (val > threshold) out[y * W + x] = 1;
-    }
-  }
+  const detect::PasteTv g = detect::paste_tv_geometry(box.data(), M, H, W);
+  for (int64_t y = g.y_0; y < g.y_1; ++y)
+    for (int64_t x = g.x_0; x < g.x_1; ++x)
+      if (detect::paste_tv_value(m, M, g, x, y) > threshold) out[y * W + x] = 1;
+}
+
+Tensor paste_masks(const Tensor& masks, const Tensor& boxes, int64_t H, int64_t W, Convention c,
+                   double threshold) {
+  ST_CHECK(masks.dim() == 3 && masks.size(1) == masks.size(2) && masks.size(1) > 0,
+           "paste_masks: masks must be (D, M, M), got ", masks.shape());
+  ST_CHECK(boxes.dim() == 2 && boxes.size(1) == 4 && boxes.size(0) == masks.size(0),
+           "paste_masks: boxes must be (", masks.size(0), ", 4), got ", boxes.shape());
+  ST_CHECK(H > 0 && W > 0, "paste_masks: bad image size ", W, "x", H);
+  const Device d = masks.device();
+  Tensor m = masks.to(DType::F32).contiguous(), b = boxes.to(DType::F32).to(d).contiguous();
+  Tensor out = Tensor::empty({masks.size(0), H, W}, DType::U8, d);
+  if (out.numel() > 0)
+    backend_for(d).paste_masks(m, b, c == Convention::Torchvision, threshold, out);
+  return out;
 }
 
 int shadowtutor_label(int64_t c) {

@@ -39,6 +39,12 @@ void paste_mask(const float* mask, int64_t M, const std::array<float, 4>& box, i
 void paste_mask_torchvision(const float* mask, int64_t M, const std::array<float, 4>& box,
                             int64_t H, int64_t W, uint8_t* out, float threshold = 0.5f);
 
+// Both pastes as an op on the masks' device (CPU or CUDA, same bits): masks (D, M, M)
+// probabilities, boxes (D, 4) image pixels -> (D, H, W) u8, 1 where the value passes the
+// threshold (Detectron2: >=, torchvision: >), else 0.
+Tensor paste_masks(const Tensor& masks, const Tensor& boxes, int64_t H, int64_t W, Convention c,
+                   double threshold = 0.5);
+
 // ShadowTutor's 9-class map (SPEC §3, MASKRCNN.md §6): per class the union of its instances'
 // masks (auto = car, bus, truck), painted in class order (later wins), background 8; classes
 // are Detectron2 contiguous ids (0..79), masks H*W bytes (non-zero = on).

@@ -132,5 +132,10 @@ void Backend::adam_step(Tensor&, const Tensor&, Tensor&, Tensor&, const AdamPara
 void Backend::roi_align_forward(const Tensor&, const Tensor&, double, int64_t, bool, Tensor&) {
   unsupported("roi_align_forward");
 }
+void Backend::nms_mask(const Tensor&, double, Tensor&) { unsupported("nms_mask"); }
+void Backend::sort_desc(const Tensor&, Tensor&) { unsupported("sort_desc"); }
+void Backend::paste_masks(const Tensor&, const Tensor&, bool, double, Tensor&) {
+  unsupported("paste_masks");
+}
 
 }  // namespace st

@@ -135,6 +135,16 @@ class Backend {
   // sampling_ratio <= 0: adaptive (ceil(roi size / bins)); aligned: half-pixel offset.
   virtual void roi_align_forward(const Tensor& x, const Tensor& rois, double spatial_scale,
                                  int64_t sampling_ratio, bool aligned, Tensor& out);
+  // NMS overlaps: boxes (K, 4) f32 in processing order; mask (K, ceil(K/64)) i64, bit j % 64 of
+  // word j / 64 in row i set when j > i and IoU(i, j) > threshold (torchvision's test).
+  virtual void nms_mask(const Tensor& boxes, double iou_threshold, Tensor& mask);
+  // Stable descending order of a 1-D f32 tensor: order (K) i64, ties lower index first.
+  virtual void sort_desc(const Tensor& scores, Tensor& order);
+  // Mask paste: masks (D, M, M) f32 probabilities, boxes (D, 4) f32 image pixels; out (D, H, W)
+  // u8 = 1 where the pasted value passes the threshold (Detectron2's grid-sample paste: >=;
+  // torchvision's padded bilinear paste: >), else 0.
+  virtual void paste_masks(const Tensor& masks, const Tensor& boxes, bool torchvision,
+                           double threshold, Tensor& out);
 
   // ---- optimizer ----
   // One Adam step (PyTorch semantics, bias-corrected) on contiguous param/grad/m/v.

@@ -16,6 +16,7 @@
 #include "nn/student.h"
 #include "teacher_port/backbone.h"
 #include "teacher_port/detect_ops.h"
+#include "teacher_port/glue.h"
 #include "teacher_port/maskrcnn.h"
 #include "teacher_port/random_weights.h"
 #include "test_util.h"
@@ -343,6 +344,45 @@ TEST_CASE("cuda: ROIAlign (the teacher's pooler) matches the CPU", "[cuda][teach
       REQUIRE(yg.device() == kGpu);
       ST_REQUIRE_CLOSE(cpu(yg), yc, 1e-5, 1e-5);
     }
+}
+
+TEST_CASE("cuda: NMS, top-k and mask paste (the teacher's glue ops) match the CPU", "[cuda][teacher]") {
+  REQUIRE_GPU();
+  // 700 boxes in clusters (many overlaps near the threshold), scores with ties.
+  const int64_t K = 700;
+  std::vector<float> bv, sv;
+  for (int64_t i = 0; i < K; ++i) {
+    const float cx = float((i % 37) * 9), cy = float((i % 23) * 11), w = 8.0f + float(i % 7), h = 9.0f + float(i % 5);
+    bv.insert(bv.end(), {cx - w, cy - h, cx + w + float(i % 3) * 0.25f, cy + h});
+    sv.push_back(float((i * 7919) % 101) / 100.0f);  // ties
+  }
+  Tensor boxes = Tensor::from_vector(bv, {K, 4}), scores = Tensor::from_vector(sv, {K});
+  for (double thr : {0.3, 0.5, 0.7}) {
+    INFO("threshold " << thr);
+    REQUIRE(teacher::nms(gpu(boxes), gpu(scores), thr) == teacher::nms(boxes, scores, thr));
+  }
+  std::vector<int64_t> groups;
+  for (int64_t i = 0; i < K; ++i) groups.push_back(i % 5);
+  REQUIRE(teacher::batched_nms(gpu(boxes), gpu(scores), groups, 0.5) ==
+          teacher::batched_nms(boxes, scores, groups, 0.5));
+  Tensor big = Tensor::uniform({200003}, -3, 3, 9);
+  REQUIRE(teacher::topk(gpu(big), 1000) == teacher::topk(big, 1000));
+  REQUIRE(teacher::topk(gpu(scores), K) == teacher::topk(scores, K));  // ties: lower index first
+  // Paste: 40 random masks and boxes (some partly outside), both conventions, bit for bit.
+  const int64_t D = 40, M = 28, H = 90, W = 130;
+  Tensor masks = Tensor::uniform({D, M, M}, 0, 1, 4);
+  std::vector<float> pb;
+  for (int64_t d = 0; d < D; ++d) {
+    const float x0 = float((d * 13) % 140) - 10.5f, y0 = float((d * 7) % 95) - 5.25f;
+    pb.insert(pb.end(), {x0, y0, x0 + 3.0f + float(d % 11) * 4.1f, y0 + 2.0f + float(d % 9) * 3.7f});
+  }
+  Tensor pboxes = Tensor::from_vector(pb, {D, 4});
+  for (auto conv : {teacher::Convention::Detectron2, teacher::Convention::Torchvision}) {
+    Tensor c = teacher::paste_masks(masks, pboxes, H, W, conv);
+    Tensor g = teacher::paste_masks(gpu(masks), pboxes, H, W, conv);
+    REQUIRE(g.device() == kGpu);
+    REQUIRE(cpu(g).to_vector<uint8_t>() == c.to_vector<uint8_t>());
+  }
 }
 
 namespace {

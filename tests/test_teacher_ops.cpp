@@ -168,6 +168,42 @@ TEST_CASE("teacher glue: Detectron2 mask paste and the 9-class label map", "[tea
   int64_t lmis = 0;
   for (size_t p = 0; p < label.size(); ++p) lmis += label[p] != lref[p];
   REQUIRE(double(lmis) / double(label.size()) <= 1e-3);
+  // The same pastes as one op (the backend kernel, both conventions) give the same bits as the
+  // per-mask functions.
+  for (auto conv : {teacher::Convention::Detectron2, teacher::Convention::Torchvision}) {
+    Tensor op = teacher::paste_masks(masks.reshape({n, 28, 28}), boxes, H, W, conv);
+    REQUIRE(op.shape() == Shape{n, H, W});
+    const auto ov = op.to_vector<uint8_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<uint8_t> one(size_t(H * W), 0);
+      const std::array<float, 4> bx{b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]};
+      if (conv == teacher::Convention::Detectron2)
+        teacher::paste_mask(m.data() + i * 784, 28, bx, H, W, one.data());
+      else
+        teacher::paste_mask_torchvision(m.data() + i * 784, 28, bx, H, W, one.data());
+      REQUIRE(std::equal(one.begin(), one.end(), ov.begin() + i * H * W));
+    }
+  }
+  REQUIRE_THROWS_WITH(teacher::paste_masks(Tensor::zeros({2, 28, 27}), Tensor::zeros({2, 4}), 8, 8,
+                                           teacher::Convention::Detectron2),
+                      Contains("(D, M, M)"));
+  REQUIRE_THROWS_WITH(teacher::paste_masks(Tensor::zeros({2, 28, 28}), Tensor::zeros({3, 4}), 8, 8,
+                                           teacher::Convention::Detectron2),
+                      Contains("boxes must be (2, 4)"));
+  // torchvision's paste by hand (and as paste_masks_in_image gives it): an all-ones 2x2 mask in
+  // the box (2, 2, 5, 5) expands by (2+2)/2 to (0.5, 0.5, 6.5, 6.5) -> integer box (0, 0)-(6, 6),
+  // 7x7 pixels; the padded 4-wide row resized to 7 reads 0, .357, .929, 1, .929, .357, 0.
+  {
+    std::vector<uint8_t> out(100, 0);
+    const std::vector<float> ones(4, 1.0f);
+    teacher::paste_mask_torchvision(ones.data(), 2, {2, 2, 5, 5}, 10, 10, out.data());
+    for (int64_t y = 0; y < 10; ++y)
+      for (int64_t x = 0; x < 10; ++x) {
+        INFO("pixel " << x << "," << y);
+        const bool inside = x >= 2 && x <= 4 && y >= 2 && y <= 4;
+        REQUIRE(out[size_t(y * 10 + x)] == uint8_t(inside));
+      }
+  }
   // Class 3 (motorcycle) is not tracked: background.
   REQUIRE(teacher::shadowtutor_label(3) == 8);
   REQUIRE(teacher::shadowtutor_label(5) == 2);

@@ -66,6 +66,10 @@ class CpuBackend final : public Backend {
   void matmul(const Tensor& a, const Tensor& b, Tensor& out) override;
   void roi_align_forward(const Tensor& x, const Tensor& rois, double spatial_scale,
                          int64_t sampling_ratio, bool aligned, Tensor& out) override;
+  void nms_mask(const Tensor& boxes, double iou_threshold, Tensor& mask) override;
+  void sort_desc(const Tensor& scores, Tensor& order) override;
+  void paste_masks(const Tensor& masks, const Tensor& boxes, bool torchvision, double threshold,
+                   Tensor& out) override;
   void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                  const AdamParams& p) override;
 

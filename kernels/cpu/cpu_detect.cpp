@@ -1,5 +1,11 @@
-// CPU kernels of the detection ops (the Mask R-CNN teacher): ROIAlign.
+// CPU kernels of the detection ops (the Mask R-CNN teacher): ROIAlign, the NMS overlap mask,
+// the stable descending sort (top-k), mask paste. Per-element math shared with CUDA
+// (kernels/cpu/roi_align.h, kernels/cpu/detect_math.h).
+#include <algorithm>
+#include <numeric>
+
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/detect_math.h"
 #include "kernels/cpu/roi_align.h"
 #include "kernels/cpu/strided.h"
 
@@ -30,6 +36,53 @@ void CpuBackend::roi_align_forward(const Tensor& x, const Tensor& rois, double s
           for (int64_t pw = 0; pw < PW; ++pw) o[ph * PW + pw] = roi_align_value(plane, H, W, g, ph, pw);
       }
   });
+}
+
+void CpuBackend::nms_mask(const Tensor& boxes, double iou_threshold, Tensor& mask) {
+  const int64_t K = boxes.size(0), words = mask.size(1);
+  const float* b = boxes.data<float>();
+  int64_t* m = mask.data<int64_t>();
+  const float thr = float(iou_threshold);
+#pragma omp parallel for schedule(dynamic, 16) if (K > 256)
+  for (int64_t i = 0; i < K; ++i) {
+    uint64_t* row = reinterpret_cast<uint64_t*>(m + i * words);
+    std::fill_n(row, words, uint64_t(0));
+    for (int64_t j = i + 1; j < K; ++j)
+      if (detect::iou_above(b + i * 4, b + j * 4, thr)) row[j / 64] |= uint64_t(1) << (j % 64);
+  }
+}
+
+void CpuBackend::sort_desc(const Tensor& scores, Tensor& order) {
+  const int64_t K = scores.size(0);
+  const float* s = scores.data<float>();
+  int64_t* o = order.data<int64_t>();
+  std::iota(o, o + K, int64_t(0));
+  std::stable_sort(o, o + K, [&](int64_t a, int64_t b) { return s[a] > s[b]; });
+}
+
+void CpuBackend::paste_masks(const Tensor& masks, const Tensor& boxes, bool torchvision,
+                             double threshold, Tensor& out) {
+  const int64_t D = masks.size(0), M = masks.size(1), H = out.size(1), W = out.size(2);
+  const float* pm = masks.data<float>();
+  const float* pb = boxes.data<float>();
+  uint8_t* po = out.data<uint8_t>();
+  const float thr = float(threshold);
+#pragma omp parallel for if (D > 1)
+  for (int64_t d = 0; d < D; ++d) {
+    const float* m = pm + d * M * M;
+    const float* box = pb + d * 4;
+    uint8_t* o = po + d * H * W;
+    std::fill_n(o, H * W, uint8_t(0));
+    if (torchvision) {
+      const detect::PasteTv g = detect::paste_tv_geometry(box, M, H, W);
+      for (int64_t y = g.y_0; y < g.y_1; ++y)
+        for (int64_t x = g.x_0; x < g.x_1; ++x) o[y * W + x] = detect::paste_tv_value(m, M, g, x, y) > thr;
+    } else {
+      const detect::PasteWindow w = detect::paste_d2_window(box, H, W);
+      for (int64_t y = w.y_lo; y < w.y_hi; ++y)
+        for (int64_t x = w.x_lo; x < w.x_hi; ++x) o[y * W + x] = detect::paste_d2_value(m, M, box, x, y) >= thr;
+    }
+  }
 }
 
 }  // namespace st::cpu
