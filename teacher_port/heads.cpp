@@ -19,6 +19,11 @@ Tensor need(const safetensors::File& f, const std::string& name, int64_t rank) {
 void expect(bool ok, const std::string& name, const Tensor& t, const char* want) {
   ST_CHECK(ok, "teacher weights: tensor '", name, "' has shape ", t.shape(), ", expected ", want);
 }
+// A tensor of exactly this shape (named in the error).
+void expect_shape(const std::string& name, const Tensor& t, const Shape& want) {
+  ST_CHECK(t.shape() == want, "teacher weights: tensor '", name, "' has shape ", t.shape(),
+           ", expected ", want);
+}
 }  // namespace
 
 namespace {
@@ -82,7 +87,12 @@ RpnHead::RpnHead(const safetensors::File& f) {
   del_w_ = need(f, n + "anchor_deltas.weight", 4);
   del_b_ = need(f, n + "anchor_deltas.bias", 1);
   A_ = obj_w_.size(0);
-  expect(del_w_.size(0) == 4 * A_, n + "anchor_deltas.weight", del_w_, "(4A, C, 1, 1)");
+  expect_shape(n + "conv.weight", conv_w_, {256, 256, 3, 3});
+  expect_shape(n + "conv.bias", conv_b_, {256});
+  expect_shape(n + "objectness_logits.weight", obj_w_, {A_, 256, 1, 1});
+  expect_shape(n + "objectness_logits.bias", obj_b_, {A_});
+  expect_shape(n + "anchor_deltas.weight", del_w_, {4 * A_, 256, 1, 1});
+  expect_shape(n + "anchor_deltas.bias", del_b_, {4 * A_});
 }
 
 void RpnHead::to(Device d) {
@@ -122,6 +132,16 @@ BoxHead::BoxHead(const safetensors::File& f) {
   box_w_ = need(f, "roi_heads.box_predictor.bbox_pred.weight", 2);
   box_b_ = need(f, "roi_heads.box_predictor.bbox_pred.bias", 1);
   expect(fc1_w_.size(1) == 256 * 7 * 7, "roi_heads.box_head.fc1.weight", fc1_w_, "(1024, 12544)");
+  const int64_t h1 = fc1_w_.size(0), h2 = fc2_w_.size(0), K1 = cls_w_.size(0);
+  expect_shape("roi_heads.box_head.fc1.bias", fc1_b_, {h1});
+  expect_shape("roi_heads.box_head.fc2.weight", fc2_w_, {h2, h1});
+  expect_shape("roi_heads.box_head.fc2.bias", fc2_b_, {h2});
+  expect_shape("roi_heads.box_predictor.cls_score.weight", cls_w_, {K1, h2});
+  expect_shape("roi_heads.box_predictor.cls_score.bias", cls_b_, {K1});
+  // Detectron2: class-specific deltas for the K foreground classes; torchvision: for all K+1.
+  expect(box_w_.size(1) == h2 && (box_w_.size(0) == 4 * (K1 - 1) || box_w_.size(0) == 4 * K1),
+         "roi_heads.box_predictor.bbox_pred.weight", box_w_, "(4K or 4(K+1), fc2 outputs)");
+  expect_shape("roi_heads.box_predictor.bbox_pred.bias", box_b_, {box_w_.size(0)});
 }
 
 void BoxHead::to(Device d) {
@@ -151,6 +171,16 @@ MaskHead::MaskHead(const safetensors::File& f) {
   deconv_b_ = need(f, "roi_heads.mask_head.deconv.bias", 1);
   pred_w_ = need(f, "roi_heads.mask_head.predictor.weight", 4);
   pred_b_ = need(f, "roi_heads.mask_head.predictor.bias", 1);
+  for (int k = 0; k < 4; ++k) {
+    const std::string n = "roi_heads.mask_head.mask_fcn" + std::to_string(k + 1);
+    expect_shape(n + ".weight", fcn_w_[k], {256, 256, 3, 3});
+    expect_shape(n + ".bias", fcn_b_[k], {256});
+  }
+  expect_shape("roi_heads.mask_head.deconv.weight", deconv_w_, {256, 256, 2, 2});
+  expect_shape("roi_heads.mask_head.deconv.bias", deconv_b_, {256});
+  const int64_t K = pred_w_.size(0);
+  expect_shape("roi_heads.mask_head.predictor.weight", pred_w_, {K, 256, 1, 1});
+  expect_shape("roi_heads.mask_head.predictor.bias", pred_b_, {K});
 }
 
 void MaskHead::to(Device d) {

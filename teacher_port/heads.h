@@ -46,6 +46,7 @@ class BoxHead {
   };
   Out forward(const std::vector<Tensor>& p2_to_p5, const Tensor& proposals,
               const PoolerOptions& o) const;
+  int64_t score_classes() const { return cls_w_.size(0); }  // K + 1 (background included)
 
  private:
   Tensor fc1_w_, fc1_b_, fc2_w_, fc2_b_, cls_w_, cls_b_, box_w_, box_b_;

@@ -27,7 +27,11 @@ MaskRcnn::MaskRcnn(const safetensors::File& w, MaskRcnnOptions o)
       backbone_(w, BackboneOptions{o.stride_in_1x1, o.bn_eps}),
       rpn_(w),
       box_(w),
-      mask_(w) {}
+      mask_(w) {
+  const int64_t k1 = box_.score_classes(), km = mask_.classes();
+  ST_CHECK(km == k1 - 1 || km == k1, "teacher weights: the mask predictor has ", km,
+           " classes but the box classifier scores ", k1, " (", k1 - 1, " + background)");
+}
 
 void MaskRcnn::to(Device d) {
   backbone_.to(d);

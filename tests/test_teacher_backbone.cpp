@@ -333,4 +333,12 @@ TEST_CASE("teacher: a seeded random model loads, runs end to end and is determin
   broken.tensors.erase(broken.tensors.begin() + 7);
   const std::string dropped = w.tensors[7].first;
   REQUIRE_THROWS_WITH(teacher::MaskRcnn(broken), Contains(dropped));
+  // A head tensor of the wrong shape is named at load time, not at the first frame.
+  for (const char* name : {"roi_heads.box_head.fc2.weight", "roi_heads.box_predictor.bbox_pred.bias",
+                           "roi_heads.mask_head.deconv.weight", "proposal_generator.rpn_head.anchor_deltas.bias"}) {
+    auto bad = w;
+    for (auto& [n, t] : bad.tensors)
+      if (n == name) t = Tensor::zeros({t.size(0) + 1});
+    REQUIRE_THROWS_WITH(teacher::MaskRcnn(bad), Contains(name));
+  }
 }

@@ -2,12 +2,14 @@
 # Installs what the project needs to build and test, from Debian packages, when missing.
 # As root it runs apt-get; otherwise it prints the exact command and stops.
 #   tools/bootstrap.sh          build + test dependencies (with Debian's python3-torchvision, which
-#                               the teacher's golden tests generate their seeded model with)
+#                               the teacher's golden tests generate their seeded model with, and
+#                               OpenBLAS: without it Debian's torch runs its GEMMs on the reference
+#                               BLAS, ~50x slower, which slows the tests and handicaps the peer)
 #   tools/bootstrap.sh --bench  also PyTorch (Debian python3-torch), the benchmarks' peer
 #   tools/bootstrap.sh --demo   also python3, Node.js and npm (the demo's report and teacher)
 set -euo pipefail
 
-pkgs=(cmake g++ make catch2 libuv1-dev libstb-dev nlohmann-json3-dev ffmpeg python3-torchvision)
+pkgs=(cmake g++ make catch2 libuv1-dev libstb-dev nlohmann-json3-dev ffmpeg python3-torchvision libopenblas0-pthread)
 case "${1:-}" in
   --bench) pkgs+=(python3-torch) ;;
   --demo)  # the report (python3); the RVM teacher (Node.js + npm, unless some Node is there)
