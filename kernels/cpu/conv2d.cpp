@@ -62,6 +62,7 @@ constexpr int64_t kDotChunk = 1024;          // pixels per backward-weight reduc
 constexpr int64_t kDirectMaxM = 8;           // up to this many (padded) rows: no B packing
 constexpr double kParallelFlops = 1.0e6;     // below this a call runs on one thread
 constexpr int64_t kItemsPerThread = 3;       // work items (bands) per thread, for balance
+constexpr int64_t kPanelGroup = 4;           // pixel panels sharing one pass over the weights
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
@@ -266,7 +267,7 @@ struct GemmScratch {
   ABuf<float> Bp;    // [kKCMax][24] packed taps x pixels
   ABuf<float> Cb;    // [Mpad/4][4][24] accumulator tiles
   GemmScratch(int64_t band_floats, int64_t Mpad)
-      : band(band_floats, true), Bp(kKCMax * kNR), Cb(Mpad * kNR) {}
+      : band(band_floats, true), Bp(kPanelGroup * kKCMax * kNR), Cb(kPanelGroup * Mpad * kNR) {}
 };
 
 // Computes output rows [i0, i0+bh) of a job on the calling thread.
@@ -289,32 +290,64 @@ void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const K
   const int64_t* offs = L.offs.data();
   // With few output-channel blocks packing costs more than it saves: read B in place.
   const bool direct = J.Mpad <= kDirectMaxM;
-  for (int64_t p = 0; p < npan; ++p) {
-    const int64_t f0 = p * kNR;
-    const int64_t len = std::min<int64_t>(kNR, nflat - f0);
-    if (nkb == 0) std::memset(Cb, 0, sizeof(float) * J.Mpad * kNR);
-    for (int64_t kb = 0; kb < nkb; ++kb) {
-      const int64_t k0 = kb * kcs, k1 = std::min(J.Kred, k0 + kcs);
-      const float* src = band + f0;
-      if (len == kNR && direct) {
-        for (int64_t mb = 0; mb < nmb; ++mb)
-          kn.gemm_direct(k1 - k0, J.A + (mb * J.Kred + k0) * kMR, src, offs + k0,
-                         Cb + mb * kMR * kNR, kb > 0);
-        continue;
-      }
-      if (len == kNR) {
-        kn.pack(k1 - k0, src, offs + k0, Bp);
-      } else {
+  if (direct) {
+    for (int64_t p = 0; p < npan; ++p) {
+      const int64_t f0 = p * kNR;
+      const int64_t len = std::min<int64_t>(kNR, nflat - f0);
+      if (nkb == 0) std::memset(Cb, 0, sizeof(float) * J.Mpad * kNR);
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const int64_t k0 = kb * kcs, k1 = std::min(J.Kred, k0 + kcs);
+        const float* src = band + f0;
+        if (len == kNR) {
+          for (int64_t mb = 0; mb < nmb; ++mb)
+            kn.gemm_direct(k1 - k0, J.A + (mb * J.Kred + k0) * kMR, src, offs + k0,
+                           Cb + mb * kMR * kNR, kb > 0);
+          continue;
+        }
         for (int64_t k = k0; k < k1; ++k) {
           float* d = Bp + (k - k0) * kNR;
           std::memcpy(d, src + offs[k], sizeof(float) * len);
           std::memset(d + len, 0, sizeof(float) * (kNR - len));
         }
+        for (int64_t mb = 0; mb < nmb; ++mb)
+          kn.gemm(k1 - k0, J.A + (mb * J.Kred + k0) * kMR, Bp, Cb + mb * kMR * kNR, kb > 0);
       }
-      for (int64_t mb = 0; mb < nmb; ++mb)
-        kn.gemm(k1 - k0, J.A + (mb * J.Kred + k0) * kMR, Bp, Cb + mb * kMR * kNR, kb > 0);
+      store_panel(J, i0, f0, len, Cb);
     }
-    store_panel(J, i0, f0, len, Cb);
+    return;
+  }
+  // Panels in groups of kPanelGroup: each K block of the packed weights is read once per group
+  // (not once per panel) while the group's packed pixels stay in cache.
+  for (int64_t p0 = 0; p0 < npan; p0 += kPanelGroup) {
+    const int64_t pg = std::min<int64_t>(kPanelGroup, npan - p0);
+    if (nkb == 0) std::memset(Cb, 0, sizeof(float) * pg * J.Mpad * kNR);
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      const int64_t k0 = kb * kcs, k1 = std::min(J.Kred, k0 + kcs);
+      for (int64_t g = 0; g < pg; ++g) {
+        const int64_t f0 = (p0 + g) * kNR;
+        const int64_t len = std::min<int64_t>(kNR, nflat - f0);
+        const float* src = band + f0;
+        float* bp = Bp + g * kKCMax * kNR;
+        if (len == kNR) {
+          kn.pack(k1 - k0, src, offs + k0, bp);
+        } else {
+          for (int64_t k = k0; k < k1; ++k) {
+            float* d = bp + (k - k0) * kNR;
+            std::memcpy(d, src + offs[k], sizeof(float) * len);
+            std::memset(d + len, 0, sizeof(float) * (kNR - len));
+          }
+        }
+      }
+      for (int64_t mb = 0; mb < nmb; ++mb) {
+        const float* a = J.A + (mb * J.Kred + k0) * kMR;
+        for (int64_t g = 0; g < pg; ++g)
+          kn.gemm(k1 - k0, a, Bp + g * kKCMax * kNR, Cb + (g * nmb + mb) * kMR * kNR, kb > 0);
+      }
+    }
+    for (int64_t g = 0; g < pg; ++g) {
+      const int64_t f0 = (p0 + g) * kNR;
+      store_panel(J, i0, f0, std::min<int64_t>(kNR, nflat - f0), Cb + g * nmb * kMR * kNR);
+    }
   }
 }
 
