@@ -65,18 +65,12 @@ std::vector<int64_t> assign_levels(const Tensor& boxes, Convention c, int64_t k_
 
 void paste_mask(const float* m, int64_t M, const std::array<float, 4>& box, int64_t H, int64_t W,
                 uint8_t* out, float threshold) {
-  const detect::PasteWindow w = detect::paste_d2_window(box.data(), H, W);
-  for (int64_t py = w.y_lo; py < w.y_hi; ++py)
-    for (int64_t px = w.x_lo; px < w.x_hi; ++px)
-      if (detect::paste_d2_value(m, M, box.data(), px, py) >= threshold) out[py * W + px] = 1;
+  detect::paste_d2_into(m, M, box.data(), H, W, out, threshold);
 }
 
 void paste_mask_torchvision(const float* m, int64_t M, const std::array<float, 4>& box, int64_t H,
                             int64_t W, uint8_t* out, float threshold) {
-  const detect::PasteTv g = detect::paste_tv_geometry(box.data(), M, H, W);
-  for (int64_t y = g.y_0; y < g.y_1; ++y)
-    for (int64_t x = g.x_0; x < g.x_1; ++x)
-      if (detect::paste_tv_value(m, M, g, x, y) > threshold) out[y * W + x] = 1;
+  detect::paste_tv_into(m, M, box.data(), H, W, out, threshold);
 }
 
 Tensor paste_masks(const Tensor& masks, const Tensor& boxes, int64_t H, int64_t W, Convention c,

@@ -149,21 +149,19 @@ MaskRcnn::Result MaskRcnn::run(const uint8_t* bgr, int64_t h, int64_t w) const {
     }
     r.detections.boxes = Tensor::from_vector(bx, {D, 4});
   }
-  // Paste and threshold (Detectron2 drops empty boxes first); then the label map.
+  // Paste and threshold (an empty box pastes nothing); then the label map.
   const auto pv = r.mask_probs.to_vector<float>();
-  std::vector<int64_t> cls;
   for (int64_t i = 0; i < D; ++i) {
     const float* b = &bx[size_t(i * 4)];
     const std::array<float, 4> box{b[0], b[1], b[2], b[3]};
     std::vector<uint8_t> m(size_t(h * w), 0);
-    if (!d2)
-      paste_mask_torchvision(&pv[size_t(i * 784)], 28, box, h, w, m.data(), float(opt_.mask_thresh));
-    else if (b[2] > b[0] && b[3] > b[1])
+    if (d2)
       paste_mask(&pv[size_t(i * 784)], 28, box, h, w, m.data(), float(opt_.mask_thresh));
+    else
+      paste_mask_torchvision(&pv[size_t(i * 784)], 28, box, h, w, m.data(), float(opt_.mask_thresh));
     r.masks.push_back(std::move(m));
-    cls.push_back(r.detections.classes[size_t(i)]);
   }
-  if (d2) r.label_map = label_map(cls, r.masks, h, w);
+  if (d2) r.label_map = label_map(r.detections.classes, r.masks, h, w);
   r.ms.paste = laps.lap();
   return r;
 }

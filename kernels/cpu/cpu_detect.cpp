@@ -73,15 +73,10 @@ void CpuBackend::paste_masks(const Tensor& masks, const Tensor& boxes, bool torc
     const float* box = pb + d * 4;
     uint8_t* o = po + d * H * W;
     std::fill_n(o, H * W, uint8_t(0));
-    if (torchvision) {
-      const detect::PasteTv g = detect::paste_tv_geometry(box, M, H, W);
-      for (int64_t y = g.y_0; y < g.y_1; ++y)
-        for (int64_t x = g.x_0; x < g.x_1; ++x) o[y * W + x] = detect::paste_tv_value(m, M, g, x, y) > thr;
-    } else {
-      const detect::PasteWindow w = detect::paste_d2_window(box, H, W);
-      for (int64_t y = w.y_lo; y < w.y_hi; ++y)
-        for (int64_t x = w.x_lo; x < w.x_hi; ++x) o[y * W + x] = detect::paste_d2_value(m, M, box, x, y) >= thr;
-    }
+    if (torchvision)
+      detect::paste_tv_into(m, M, box, H, W, o, thr);
+    else
+      detect::paste_d2_into(m, M, box, H, W, o, thr);
   }
 }
 

@@ -104,4 +104,22 @@ ST_HD inline float paste_tv_value(const float* m, int64_t M, const PasteTv& g, i
              mul(hy1, add(mul(wx0, at(ty.i1, tx.i0)), mul(wx1, at(ty.i1, tx.i1)))));
 }
 
+// One mask pasted on the host into an H x W image (out[y*W + x] = 1 where the value passes the
+// threshold; other pixels are left as they are): the CPU backend's paste and teacher_port's
+// per-mask functions.
+inline void paste_d2_into(const float* m, int64_t M, const float* box, int64_t H, int64_t W,
+                          uint8_t* out, float threshold) {
+  const PasteWindow w = paste_d2_window(box, H, W);
+  for (int64_t y = w.y_lo; y < w.y_hi; ++y)
+    for (int64_t x = w.x_lo; x < w.x_hi; ++x)
+      if (paste_d2_value(m, M, box, x, y) >= threshold) out[y * W + x] = 1;
+}
+inline void paste_tv_into(const float* m, int64_t M, const float* box, int64_t H, int64_t W,
+                          uint8_t* out, float threshold) {
+  const PasteTv g = paste_tv_geometry(box, M, H, W);
+  for (int64_t y = g.y_0; y < g.y_1; ++y)
+    for (int64_t x = g.x_0; x < g.x_1; ++x)
+      if (paste_tv_value(m, M, g, x, y) > threshold) out[y * W + x] = 1;
+}
+
 }  // namespace st::detect
