@@ -1,17 +1,21 @@
 // Conv2d benchmark: times st::cpu::conv2d_forward / backward_data / backward_weight (float) on
 // every conv layer shape of the ShadowTutor student at 1280x720 input (SPEC §2, N = 1, deduped),
-// prints ms and GFLOP/s per shape and direction, then runs bench/conv_peer.py with Debian's torch
-// (/usr/bin/python3) on the same shapes and prints PyTorch's times and the ratio
-// torch_ms / our_ms (> 1: we are faster). If python3 or torch is missing it prints
-// "peer: missing (...)" and still exits 0.
+// and bench/conv_peer.py with Debian's torch (/usr/bin/python3) on the same shapes, and prints ms
+// and GFLOP/s per shape and direction with the ratio torch_ms / our_ms (> 1: we are faster). If
+// python3 or torch is missing it prints "peer: missing (...)" and still exits 0.
 //
-// Usage: bench_conv [SOURCE_DIR] [--no-peer] [--teacher]
+// Usage: bench_conv [SOURCE_DIR] [--no-peer] [--teacher] [--rounds R]
 //   --teacher: instead, the forward convolutions of the Mask R-CNN teacher's ResNet-50 + FPN
 //   backbone and RPN head (Detectron2 stride placement) at 736x1280 (a 720p frame padded to /32),
 //   forward only (the teacher never trains).
 //   SOURCE_DIR locates bench/conv_peer.py; defaults to the compile definition ST_SOURCE_DIR,
-//   else ".". Timing: one warm-up call, then the median of >= 5 repetitions (more while the
-//   total is under 0.3 s, at most 15).
+//   else ".". --rounds R (default 3): R rounds, each timing every shape on our side and then the
+//   peer's, so that a noisy stretch of a shared machine hits both sides alike.
+// Timing per round and side: one warm-up call, then >= 7 repetitions (more while the total is
+// under 0.3 s, at most 21). The table reports the best repetition of all rounds for each side
+// (interference from other tenants only ever adds time, so the minimum is the stable estimate
+// of what the code itself costs); the totals are given for the best and for the median of each
+// round's median.
 #include <unistd.h>
 
 #include <algorithm>
@@ -150,35 +154,105 @@ double gflop(const ConvGeom& g) {
   return 2.0 * g.N * g.K * (g.C / g.groups) * g.R * g.S * g.OH * g.OW * 1e-9;
 }
 
+// One side's timing of one call: the best (minimum) and the median of the repetitions.
+struct Timing {
+  double best = -1, med = -1;
+};
+
 template <class F>
-double time_ms(F&& fn) {
+Timing time_ms(F&& fn) {
   using clk = std::chrono::steady_clock;
   fn();  // warm-up
   std::vector<double> t;
   const auto start = clk::now();
-  while (t.size() < 15 &&
-         (t.size() < 5 || std::chrono::duration<double>(clk::now() - start).count() < 0.3)) {
+  while (t.size() < 21 &&
+         (t.size() < 7 || std::chrono::duration<double>(clk::now() - start).count() < 0.3)) {
     const auto t0 = clk::now();
     fn();
     t.push_back(std::chrono::duration<double, std::milli>(clk::now() - t0).count());
   }
   std::sort(t.begin(), t.end());
-  return t.size() % 2 ? t[t.size() / 2] : 0.5 * (t[t.size() / 2 - 1] + t[t.size() / 2]);
+  const double med = t.size() % 2 ? t[t.size() / 2] : 0.5 * (t[t.size() / 2 - 1] + t[t.size() / 2]);
+  return {t.front(), med};
 }
+
+// Several rounds: keep the best of the bests and the median of the medians.
+struct Acc {
+  std::vector<double> best, med;
+  void add(const Timing& t) {
+    if (t.best < 0) return;
+    best.push_back(t.best), med.push_back(t.med);
+  }
+  bool empty() const { return best.empty(); }
+  double min_best() const { return *std::min_element(best.begin(), best.end()); }
+  double med_med() const {
+    std::vector<double> m = med;
+    std::sort(m.begin(), m.end());
+    return m.size() % 2 ? m[m.size() / 2] : 0.5 * (m[m.size() / 2 - 1] + m[m.size() / 2]);
+  }
+};
 
 const char* kDirs[3] = {"fwd", "bwd_data", "bwd_weight"};
 
+
+
+// Runs the peer script once over every shape; returns false (and says why) when it cannot.
+bool run_peer(const std::string& py, const std::string& script, const std::vector<Layer>& layers,
+              int ndirs, std::vector<std::array<Acc, 3>>& theirs, std::string& header,
+              std::string& why) {
+  std::string cmd = py + " '" + script + "'" + (ndirs == 1 ? " --fwd-only" : "");
+  for (const Layer& l : layers) {
+    const ConvGeom g = geom(l);
+    char a[160];
+    std::snprintf(a, sizeof a, " %s,1,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld", l.name.c_str(),
+                  (long)g.C, (long)g.K, (long)g.H, (long)g.W, (long)g.R, (long)g.S,
+                  (long)g.stride_h, (long)g.stride_w, (long)g.pad_h, (long)g.pad_w);
+    cmd += a;
+  }
+  cmd += " 2>&1";
+  int rc = 0;
+  const std::vector<std::string> lines = run_lines(cmd, rc);
+  if (rc == -1) {
+    why = "cannot run " + py;
+    return false;
+  }
+  std::string error;
+  for (const std::string& line : lines) {
+    if (!json_field(line, "error").empty()) error = json_field(line, "error");
+    if (!json_field(line, "peer").empty())
+      header = json_field(line, "peer") + " " + json_field(line, "version") + ", " +
+               json_field(line, "threads") + " threads";
+    const std::string shape = json_field(line, "shape"), dir = json_field(line, "dir");
+    if (shape.empty()) continue;
+    for (size_t li = 0; li < layers.size(); ++li)
+      if (layers[li].name == shape)
+        for (int d = 0; d < 3; ++d)
+          if (dir == kDirs[d]) {
+            const std::string best = json_field(line, "best");
+            const double ms = std::atof(json_field(line, "ms").c_str());
+            theirs[li][d].add({best.empty() ? ms : std::atof(best.c_str()), ms});
+          }
+  }
+  if (!error.empty() || header.empty()) {
+    why = !error.empty() ? error : (rc != 0 ? "python3 failed" : "no output from conv_peer.py");
+    return false;
+  }
+  return true;
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string src_dir = ST_SOURCE_DIR;
   bool peer = true, teacher = false;
+  int rounds = 3;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--no-peer") == 0)
       peer = false;
     else if (std::strcmp(argv[i], "--teacher") == 0)
       teacher = true;
+    else if (std::strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
+      rounds = std::max(1, std::atoi(argv[++i]));
     else
       src_dir = argv[i];
   }
@@ -191,118 +265,93 @@ int main(int argc, char** argv) {
     for (auto& e : v) e = U(rng);
     return v;
   };
+  const std::string py =
+      std::getenv("ST_PEER_PYTHON") ? std::getenv("ST_PEER_PYTHON") : "/usr/bin/python3";
+  const std::string script = src_dir + "/bench/conv_peer.py";
+  std::string peer_why, header;
+  if (peer && access(py.c_str(), X_OK) != 0) peer_why = py + " not found";
+  if (peer && peer_why.empty() && access(script.c_str(), R_OK) != 0)
+    peer_why = script + " not found; pass the source dir as argv[1]";
+  if (!peer_why.empty()) peer = false;
 
-  std::printf("conv2d float, N=1, %s (median of >=5 runs after warm-up)\n",
-              teacher ? "the teacher's backbone + RPN at 736x1280, forward only" : "student layers at 1280x720");
-  std::printf("%-34s %-24s %5s | %9s %7s | %9s %7s | %9s %7s\n", "layer", "C->K kRxS s  HxW", "x",
-              "fwd ms", "GF/s", "bwdD ms", "GF/s", "bwdW ms", "GF/s");
-  std::vector<std::array<double, 3>> ours(layers.size());
-  double tot[3] = {0, 0, 0}, tot_gf = 0;
+  std::printf("conv2d float, N=1, %s\n",
+              teacher ? "the teacher's backbone + RPN at 736x1280, forward only"
+                      : "student layers at 1280x720");
+  std::printf("%d rounds, ours then the peer in each; per round and side: one warm-up call, then "
+              ">= 7 repetitions.\nbest = fastest repetition of any round; med = median over "
+              "rounds of each round's median.\n",
+              rounds);
+  std::fflush(stdout);
+  std::vector<std::array<Acc, 3>> ours(layers.size()), theirs(layers.size());
+  for (int r = 0; r < rounds; ++r) {
+    std::fprintf(stderr, "round %d/%d: ours", r + 1, rounds);
+    for (size_t li = 0; li < layers.size(); ++li) {
+      const ConvGeom g = geom(layers[li]);
+      std::mt19937 keep = rng;  // the same data in every round
+      const auto x = rnd(g.N * g.C * g.H * g.W), w = rnd(g.K * g.C * g.R * g.S), b = rnd(g.K);
+      const auto gy = rnd(g.N * g.K * g.OH * g.OW);
+      rng = keep;
+      std::vector<float> y(gy.size()), gx(x.size()), gw(w.size());
+      ours[li][0].add(time_ms(
+          [&] { st::cpu::conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data()); }));
+      if (ndirs == 3) {
+        ours[li][1].add(time_ms(
+            [&] { st::cpu::conv2d_backward_data<float>(g, gy.data(), w.data(), gx.data()); }));
+        ours[li][2].add(time_ms(
+            [&] { st::cpu::conv2d_backward_weight<float>(g, gy.data(), x.data(), gw.data()); }));
+      }
+    }
+    if (peer) {
+      std::fprintf(stderr, ", peer");
+      if (!run_peer(py, script, layers, ndirs, theirs, header, peer_why)) peer = false;
+    }
+    std::fprintf(stderr, "\n");
+  }
+
+  // Table: per direction ours ms, GF/s, peer ms, ratio (peer / ours; > 1: we are faster), best.
+  std::printf("\nbest of all rounds, ms. ratio = peer ms / our ms (> 1: we are faster)\n");
+  if (peer) std::printf("peer: %s\n", header.c_str());
+  else std::printf("peer: missing (%s)\n", peer_why.empty() ? "--no-peer" : peer_why.c_str());
+  std::printf("%-34s %-24s %2s", "layer", "C->K kRxS s  HxW", "x");
+  for (int d = 0; d < ndirs; ++d)
+    std::printf(" | %-10s %7s %6s %8s %5s", kDirs[d], "ours", "GF/s", "peer", "ratio");
+  std::printf("\n");
+  double tot_best[2][3] = {}, tot_med[2][3] = {}, tot_gf = 0;
+  bool complete = peer;
   for (size_t li = 0; li < layers.size(); ++li) {
     const Layer& l = layers[li];
-    const ConvGeom g = geom(l);
-    const auto x = rnd(g.N * g.C * g.H * g.W), w = rnd(g.K * g.C * g.R * g.S), b = rnd(g.K);
-    const auto gy = rnd(g.N * g.K * g.OH * g.OW);
-    std::vector<float> y(gy.size()), gx(x.size()), gw(w.size());
-    ours[li][0] =
-        time_ms([&] { st::cpu::conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data()); });
-    ours[li][1] = ours[li][2] = 0;
-    if (ndirs == 3) {
-      ours[li][1] =
-          time_ms([&] { st::cpu::conv2d_backward_data<float>(g, gy.data(), w.data(), gx.data()); });
-      ours[li][2] =
-          time_ms([&] { st::cpu::conv2d_backward_weight<float>(g, gy.data(), x.data(), gw.data()); });
-    }
-    const double gf = gflop(g);
+    const double gf = gflop(geom(l));
     char dims[64];
     std::snprintf(dims, sizeof dims, "%ld->%ld k%ldx%ld s%ld %ldx%ld", (long)l.C, (long)l.K,
                   (long)l.R, (long)l.S, (long)l.stride, (long)l.H, (long)l.W);
-    std::printf("%-34s %-24s %5d | %9.3f %7.1f | %9.3f %7.1f | %9.3f %7.1f\n", l.name.c_str(), dims,
-                l.mult, ours[li][0], gf / ours[li][0] * 1e3, ours[li][1], gf / ours[li][1] * 1e3,
-                ours[li][2], gf / ours[li][2] * 1e3);
-    for (int d = 0; d < 3; ++d) tot[d] += l.mult * ours[li][d];
-    tot_gf += l.mult * gf;
-  }
-  std::printf("%-34s %-24s %5s | %9.3f %7.1f | %9.3f %7.1f | %9.3f %7.1f\n",
-              "TOTAL (x multiplicity)", "", "", tot[0], tot_gf / tot[0] * 1e3, tot[1],
-              tot_gf / tot[1] * 1e3, tot[2], tot_gf / tot[2] * 1e3);
-  std::fflush(stdout);
-
-  if (!peer) return 0;
-  const std::string py = std::getenv("ST_PEER_PYTHON") ? std::getenv("ST_PEER_PYTHON") : "/usr/bin/python3";
-  const std::string script = src_dir + "/bench/conv_peer.py";
-  if (access(py.c_str(), X_OK) != 0) {
-    std::printf("peer: missing (%s not found)\n", py.c_str());
-    return 0;
-  }
-  if (access(script.c_str(), R_OK) != 0) {
-    std::printf("peer: missing (%s not found; pass the source dir as argv[1])\n", script.c_str());
-    return 0;
-  }
-  std::string cmd = py + " '" + script + "'" + (ndirs == 1 ? " --fwd-only" : "");
-  for (const Layer& l : layers) {
-    const ConvGeom g = geom(l);
-    char a[160];
-    std::snprintf(a, sizeof a, " %s,1,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld", l.name.c_str(),
-                  (long)g.C, (long)g.K, (long)g.H, (long)g.W, (long)g.R, (long)g.S,
-                  (long)g.stride_h, (long)g.stride_w, (long)g.pad_h, (long)g.pad_w);
-    cmd += a;
-  }
-  cmd += " 2>&1";
-  int rc = 0;
-  std::vector<std::string> lines = run_lines(cmd, rc);
-  if (rc == -1) {
-    std::printf("peer: missing (cannot run %s)\n", py.c_str());
-    return 0;
-  }
-  std::map<std::string, std::array<double, 3>> theirs;
-  std::string header, error;
-  for (const std::string& line : lines) {
-    if (!json_field(line, "error").empty()) error = json_field(line, "error");
-    if (!json_field(line, "peer").empty())
-      header = json_field(line, "peer") + " " + json_field(line, "version") + ", " +
-               json_field(line, "threads") + " threads";
-    const std::string shape = json_field(line, "shape"), dir = json_field(line, "dir");
-    if (shape.empty()) continue;
-    auto& t = theirs.try_emplace(shape, std::array<double, 3>{-1, -1, -1}).first->second;
-    for (int d = 0; d < 3; ++d)
-      if (dir == kDirs[d]) t[d] = std::atof(json_field(line, "ms").c_str());
-  }
-  if (!error.empty() || header.empty()) {
-    std::printf("peer: missing (%s)\n",
-                !error.empty() ? error.c_str()
-                               : (rc != 0 ? "python3 failed" : "no output from conv_peer.py"));
-    return 0;
-  }
-  std::printf("\npeer: %s. ratio = torch ms / our ms (> 1: we are faster)\n", header.c_str());
-  std::printf("%-34s | %9s %6s | %9s %6s | %9s %6s\n", "layer", "fwd ms", "ratio", "bwdD ms",
-              "ratio", "bwdW ms", "ratio");
-  double ttot[3] = {0, 0, 0};
-  bool complete = true;
-  for (size_t li = 0; li < layers.size(); ++li) {
-    const Layer& l = layers[li];
-    auto it = theirs.find(l.name);
-    std::array<double, 3> t = it == theirs.end() ? std::array<double, 3>{-1, -1, -1} : it->second;
-    std::printf("%-34s", l.name.c_str());
-    for (int d = 0; d < 3; ++d) {
-      if (d >= ndirs) {
-        std::printf(" | %9s %6s", "-", "");
-        continue;
-      }
-      if (t[d] < 0) {
-        std::printf(" | %9s %6s", "n/a", "");
-        complete = false;
+    std::printf("%-34s %-24s %2d", l.name.c_str(), dims, l.mult);
+    for (int d = 0; d < ndirs; ++d) {
+      const double o = ours[li][d].min_best();
+      tot_best[0][d] += l.mult * o, tot_med[0][d] += l.mult * ours[li][d].med_med();
+      std::printf(" | %-10s %7.3f %6.1f", "", o, gf / o * 1e3);
+      if (peer && !theirs[li][d].empty()) {
+        const double t = theirs[li][d].min_best();
+        tot_best[1][d] += l.mult * t, tot_med[1][d] += l.mult * theirs[li][d].med_med();
+        std::printf(" %8.3f %5.2f", t, t / o);
       } else {
-        std::printf(" | %9.3f %6.2f", t[d], t[d] / ours[li][d]);
-        ttot[d] += l.mult * t[d];
+        complete = false;
+        std::printf(" %8s %5s", "n/a", "");
       }
     }
     std::printf("\n");
+    tot_gf += l.mult * gf;
   }
-  if (complete && ndirs == 1)
-    std::printf("%-34s | %9.3f %6.2f\n", "TOTAL (x multiplicity)", ttot[0], ttot[0] / tot[0]);
-  else if (complete)
-    std::printf("%-34s | %9.3f %6.2f | %9.3f %6.2f | %9.3f %6.2f\n", "TOTAL (x multiplicity)",
-                ttot[0], ttot[0] / tot[0], ttot[1], ttot[1] / tot[1], ttot[2], ttot[2] / tot[2]);
+  for (int k = 0; k < 2; ++k) {
+    const auto& tot = k == 0 ? tot_best : tot_med;
+    std::printf("%-61s", k == 0 ? "TOTAL (x multiplicity), best" : "TOTAL (x multiplicity), med");
+    for (int d = 0; d < ndirs; ++d) {
+      std::printf(" | %-10s %7.2f %6.1f", "", tot[0][d], tot_gf / tot[0][d] * 1e3);
+      if (complete)
+        std::printf(" %8.2f %5.2f", tot[1][d], tot[1][d] / tot[0][d]);
+      else
+        std::printf(" %8s %5s", "n/a", "");
+    }
+    std::printf("\n");
+  }
   return 0;
 }
