@@ -4,10 +4,12 @@
 // and GFLOP/s per shape and direction with the ratio torch_ms / our_ms (> 1: we are faster). If
 // python3 or torch is missing it prints "peer: missing (...)" and still exits 0.
 //
-// Usage: bench_conv [SOURCE_DIR] [--no-peer] [--teacher] [--rounds R]
+// Usage: bench_conv [SOURCE_DIR] [--no-peer] [--teacher] [--rounds R] [--packed]
 //   --teacher: instead, the forward convolutions of the Mask R-CNN teacher's ResNet-50 + FPN
 //   backbone and RPN head (Detectron2 stride placement) at 736x1280 (a 720p frame padded to /32),
 //   forward only (the teacher never trains).
+//   --packed: run the shapes that the pixel-broadcast 32x3 engine takes through the packed 4x24
+//   engine instead (for A/B comparisons of the two).
 //   SOURCE_DIR locates bench/conv_peer.py; defaults to the compile definition ST_SOURCE_DIR,
 //   else ".". --rounds R (default 3): R rounds, each timing every shape on our side and then the
 //   peer's, so that a noisy stretch of a shared machine hits both sides alike.
@@ -251,6 +253,8 @@ int main(int argc, char** argv) {
       peer = false;
     else if (std::strcmp(argv[i], "--teacher") == 0)
       teacher = true;
+    else if (std::strcmp(argv[i], "--packed") == 0)
+      st::cpu::conv2d_set_broadcast_engine(false);
     else if (std::strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
       rounds = std::max(1, std::atoi(argv[++i]));
     else

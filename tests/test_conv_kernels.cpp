@@ -230,6 +230,13 @@ const std::vector<Shape> kSmallShapes = {
     {1, 6, 9, 8, 5, 1, 3, 2, 1, 0, 1, 1},       // 1x3, stride (2,1)
     {3, 5, 11, 9, 33, 3, 1, 1, 2, 1, 0, 1},     // 3x1, stride (1,2)
     {1, 33, 6, 7, 17, 3, 3, 1, 1, 1, 1, 1},     // C=33, K=17
+    // the pixel-broadcast 32x3 engine (32 | output channels, forward; 32 | C/groups, backward
+    // data): partial 3-pixel tiles, 1x1 read in place (bounce tile), empty stride phases
+    {1, 5, 7, 5, 32, 1, 1, 1, 1, 0, 0, 1},      // 1x1 zero-copy, 35 pixels: partial last tile
+    {1, 32, 9, 11, 8, 1, 1, 2, 2, 0, 0, 1},     // 1x1 stride 2: backward data with empty phases
+    {1, 64, 5, 7, 64, 3, 3, 1, 1, 1, 1, 1},     // 3x3, 2 output blocks, several K blocks
+    {2, 64, 11, 9, 96, 3, 3, 2, 2, 1, 1, 2},    // groups 2, stride 2: 32 channels per group
+    {1, 40, 6, 9, 60, 1, 3, 1, 1, 0, 1, 1},     // 60 outputs padded to 64, 40 inputs (4x24)
 };
 
 // Big enough to run on all threads, with several bands and several KC blocks.
@@ -253,6 +260,18 @@ TEST_CASE("conv2d float fast path matches naive double reference (small shapes)"
 
 TEST_CASE("conv2d float fast path matches naive double reference (threaded shapes)", "[conv]") {
   for (const Shape& s : kLargeShapes) run_case<float>(s, true);
+}
+
+// The shapes that the pixel-broadcast 32x3 engine takes again through the packed 4x24 engine, so
+// that both stay tested on them (the switch is restored even if a check throws).
+TEST_CASE("conv2d float fast path: packed engine where the broadcast engine applies", "[conv]") {
+  struct Restore {
+    ~Restore() { st::cpu::conv2d_set_broadcast_engine(true); }
+  } restore;
+  st::cpu::conv2d_set_broadcast_engine(false);
+  for (const Shape& s : kLargeShapes) run_case<float>(s, true);
+  for (const Shape& s : kSmallShapes)
+    if (s.K / s.groups % 32 == 0 || s.C / s.groups % 32 == 0) run_case<float>(s, false);
 }
 
 TEST_CASE("conv2d double path matches naive double reference", "[conv]") {
@@ -317,6 +336,45 @@ TEST_CASE("conv micro-kernels: selected and portable versions agree", "[conv]") 
           CHECK(close(c3.v[i * 24 + j], r, s));
         }
     }
+  }
+  // 32x3 pixel-broadcast kernel: C[p][m] over 3 pixels read at src + offs[k] + p.
+  struct alignas(32) Tile32 {
+    float v[3 * 32];
+  };
+  for (int64_t kc : {1, 3, 4, 7, 128, 131}) {
+    std::vector<float> Wv = rnd(32 * kc + 8);
+    float* W = Wv.data() + (8 - reinterpret_cast<uintptr_t>(Wv.data()) / 4 % 8) % 8;  // aligned
+    const auto src = rnd(2048);
+    std::vector<int64_t> offs(kc);
+    for (int64_t k = 0; k < kc; ++k) offs[k] = (k * 53) % 2000;
+    for (bool acc : {false, true}) {
+      Tile32 c0, c1;
+      for (int i = 0; i < 96; ++i) c0.v[i] = c1.v[i] = 0.25f;
+      fast.gemm32(kc, W, src.data(), offs.data(), c0.v, acc);
+      slow.gemm32(kc, W, src.data(), offs.data(), c1.v, acc);
+      for (int p = 0; p < 3; ++p)
+        for (int m = 0; m < 32; ++m) {
+          double ref = acc ? 0.25 : 0.0, abs = acc ? 0.25 : 0.0;
+          for (int64_t k = 0; k < kc; ++k) {
+            ref += double(src[offs[k] + p]) * W[k * 32 + m];
+            abs += std::fabs(double(src[offs[k] + p]) * W[k * 32 + m]);
+          }
+          CHECK(close(c0.v[p * 32 + m], float(ref), float(abs)));
+          CHECK(close(c1.v[p * 32 + m], float(ref), float(abs)));
+        }
+    }
+  }
+  {  // 8x8 transpose: exact data movement, strided source and destination
+    const auto S = rnd(8 * 11);
+    std::vector<float> D0(8 * 13, -9.0f), D1(8 * 13, -9.0f);
+    fast.transpose8(S.data(), 11, D0.data(), 13);
+    slow.transpose8(S.data(), 11, D1.data(), 13);
+    for (int i = 0; i < 8; ++i)
+      for (int j = 0; j < 8; ++j) {
+        CHECK(D0[j * 13 + i] == S[i * 11 + j]);
+        CHECK(D1[j * 13 + i] == S[i * 11 + j]);
+      }
+    CHECK(D0 == D1);  // the padding columns are untouched by both
   }
   for (int64_t n : {0, 1, 7, 8, 9, 31, 1029}) {
     const int64_t lda = n + 3;

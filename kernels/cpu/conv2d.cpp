@@ -12,11 +12,18 @@
 //     f = t*V + j (columns j >= OW are junk and are never stored). So im2col never exists: a
 //     24-pixel panel of the im2col matrix is 24 contiguous floats per tap, and a 1x1 stride-1
 //     unpadded conv reads the source tensor directly (no band copy at all).
-//   * forward:  Y[K][pix] = W[K][C*R*S] * col[C*R*S][pix]. Per 24-pixel panel: pack KC taps x 24
-//     pixels (KC <= 256, fits L1; skipped for <= 8 output channels, where the micro-kernel reads
-//     the band in place), run the 4x24 AVX2 register-blocked micro-kernel over every block of 4
-//     output channels (weights pre-packed [K/4][C*R*S][4]), accumulate in a 4x24-tile buffer,
-//     then add bias and store the valid pixels.
+//   * forward:  Y[K][pix] = W[K][C*R*S] * col[C*R*S][pix], by one of two engines:
+//     - pixel broadcast (32x3), when K pads to a multiple of 32 with little waste (the student's
+//       32/64/128-channel layers, the teacher's): weights pre-packed [K/32][C*R*S][32] are the
+//       vector operand; per group of 96 flat pixels and K block of 128 taps (16 KiB of weights,
+//       in L1) every 3-pixel tile broadcasts its pixels straight from the band, so nothing is
+//       packed per pixel (packing had cost 10-15% of a 32-channel layer). The group's
+//       pixel-major accumulators are transposed in 8x8 blocks, then stored with the bias.
+//     - packed (4x24), otherwise: per 24-pixel panel pack KC taps x 24 pixels (KC <= 256, fits
+//       L1; skipped for <= 8 output channels, where the micro-kernel reads the band in place),
+//       run the 4x24 micro-kernel over every block of 4 output channels (weights pre-packed
+//       [K/4][C*R*S][4]) for 4 panels per pass over the weights, accumulate in 4x24 tiles, then
+//       add bias and store the valid pixels.
 //   * backward data: the transposed convolution is split by stride phase (a, b) of gx; each
 //     phase is an ordinary stride-1 correlation of gy with the taps r = a+ph (mod sh),
 //     s = b+pw (mod sw), so it runs through the same engine. A work item computes every phase
@@ -39,6 +46,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -54,6 +62,8 @@ namespace {
 using convk::Kernels;
 using convk::kMR;
 using convk::kNR;
+using convk::kPR;
+using convk::kWR;
 
 constexpr int64_t kBandBudget = 256 * 1024;  // floats per thread-private band buffer (1 MiB)
 constexpr int64_t kKCMax = 256;              // taps per packed B panel (24*256*4 B = 24 KiB)
@@ -63,6 +73,9 @@ constexpr int64_t kDirectMaxM = 8;           // up to this many (padded) rows: n
 constexpr double kParallelFlops = 1.0e6;     // below this a call runs on one thread
 constexpr int64_t kItemsPerThread = 3;       // work items (bands) per thread, for balance
 constexpr int64_t kPanelGroup = 4;           // pixel panels sharing one pass over the weights
+constexpr int64_t kKC32 = 128;    // taps per K block of the 32x3 engine (32*128*4 B = 16 KiB)
+constexpr int64_t kGroup32 = 96;  // pixels per group of the 32x3 engine (multiple of 3 and 8)
+std::atomic<bool> g_use32{true};  // the 32x3 engine where it applies (conv2d_set_broadcast_engine)
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
@@ -216,25 +229,49 @@ void build_band(const Source& s, const Layout& L, int64_t i0, int64_t bh, float*
 struct GemmJob {
   Source src;
   const Layout* L = nullptr;
-  const float* A = nullptr;  // packed weights [Mpad/4][Kred][4]
+  const float* A = nullptr;  // packed weights [Mpad/mr][Kred][mr], mr = 32 if w32 else 4
   int64_t M = 0, Mpad = 0, Kred = 0;
+  bool w32 = false;         // the pixel-broadcast 32x3 engine (else a 4x24 one)
   float* dst = nullptr;  // output channel 0; grid (i,j) -> dst[m*dcs + (oy0+i*osy)*dW + ox0+j*osx]
   int64_t dcs = 0, dW = 0, oy0 = 0, ox0 = 0, osy = 1, osx = 1;
   const float* bias = nullptr;  // [M] or null
 };
 
-// Pack A[m][k] (M rows, Kred columns, via get) into [Mpad/4][Kred][4], zero padded.
+// Which engine runs a GEMM with M rows (output channels): for M <= 8 the 4x24 micro-kernel reads
+// the band in place (nothing packed); the pixel-broadcast 32x3 engine when padding M to 32 costs
+// at most a quarter more than padding to 4; else the packed 4x24 engine. mr = rows per packed
+// weight block.
+struct Engine {
+  bool direct = false, w32 = false;
+  int64_t mr = kMR, Mpad = 0;
+};
+Engine choose_engine(int64_t M) {
+  Engine e;
+  const int64_t m4 = round_up(M, kMR), m32 = round_up(M, kWR);
+  e.direct = m4 <= kDirectMaxM;
+  e.w32 = !e.direct && g_use32.load(std::memory_order_relaxed) && 4 * m32 <= 5 * m4;
+  e.mr = e.w32 ? kWR : kMR;
+  e.Mpad = e.w32 ? m32 : m4;
+  return e;
+}
+
+// Pack A[m][k] (M rows, Kred columns, via get) into [Mpad/mr][Kred][mr], zero padded.
 template <class Get>
-void pack_a(int64_t M, int64_t Mpad, int64_t Kred, float* out, Get get) {
-  for (int64_t mb = 0; mb < Mpad / kMR; ++mb)
+void pack_a(int64_t M, int64_t Mpad, int64_t mr, int64_t Kred, float* out, Get get) {
+  for (int64_t mb = 0; mb < Mpad / mr; ++mb)
     for (int64_t k = 0; k < Kred; ++k)
-      for (int i = 0; i < kMR; ++i) {
-        const int64_t m = mb * kMR + i;
-        out[(mb * Kred + k) * kMR + i] = m < M ? get(m, k) : 0.0f;
+      for (int64_t i = 0; i < mr; ++i) {
+        const int64_t m = mb * mr + i;
+        out[(mb * Kred + k) * mr + i] = m < M ? get(m, k) : 0.0f;
       }
 }
 
-void store_panel(const GemmJob& J, int64_t i0, int64_t f0, int64_t len, const float* Cb) {
+// Stores flat pixels [f0, f0+len) of band rows from i0; the value of output channel m at pixel
+// f0 + t is Cb[m*pitch + t].
+// Stores flat pixels [f0, f0+len) of band rows from i0; the value of output channel m at pixel
+// f0 + t is Cb[m*pitch + t].
+void store_panel(const GemmJob& J, int64_t i0, int64_t f0, int64_t len, const float* Cb,
+                 int64_t pitch = kNR) {
   const Layout& L = *J.L;
   int64_t t = 0;
   while (t < len) {
@@ -244,7 +281,7 @@ void store_panel(const GemmJob& J, int64_t i0, int64_t f0, int64_t len, const fl
     if (valid > 0) {
       float* base = J.dst + (J.oy0 + (i0 + i) * J.osy) * J.dW + J.ox0 + j * J.osx;
       for (int64_t m = 0; m < J.M; ++m) {
-        const float* c = Cb + (m / kMR) * kMR * kNR + (m % kMR) * kNR + t;
+        const float* c = Cb + m * pitch + t;
         const float bv = J.bias ? J.bias[m] : 0.0f;
         float* o = base + m * J.dcs;
         // The next panel usually continues this row: start fetching its lines for writing.
@@ -261,14 +298,75 @@ void store_panel(const GemmJob& J, int64_t i0, int64_t f0, int64_t len, const fl
   }
 }
 
-// Thread-private scratch of the GEMM engine.
+// Thread-private scratch of the GEMM engines.
 struct GemmScratch {
   ABuf<float> band;  // band planes (Layout::buf_floats)
-  ABuf<float> Bp;    // [kKCMax][24] packed taps x pixels
-  ABuf<float> Cb;    // [Mpad/4][4][24] accumulator tiles
+  ABuf<float> Bp;    // 4x24: [kPanelGroup][kKCMax][24] packed taps x pixels
+  ABuf<float> Cb;    // 4x24: [kPanelGroup][Mpad/4][4][24]; 32x3: [Mpad/32][kGroup32][32]
+  ABuf<float> Ct;    // 32x3: [Mpad][kGroup32] the finished group, channel-major
+  ABuf<float> Bt;    // 32x3: [kKC32][8] a partial tile's taps when the band is the source
+  std::vector<int64_t> offs_t;  // k*8: the taps of Bt
   GemmScratch(int64_t band_floats, int64_t Mpad)
-      : band(band_floats, true), Bp(kPanelGroup * kKCMax * kNR), Cb(kPanelGroup * Mpad * kNR) {}
+      : band(band_floats, true),
+        Bp(kPanelGroup * kKCMax * kNR),
+        Cb(std::max(kPanelGroup * kNR, kGroup32) * Mpad, true),
+        Ct(Mpad * kGroup32),
+        Bt(kKC32 * 8, true),
+        offs_t(kKC32) {
+    for (int64_t k = 0; k < kKC32; ++k) offs_t[k] = 8 * k;
+  }
 };
+
+// The 32x3 engine: output rows [i0, i0+bh) of a job in groups of kGroup32 flat pixels. Per group
+// and K block, the block's packed weights (16 KiB) stay in L1 while every 3-pixel tile of the
+// group runs over them, each pixel broadcast from the band where it lies: no pixel is packed.
+// The group's accumulators Cb[mb][pixel][32] are transposed to channel-major before the store.
+void gemm_rows32(const GemmJob& J, const float* band, int64_t i0, int64_t bh, GemmScratch& S,
+                 const Kernels& kn) {
+  const Layout& L = *J.L;
+  const int64_t nflat = bh * L.V;
+  const int64_t nkb = ceil_div(J.Kred, kKC32);  // 0 for an empty reduction (a phase without taps)
+  const int64_t kcs = nkb > 0 ? ceil_div(J.Kred, nkb) : 0;
+  const int64_t nmb = J.Mpad / kWR;
+  const int64_t* offs = L.offs.data();
+  float* Cb = S.Cb.data();
+  float* Ct = S.Ct.data();
+  for (int64_t f0 = 0; f0 < nflat; f0 += kGroup32) {
+    const int64_t glen = std::min(kGroup32, nflat - f0);
+    const int64_t ntile = ceil_div(glen, kPR);
+    // A tile reads 3 pixels; past the band's end that is harmless for a band buffer (zeroed
+    // slack) but not for the source tensor itself: a partial last tile reads a bounce copy.
+    const bool bounce = L.zero_copy && glen % kPR != 0;
+    if (nkb == 0) std::memset(Cb, 0, sizeof(float) * J.Mpad * kGroup32);
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      const int64_t k0 = kb * kcs, k1 = std::min(J.Kred, k0 + kcs);
+      if (bounce) {
+        const int64_t t0 = (ntile - 1) * kPR, len = glen - t0;
+        for (int64_t k = k0; k < k1; ++k) {
+          float* d = S.Bt.data() + (k - k0) * 8;
+          std::memcpy(d, band + offs[k] + f0 + t0, sizeof(float) * len);
+          std::memset(d + len, 0, sizeof(float) * (8 - len));
+        }
+      }
+      for (int64_t mb = 0; mb < nmb; ++mb) {
+        const float* w = J.A + (mb * J.Kred + k0) * kWR;
+        float* cb = Cb + mb * kGroup32 * kWR;
+        const int64_t nt = bounce ? ntile - 1 : ntile;
+        for (int64_t t = 0; t < nt; ++t)
+          kn.gemm32(k1 - k0, w, band + f0 + t * kPR, offs + k0, cb + t * kPR * kWR, kb > 0);
+        if (bounce)
+          kn.gemm32(k1 - k0, w, S.Bt.data(), S.offs_t.data(), cb + nt * kPR * kWR, kb > 0);
+      }
+    }
+    for (int64_t mb = 0; mb < nmb; ++mb)
+      for (int64_t p0 = 0; p0 < glen; p0 += 8)
+        for (int64_t c8 = 0; c8 < kWR; c8 += 8)
+          kn.transpose8(Cb + (mb * kGroup32 + p0) * kWR + c8, kWR,
+                        Ct + (mb * kWR + c8) * kGroup32 + p0, kGroup32);
+    store_panel(J, i0, f0, glen, Ct, kGroup32);
+  }
+}
+
 
 // Computes output rows [i0, i0+bh) of a job on the calling thread.
 void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const Kernels& kn) {
@@ -280,6 +378,7 @@ void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const K
     build_band(J.src, L, i0, bh, S.band.data());
     band = S.band.data();
   }
+  if (J.w32) return gemm_rows32(J, band, i0, bh, S, kn);
   float* Bp = S.Bp.data();
   float* Cb = S.Cb.data();
   const int64_t nflat = bh * L.V;
@@ -359,7 +458,9 @@ bool go_parallel(double flops) {
 // ------------------------------------------------------------------ float entry points
 void forward_f32(const ConvGeom& g, const float* x, const float* w, const float* bias, float* y) {
   const int64_t G = g.groups, Cg = g.C / G, Kg = g.K / G;
-  const int64_t Kred = Cg * g.R * g.S, Mpad = round_up(Kg, kMR);
+  const int64_t Kred = Cg * g.R * g.S;
+  const Engine eng = choose_engine(Kg);
+  const int64_t Mpad = eng.Mpad;
   if (g.N * g.K * g.OH * g.OW == 0) return;
   if (Kred == 0) {  // empty reduction: y = bias
     for (int64_t n = 0; n < g.N; ++n)
@@ -376,10 +477,10 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
       for (int64_t s = 0; s < g.S; ++s) taps.push_back({c, r, s});
   Source s0{nullptr, Cg, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w};
   const Layout L = make_layout(s0, taps, g.OH, g.OW, 0, band_cap(g.OH, g.N * G, team_size(par)));
-  ABuf<float> A(G * Mpad * Kred);  // packed weights, per group [Mpad/4][Kred][4]
+  ABuf<float> A(G * Mpad * Kred);  // packed weights, per group [Mpad/mr][Kred][mr]
   for (int64_t gi = 0; gi < G; ++gi) {
     const float* wg = w + gi * Kg * Kred;
-    pack_a(Kg, Mpad, Kred, A.data() + gi * Mpad * Kred,
+    pack_a(Kg, Mpad, eng.mr, Kred, A.data() + gi * Mpad * Kred,
            [&](int64_t m, int64_t k) { return wg[m * Kred + k]; });
   }
   const Kernels& kn = convk::kernels();
@@ -396,7 +497,7 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
       J.src.p = x + (n * g.C + gi * Cg) * g.H * g.W;
       J.L = &L;
       J.A = A.data() + gi * Mpad * Kred;
-      J.M = Kg, J.Mpad = Mpad, J.Kred = Kred;
+      J.M = Kg, J.Mpad = Mpad, J.Kred = Kred, J.w32 = eng.w32;
       J.dst = y + (n * g.K + gi * Kg) * g.OH * g.OW;
       J.dcs = g.OH * g.OW, J.dW = g.OW;
       J.bias = bias ? bias + gi * Kg : nullptr;
@@ -408,7 +509,9 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
 
 void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float* gx) {
   const int64_t G = g.groups, Cg = g.C / G, Kg = g.K / G;
-  const int64_t RS = g.R * g.S, Mpad = round_up(Cg, kMR);
+  const int64_t RS = g.R * g.S;
+  const Engine eng = choose_engine(Cg);
+  const int64_t Mpad = eng.Mpad;
   const int64_t sh = g.stride_h, sw = g.stride_w;
   if (g.N * g.C * g.H * g.W == 0) return;
   const double flops = 2.0 * g.N * g.K * Cg * RS * g.OH * g.OW;
@@ -480,7 +583,8 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
   for (const Phase& P : phases)
     for (int64_t gi = 0; gi < G; ++gi) {
       const float* wg = w + gi * Kg * Cg * RS;  // [Kg][Cg][R][S]
-      pack_a(Cg, Mpad, P.Kred, A.data() + P.aoff + gi * Mpad * P.Kred, [&](int64_t c, int64_t q) {
+      pack_a(Cg, Mpad, eng.mr, P.Kred, A.data() + P.aoff + gi * Mpad * P.Kred,
+             [&](int64_t c, int64_t q) {
         const int64_t k = P.taps[q].c;
         return wg[(k * Cg + c) * RS + P.rr[q] * g.S + P.ss[q]];
       });
@@ -505,7 +609,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
         J.src.p = gy + (n * g.K + gi * Kg) * g.OH * g.OW;
         J.L = &P.L;
         J.A = A.data() + P.aoff + gi * Mpad * P.Kred;
-        J.M = Cg, J.Mpad = Mpad, J.Kred = P.Kred;
+        J.M = Cg, J.Mpad = Mpad, J.Kred = P.Kred, J.w32 = eng.w32;
         if (use_tmp) {
           J.dst = tmp.data() + (P.a * sw + P.b) * Mpad * tplane;
           J.dcs = tplane, J.dW = Wq, J.oy0 = -i0, J.ox0 = 0, J.osy = 1, J.osx = 1;
@@ -741,6 +845,8 @@ void backward_bias_ref(const ConvGeom& g, const T* gy, T* gb) {
 }
 
 }  // namespace
+
+void conv2d_set_broadcast_engine(bool on) { g_use32.store(on); }
 
 // ------------------------------------------------------------------ public templates
 template <class T>

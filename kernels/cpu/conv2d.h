@@ -36,4 +36,10 @@ void conv2d_backward_weight(const ConvGeom& g, const T* gy, const T* x, T* gw);
 template <class T>
 void conv2d_backward_bias(const ConvGeom& g, const T* gy, T* gb);
 
+// The float path's pixel-broadcast 32x3 engine (used where the GEMM's output rows — output
+// channels forward, input channels for backward data — pad to 32 with little waste) is on by
+// default; off, those shapes run the packed 4x24 engine. For A/B benchmarks and tests; not meant
+// to be flipped while a convolution runs on another thread.
+void conv2d_set_broadcast_engine(bool on);
+
 }  // namespace st::cpu

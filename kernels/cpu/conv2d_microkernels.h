@@ -8,6 +8,11 @@
 //      reductions along the pixel axis for the weight gradient; 12 ymm accumulators.
 //  * gemm 4x24 direct: the same with B row k read in place at src + offs[k] (no packing).
 //  * pack 24: B[k][0..23] = src[offs[k] + 0..23], the implicit-im2col panel gather.
+//  * gemm 32x3 (pixels broadcast): C[3][32] (+)= sum_k src[offs[k] + 0..2] (x) W[k][0..31]. The
+//      weights are the vector operand (packed once per call) and the 3 pixels are broadcast from
+//      the band where they lie, so nothing is packed per pixel; 12 ymm accumulators, 4 weight
+//      loads + 3 broadcasts per 12 FMAs (the 4x24 kernel's ratio, transposed).
+//  * transpose 8: an 8x8 block transpose (the 32x3 engine's pixel-major results to NCHW rows).
 //  * gather2 / interleave2: stride-2 column (de)interleaving for the phase planes and the
 //    stride-2 backward-data output.
 #pragma once
@@ -37,6 +42,15 @@ using GemmDirectFn = void (*)(int64_t kc, const float* A, const float* src, cons
                               float* C, bool acc);
 // B[k][0..23] = src[offs[k] + 0..23] for k < kc  (B 32-byte aligned; src any alignment)
 using PackFn = void (*)(int64_t kc, const float* src, const int64_t* offs, float* B);
+
+constexpr int kWR = 32;  // output channels of the pixel-broadcast tile (the vector operand)
+constexpr int kPR = 3;   // pixels of the pixel-broadcast tile
+// C[p*32 + m] = (acc ? C[p*32 + m] : 0) + sum_{k<kc} src[offs[k] + p] * W[k*32 + m] for p < 3,
+// m < 32 (W and C 32-byte aligned; src any alignment).
+using Gemm32Fn = void (*)(int64_t kc, const float* W, const float* src, const int64_t* offs,
+                          float* C, bool acc);
+// Dst[j*dp + i] = Src[i*sp + j] for i, j < 8 (an 8x8 block transpose; any alignment).
+using Transpose8Fn = void (*)(const float* Src, int64_t sp, float* Dst, int64_t dp);
 
 // ---------------------------------------------------------------- portable fallback
 inline void gemm_4x24_generic(int64_t kc, const float* A, const float* B, float* C, bool acc) {
@@ -98,6 +112,25 @@ inline void gather2_generic(const float* sp, float* d, int64_t n) {
 using Interleave2Fn = void (*)(const float* p0, const float* p1, float* out, int64_t n);
 inline void interleave2_generic(const float* p0, const float* p1, float* out, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[2 * j] = p0[j], out[2 * j + 1] = p1[j];
+}
+
+inline void gemm_32x3_generic(int64_t kc, const float* W, const float* src, const int64_t* offs,
+                              float* C, bool acc) {
+  float c[kPR][kWR];
+  for (int p = 0; p < kPR; ++p)
+    for (int m = 0; m < kWR; ++m) c[p][m] = acc ? C[p * kWR + m] : 0.0f;
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* s = src + offs[k];
+    for (int p = 0; p < kPR; ++p)
+      for (int m = 0; m < kWR; ++m) c[p][m] += s[p] * W[k * kWR + m];
+  }
+  for (int p = 0; p < kPR; ++p)
+    for (int m = 0; m < kWR; ++m) C[p * kWR + m] = c[p][m];
+}
+
+inline void transpose8_generic(const float* S, int64_t sp, float* D, int64_t dp) {
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < 8; ++j) D[j * dp + i] = S[i * sp + j];
 }
 
 inline void pack_24_generic(int64_t kc, const float* src, const int64_t* offs, float* B) {
@@ -170,6 +203,76 @@ ST_AVX2 inline void gemm_4x24_avx2(int64_t kc, const float* A, const float* B, f
 ST_AVX2 inline void gemm_4x24_direct_avx2(int64_t kc, const float* A, const float* src,
                                           const int64_t* offs, float* C, bool acc) {
   gemm_4x24_avx2_impl<true>(kc, A, src, offs, C, acc);
+}
+
+ST_AVX2 inline void gemm_32x3_avx2(int64_t kc, const float* __restrict W,
+                                   const float* __restrict src, const int64_t* __restrict offs,
+                                   float* __restrict C, bool acc) {
+  // c<v><p>: channels 8v..8v+7 of pixel p. 12 accumulators + 3 broadcast pixels + 1 weight
+  // vector = the 16 ymm registers, so no FMA has to take its weights from memory.
+  __m256 c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32;
+  if (acc) {
+    c00 = _mm256_load_ps(C + 0), c10 = _mm256_load_ps(C + 8);
+    c20 = _mm256_load_ps(C + 16), c30 = _mm256_load_ps(C + 24);
+    c01 = _mm256_load_ps(C + 32), c11 = _mm256_load_ps(C + 40);
+    c21 = _mm256_load_ps(C + 48), c31 = _mm256_load_ps(C + 56);
+    c02 = _mm256_load_ps(C + 64), c12 = _mm256_load_ps(C + 72);
+    c22 = _mm256_load_ps(C + 80), c32 = _mm256_load_ps(C + 88);
+  } else {
+    c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = c30 = c31 = c32 = _mm256_setzero_ps();
+  }
+#define ST_G32_STEP(k)                                                                      \
+  {                                                                                         \
+    const float* s = src + offs[k];                                                         \
+    const float* w = W + (k)*32;                                                            \
+    const __m256 x0 = _mm256_broadcast_ss(s), x1 = _mm256_broadcast_ss(s + 1);             \
+    const __m256 x2 = _mm256_broadcast_ss(s + 2);                                           \
+    __m256 v = _mm256_load_ps(w);                                                           \
+    c00 = _mm256_fmadd_ps(v, x0, c00), c01 = _mm256_fmadd_ps(v, x1, c01);                   \
+    c02 = _mm256_fmadd_ps(v, x2, c02);                                                      \
+    v = _mm256_load_ps(w + 8);                                                              \
+    c10 = _mm256_fmadd_ps(v, x0, c10), c11 = _mm256_fmadd_ps(v, x1, c11);                   \
+    c12 = _mm256_fmadd_ps(v, x2, c12);                                                      \
+    v = _mm256_load_ps(w + 16);                                                             \
+    c20 = _mm256_fmadd_ps(v, x0, c20), c21 = _mm256_fmadd_ps(v, x1, c21);                   \
+    c22 = _mm256_fmadd_ps(v, x2, c22);                                                      \
+    v = _mm256_load_ps(w + 24);                                                             \
+    c30 = _mm256_fmadd_ps(v, x0, c30), c31 = _mm256_fmadd_ps(v, x1, c31);                   \
+    c32 = _mm256_fmadd_ps(v, x2, c32);                                                      \
+  }
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    ST_G32_STEP(k) ST_G32_STEP(k + 1) ST_G32_STEP(k + 2) ST_G32_STEP(k + 3)
+  }
+  for (; k < kc; ++k) ST_G32_STEP(k)
+#undef ST_G32_STEP
+  _mm256_store_ps(C + 0, c00), _mm256_store_ps(C + 8, c10);
+  _mm256_store_ps(C + 16, c20), _mm256_store_ps(C + 24, c30);
+  _mm256_store_ps(C + 32, c01), _mm256_store_ps(C + 40, c11);
+  _mm256_store_ps(C + 48, c21), _mm256_store_ps(C + 56, c31);
+  _mm256_store_ps(C + 64, c02), _mm256_store_ps(C + 72, c12);
+  _mm256_store_ps(C + 80, c22), _mm256_store_ps(C + 88, c32);
+}
+
+ST_AVX2 inline void transpose8_avx2(const float* S, int64_t sp, float* D, int64_t dp) {
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(S + i * sp);
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(D + 0 * dp, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(D + 1 * dp, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(D + 2 * dp, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(D + 3 * dp, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(D + 4 * dp, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(D + 5 * dp, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(D + 6 * dp, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(D + 7 * dp, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 
 ST_AVX2 inline void pack_24_avx2(int64_t kc, const float* __restrict src,
@@ -266,6 +369,8 @@ ST_AVX2 inline void dot_4x3_avx2(int64_t n, const float* __restrict a, int64_t l
 
 struct Kernels {
   GemmFn gemm;
+  Gemm32Fn gemm32;
+  Transpose8Fn transpose8;
   GemmDirectFn gemm_direct;
   DotFn dot;
   PackFn pack;
@@ -277,6 +382,8 @@ struct Kernels {
 // The portable set (always available; also used by the tests as the reference set).
 inline Kernels generic_kernels() {
   return Kernels{&gemm_4x24_generic,
+                 &gemm_32x3_generic,
+                 &transpose8_generic,
                  &gemm_4x24_direct_generic,
                  &dot_4x3_generic,
                  &pack_24_generic,
@@ -295,8 +402,9 @@ inline const Kernels& kernels() {
 #if ST_CONV_HAVE_X86
     __builtin_cpu_init();
     if (!forced && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      r = Kernels{&gemm_4x24_avx2, &gemm_4x24_direct_avx2, &dot_4x3_avx2, &pack_24_avx2,
-                  &gather2_avx2,   &interleave2_avx2,      true};
+      r = Kernels{&gemm_4x24_avx2, &gemm_32x3_avx2,   &transpose8_avx2,
+                  &gemm_4x24_direct_avx2, &dot_4x3_avx2, &pack_24_avx2,
+                  &gather2_avx2,   &interleave2_avx2, true};
 #else
     (void)forced;
 #endif
