@@ -13,8 +13,8 @@
 //     24-pixel panel of the im2col matrix is 24 contiguous floats per tap, and a 1x1 stride-1
 //     unpadded conv reads the source tensor directly (no band copy at all).
 //   * forward:  Y[K][pix] = W[K][C*R*S] * col[C*R*S][pix], by one of two engines:
-//     - pixel broadcast (32x3), when K pads to a multiple of 32 with little waste (the student's
-//       32/64/128-channel layers, the teacher's): weights pre-packed [K/32][C*R*S][32] are the
+//     - pixel broadcast (32x3), when K <= 128 pads to a multiple of 32 with little waste (the
+//       student's 32/64/128-channel layers): weights pre-packed [K/32][C*R*S][32] are the
 //       vector operand; per group of 96 flat pixels and K block of 128 taps (16 KiB of weights,
 //       in L1) every 3-pixel tile broadcasts its pixels straight from the band, so nothing is
 //       packed per pixel (packing had cost 10-15% of a 32-channel layer). The group's
@@ -75,6 +75,8 @@ constexpr int64_t kItemsPerThread = 3;       // work items (bands) per thread, f
 constexpr int64_t kPanelGroup = 4;           // pixel panels sharing one pass over the weights
 constexpr int64_t kKC32 = 128;    // taps per K block of the 32x3 engine (32*128*4 B = 16 KiB)
 constexpr int64_t kGroup32 = 96;  // pixels per group of the 32x3 engine (multiple of 3 and 8)
+constexpr int64_t kMax32 = 128;   // up to this many GEMM rows (larger: the packed engine)
+constexpr int64_t kMinKred32 = 64;  // and reductions at least this long
 std::atomic<bool> g_use32{true};  // the 32x3 engine where it applies (conv2d_set_broadcast_engine)
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -239,17 +241,22 @@ struct GemmJob {
 
 // Which engine runs a GEMM with M rows (output channels): for M <= 8 the 4x24 micro-kernel reads
 // the band in place (nothing packed); the pixel-broadcast 32x3 engine when padding M to 32 costs
-// at most a quarter more than padding to 4; else the packed 4x24 engine. mr = rows per packed
-// weight block.
+// at most a quarter more than padding to 4, M <= 128 and the reduction has >= 64 taps; else the
+// packed 4x24 engine. (Measured, calls interleaved in one process: with 256..2048 rows, where
+// packing is shared by 64..512 micro-kernel calls, the packed engine was 5-30% faster on the
+// teacher's shapes, even at 128; the 1x1 backward-data calls with 9..32 taps were 10-15% faster
+// packed; the student's 3x3/1x3/3x1 layers with 32..128 rows 2-13% faster broadcast.)
+// mr = rows per packed weight block.
 struct Engine {
   bool direct = false, w32 = false;
   int64_t mr = kMR, Mpad = 0;
 };
-Engine choose_engine(int64_t M) {
+Engine choose_engine(int64_t M, int64_t Kred) {
   Engine e;
   const int64_t m4 = round_up(M, kMR), m32 = round_up(M, kWR);
   e.direct = m4 <= kDirectMaxM;
-  e.w32 = !e.direct && g_use32.load(std::memory_order_relaxed) && 4 * m32 <= 5 * m4;
+  e.w32 = !e.direct && g_use32.load(std::memory_order_relaxed) && 4 * m32 <= 5 * m4 &&
+          m32 <= kMax32 && Kred >= kMinKred32;
   e.mr = e.w32 ? kWR : kMR;
   e.Mpad = e.w32 ? m32 : m4;
   return e;
@@ -459,7 +466,7 @@ bool go_parallel(double flops) {
 void forward_f32(const ConvGeom& g, const float* x, const float* w, const float* bias, float* y) {
   const int64_t G = g.groups, Cg = g.C / G, Kg = g.K / G;
   const int64_t Kred = Cg * g.R * g.S;
-  const Engine eng = choose_engine(Kg);
+  const Engine eng = choose_engine(Kg, Kred);
   const int64_t Mpad = eng.Mpad;
   if (g.N * g.K * g.OH * g.OW == 0) return;
   if (Kred == 0) {  // empty reduction: y = bias
@@ -510,9 +517,10 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
 void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float* gx) {
   const int64_t G = g.groups, Cg = g.C / G, Kg = g.K / G;
   const int64_t RS = g.R * g.S;
-  const Engine eng = choose_engine(Cg);
-  const int64_t Mpad = eng.Mpad;
   const int64_t sh = g.stride_h, sw = g.stride_w;
+  // (the longest phase reduction: Kg x taps of one stride phase)
+  const Engine eng = choose_engine(Cg, Kg * ceil_div(g.R, sh) * ceil_div(g.S, sw));
+  const int64_t Mpad = eng.Mpad;
   if (g.N * g.C * g.H * g.W == 0) return;
   const double flops = 2.0 * g.N * g.K * Cg * RS * g.OH * g.OW;
   const bool par = go_parallel(flops);
