@@ -231,10 +231,10 @@ const std::vector<Shape> kSmallShapes = {
     {3, 5, 11, 9, 33, 3, 1, 1, 2, 1, 0, 1},     // 3x1, stride (1,2)
     {1, 33, 6, 7, 17, 3, 3, 1, 1, 1, 1, 1},     // C=33, K=17
     // the pixel-broadcast 32x3 engine (GEMM rows = output channels forward, input channels for
-    // backward data, padding to 32..128; reductions >= 64 taps): partial 3-pixel tiles, 1x1
-    // read in place (bounce tile), empty stride phases
-    {1, 64, 7, 5, 32, 1, 1, 1, 1, 0, 0, 1},     // 1x1 zero-copy, 35 pixels: partial last tile
-    {1, 32, 9, 11, 64, 1, 1, 2, 2, 0, 0, 1},    // 1x1 stride 2: backward data with empty phases
+    // backward data, padding to 32..128; reductions >= 64 taps; not 1x1): partial 3-pixel
+    // tiles, a phase read in place from gy (its partial last tile bounced), empty stride phases
+    {1, 32, 10, 14, 16, 3, 3, 2, 2, 1, 1, 1},   // backward data: phase (0,0) reads 5x7 gy in place
+    {1, 32, 9, 11, 64, 3, 1, 3, 3, 0, 0, 1},    // 3x1 stride 3: backward data with empty phases
     {1, 64, 5, 7, 64, 3, 3, 1, 1, 1, 1, 1},     // 3x3, 2 output blocks, several K blocks
     {2, 64, 11, 9, 128, 3, 3, 2, 2, 1, 1, 2},   // groups 2, stride 2: 32 / 64 rows per group
     {1, 40, 6, 9, 60, 1, 3, 1, 1, 0, 1, 1},     // 60 outputs padded to 64 (backward: 4x24)

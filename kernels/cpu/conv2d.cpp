@@ -13,8 +13,8 @@
 //     24-pixel panel of the im2col matrix is 24 contiguous floats per tap, and a 1x1 stride-1
 //     unpadded conv reads the source tensor directly (no band copy at all).
 //   * forward:  Y[K][pix] = W[K][C*R*S] * col[C*R*S][pix], by one of two engines:
-//     - pixel broadcast (32x3), when K <= 128 pads to a multiple of 32 with little waste (the
-//       student's 32/64/128-channel layers): weights pre-packed [K/32][C*R*S][32] are the
+//     - pixel broadcast (32x3), for kernels larger than 1x1 when K <= 128 pads to a multiple of
+//       32 with little waste (the student's 32/64/128-channel layers): weights pre-packed [K/32][C*R*S][32] are the
 //       vector operand; per group of 96 flat pixels and K block of 128 taps (16 KiB of weights,
 //       in L1) every 3-pixel tile broadcasts its pixels straight from the band, so nothing is
 //       packed per pixel (packing had cost 10-15% of a 32-channel layer). The group's
@@ -241,22 +241,23 @@ struct GemmJob {
 
 // Which engine runs a GEMM with M rows (output channels): for M <= 8 the 4x24 micro-kernel reads
 // the band in place (nothing packed); the pixel-broadcast 32x3 engine when padding M to 32 costs
-// at most a quarter more than padding to 4, M <= 128 and the reduction has >= 64 taps; else the
-// packed 4x24 engine. (Measured, calls interleaved in one process: with 256..2048 rows, where
-// packing is shared by 64..512 micro-kernel calls, the packed engine was 5-30% faster on the
-// teacher's shapes, even at 128; the 1x1 backward-data calls with 9..32 taps were 10-15% faster
-// packed; the student's 3x3/1x3/3x1 layers with 32..128 rows 2-13% faster broadcast.)
+// at most a quarter more than padding to 4, M <= 128, the reduction has >= 64 taps and the
+// kernel is not 1x1; else the packed 4x24 engine. (Measured, calls interleaved in one process:
+// with 256..2048 rows, where packing is shared by 64..512 micro-kernel calls, the packed engine
+// was 5-30% faster on the teacher's shapes, even at 128; the student's 1x1 layers were 0-15%
+// faster packed (most with short reductions); its 3x3/1x3/3x1 layers with 32..128 rows 2-13%
+// faster broadcast.)
 // mr = rows per packed weight block.
 struct Engine {
   bool direct = false, w32 = false;
   int64_t mr = kMR, Mpad = 0;
 };
-Engine choose_engine(int64_t M, int64_t Kred) {
+Engine choose_engine(int64_t M, int64_t Kred, bool one_by_one) {
   Engine e;
   const int64_t m4 = round_up(M, kMR), m32 = round_up(M, kWR);
   e.direct = m4 <= kDirectMaxM;
   e.w32 = !e.direct && g_use32.load(std::memory_order_relaxed) && 4 * m32 <= 5 * m4 &&
-          m32 <= kMax32 && Kred >= kMinKred32;
+          m32 <= kMax32 && Kred >= kMinKred32 && !one_by_one;
   e.mr = e.w32 ? kWR : kMR;
   e.Mpad = e.w32 ? m32 : m4;
   return e;
@@ -466,7 +467,7 @@ bool go_parallel(double flops) {
 void forward_f32(const ConvGeom& g, const float* x, const float* w, const float* bias, float* y) {
   const int64_t G = g.groups, Cg = g.C / G, Kg = g.K / G;
   const int64_t Kred = Cg * g.R * g.S;
-  const Engine eng = choose_engine(Kg, Kred);
+  const Engine eng = choose_engine(Kg, Kred, g.R * g.S == 1);
   const int64_t Mpad = eng.Mpad;
   if (g.N * g.K * g.OH * g.OW == 0) return;
   if (Kred == 0) {  // empty reduction: y = bias
@@ -519,7 +520,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
   const int64_t RS = g.R * g.S;
   const int64_t sh = g.stride_h, sw = g.stride_w;
   // (the longest phase reduction: Kg x taps of one stride phase)
-  const Engine eng = choose_engine(Cg, Kg * ceil_div(g.R, sh) * ceil_div(g.S, sw));
+  const Engine eng = choose_engine(Cg, Kg * ceil_div(g.R, sh) * ceil_div(g.S, sw), RS == 1);
   const int64_t Mpad = eng.Mpad;
   if (g.N * g.C * g.H * g.W == 0) return;
   const double flops = 2.0 * g.N * g.K * Cg * RS * g.OH * g.OW;
