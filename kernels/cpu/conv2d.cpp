@@ -692,13 +692,39 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
   const Kernels& kn = convk::kernels();
   const int64_t nb = ceil_div(g.OH, L.BH);
   const int64_t items = G * g.N * nb * nchunk;  // (group, image, band, tap chunk)
+  // One (group, image, band) split into tap chunks (a small image on several threads): the band
+  // and the flat gy copy are built once, by all threads together, and shared by the chunks
+  // (each chunk copying them for itself had made two threads barely faster than one).
+  const bool shared = G * g.N * nb == 1 && nchunk > 1;
+  ABuf<float> band_sh(shared ? L.buf_floats : 0, true);
+  ABuf<float> gyv_sh(shared ? Mpad * gstride : 0, true);
+  // gy rows [m0, m1) of band bi into the flat layout (zeros in the junk columns)
+  auto copy_gy = [&](const float* gyn, int64_t i0, int64_t bh, int64_t m0, int64_t m1,
+                     float* dst) {
+    for (int64_t m = m0; m < m1; ++m) {
+      float* d = dst + m * gstride;
+      for (int64_t t = 0; t < bh; ++t) {
+        std::memcpy(d + t * L.V, gyn + (m * g.OH + i0 + t) * g.OW, sizeof(float) * g.OW);
+        if (L.V > g.OW) std::memset(d + t * L.V + g.OW, 0, sizeof(float) * (L.V - g.OW));
+      }
+    }
+  };
 #pragma omp parallel if (par)
   {
     const int tid = std::min(omp_get_thread_num(), nth - 1);
     double* my = acc.data() + static_cast<size_t>(tid) * accn;
-    ABuf<float> band(L.buf_floats, true);
-    ABuf<float> gyv(Mpad * gstride, true);  // [Mpad][gstride]: gy rows in the band's flat layout
+    ABuf<float> band(shared ? 0 : L.buf_floats, true);
+    ABuf<float> gyv(shared ? 0 : Mpad * gstride, true);  // [Mpad][gstride]: flat gy rows
     float out[12];
+    if (shared) {
+      Source s = s0;
+      s.p = x;
+#pragma omp for schedule(static) nowait
+      for (int64_t c = 0; c < (L.zero_copy ? 0 : Cg); ++c)
+        build_band(s, L, 0, g.OH, band_sh.data(), c, c + 1);
+#pragma omp for schedule(static)
+      for (int64_t m = 0; m < Kg; ++m) copy_gy(gy, 0, g.OH, m, m + 1, gyv_sh.data());
+    }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t ch = it % nchunk, bi = (it / nchunk) % nb;
@@ -708,22 +734,19 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
       s.p = x + (n * g.C + gi * Cg) * g.H * g.W;
       const float* gyn = gy + (n * g.K + gi * Kg) * g.OH * g.OW;  // [Kg][OH][OW]
       const int64_t i0 = bi * L.BH, bh = std::min(L.BH, g.OH - i0);
-      const float* bandp = L.zero_copy ? s.p + i0 * g.W : band.data();
-      if (!L.zero_copy)  // channels of this chunk's taps
-        build_band(s, L, i0, bh, band.data(), taps[t0].c, taps[std::min(t1, Kred) - 1].c + 1);
-      for (int64_t m = 0; m < Kg; ++m) {
-        float* d = gyv.data() + m * gstride;
-        for (int64_t t = 0; t < bh; ++t) {
-          std::memcpy(d + t * L.V, gyn + (m * g.OH + i0 + t) * g.OW, sizeof(float) * g.OW);
-          if (L.V > g.OW) std::memset(d + t * L.V + g.OW, 0, sizeof(float) * (L.V - g.OW));
-        }
+      const float* bandp = L.zero_copy ? s.p + i0 * g.W : shared ? band_sh.data() : band.data();
+      const float* gyp = shared ? gyv_sh.data() : gyv.data();
+      if (!shared) {
+        if (!L.zero_copy)  // channels of this chunk's taps
+          build_band(s, L, i0, bh, band.data(), taps[t0].c, taps[std::min(t1, Kred) - 1].c + 1);
+        copy_gy(gyn, i0, bh, 0, Kg, gyv.data());
       }
       double* accg = my + gi * Mpad * K3;
       const int64_t nflat = bh * L.V;
       for (int64_t fs = 0; fs < nflat; fs += kDotChunk) {
         const int64_t len = std::min(kDotChunk, nflat - fs);
         for (int64_t mb = 0; mb < Mpad / kMR; ++mb) {
-          const float* a = gyv.data() + mb * kMR * gstride + fs;
+          const float* a = gyp + mb * kMR * gstride + fs;
           double* accm = accg + mb * kMR * K3;
           const float* b = bandp + fs;
           for (int64_t tt = t0; tt < t1; tt += 3) {
