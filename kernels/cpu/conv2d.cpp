@@ -376,11 +376,15 @@ void gemm_rows32(const GemmJob& J, const float* band, int64_t i0, int64_t bh, Ge
 }
 
 
-// Computes output rows [i0, i0+bh) of a job on the calling thread.
-void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const Kernels& kn) {
+// Computes output rows [i0, i0+bh) of a job on the calling thread. prebuilt: the band, when the
+// caller has built it already (shared by the stride phases of backward data).
+void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const Kernels& kn,
+               const float* prebuilt = nullptr) {
   const Layout& L = *J.L;
   const float* band;
-  if (L.zero_copy) {
+  if (prebuilt) {
+    band = prebuilt;
+  } else if (L.zero_copy) {
     band = J.src.p + i0 * J.src.W;
   } else {
     build_band(J.src, L, i0, bh, S.band.data());
@@ -574,6 +578,24 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
     P.L = make_layout(P.s0, P.taps, P.Ha, P.Wb, 0, band_cap(P.Ha, g.N * G, team_size(par)));
     BH = std::min(BH, P.L.BH);
   }
+  // Several phases read the same gy rows, each at its own offsets: they share one band, built
+  // once per work item with the union of their paddings (PY rows above, PX columns left, row
+  // pitch Vu wide enough for every phase's columns), instead of one band copy per phase
+  // (3x3 stride 2: 4-13% faster). Not when only one phase has taps (a 1x1 stride 2 kernel: that
+  // phase reads gy in place).
+  const bool shared_band =
+      std::count_if(phases.begin(), phases.end(), [](const Phase& P) { return P.Kred > 0; }) > 1;
+  int64_t PY = 0, PX = 0, Vu = 0, halo_u = 0;
+  if (shared_band) {
+    for (const Phase& P : phases) PY = std::max(PY, P.s0.py), PX = std::max(PX, P.s0.px);
+    for (const Phase& P : phases)
+      for (const Tap& t : P.taps) {
+        halo_u = std::max(halo_u, t.r - P.s0.py + PY);
+        Vu = std::max(Vu, P.Wb + t.s - P.s0.px + PX);
+      }
+    const int64_t row = Kg * Vu;
+    BH = std::min(BH, std::max<int64_t>(1, (kBandBudget - halo_u * row) / row));
+  }
   // gx block of one item (Cg x BH*sh rows x W): aim at L2 residency.
   if (nph > 1) BH = std::min(BH, std::max<int64_t>(1, kBandBudget / 4 / (Cg * sh * g.W)));
   // With a column stride the phases go to a private buffer tmp[a][b][Mpad][BH][Wq] (contiguous
@@ -582,8 +604,26 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
   const int64_t Wq = ceil_div(g.W, sw);
   size_t afloats = 0;
   int64_t bandmax = 0;
+  // The shared band: gy with padding (PY, PX), one plane, rows [i0 - PY, i0 + BH + halo_u - PY).
+  const Source su{nullptr, Kg, g.OH, g.OW, 1, 1, PY, PX};
+  Layout Lu;
+  if (shared_band) {
+    Lu.OH = maxHa, Lu.V = Vu, Lu.halo = halo_u, Lu.BH = BH, Lu.nplanes = 1, Lu.plane_ab = {0};
+    Lu.plane_stride = Lu.chan_stride = (BH + halo_u) * Vu;
+    Lu.buf_floats = Kg * Lu.chan_stride + kSlack;
+  }
   for (Phase& P : phases) {
-    P.L = make_layout(P.s0, P.taps, P.Ha, P.Wb, 0, BH);  // every phase with the same band height
+    if (shared_band) {  // the phase's taps as offsets into the shared band
+      P.L = Lu;
+      P.L.OH = P.Ha, P.L.OW = P.Wb;
+      P.L.offs.resize(P.taps.size());
+      for (size_t k = 0; k < P.taps.size(); ++k) {
+        const Tap& t = P.taps[k];
+        P.L.offs[k] = t.c * Lu.chan_stride + (t.r - P.s0.py + PY) * Vu + (t.s - P.s0.px + PX);
+      }
+    } else {  // every phase with the same band height
+      P.L = make_layout(P.s0, P.taps, P.Ha, P.Wb, 0, BH);
+    }
     bandmax = std::max(bandmax, P.L.buf_floats);
     P.aoff = afloats;
     afloats += static_cast<size_t>(G * Mpad * P.Kred);
@@ -611,11 +651,17 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
       const int64_t bi = it % nb, gi = (it / nb) % G, n = it / (nb * G);
       const int64_t i0 = bi * BH;
       float* gxg = gx + (n * g.C + gi * Cg) * g.H * g.W;  // [Cg][H][W]
+      const float* gyg = gy + (n * g.K + gi * Kg) * g.OH * g.OW;
+      if (shared_band) {
+        Source s = su;
+        s.p = gyg;
+        build_band(s, Lu, i0, std::min(BH, maxHa - i0), S.band.data());
+      }
       for (const Phase& P : phases) {
         if (i0 >= P.Ha) continue;
         GemmJob J;
         J.src = P.s0;
-        J.src.p = gy + (n * g.K + gi * Kg) * g.OH * g.OW;
+        J.src.p = gyg;
         J.L = &P.L;
         J.A = A.data() + P.aoff + gi * Mpad * P.Kred;
         J.M = Cg, J.Mpad = Mpad, J.Kred = P.Kred, J.w32 = eng.w32;
@@ -626,7 +672,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
           J.dst = gxg;
           J.dcs = g.H * g.W, J.dW = g.W, J.oy0 = P.a, J.ox0 = P.b, J.osy = sh, J.osx = sw;
         }
-        gemm_rows(J, i0, std::min(BH, P.Ha - i0), S, kn);
+        gemm_rows(J, i0, std::min(BH, P.Ha - i0), S, kn, shared_band ? S.band.data() : nullptr);
       }
       if (!use_tmp) continue;
       for (int64_t a = 0; a < sh; ++a) {
