@@ -190,6 +190,21 @@ int64_t band_cap(int64_t OH, int64_t other_items, int nth) {
   return std::max<int64_t>(1, ceil_div(OH, bands));
 }
 
+// Bands over OH rows, each at most bh_max rows: when parallel, their number times other_items is
+// made a multiple of the thread count and the rows are split evenly (band bi is rows
+// [band_start(bi), band_start(bi + 1)), heights differing by at most one), so that no thread is
+// left with an extra band at the end (7 bands of 14 rows on 2 threads had idled one 1/8 of
+// the time).
+int64_t balanced_bands(int64_t OH, int64_t bh_max, int64_t other_items, int nth) {
+  if (OH <= 0) return 0;
+  int64_t nb = ceil_div(OH, bh_max);
+  if (nth > 1)
+    for (int64_t n = nb; n <= std::min(OH, nb + nth); ++n)
+      if (n * other_items % nth == 0) return n;
+  return nb;
+}
+int64_t band_start(int64_t bi, int64_t nb, int64_t OH) { return bi * OH / nb; }
+
 // Fill a (thread-private) band buffer for output rows [i0, i0 + bh).
 // Only source channels [c0, c1) are filled (default: all).
 void build_band(const Source& s, const Layout& L, int64_t i0, int64_t bh, float* buf,
@@ -496,7 +511,7 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
            [&](int64_t m, int64_t k) { return wg[m * Kred + k]; });
   }
   const Kernels& kn = convk::kernels();
-  const int64_t nb = ceil_div(g.OH, L.BH);
+  const int64_t nb = balanced_bands(g.OH, L.BH, g.N * G, team_size(par));
   const int64_t items = g.N * G * nb;  // (image, group, band)
 #pragma omp parallel if (par)
   {
@@ -513,8 +528,8 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
       J.dst = y + (n * g.K + gi * Kg) * g.OH * g.OW;
       J.dcs = g.OH * g.OW, J.dW = g.OW;
       J.bias = bias ? bias + gi * Kg : nullptr;
-      const int64_t i0 = bi * L.BH;
-      gemm_rows(J, i0, std::min(L.BH, g.OH - i0), S, kn);
+      const int64_t i0 = band_start(bi, nb, g.OH);
+      gemm_rows(J, i0, band_start(bi + 1, nb, g.OH) - i0, S, kn);
     }
   }
 }
@@ -639,7 +654,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
       });
     }
   const Kernels& kn = convk::kernels();
-  const int64_t nb = maxHa > 0 ? ceil_div(maxHa, BH) : 0;
+  const int64_t nb = balanced_bands(maxHa, BH, g.N * G, team_size(par));
   const int64_t items = g.N * G * nb;  // (image, group, band of phase rows)
   const int64_t tplane = BH * Wq;      // one (phase, channel) plane of tmp
 #pragma omp parallel if (par)
@@ -649,13 +664,13 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t bi = it % nb, gi = (it / nb) % G, n = it / (nb * G);
-      const int64_t i0 = bi * BH;
+      const int64_t i0 = band_start(bi, nb, maxHa), i1 = band_start(bi + 1, nb, maxHa);
       float* gxg = gx + (n * g.C + gi * Cg) * g.H * g.W;  // [Cg][H][W]
       const float* gyg = gy + (n * g.K + gi * Kg) * g.OH * g.OW;
       if (shared_band) {
         Source s = su;
         s.p = gyg;
-        build_band(s, Lu, i0, std::min(BH, maxHa - i0), S.band.data());
+        build_band(s, Lu, i0, i1 - i0, S.band.data());
       }
       for (const Phase& P : phases) {
         if (i0 >= P.Ha) continue;
@@ -672,13 +687,13 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
           J.dst = gxg;
           J.dcs = g.H * g.W, J.dW = g.W, J.oy0 = P.a, J.ox0 = P.b, J.osy = sh, J.osx = sw;
         }
-        gemm_rows(J, i0, std::min(BH, P.Ha - i0), S, kn, shared_band ? S.band.data() : nullptr);
+        gemm_rows(J, i0, std::min(i1, P.Ha) - i0, S, kn, shared_band ? S.band.data() : nullptr);
       }
       if (!use_tmp) continue;
       for (int64_t a = 0; a < sh; ++a) {
         const int64_t Ha = a < g.H ? ceil_div(g.H - a, sh) : 0;
         for (int64_t c = 0; c < Cg; ++c)
-          for (int64_t t = 0; t < std::min(BH, Ha - i0); ++t) {
+          for (int64_t t = 0; t < std::min(i1, Ha) - i0; ++t) {
             float* out = gxg + (c * g.H + a + sh * (i0 + t)) * g.W;  // one gx row
             const float* p0 = tmp.data() + ((a * sw) * Mpad + c) * tplane + t * Wq;
             if (sw == 2) {
@@ -736,7 +751,7 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
   const int64_t accn = G * Mpad * K3;                   // per-thread accumulator [G][Mpad][K3]
   ABuf<double> acc(static_cast<size_t>(nth) * accn, true);
   const Kernels& kn = convk::kernels();
-  const int64_t nb = ceil_div(g.OH, L.BH);
+  const int64_t nb = balanced_bands(g.OH, L.BH, G * g.N * nchunk, nth);
   const int64_t items = G * g.N * nb * nchunk;  // (group, image, band, tap chunk)
   // One (group, image, band) split into tap chunks (a small image on several threads): the band
   // and the flat gy copy are built once, by all threads together, and shared by the chunks
@@ -779,7 +794,7 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
       Source s = s0;
       s.p = x + (n * g.C + gi * Cg) * g.H * g.W;
       const float* gyn = gy + (n * g.K + gi * Kg) * g.OH * g.OW;  // [Kg][OH][OW]
-      const int64_t i0 = bi * L.BH, bh = std::min(L.BH, g.OH - i0);
+      const int64_t i0 = band_start(bi, nb, g.OH), bh = band_start(bi + 1, nb, g.OH) - i0;
       const float* bandp = L.zero_copy ? s.p + i0 * g.W : shared ? band_sh.data() : band.data();
       const float* gyp = shared ? gyv_sh.data() : gyv.data();
       if (!shared) {
