@@ -748,15 +748,18 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
   std::vector<int64_t> offs3(L.offs);  // taps padded to a multiple of 3 with harmless dummies
   offs3.resize(K3, L.offs[Kred - 1]);  // (the last tap's channel is in the last chunk)
   const int64_t gstride = round_up(L.BH * L.V, 8) + 8;  // row pitch of the flat gy band
-  const int64_t accn = G * Mpad * K3;                   // per-thread accumulator [G][Mpad][K3]
-  ABuf<double> acc(static_cast<size_t>(nth) * accn, true);
   const Kernels& kn = convk::kernels();
   const int64_t nb = balanced_bands(g.OH, L.BH, G * g.N * nchunk, nth);
   const int64_t items = G * g.N * nb * nchunk;  // (group, image, band, tap chunk)
   // One (group, image, band) split into tap chunks (a small image on several threads): the band
   // and the flat gy copy are built once, by all threads together, and shared by the chunks
-  // (each chunk copying them for itself had made two threads barely faster than one).
+  // (each chunk copying them for itself had made two threads barely faster than one), and as
+  // every chunk owns its taps, it sums them in its own small accumulator and writes them to gw
+  // (no per-thread accumulators for all of gw to clear and add up: that had cost ~20% here).
   const bool shared = G * g.N * nb == 1 && nchunk > 1;
+  const int64_t tc = tri_per_chunk * 3;                   // taps of a chunk (shared: [Mpad][tc])
+  const int64_t accn = shared ? 0 : G * Mpad * K3;        // per-thread accumulator [G][Mpad][K3]
+  ABuf<double> acc(static_cast<size_t>(nth) * accn, true);
   ABuf<float> band_sh(shared ? L.buf_floats : 0, true);
   ABuf<float> gyv_sh(shared ? Mpad * gstride : 0, true);
   // gy rows [m0, m1) of band bi into the flat layout (zeros in the junk columns)
@@ -776,6 +779,7 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
     double* my = acc.data() + static_cast<size_t>(tid) * accn;
     ABuf<float> band(shared ? 0 : L.buf_floats, true);
     ABuf<float> gyv(shared ? 0 : Mpad * gstride, true);  // [Mpad][gstride]: flat gy rows
+    ABuf<double> loc(shared ? Mpad * tc : 0);           // shared: this chunk's sums [Mpad][tc]
     float out[12];
     if (shared) {
       Source s = s0;
@@ -802,29 +806,38 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
           build_band(s, L, i0, bh, band.data(), taps[t0].c, taps[std::min(t1, Kred) - 1].c + 1);
         copy_gy(gyn, i0, bh, 0, Kg, gyv.data());
       }
-      double* accg = my + gi * Mpad * K3;
+      // sums of tap tt (of this chunk) for row m: accg[m * ars + tt + acol]
+      double* accg = shared ? loc.data() : my + gi * Mpad * K3;
+      const int64_t ars = shared ? tc : K3, acol = shared ? -t0 : 0;
+      if (shared) std::fill_n(loc.data(), Mpad * tc, 0.0);
       const int64_t nflat = bh * L.V;
       for (int64_t fs = 0; fs < nflat; fs += kDotChunk) {
         const int64_t len = std::min(kDotChunk, nflat - fs);
         for (int64_t mb = 0; mb < Mpad / kMR; ++mb) {
           const float* a = gyp + mb * kMR * gstride + fs;
-          double* accm = accg + mb * kMR * K3;
+          double* accm = accg + mb * kMR * ars + acol;
           const float* b = bandp + fs;
           for (int64_t tt = t0; tt < t1; tt += 3) {
             kn.dot(len, a, gstride, b + offs3[tt], b + offs3[tt + 1], b + offs3[tt + 2], out);
             for (int j = 0; j < 3; ++j)
-              for (int i = 0; i < kMR; ++i) accm[i * K3 + tt + j] += out[j * kMR + i];
+              for (int i = 0; i < kMR; ++i) accm[i * ars + tt + j] += out[j * kMR + i];
           }
         }
       }
+      if (shared)  // this chunk's taps of gw (one group, one image)
+        for (int64_t m = 0; m < Kg; ++m)
+          for (int64_t kk = t0; kk < std::min(t1, Kred); ++kk)
+            gw[m * Kred + kk] = static_cast<float>(loc.data()[m * tc + kk - t0]);
     }
     // Sum the per-thread accumulators into gw (the loop above ended with a barrier).
+    if (!shared) {
 #pragma omp for schedule(static)
-    for (int64_t q = 0; q < g.K * Kred; ++q) {
-      const int64_t k = q / Kred, kk = q % Kred, gi = k / Kg, m = k % Kg;
-      double sum = 0.0;
-      for (int t = 0; t < nth; ++t) sum += acc.data()[t * accn + (gi * Mpad + m) * K3 + kk];
-      gw[q] = static_cast<float>(sum);
+      for (int64_t q = 0; q < g.K * Kred; ++q) {
+        const int64_t k = q / Kred, kk = q % Kred, gi = k / Kg, m = k % Kg;
+        double sum = 0.0;
+        for (int t = 0; t < nth; ++t) sum += acc.data()[t * accn + (gi * Mpad + m) * K3 + kk];
+        gw[q] = static_cast<float>(sum);
+      }
     }
   }
 }
