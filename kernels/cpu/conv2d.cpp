@@ -444,6 +444,13 @@ void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const K
   }
   // Panels in groups of kPanelGroup: each K block of the packed weights is read once per group
   // (not once per panel) while the group's packed pixels stay in cache.
+  // When the band is the source itself (1x1, stride 1) and the output rows are contiguous in the
+  // same flat order, a full panel is written straight into the output (no tile buffer, no store
+  // pass; the bias starts the accumulators).
+  const bool out_direct = L.zero_copy && J.osx == 1 && J.osy == 1 && J.ox0 == 0 &&
+                          J.dW == L.V && J.Mpad == J.M;
+  float* const drow = J.dst + (J.oy0 + i0) * J.dW;  // out_direct: flat pixel f of channel m at
+                                                    // drow[m * dcs + f]
   for (int64_t p0 = 0; p0 < npan; p0 += kPanelGroup) {
     const int64_t pg = std::min<int64_t>(kPanelGroup, npan - p0);
     if (nkb == 0) std::memset(Cb, 0, sizeof(float) * pg * J.Mpad * kNR);
@@ -466,13 +473,20 @@ void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const K
       }
       for (int64_t mb = 0; mb < nmb; ++mb) {
         const float* a = J.A + (mb * J.Kred + k0) * kMR;
-        for (int64_t g = 0; g < pg; ++g)
-          kn.gemm(k1 - k0, a, Bp + g * kKCMax * kNR, Cb + (g * nmb + mb) * kMR * kNR, kb > 0);
+        for (int64_t g = 0; g < pg; ++g) {
+          const int64_t f0 = (p0 + g) * kNR;
+          if (out_direct && f0 + kNR <= nflat)
+            kn.gemm_ldc(k1 - k0, a, Bp + g * kKCMax * kNR, drow + mb * kMR * J.dcs + f0, J.dcs,
+                        kb > 0, J.bias ? J.bias + mb * kMR : nullptr);
+          else
+            kn.gemm(k1 - k0, a, Bp + g * kKCMax * kNR, Cb + (g * nmb + mb) * kMR * kNR, kb > 0);
+        }
       }
     }
     for (int64_t g = 0; g < pg; ++g) {
       const int64_t f0 = (p0 + g) * kNR;
-      store_panel(J, i0, f0, std::min<int64_t>(kNR, nflat - f0), Cb + g * nmb * kMR * kNR);
+      if (!out_direct || f0 + kNR > nflat)
+        store_panel(J, i0, f0, std::min<int64_t>(kNR, nflat - f0), Cb + g * nmb * kMR * kNR);
     }
   }
 }

@@ -7,6 +7,8 @@
 //  * dot 4x3:  out[j][i] = sum_t a[i*lda + t] * b_j[t],  i < 4, j < 3   (any alignment, any n)
 //      reductions along the pixel axis for the weight gradient; 12 ymm accumulators.
 //  * gemm 4x24 direct: the same with B row k read in place at src + offs[k] (no packing).
+//  * gemm 4x24 ldc: the same with C rows at a stride (a panel written straight into the output
+//      rows, the accumulators starting from the bias).
 //  * pack 24: B[k][0..23] = src[offs[k] + 0..23], the implicit-im2col panel gather.
 //  * gemm 32x3 (pixels broadcast): C[3][32] (+)= sum_k src[offs[k] + 0..2] (x) W[k][0..31]. The
 //      weights are the vector operand (packed once per call) and the 3 pixels are broadcast from
@@ -37,6 +39,10 @@ using GemmFn = void (*)(int64_t kc, const float* A, const float* B, float* C, bo
 // out[j*4 + i] = sum_{t<n} a[i*lda + t] * bj[t]
 using DotFn = void (*)(int64_t n, const float* a, int64_t lda, const float* b0, const float* b1,
                        const float* b2, float* out);
+// C rows at C + i*ldc (any alignment): C[i*ldc + j] = (acc ? C[i*ldc + j] : bias ? bias[i] : 0)
+// + sum_k A[k][i] B[k][j]; used to write a panel straight into a contiguous output row.
+using GemmLdcFn = void (*)(int64_t kc, const float* A, const float* B, float* C, int64_t ldc,
+                           bool acc, const float* bias);
 // Same as GemmFn with B row k read in place at src + offs[k] (any alignment).
 using GemmDirectFn = void (*)(int64_t kc, const float* A, const float* src, const int64_t* offs,
                               float* C, bool acc);
@@ -66,6 +72,18 @@ inline void gemm_4x24_generic(int64_t kc, const float* A, const float* B, float*
   }
   for (int i = 0; i < kMR; ++i)
     for (int j = 0; j < kNR; ++j) C[i * kNR + j] = c[i][j];
+}
+
+inline void gemm_4x24_ldc_generic(int64_t kc, const float* A, const float* B, float* C,
+                                  int64_t ldc, bool acc, const float* bias) {
+  float c[kMR][kNR];
+  for (int i = 0; i < kMR; ++i)
+    for (int j = 0; j < kNR; ++j) c[i][j] = acc ? C[i * ldc + j] : bias ? bias[i] : 0.0f;
+  for (int64_t k = 0; k < kc; ++k)
+    for (int i = 0; i < kMR; ++i)
+      for (int j = 0; j < kNR; ++j) c[i][j] += A[k * kMR + i] * B[k * kNR + j];
+  for (int i = 0; i < kMR; ++i)
+    for (int j = 0; j < kNR; ++j) C[i * ldc + j] = c[i][j];
 }
 
 inline void gemm_4x24_direct_generic(int64_t kc, const float* A, const float* src,
@@ -142,13 +160,32 @@ inline void pack_24_generic(int64_t kc, const float* src, const int64_t* offs, f
 #define ST_AVX2 __attribute__((target("avx2,fma")))
 
 // B row k is at Bsrc + (offs ? offs[k] : k*24); aligned loads only for the packed layout.
-template <bool kDirect>
+// kLdc: C rows at C + i*ldc, unaligned, and the accumulators start from bias when !acc.
+template <bool kDirect, bool kLdc = false>
 ST_AVX2 inline void gemm_4x24_avx2_impl(int64_t kc, const float* __restrict A,
                                         const float* __restrict Bsrc,
                                         const int64_t* __restrict offs, float* __restrict C,
-                                        bool acc) {
+                                        bool acc, int64_t ldc = 24,
+                                        const float* __restrict bias = nullptr) {
   __m256 c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32;
-  if (acc) {
+  if constexpr (kLdc) {
+    float* C1 = C + ldc;
+    float* C2 = C + 2 * ldc;
+    float* C3 = C + 3 * ldc;
+    if (acc) {
+      c00 = _mm256_loadu_ps(C), c01 = _mm256_loadu_ps(C + 8), c02 = _mm256_loadu_ps(C + 16);
+      c10 = _mm256_loadu_ps(C1), c11 = _mm256_loadu_ps(C1 + 8), c12 = _mm256_loadu_ps(C1 + 16);
+      c20 = _mm256_loadu_ps(C2), c21 = _mm256_loadu_ps(C2 + 8), c22 = _mm256_loadu_ps(C2 + 16);
+      c30 = _mm256_loadu_ps(C3), c31 = _mm256_loadu_ps(C3 + 8), c32 = _mm256_loadu_ps(C3 + 16);
+    } else if (bias) {
+      c00 = c01 = c02 = _mm256_broadcast_ss(bias);
+      c10 = c11 = c12 = _mm256_broadcast_ss(bias + 1);
+      c20 = c21 = c22 = _mm256_broadcast_ss(bias + 2);
+      c30 = c31 = c32 = _mm256_broadcast_ss(bias + 3);
+    } else {
+      c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = c30 = c31 = c32 = _mm256_setzero_ps();
+    }
+  } else if (acc) {
     c00 = _mm256_load_ps(C + 0), c01 = _mm256_load_ps(C + 8), c02 = _mm256_load_ps(C + 16);
     c10 = _mm256_load_ps(C + 24), c11 = _mm256_load_ps(C + 32), c12 = _mm256_load_ps(C + 40);
     c20 = _mm256_load_ps(C + 48), c21 = _mm256_load_ps(C + 56), c22 = _mm256_load_ps(C + 64);
@@ -191,6 +228,16 @@ ST_AVX2 inline void gemm_4x24_avx2_impl(int64_t kc, const float* __restrict A,
   }
   for (; k < kc; ++k) ST_GEMM_STEP(k)
 #undef ST_GEMM_STEP
+  if constexpr (kLdc) {
+    float* C1 = C + ldc;
+    float* C2 = C + 2 * ldc;
+    float* C3 = C + 3 * ldc;
+    _mm256_storeu_ps(C, c00), _mm256_storeu_ps(C + 8, c01), _mm256_storeu_ps(C + 16, c02);
+    _mm256_storeu_ps(C1, c10), _mm256_storeu_ps(C1 + 8, c11), _mm256_storeu_ps(C1 + 16, c12);
+    _mm256_storeu_ps(C2, c20), _mm256_storeu_ps(C2 + 8, c21), _mm256_storeu_ps(C2 + 16, c22);
+    _mm256_storeu_ps(C3, c30), _mm256_storeu_ps(C3 + 8, c31), _mm256_storeu_ps(C3 + 16, c32);
+    return;
+  }
   _mm256_store_ps(C + 0, c00), _mm256_store_ps(C + 8, c01), _mm256_store_ps(C + 16, c02);
   _mm256_store_ps(C + 24, c10), _mm256_store_ps(C + 32, c11), _mm256_store_ps(C + 40, c12);
   _mm256_store_ps(C + 48, c20), _mm256_store_ps(C + 56, c21), _mm256_store_ps(C + 64, c22);
@@ -199,6 +246,10 @@ ST_AVX2 inline void gemm_4x24_avx2_impl(int64_t kc, const float* __restrict A,
 
 ST_AVX2 inline void gemm_4x24_avx2(int64_t kc, const float* A, const float* B, float* C, bool acc) {
   gemm_4x24_avx2_impl<false>(kc, A, B, nullptr, C, acc);
+}
+ST_AVX2 inline void gemm_4x24_ldc_avx2(int64_t kc, const float* A, const float* B, float* C,
+                                       int64_t ldc, bool acc, const float* bias) {
+  gemm_4x24_avx2_impl<false, true>(kc, A, B, nullptr, C, acc, ldc, bias);
 }
 ST_AVX2 inline void gemm_4x24_direct_avx2(int64_t kc, const float* A, const float* src,
                                           const int64_t* offs, float* C, bool acc) {
@@ -369,6 +420,7 @@ ST_AVX2 inline void dot_4x3_avx2(int64_t n, const float* __restrict a, int64_t l
 
 struct Kernels {
   GemmFn gemm;
+  GemmLdcFn gemm_ldc;
   Gemm32Fn gemm32;
   Transpose8Fn transpose8;
   GemmDirectFn gemm_direct;
@@ -382,6 +434,7 @@ struct Kernels {
 // The portable set (always available; also used by the tests as the reference set).
 inline Kernels generic_kernels() {
   return Kernels{&gemm_4x24_generic,
+                 &gemm_4x24_ldc_generic,
                  &gemm_32x3_generic,
                  &transpose8_generic,
                  &gemm_4x24_direct_generic,
@@ -402,7 +455,7 @@ inline const Kernels& kernels() {
 #if ST_CONV_HAVE_X86
     __builtin_cpu_init();
     if (!forced && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      r = Kernels{&gemm_4x24_avx2, &gemm_32x3_avx2,   &transpose8_avx2,
+      r = Kernels{&gemm_4x24_avx2, &gemm_4x24_ldc_avx2, &gemm_32x3_avx2,   &transpose8_avx2,
                   &gemm_4x24_direct_avx2, &dot_4x3_avx2, &pack_24_avx2,
                   &gather2_avx2,   &interleave2_avx2, true};
 #else
