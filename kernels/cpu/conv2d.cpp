@@ -391,6 +391,35 @@ void gemm_rows32(const GemmJob& J, const float* band, int64_t i0, int64_t bh, Ge
 }
 
 
+// Direct engine (M <= 8): one panel (flat pixels [f0, f0+len) of the band) of a job into
+// Cb[m*24 + t]; B rows are read in place (a partial panel is copied to Bp first).
+void direct_panel(const GemmJob& J, const float* band, int64_t f0, int64_t len, float* Cb,
+                  float* Bp, const Kernels& kn) {
+  int64_t nkb, kcs;
+  nkb = J.Kred > 0 ? ceil_div(J.Kred, kKCMax) : 0;
+  kcs = nkb > 0 ? ceil_div(J.Kred, nkb) : 0;
+  const int64_t nmb = J.Mpad / kMR;
+  const int64_t* offs = J.L->offs.data();
+  if (nkb == 0) std::memset(Cb, 0, sizeof(float) * J.Mpad * kNR);
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    const int64_t k0 = kb * kcs, k1 = std::min(J.Kred, k0 + kcs);
+    const float* src = band + f0;
+    if (len == kNR) {
+      for (int64_t mb = 0; mb < nmb; ++mb)
+        kn.gemm_direct(k1 - k0, J.A + (mb * J.Kred + k0) * kMR, src, offs + k0,
+                       Cb + mb * kMR * kNR, kb > 0);
+      continue;
+    }
+    for (int64_t k = k0; k < k1; ++k) {
+      float* d = Bp + (k - k0) * kNR;
+      std::memcpy(d, src + offs[k], sizeof(float) * len);
+      std::memset(d + len, 0, sizeof(float) * (kNR - len));
+    }
+    for (int64_t mb = 0; mb < nmb; ++mb)
+      kn.gemm(k1 - k0, J.A + (mb * J.Kred + k0) * kMR, Bp, Cb + mb * kMR * kNR, kb > 0);
+  }
+}
+
 // Computes output rows [i0, i0+bh) of a job on the calling thread. prebuilt: the band, when the
 // caller has built it already (shared by the stride phases of backward data).
 void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const Kernels& kn,
@@ -420,24 +449,7 @@ void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const K
     for (int64_t p = 0; p < npan; ++p) {
       const int64_t f0 = p * kNR;
       const int64_t len = std::min<int64_t>(kNR, nflat - f0);
-      if (nkb == 0) std::memset(Cb, 0, sizeof(float) * J.Mpad * kNR);
-      for (int64_t kb = 0; kb < nkb; ++kb) {
-        const int64_t k0 = kb * kcs, k1 = std::min(J.Kred, k0 + kcs);
-        const float* src = band + f0;
-        if (len == kNR) {
-          for (int64_t mb = 0; mb < nmb; ++mb)
-            kn.gemm_direct(k1 - k0, J.A + (mb * J.Kred + k0) * kMR, src, offs + k0,
-                           Cb + mb * kMR * kNR, kb > 0);
-          continue;
-        }
-        for (int64_t k = k0; k < k1; ++k) {
-          float* d = Bp + (k - k0) * kNR;
-          std::memcpy(d, src + offs[k], sizeof(float) * len);
-          std::memset(d + len, 0, sizeof(float) * (kNR - len));
-        }
-        for (int64_t mb = 0; mb < nmb; ++mb)
-          kn.gemm(k1 - k0, J.A + (mb * J.Kred + k0) * kMR, Bp, Cb + mb * kMR * kNR, kb > 0);
-      }
+      direct_panel(J, band, f0, len, Cb, Bp, kn);
       store_panel(J, i0, f0, len, Cb);
     }
     return;
@@ -671,6 +683,11 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
   const int64_t nb = balanced_bands(maxHa, BH, g.N * G, team_size(par));
   const int64_t items = g.N * G * nb;  // (image, group, band of phase rows)
   const int64_t tplane = BH * Wq;      // one (phase, channel) plane of tmp
+  // Column stride 2, even width, few input channels (the direct engine), shared band: the two
+  // column phases (a, 0) and (a, 1) cover the same flat pixels of the band, so each panel of
+  // both is computed back to back and its two tiles are interleaved straight into the gx rows
+  // (no private buffer, no second pass over gx).
+  const bool pairs = eng.direct && sw == 2 && g.W % 2 == 0 && shared_band && nph == 2 * sh;
 #pragma omp parallel if (par)
   {
     GemmScratch S(bandmax, Mpad);
@@ -685,6 +702,36 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
         Source s = su;
         s.p = gyg;
         build_band(s, Lu, i0, i1 - i0, S.band.data());
+      }
+      if (pairs) {
+        float* Cb0 = S.Cb.data();
+        float* Cb1 = Cb0 + Mpad * kNR;
+        for (int64_t a = 0; a < sh; ++a) {
+          const Phase& P0 = phases[2 * a];
+          const Phase& P1 = phases[2 * a + 1];
+          if (i0 >= P0.Ha) continue;
+          GemmJob J0, J1;
+          J0.L = &P0.L, J1.L = &P1.L;
+          J0.A = A.data() + P0.aoff + gi * Mpad * P0.Kred;
+          J1.A = A.data() + P1.aoff + gi * Mpad * P1.Kred;
+          J0.M = J1.M = Cg, J0.Mpad = J1.Mpad = Mpad, J0.Kred = P0.Kred, J1.Kred = P1.Kred;
+          const int64_t nflat = (std::min(i1, P0.Ha) - i0) * Vu, Wb = P0.Wb;
+          for (int64_t f0 = 0; f0 < nflat; f0 += kNR) {
+            const int64_t len = std::min<int64_t>(kNR, nflat - f0);
+            direct_panel(J0, S.band.data(), f0, len, Cb0, S.Bp.data(), kn);
+            direct_panel(J1, S.band.data(), f0, len, Cb1, S.Bp.data(), kn);
+            for (int64_t t = 0; t < len;) {
+              const int64_t f = f0 + t, i = f / Vu, j = f % Vu;
+              const int64_t run = std::min(len - t, Vu - j);
+              const int64_t valid = j < Wb ? std::min(run, Wb - j) : 0;
+              for (int64_t m = 0; m < Cg && valid > 0; ++m)
+                kn.interleave2(Cb0 + m * kNR + t, Cb1 + m * kNR + t,
+                               gxg + (m * g.H + a + sh * (i0 + i)) * g.W + 2 * j, valid);
+              t += run;
+            }
+          }
+        }
+        continue;
       }
       for (const Phase& P : phases) {
         if (i0 >= P.Ha) continue;
