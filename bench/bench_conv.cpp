@@ -4,12 +4,13 @@
 // and GFLOP/s per shape and direction with the ratio torch_ms / our_ms (> 1: we are faster). If
 // python3 or torch is missing it prints "peer: missing (...)" and still exits 0.
 //
-// Usage: bench_conv [SOURCE_DIR] [--no-peer] [--teacher] [--rounds R] [--packed]
+// Usage: bench_conv [SOURCE_DIR] [--no-peer] [--teacher] [--rounds R] [--packed | --ab]
 //   --teacher: instead, the forward convolutions of the Mask R-CNN teacher's ResNet-50 + FPN
 //   backbone and RPN head (Detectron2 stride placement) at 736x1280 (a 720p frame padded to /32),
 //   forward only (the teacher never trains).
 //   --packed: run the shapes that the pixel-broadcast 32x3 engine takes through the packed 4x24
-//   engine instead (for A/B comparisons of the two).
+//   engine instead. --ab: instead of the table, both engines on every shape with their calls
+//   alternating in one process (how the engine choice in kernels/cpu/conv2d.cpp was measured).
 //   SOURCE_DIR locates bench/conv_peer.py; defaults to the compile definition ST_SOURCE_DIR,
 //   else ".". --rounds R (default 3): R rounds, each timing every shape on our side and then the
 //   peer's, so that a noisy stretch of a shared machine hits both sides alike.
@@ -198,6 +199,56 @@ const char* kDirs[3] = {"fwd", "bwd_data", "bwd_weight"};
 
 
 
+// --ab: the two GEMM engines of the float path on every shape, forward and backward-data, with
+// the calls alternating packed / broadcast in one process (so that a noisy stretch of a shared
+// machine hits both alike); prints each engine's best and median and their ratios.
+int run_ab(const std::vector<Layer>& layers, int reps) {
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> U(-1.0f, 1.0f);
+  std::printf("engine A/B, calls alternating in one process (%d+ pairs per entry); ratio = "
+              "packed ms / broadcast ms (> 1: broadcast faster)\n",
+              reps);
+  std::printf("%-34s | %-9s %8s %8s %5s %5s | %-9s %8s %8s %5s %5s\n", "layer", "fwd", "packed",
+              "bcast", "best", "med", "bwd_data", "packed", "bcast", "best", "med");
+  for (const Layer& l : layers) {
+    const ConvGeom g = geom(l);
+    auto rnd = [&](int64_t n) {
+      std::vector<float> v(n);
+      for (auto& e : v) e = U(rng);
+      return v;
+    };
+    const auto x = rnd(g.N * g.C * g.H * g.W), w = rnd(g.K * g.C * g.R * g.S), b = rnd(g.K);
+    const auto gy = rnd(g.N * g.K * g.OH * g.OW);
+    std::vector<float> y(gy.size()), gx(x.size());
+    // about 0.2 s per engine and direction, at least reps pairs
+    const int n = std::clamp(static_cast<int>(0.2 / (gflop(g) / 100.0)), reps, 20 * reps);
+    std::printf("%-34s", l.name.c_str());
+    for (int d = 0; d < 2; ++d) {
+      std::vector<double> t[2];
+      for (int i = 0; i <= n; ++i)
+        for (int e = 0; e < 2; ++e) {
+          st::cpu::conv2d_set_broadcast_engine(e == 1);
+          const auto t0 = std::chrono::steady_clock::now();
+          if (d == 0)
+            st::cpu::conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data());
+          else
+            st::cpu::conv2d_backward_data<float>(g, gy.data(), w.data(), gx.data());
+          const double ms = std::chrono::duration<double, std::milli>(
+                                std::chrono::steady_clock::now() - t0).count();
+          if (i > 0) t[e].push_back(ms);  // the first pair warms up
+        }
+      for (auto& v : t) std::sort(v.begin(), v.end());
+      const double med0 = t[0][t[0].size() / 2], med1 = t[1][t[1].size() / 2];
+      std::printf(" | %-9s %8.3f %8.3f %5.2f %5.2f", "", t[0][0], t[1][0], t[0][0] / t[1][0],
+                  med0 / med1);
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  st::cpu::conv2d_set_broadcast_engine(true);
+  return 0;
+}
+
 // Runs the peer script once over every shape; returns false (and says why) when it cannot.
 bool run_peer(const std::string& py, const std::string& script, const std::vector<Layer>& layers,
               int ndirs, std::vector<std::array<Acc, 3>>& theirs, std::string& header,
@@ -246,13 +297,15 @@ bool run_peer(const std::string& py, const std::string& script, const std::vecto
 
 int main(int argc, char** argv) {
   std::string src_dir = ST_SOURCE_DIR;
-  bool peer = true, teacher = false;
+  bool peer = true, teacher = false, ab = false;
   int rounds = 3;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--no-peer") == 0)
       peer = false;
     else if (std::strcmp(argv[i], "--teacher") == 0)
       teacher = true;
+    else if (std::strcmp(argv[i], "--ab") == 0)
+      ab = true;
     else if (std::strcmp(argv[i], "--packed") == 0)
       st::cpu::conv2d_set_broadcast_engine(false);
     else if (std::strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
@@ -261,6 +314,7 @@ int main(int argc, char** argv) {
       src_dir = argv[i];
   }
   const std::vector<Layer> layers = teacher ? teacher_layers() : student_layers();
+  if (ab) return run_ab(layers, 5);
   const int ndirs = teacher ? 1 : 3;
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> U(-1.0f, 1.0f);
