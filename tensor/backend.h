@@ -3,7 +3,8 @@
 // A Backend owns memory for its device type and runs the kernels of every op. The op layer
 // (tensor/ops.h) validates arguments, allocates outputs on the inputs' device and calls
 // `backend_for(device).<kernel>(...)`. Nothing outside kernels/ knows which backends exist:
-// the CPU backend is always linked in; the CUDA backend registers itself when it is built.
+// the CPU backend is always linked in; the CUDA backend, when built, is a shared library that
+// tensor/backend.cpp loads on the first use of a CUDA device.
 //
 // Kernel contracts: every tensor argument is on this backend's device and has the op's dtype.
 // Inputs are contiguous unless the kernel says "any layout"; outputs are preallocated,
@@ -11,6 +12,7 @@
 // kernel and the backend (the base-class default).
 #pragma once
 #include <memory>
+#include <string>
 
 #include "tensor/tensor.h"
 
@@ -158,9 +160,16 @@ class Backend {
 // The backend that runs work for `device`. Throws st::Error when that backend was not built
 // or the device does not exist.
 Backend& backend_for(Device device);
-// Called by a backend's static registration.
+// Installs (or replaces) the backend of a device type (tests; the CUDA backend is installed by
+// the registry itself when its library is loaded).
 void register_backend(DeviceType type, Backend* backend);
 // True when a usable device of this type exists (e.g. a CUDA GPU).
 bool device_available(DeviceType type);
+// Whether this build has a backend for the device type (CPU: always; CUDA: built with it).
+bool backend_built(DeviceType type);
+// The CUDA backend is a separate shared library, loaded on the first use of a CUDA device (so a
+// program that never touches a GPU does not load cuBLAS and cuDNN). Loads it now if it is built
+// and not yet loaded; returns "" when it is loaded (or not built), else why loading failed.
+std::string backend_load_error(DeviceType type);
 
 }  // namespace st

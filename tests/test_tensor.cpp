@@ -110,6 +110,15 @@ TEST_CASE("tensor: bad input raises clear errors", "[tensor][errors]") {
   REQUIRE_THROWS_WITH(batch_norm(x, Tensor::zeros({2}), Tensor::zeros({3})), Contains("weight shape"));
 }
 
+// The CUDA backend is a separate library opened on first use: in a build that has it, opening it
+// must work on any machine (no GPU needed to resolve its symbols and libraries), and a program
+// that never asks for a CUDA device must not have loaded it (nor cuBLAS).
+TEST_CASE("tensor: devices — the CUDA backend library loads on first use", "[tensor]") {
+  if (!backend_built(DeviceType::CUDA)) ST_SKIP("this build has no CUDA backend (-DST_CUDA=OFF)");
+  REQUIRE(backend_load_error(DeviceType::CUDA) == "");
+  REQUIRE(backend_load_error(DeviceType::CPU) == "");
+}
+
 TEST_CASE("tensor: devices — CUDA tensors without a GPU fail clearly", "[tensor][errors]") {
   if (device_available(DeviceType::CUDA)) {
     // With a GPU, mixing devices in one op must be refused by name.

@@ -397,3 +397,8 @@ Backend& cuda_backend() { return backend(); }
 void empty_cache() { backend().release_cache(); }
 
 }  // namespace st::cuda
+
+// The entry point tensor/backend.cpp looks up after opening this library.
+extern "C" __attribute__((visibility("default"))) st::Backend* st_cuda_backend_entry() {
+  return &st::cuda::cuda_backend();
+}
