@@ -580,7 +580,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
     int64_t a, b, Ha, Wb;
     Source s0;
     std::vector<Tap> taps;
-    std::vector<int64_t> rr, ss;  // weight tap (r, s) of each reduction entry
+    std::vector<int64_t> woff;  // per reduction entry (k, r, s): offset of w[k][0][r][s]
     Layout L;
     int64_t Kred = 0;
     size_t aoff = 0;  // into packed A: per group blocks of Mpad*Kred
@@ -607,8 +607,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
         for (size_t ri = 0; ri < R_.size(); ++ri)
           for (size_t si = 0; si < S_.size(); ++si) {
             P.taps.push_back({k, dy[ri] + py, dx[si] + px});
-            P.rr.push_back(R_[ri]);
-            P.ss.push_back(S_[si]);
+            P.woff.push_back((k * Cg) * RS + R_[ri] * g.S + S_[si]);
           }
       P.Kred = static_cast<int64_t>(P.taps.size());
       phases.push_back(std::move(P));
@@ -692,9 +691,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
       const int64_t gi = q / nmbA % G, mb = q % nmbA;
       const float* wg = w + gi * Kg * Cg * RS;  // [Kg][Cg][R][S]
       pack_a(Cg, eng.mr, P.Kred, A.data() + P.aoff + gi * Mpad * P.Kred,
-             [&](int64_t c, int64_t t) {
-               return wg[(P.taps[t].c * Cg + c) * RS + P.rr[t] * g.S + P.ss[t]];
-             },
+             [&](int64_t c, int64_t t) { return wg[P.woff[t] + c * RS]; },
              mb, mb + 1);
     }
     GemmScratch S(bandmax, Mpad);
