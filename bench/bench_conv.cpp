@@ -199,12 +199,29 @@ const char* kDirs[3] = {"fwd", "bwd_data", "bwd_weight"};
 
 
 
+// Random operands of one convolution: input x, weights w, bias b and output gradient gy, uniform
+// in [-1, 1) from rng.
+struct ConvData {
+  std::vector<float> x, w, b, gy;
+};
+ConvData conv_operands(const ConvGeom& g, std::mt19937& rng) {
+  std::uniform_real_distribution<float> U(-1.0f, 1.0f);
+  auto rnd = [&](int64_t n) {
+    std::vector<float> v(n);
+    for (auto& e : v) e = U(rng);
+    return v;
+  };
+  ConvData d;
+  d.x = rnd(g.N * g.C * g.H * g.W), d.w = rnd(g.K * g.C * g.R * g.S), d.b = rnd(g.K);
+  d.gy = rnd(g.N * g.K * g.OH * g.OW);
+  return d;
+}
+
 // --ab: the two GEMM engines of the float path on every shape, forward and backward-data, with
 // the calls alternating packed / broadcast in one process (so that a noisy stretch of a shared
 // machine hits both alike); prints each engine's best and median and their ratios.
 int run_ab(const std::vector<Layer>& layers, int reps) {
   std::mt19937 rng(3);
-  std::uniform_real_distribution<float> U(-1.0f, 1.0f);
   std::printf("engine A/B, calls alternating in one process (%d+ pairs per entry); ratio = "
               "packed ms / broadcast ms (> 1: broadcast faster)\n",
               reps);
@@ -212,13 +229,7 @@ int run_ab(const std::vector<Layer>& layers, int reps) {
               "bcast", "best", "med", "bwd_data", "packed", "bcast", "best", "med");
   for (const Layer& l : layers) {
     const ConvGeom g = geom(l);
-    auto rnd = [&](int64_t n) {
-      std::vector<float> v(n);
-      for (auto& e : v) e = U(rng);
-      return v;
-    };
-    const auto x = rnd(g.N * g.C * g.H * g.W), w = rnd(g.K * g.C * g.R * g.S), b = rnd(g.K);
-    const auto gy = rnd(g.N * g.K * g.OH * g.OW);
+    const auto [x, w, b, gy] = conv_operands(g, rng);
     std::vector<float> y(gy.size()), gx(x.size());
     // about 0.2 s per engine and direction, at least reps pairs
     const int n = std::clamp(static_cast<int>(0.2 / (gflop(g) / 100.0)), reps, 20 * reps);
@@ -316,13 +327,6 @@ int main(int argc, char** argv) {
   const std::vector<Layer> layers = teacher ? teacher_layers() : student_layers();
   if (ab) return run_ab(layers, 5);
   const int ndirs = teacher ? 1 : 3;
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> U(-1.0f, 1.0f);
-  auto rnd = [&](int64_t n) {
-    std::vector<float> v(n);
-    for (auto& e : v) e = U(rng);
-    return v;
-  };
   const std::string py =
       std::getenv("ST_PEER_PYTHON") ? std::getenv("ST_PEER_PYTHON") : "/usr/bin/python3";
   const std::string script = src_dir + "/bench/conv_peer.py";
@@ -345,10 +349,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "round %d/%d: ours", r + 1, rounds);
     for (size_t li = 0; li < layers.size(); ++li) {
       const ConvGeom g = geom(layers[li]);
-      std::mt19937 keep = rng;  // the same data in every round
-      const auto x = rnd(g.N * g.C * g.H * g.W), w = rnd(g.K * g.C * g.R * g.S), b = rnd(g.K);
-      const auto gy = rnd(g.N * g.K * g.OH * g.OW);
-      rng = keep;
+      std::mt19937 rng(1);  // the same data in every round
+      const auto [x, w, b, gy] = conv_operands(g, rng);
       std::vector<float> y(gy.size()), gx(x.size()), gw(w.size());
       ours[li][0].add(time_ms(
           [&] { st::cpu::conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data()); }));

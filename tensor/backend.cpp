@@ -37,7 +37,8 @@ void load_cuda_backend() {
       if (slash != std::string::npos) dir = self.substr(0, slash + 1);
     }
     void* h = dlopen((dir + ST_CUDA_LIBRARY).c_str(), RTLD_NOW | RTLD_LOCAL);
-    std::string first = h ? "" : dlerror();
+    const char* why = h ? nullptr : dlerror();
+    const std::string first = why ? why : "unknown error";
     if (!h) h = dlopen(ST_CUDA_LIBRARY, RTLD_NOW | RTLD_LOCAL);
     if (!h) {
       cuda_load_error() = "cannot load " + dir + ST_CUDA_LIBRARY + ": " + first;

@@ -80,6 +80,18 @@ constexpr int64_t kMinKred32 = 64;  // and reductions at least this long
 std::atomic<bool> g_use32{true};  // the 32x3 engine where it applies (conv2d_set_broadcast_engine)
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A reduction of Kred taps in n blocks of `size` taps (the last one shorter), each <= max_size;
+// n = 0 for an empty reduction (a backward-data phase without taps).
+struct KBlocks {
+  int64_t n = 0, size = 0;
+};
+KBlocks k_blocks(int64_t Kred, int64_t max_size) {
+  KBlocks b;
+  b.n = Kred > 0 ? ceil_div(Kred, max_size) : 0;
+  b.size = b.n > 0 ? ceil_div(Kred, b.n) : 0;
+  return b;
+}
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 // floor division for possibly negative numerators (b > 0)
 int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
@@ -291,36 +303,39 @@ void pack_a(int64_t M, int64_t mr, int64_t Kred, float* out, Get get, int64_t mb
       }
 }
 
-// Stores flat pixels [f0, f0+len) of band rows from i0; the value of output channel m at pixel
-// f0 + t is Cb[m*pitch + t].
+// The stored runs of flat pixels [f0, f0+len) of a band with row pitch V and OW valid columns:
+// fn(t, i, j, valid) for each band row i the range touches, where pixel f0 + t is at row i,
+// column j and the next `valid` pixels are stored ones (the junk columns j >= OW are skipped).
+template <class Fn>
+void for_each_run(int64_t V, int64_t OW, int64_t f0, int64_t len, Fn fn) {
+  for (int64_t t = 0; t < len;) {
+    const int64_t f = f0 + t, i = f / V, j = f % V;
+    const int64_t run = std::min(len - t, V - j);
+    if (j < OW) fn(t, i, j, std::min(run, OW - j));
+    t += run;
+  }
+}
+
 // Stores flat pixels [f0, f0+len) of band rows from i0; the value of output channel m at pixel
 // f0 + t is Cb[m*pitch + t].
 void store_panel(const GemmJob& J, int64_t i0, int64_t f0, int64_t len, const float* Cb,
                  int64_t pitch = kNR) {
-  const Layout& L = *J.L;
-  int64_t t = 0;
-  while (t < len) {
-    const int64_t f = f0 + t, i = f / L.V, j = f % L.V;
-    const int64_t run = std::min(len - t, L.V - j);
-    const int64_t valid = j < L.OW ? std::min(run, L.OW - j) : 0;
-    if (valid > 0) {
-      float* base = J.dst + (J.oy0 + (i0 + i) * J.osy) * J.dW + J.ox0 + j * J.osx;
-      for (int64_t m = 0; m < J.M; ++m) {
-        const float* c = Cb + m * pitch + t;
-        const float bv = J.bias ? J.bias[m] : 0.0f;
-        float* o = base + m * J.dcs;
-        // The next panel usually continues this row: start fetching its lines for writing.
-        __builtin_prefetch(o + valid * J.osx + 16, 1, 3);
-        __builtin_prefetch(o + valid * J.osx + 32, 1, 3);
-        if (J.osx == 1) {
-          for (int64_t q = 0; q < valid; ++q) o[q] = c[q] + bv;
-        } else {
-          for (int64_t q = 0; q < valid; ++q) o[q * J.osx] = c[q] + bv;
-        }
+  for_each_run(J.L->V, J.L->OW, f0, len, [&](int64_t t, int64_t i, int64_t j, int64_t valid) {
+    float* base = J.dst + (J.oy0 + (i0 + i) * J.osy) * J.dW + J.ox0 + j * J.osx;
+    for (int64_t m = 0; m < J.M; ++m) {
+      const float* c = Cb + m * pitch + t;
+      const float bv = J.bias ? J.bias[m] : 0.0f;
+      float* o = base + m * J.dcs;
+      // The next panel usually continues this row: start fetching its lines for writing.
+      __builtin_prefetch(o + valid * J.osx + 16, 1, 3);
+      __builtin_prefetch(o + valid * J.osx + 32, 1, 3);
+      if (J.osx == 1) {
+        for (int64_t q = 0; q < valid; ++q) o[q] = c[q] + bv;
+      } else {
+        for (int64_t q = 0; q < valid; ++q) o[q * J.osx] = c[q] + bv;
       }
     }
-    t += run;
-  }
+  });
 }
 
 // Thread-private scratch of the GEMM engines.
@@ -350,8 +365,7 @@ void gemm_rows32(const GemmJob& J, const float* band, int64_t i0, int64_t bh, Ge
                  const Kernels& kn) {
   const Layout& L = *J.L;
   const int64_t nflat = bh * L.V;
-  const int64_t nkb = ceil_div(J.Kred, kKC32);  // 0 for an empty reduction (a phase without taps)
-  const int64_t kcs = nkb > 0 ? ceil_div(J.Kred, nkb) : 0;
+  const auto [nkb, kcs] = k_blocks(J.Kred, kKC32);
   const int64_t nmb = J.Mpad / kWR;
   const int64_t* offs = L.offs.data();
   float* Cb = S.Cb.data();
@@ -392,14 +406,11 @@ void gemm_rows32(const GemmJob& J, const float* band, int64_t i0, int64_t bh, Ge
   }
 }
 
-
 // Direct engine (M <= 8): one panel (flat pixels [f0, f0+len) of the band) of a job into
 // Cb[m*24 + t]; B rows are read in place (a partial panel is copied to Bp first).
 void direct_panel(const GemmJob& J, const float* band, int64_t f0, int64_t len, float* Cb,
                   float* Bp, const Kernels& kn) {
-  int64_t nkb, kcs;
-  nkb = J.Kred > 0 ? ceil_div(J.Kred, kKCMax) : 0;
-  kcs = nkb > 0 ? ceil_div(J.Kred, nkb) : 0;
+  const auto [nkb, kcs] = k_blocks(J.Kred, kKCMax);
   const int64_t nmb = J.Mpad / kMR;
   const int64_t* offs = J.L->offs.data();
   if (nkb == 0) std::memset(Cb, 0, sizeof(float) * J.Mpad * kNR);
@@ -441,8 +452,7 @@ void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const K
   float* Cb = S.Cb.data();
   const int64_t nflat = bh * L.V;
   const int64_t npan = ceil_div(nflat, kNR);
-  const int64_t nkb = J.Kred > 0 ? ceil_div(J.Kred, kKCMax) : 0;
-  const int64_t kcs = nkb > 0 ? ceil_div(J.Kred, nkb) : 0;
+  const auto [nkb, kcs] = k_blocks(J.Kred, kKCMax);
   const int64_t nmb = J.Mpad / kMR;
   const int64_t* offs = L.offs.data();
   // With few output-channel blocks packing costs more than it saves: read B in place.
@@ -724,15 +734,11 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
             const int64_t len = std::min<int64_t>(kNR, nflat - f0);
             direct_panel(J0, S.band.data(), f0, len, Cb0, S.Bp.data(), kn);
             direct_panel(J1, S.band.data(), f0, len, Cb1, S.Bp.data(), kn);
-            for (int64_t t = 0; t < len;) {
-              const int64_t f = f0 + t, i = f / Vu, j = f % Vu;
-              const int64_t run = std::min(len - t, Vu - j);
-              const int64_t valid = j < Wb ? std::min(run, Wb - j) : 0;
-              for (int64_t m = 0; m < Cg && valid > 0; ++m)
+            for_each_run(Vu, Wb, f0, len, [&](int64_t t, int64_t i, int64_t j, int64_t valid) {
+              for (int64_t m = 0; m < Cg; ++m)
                 kn.interleave2(Cb0 + m * kNR + t, Cb1 + m * kNR + t,
                                gxg + (m * g.H + a + sh * (i0 + i)) * g.W + 2 * j, valid);
-              t += run;
-            }
+            });
           }
         }
         continue;
