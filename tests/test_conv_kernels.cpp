@@ -12,6 +12,7 @@
 //                order (gamma_L); a missing or duplicated tap produces an error ~abs/L and is
 //                caught for every L used here (L <= a few thousand).
 //   double path: |got - ref| <= 1e-12 * abs + 1e-300   (same loops up to summation order).
+#include <array>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
@@ -344,7 +345,8 @@ TEST_CASE("conv micro-kernels: selected and portable versions agree", "[conv]") 
         }
     }
   }
-  // 32x3 pixel-broadcast kernel: C[p][m] over 3 pixels read at src + offs[k] + p.
+  // 32x3 pixel-broadcast kernel: C[p][m] over 3 pixels read at px[p] + offs[k], each pixel with
+  // its own base (unrelated ones, and a repeated one as a partial tile uses).
   struct alignas(32) Tile32 {
     float v[3 * 32];
   };
@@ -354,17 +356,19 @@ TEST_CASE("conv micro-kernels: selected and portable versions agree", "[conv]") 
     const auto src = rnd(2048);
     std::vector<int64_t> offs(kc);
     for (int64_t k = 0; k < kc; ++k) offs[k] = (k * 53) % 2000;
+    for (const std::array<int, 3> base : {std::array<int, 3>{0, 1, 2}, {5, 41, 17}, {9, 3, 3}})
     for (bool acc : {false, true}) {
+      const float* px[3] = {src.data() + base[0], src.data() + base[1], src.data() + base[2]};
       Tile32 c0, c1;
       for (int i = 0; i < 96; ++i) c0.v[i] = c1.v[i] = 0.25f;
-      fast.gemm32(kc, W, src.data(), offs.data(), c0.v, acc);
-      slow.gemm32(kc, W, src.data(), offs.data(), c1.v, acc);
+      fast.gemm32(kc, W, px, offs.data(), c0.v, acc);
+      slow.gemm32(kc, W, px, offs.data(), c1.v, acc);
       for (int p = 0; p < 3; ++p)
         for (int m = 0; m < 32; ++m) {
           double ref = acc ? 0.25 : 0.0, abs = acc ? 0.25 : 0.0;
           for (int64_t k = 0; k < kc; ++k) {
-            ref += double(src[offs[k] + p]) * W[k * 32 + m];
-            abs += std::fabs(double(src[offs[k] + p]) * W[k * 32 + m]);
+            ref += double(px[p][offs[k]]) * W[k * 32 + m];
+            abs += std::fabs(double(px[p][offs[k]]) * W[k * 32 + m]);
           }
           CHECK(close(c0.v[p * 32 + m], float(ref), float(abs)));
           CHECK(close(c1.v[p * 32 + m], float(ref), float(abs)));

@@ -14,10 +14,11 @@
 //     unpadded conv reads the source tensor directly (no band copy at all).
 //   * forward:  Y[K][pix] = W[K][C*R*S] * col[C*R*S][pix], by one of two engines:
 //     - pixel broadcast (32x3), for kernels larger than 1x1 when K <= 128 pads to a multiple of
-//       32 with little waste (the student's 32/64/128-channel layers): weights pre-packed [K/32][C*R*S][32] are the
-//       vector operand; per group of 96 flat pixels and K block of 128 taps (16 KiB of weights,
-//       in L1) every 3-pixel tile broadcasts its pixels straight from the band, so nothing is
-//       packed per pixel (packing had cost 10-15% of a 32-channel layer). The group's
+//       32 with little waste (the student's 32/64/128-channel layers): weights pre-packed
+//       [K/32][C*R*S][32] are the vector operand; per group of 96 stored pixels (junk columns
+//       skipped: each pixel of a tile has its own base) and K block of 128 taps (16 KiB of
+//       weights, in L1) every 3-pixel tile broadcasts its pixels straight from the band, so
+//       nothing is packed per pixel (packing had cost 10-15% of a 32-channel layer). The group's
 //       pixel-major accumulators are transposed in 8x8 blocks, then stored with the bias.
 //     - packed (4x24), otherwise: per 24-pixel panel pack KC taps x 24 pixels (KC <= 256, fits
 //       L1; skipped for <= 8 output channels, where the micro-kernel reads the band in place),
@@ -290,17 +291,52 @@ Engine choose_engine(int64_t M, int64_t Kred, bool one_by_one) {
   return e;
 }
 
-// Pack A[m][k] (M rows, Kred columns, via get) into [Mpad/mr][Kred][mr], zero padded; only the
-// row blocks [mb0, mb1) (the calls pack blocks on all threads: on the student's small layers a
-// serial packing had left the other core idle for 5-10% of the call).
-template <class Get>
-void pack_a(int64_t M, int64_t mr, int64_t Kred, float* out, Get get, int64_t mb0, int64_t mb1) {
-  for (int64_t mb = mb0; mb < mb1; ++mb)
-    for (int64_t k = 0; k < Kred; ++k)
-      for (int64_t i = 0; i < mr; ++i) {
+// The packed weights [Mpad/mr][Kred][mr] (zero padded) are made by all threads of the call
+// inside its parallel region, in pieces of one row block and kPackTaps reduction entries (on the
+// student's small layers a serial packing had left the other core idle for 5-10% of the call).
+constexpr int64_t kPackTaps = 128;
+int64_t pack_pieces(int64_t Kred) { return std::max<int64_t>(1, ceil_div(Kred, kPackTaps)); }
+
+// Forward: A is W[m][k] itself (M rows of Kred). Piece (mb, part): row block mb, reduction
+// entries of part. Blocks of 8 rows x 8 entries go through an 8x8 transpose (a scalar loop had
+// strided 32 rows at once and cost ~6% of a 128-channel 3x3 layer's call).
+void pack_rows(const float* W, int64_t M, int64_t mr, int64_t Kred, float* out, int64_t mb,
+               int64_t part, const Kernels& kn) {
+  const int64_t k0 = part * kPackTaps, k1 = std::min(Kred, k0 + kPackTaps);
+  float* ob = out + mb * Kred * mr;
+  for (int64_t i8 = 0; i8 < mr; i8 += 8) {
+    const int64_t m0 = mb * mr + i8;
+    const int64_t rows = std::clamp<int64_t>(M - m0, 0, std::min<int64_t>(8, mr));
+    int64_t k = k0;
+    if (rows == 8 && mr >= 8)
+      for (; k + 8 <= k1; k += 8) kn.transpose8(W + m0 * Kred + k, Kred, ob + k * mr + i8, mr);
+    for (; k < k1; ++k)
+      for (int64_t i = i8; i < std::min(mr, i8 + 8); ++i) {
         const int64_t m = mb * mr + i;
-        out[(mb * Kred + k) * mr + i] = m < M ? get(m, k) : 0.0f;
+        ob[k * mr + i] = m < M ? W[m * Kred + k] : 0.0f;
       }
+  }
+}
+
+// Backward data: the GEMM rows are input channels c and a phase's reduction entries are
+// t = k * nrs + q (output channel k, its q-th kernel tap at offset rs[q] of w[k][c]). Piece
+// `part`: output channels [part*kPackK, ...), all row blocks, so that w[k] (all c, all taps) is
+// read once, front to back (a gather per entry had cost ~10% of dec1's 3x3 backward-data call).
+constexpr int64_t kPackK = 4;
+void pack_taps(const float* w, int64_t Cg, int64_t Kg, int64_t RS, const int64_t* rs, int64_t nrs,
+               int64_t mr, int64_t Mpad, float* out, int64_t part) {
+  const int64_t Kred = Kg * nrs;
+  for (int64_t k = part * kPackK; k < std::min(Kg, (part + 1) * kPackK); ++k)
+    for (int64_t c = 0; c < Mpad; ++c) {
+      float* o = out + ((c / mr) * Kred + k * nrs) * mr + c % mr;
+      if (c >= Cg) {
+        for (int64_t q = 0; q < nrs; ++q) o[q * mr] = 0.0f;
+        continue;
+      }
+      const float* src = w + (k * Cg + c) * RS;
+      __builtin_prefetch(src + 32 * RS);  // w comes from L3 or memory: ~1 KiB ahead
+      for (int64_t q = 0; q < nrs; ++q) o[q * mr] = src[rs[q]];
+    }
 }
 
 // The stored runs of flat pixels [f0, f0+len) of a band with row pitch V and OW valid columns:
@@ -318,9 +354,12 @@ void for_each_run(int64_t V, int64_t OW, int64_t f0, int64_t len, Fn fn) {
 
 // Stores flat pixels [f0, f0+len) of band rows from i0; the value of output channel m at pixel
 // f0 + t is Cb[m*pitch + t].
+// V: the row pitch of the flat pixel numbering (default the band's; OW when the junk columns
+// were skipped).
 void store_panel(const GemmJob& J, int64_t i0, int64_t f0, int64_t len, const float* Cb,
-                 int64_t pitch = kNR) {
-  for_each_run(J.L->V, J.L->OW, f0, len, [&](int64_t t, int64_t i, int64_t j, int64_t valid) {
+                 int64_t pitch = kNR, int64_t V = 0) {
+  const int64_t pitch_v = V > 0 ? V : J.L->V;
+  for_each_run(pitch_v, J.L->OW, f0, len, [&](int64_t t, int64_t i, int64_t j, int64_t valid) {
     float* base = J.dst + (J.oy0 + (i0 + i) * J.osy) * J.dW + J.ox0 + j * J.osx;
     for (int64_t m = 0; m < J.M; ++m) {
       const float* c = Cb + m * pitch + t;
@@ -344,65 +383,54 @@ struct GemmScratch {
   ABuf<float> Bp;    // 4x24: [kPanelGroup][kKCMax][24] packed taps x pixels
   ABuf<float> Cb;    // 4x24: [kPanelGroup][Mpad/4][4][24]; 32x3: [Mpad/32][kGroup32][32]
   ABuf<float> Ct;    // 32x3: [Mpad][kGroup32] the finished group, channel-major
-  ABuf<float> Bt;    // 32x3: [kKC32][8] a partial tile's taps when the band is the source
-  std::vector<int64_t> offs_t;  // k*8: the taps of Bt
+  std::vector<const float*> px;  // 32x3: the group's pixel bases, 3 per tile
   GemmScratch(int64_t band_floats, int64_t Mpad)
       : band(band_floats, true),
         Bp(kPanelGroup * kKCMax * kNR),
         Cb(std::max(kPanelGroup * kNR, kGroup32) * Mpad, true),
         Ct(Mpad * kGroup32),
-        Bt(kKC32 * 8, true),
-        offs_t(kKC32) {
-    for (int64_t k = 0; k < kKC32; ++k) offs_t[k] = 8 * k;
-  }
+        px(kGroup32) {}
 };
 
-// The 32x3 engine: output rows [i0, i0+bh) of a job in groups of kGroup32 flat pixels. Per group
-// and K block, the block's packed weights (16 KiB) stay in L1 while every 3-pixel tile of the
-// group runs over them, each pixel broadcast from the band where it lies: no pixel is packed.
-// The group's accumulators Cb[mb][pixel][32] are transposed to channel-major before the store.
+// The 32x3 engine: output rows [i0, i0+bh) of a job in groups of kGroup32 stored pixels (the
+// band's junk columns j >= OW are skipped: a tile's 3 pixels each have their own base, so a tile
+// may span two rows; a partial last tile repeats its last pixel). Per group and K block, the
+// block's packed weights (16 KiB) stay in L1 while every 3-pixel tile of the group runs over
+// them, each pixel broadcast from the band where it lies: no pixel is packed. The group's
+// accumulators Cb[mb][pixel][32] are transposed to channel-major before the store.
 void gemm_rows32(const GemmJob& J, const float* band, int64_t i0, int64_t bh, GemmScratch& S,
                  const Kernels& kn) {
   const Layout& L = *J.L;
-  const int64_t nflat = bh * L.V;
+  const int64_t npix = bh * L.OW;
   const auto [nkb, kcs] = k_blocks(J.Kred, kKC32);
   const int64_t nmb = J.Mpad / kWR;
   const int64_t* offs = L.offs.data();
   float* Cb = S.Cb.data();
   float* Ct = S.Ct.data();
-  for (int64_t f0 = 0; f0 < nflat; f0 += kGroup32) {
-    const int64_t glen = std::min(kGroup32, nflat - f0);
+  const float** px = S.px.data();
+  for (int64_t p0 = 0; p0 < npix; p0 += kGroup32) {
+    const int64_t glen = std::min(kGroup32, npix - p0);
     const int64_t ntile = ceil_div(glen, kPR);
-    // A tile reads 3 pixels; past the band's end that is harmless for a band buffer (zeroed
-    // slack) but not for the source tensor itself: a partial last tile reads a bounce copy.
-    const bool bounce = L.zero_copy && glen % kPR != 0;
+    for (int64_t t = 0; t < ntile * kPR; ++t) {
+      const int64_t p = p0 + std::min(t, glen - 1);
+      px[t] = band + p / L.OW * L.V + p % L.OW;
+    }
     if (nkb == 0) std::memset(Cb, 0, sizeof(float) * J.Mpad * kGroup32);
     for (int64_t kb = 0; kb < nkb; ++kb) {
       const int64_t k0 = kb * kcs, k1 = std::min(J.Kred, k0 + kcs);
-      if (bounce) {
-        const int64_t t0 = (ntile - 1) * kPR, len = glen - t0;
-        for (int64_t k = k0; k < k1; ++k) {
-          float* d = S.Bt.data() + (k - k0) * 8;
-          std::memcpy(d, band + offs[k] + f0 + t0, sizeof(float) * len);
-          std::memset(d + len, 0, sizeof(float) * (8 - len));
-        }
-      }
       for (int64_t mb = 0; mb < nmb; ++mb) {
         const float* w = J.A + (mb * J.Kred + k0) * kWR;
         float* cb = Cb + mb * kGroup32 * kWR;
-        const int64_t nt = bounce ? ntile - 1 : ntile;
-        for (int64_t t = 0; t < nt; ++t)
-          kn.gemm32(k1 - k0, w, band + f0 + t * kPR, offs + k0, cb + t * kPR * kWR, kb > 0);
-        if (bounce)
-          kn.gemm32(k1 - k0, w, S.Bt.data(), S.offs_t.data(), cb + nt * kPR * kWR, kb > 0);
+        for (int64_t t = 0; t < ntile; ++t)
+          kn.gemm32(k1 - k0, w, px + t * kPR, offs + k0, cb + t * kPR * kWR, kb > 0);
       }
     }
     for (int64_t mb = 0; mb < nmb; ++mb)
-      for (int64_t p0 = 0; p0 < glen; p0 += 8)
+      for (int64_t q0 = 0; q0 < glen; q0 += 8)
         for (int64_t c8 = 0; c8 < kWR; c8 += 8)
-          kn.transpose8(Cb + (mb * kGroup32 + p0) * kWR + c8, kWR,
-                        Ct + (mb * kWR + c8) * kGroup32 + p0, kGroup32);
-    store_panel(J, i0, f0, glen, Ct, kGroup32);
+          kn.transpose8(Cb + (mb * kGroup32 + q0) * kWR + c8, kWR,
+                        Ct + (mb * kWR + c8) * kGroup32 + q0, kGroup32);
+    store_panel(J, i0, p0, glen, Ct, kGroup32, L.OW);
   }
 }
 
@@ -549,11 +577,11 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
   const int64_t items = g.N * G * nb;  // (image, group, band)
 #pragma omp parallel if (par)
   {
+    const int64_t npart = pack_pieces(Kred);
 #pragma omp for schedule(static)
-    for (int64_t q = 0; q < G * nmbA; ++q) {
-      const float* wg = w + q / nmbA * Kg * Kred;
-      pack_a(Kg, eng.mr, Kred, A.data() + q / nmbA * Mpad * Kred,
-             [&](int64_t m, int64_t k) { return wg[m * Kred + k]; }, q % nmbA, q % nmbA + 1);
+    for (int64_t q = 0; q < G * nmbA * npart; ++q) {  // (group, row block, part)
+      const int64_t gi = q / (nmbA * npart), mb = q / npart % nmbA, part = q % npart;
+      pack_rows(w + gi * Kg * Kred, Kg, eng.mr, Kred, A.data() + gi * Mpad * Kred, mb, part, kn);
     }
     GemmScratch S(L.buf_floats, Mpad);
 #pragma omp for schedule(dynamic, 1)
@@ -590,7 +618,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
     int64_t a, b, Ha, Wb;
     Source s0;
     std::vector<Tap> taps;
-    std::vector<int64_t> woff;  // per reduction entry (k, r, s): offset of w[k][0][r][s]
+    std::vector<int64_t> rs;  // the phase's kernel taps (r, s) as offsets r*S + s, in tap order
     Layout L;
     int64_t Kred = 0;
     size_t aoff = 0;  // into packed A: per group blocks of Mpad*Kred
@@ -613,12 +641,12 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
       const int64_t py = R_.empty() ? 0 : -*std::min_element(dy.begin(), dy.end());
       const int64_t px = S_.empty() ? 0 : -*std::min_element(dx.begin(), dx.end());
       P.s0 = Source{nullptr, Kg, g.OH, g.OW, 1, 1, py, px};
+      for (size_t ri = 0; ri < R_.size(); ++ri)
+        for (size_t si = 0; si < S_.size(); ++si) P.rs.push_back(R_[ri] * g.S + S_[si]);
       for (int64_t k = 0; k < Kg; ++k)
         for (size_t ri = 0; ri < R_.size(); ++ri)
-          for (size_t si = 0; si < S_.size(); ++si) {
+          for (size_t si = 0; si < S_.size(); ++si)
             P.taps.push_back({k, dy[ri] + py, dx[si] + px});
-            P.woff.push_back((k * Cg) * RS + R_[ri] * g.S + S_[si]);
-          }
       P.Kred = static_cast<int64_t>(P.taps.size());
       phases.push_back(std::move(P));
     }
@@ -683,7 +711,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
     afloats += static_cast<size_t>(G * Mpad * P.Kred);
   }
   ABuf<float> A(afloats);
-  const int64_t nmbA = Mpad / eng.mr;
+  const int64_t npart = ceil_div(Kg, kPackK);
   const Kernels& kn = convk::kernels();
   const int64_t nb = balanced_bands(maxHa, BH, g.N * G, team_size(par));
   const int64_t items = g.N * G * nb;  // (image, group, band of phase rows)
@@ -696,13 +724,11 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
 #pragma omp parallel if (par)
   {
 #pragma omp for schedule(static)
-    for (int64_t q = 0; q < nph * G * nmbA; ++q) {  // (phase, group, row block)
-      const Phase& P = phases[q / (G * nmbA)];
-      const int64_t gi = q / nmbA % G, mb = q % nmbA;
-      const float* wg = w + gi * Kg * Cg * RS;  // [Kg][Cg][R][S]
-      pack_a(Cg, eng.mr, P.Kred, A.data() + P.aoff + gi * Mpad * P.Kred,
-             [&](int64_t c, int64_t t) { return wg[P.woff[t] + c * RS]; },
-             mb, mb + 1);
+    for (int64_t q = 0; q < nph * G * npart; ++q) {  // (phase, group, part)
+      const Phase& P = phases[q / (G * npart)];
+      const int64_t gi = q / npart % G, part = q % npart;
+      pack_taps(w + gi * Kg * Cg * RS, Cg, Kg, RS, P.rs.data(), static_cast<int64_t>(P.rs.size()),
+                eng.mr, Mpad, A.data() + P.aoff + gi * Mpad * P.Kred, part);
     }
     GemmScratch S(bandmax, Mpad);
     ABuf<float> tmp(use_tmp ? sh * sw * Mpad * tplane : 0);

@@ -51,9 +51,10 @@ using PackFn = void (*)(int64_t kc, const float* src, const int64_t* offs, float
 
 constexpr int kWR = 32;  // output channels of the pixel-broadcast tile (the vector operand)
 constexpr int kPR = 3;   // pixels of the pixel-broadcast tile
-// C[p*32 + m] = (acc ? C[p*32 + m] : 0) + sum_{k<kc} src[offs[k] + p] * W[k*32 + m] for p < 3,
-// m < 32 (W and C 32-byte aligned; src any alignment).
-using Gemm32Fn = void (*)(int64_t kc, const float* W, const float* src, const int64_t* offs,
+// C[p*32 + m] = (acc ? C[p*32 + m] : 0) + sum_{k<kc} px[p][offs[k]] * W[k*32 + m] for p < 3,
+// m < 32 (W and C 32-byte aligned). Each of the 3 pixels has its own base px[p] (any alignment),
+// so a tile can take any 3 pixels of a band: the junk columns between its rows are skipped.
+using Gemm32Fn = void (*)(int64_t kc, const float* W, const float* const* px, const int64_t* offs,
                           float* C, bool acc);
 // Dst[j*dp + i] = Src[i*sp + j] for i, j < 8 (an 8x8 block transpose; any alignment).
 using Transpose8Fn = void (*)(const float* Src, int64_t sp, float* Dst, int64_t dp);
@@ -132,16 +133,16 @@ inline void interleave2_generic(const float* p0, const float* p1, float* out, in
   for (int64_t j = 0; j < n; ++j) out[2 * j] = p0[j], out[2 * j + 1] = p1[j];
 }
 
-inline void gemm_32x3_generic(int64_t kc, const float* W, const float* src, const int64_t* offs,
-                              float* C, bool acc) {
+inline void gemm_32x3_generic(int64_t kc, const float* W, const float* const* px,
+                              const int64_t* offs, float* C, bool acc) {
   float c[kPR][kWR];
   for (int p = 0; p < kPR; ++p)
     for (int m = 0; m < kWR; ++m) c[p][m] = acc ? C[p * kWR + m] : 0.0f;
-  for (int64_t k = 0; k < kc; ++k) {
-    const float* s = src + offs[k];
-    for (int p = 0; p < kPR; ++p)
-      for (int m = 0; m < kWR; ++m) c[p][m] += s[p] * W[k * kWR + m];
-  }
+  for (int64_t k = 0; k < kc; ++k)
+    for (int p = 0; p < kPR; ++p) {
+      const float x = px[p][offs[k]];
+      for (int m = 0; m < kWR; ++m) c[p][m] += x * W[k * kWR + m];
+    }
   for (int p = 0; p < kPR; ++p)
     for (int m = 0; m < kWR; ++m) C[p * kWR + m] = c[p][m];
 }
@@ -257,8 +258,11 @@ ST_AVX2 inline void gemm_4x24_direct_avx2(int64_t kc, const float* A, const floa
 }
 
 ST_AVX2 inline void gemm_32x3_avx2(int64_t kc, const float* __restrict W,
-                                   const float* __restrict src, const int64_t* __restrict offs,
+                                   const float* const* px, const int64_t* __restrict offs,
                                    float* __restrict C, bool acc) {
+  const float* __restrict s0 = px[0];
+  const float* __restrict s1 = px[1];
+  const float* __restrict s2 = px[2];
   // c<v><p>: channels 8v..8v+7 of pixel p. 12 accumulators + 3 broadcast pixels + 1 weight
   // vector = the 16 ymm registers, so no FMA has to take its weights from memory.
   __m256 c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32;
@@ -274,10 +278,10 @@ ST_AVX2 inline void gemm_32x3_avx2(int64_t kc, const float* __restrict W,
   }
 #define ST_G32_STEP(k)                                                                      \
   {                                                                                         \
-    const float* s = src + offs[k];                                                         \
+    const int64_t o = offs[k];                                                              \
     const float* w = W + (k)*32;                                                            \
-    const __m256 x0 = _mm256_broadcast_ss(s), x1 = _mm256_broadcast_ss(s + 1);             \
-    const __m256 x2 = _mm256_broadcast_ss(s + 2);                                           \
+    const __m256 x0 = _mm256_broadcast_ss(s0 + o), x1 = _mm256_broadcast_ss(s1 + o);        \
+    const __m256 x2 = _mm256_broadcast_ss(s2 + o);                                          \
     __m256 v = _mm256_load_ps(w);                                                           \
     c00 = _mm256_fmadd_ps(v, x0, c00), c01 = _mm256_fmadd_ps(v, x1, c01);                   \
     c02 = _mm256_fmadd_ps(v, x2, c02);                                                      \
