@@ -241,6 +241,7 @@ const std::vector<Shape> kSmallShapes = {
     {1, 40, 6, 9, 60, 1, 3, 1, 1, 0, 1, 1},     // 60 outputs padded to 64 (backward: 4x24)
     // backward data, <= 8 input channels, stride 2, even width: column phases interleaved
     {1, 8, 14, 20, 16, 3, 3, 2, 2, 1, 1, 1},    // (odd widths: the shapes above)
+    {1, 32, 13, 22, 24, 3, 3, 2, 2, 1, 1, 1},   // the same with the 32x3 engine (one group)
     // 1x1 stride 1, rows a multiple of 4: full panels written straight into the output rows
     {2, 16, 9, 11, 12, 1, 1, 1, 1, 0, 0, 1},    // 99 pixels: 4 full panels and a partial one
 };
@@ -253,6 +254,7 @@ const std::vector<Shape> kLargeShapes = {
     {1, 32, 45, 80, 9, 1, 1, 1, 1, 0, 0, 1},    // 1x1 32->9 (zero-copy source)
     {1, 96, 45, 80, 32, 1, 1, 1, 1, 0, 0, 1},   // 1x1 96->32: output rows written in place
     {1, 8, 90, 160, 16, 3, 3, 2, 2, 1, 1, 1},   // backward data 16->8 stride 2: phase pairs
+    {2, 64, 37, 50, 24, 3, 3, 2, 2, 1, 1, 1},   // phase pairs of the 32x3 engine, many groups
     {1, 64, 45, 80, 64, 1, 3, 1, 1, 0, 1, 1},   // 1x3 64->64
     {1, 8, 90, 160, 64, 1, 1, 2, 2, 0, 0, 1},   // 1x1 stride 2
 };

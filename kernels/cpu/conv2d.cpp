@@ -318,24 +318,31 @@ void pack_rows(const float* W, int64_t M, int64_t mr, int64_t Kred, float* out, 
   }
 }
 
-// Backward data: the GEMM rows are input channels c and a phase's reduction entries are
-// t = k * nrs + q (output channel k, its q-th kernel tap at offset rs[q] of w[k][c]). Piece
-// `part`: output channels [part*kPackK, ...), all row blocks, so that w[k] (all c, all taps) is
-// read once, front to back (a gather per entry had cost ~10% of dec1's 3x3 backward-data call).
+// Backward data: the GEMM rows are input channels c and a stride phase's reduction entries are
+// t = k * nrs + q (output channel k, the phase's q-th kernel tap, at offset rs[q] of w[k][c]).
+// Piece `part`: output channels [part*kPackK, ...), all row blocks and all phases. Each packed
+// row of mr channels is written contiguously from a strided read of w (writing one entry of
+// many rows per w[k][c] read had stalled on the scattered stores: 5x slower, ~7% of a 3x3
+// backward-data call).
 constexpr int64_t kPackK = 4;
-void pack_taps(const float* w, int64_t Cg, int64_t Kg, int64_t RS, const int64_t* rs, int64_t nrs,
-               int64_t mr, int64_t Mpad, float* out, int64_t part) {
-  const int64_t Kred = Kg * nrs;
+struct PhasePack {
+  const int64_t* rs = nullptr;  // the phase's kernel taps as offsets r*S + s
+  int64_t nrs = 0;
+  float* out = nullptr;  // its packed weights [Mpad/mr][Kg*nrs][mr]
+};
+void pack_taps(const float* w, int64_t Cg, int64_t Kg, int64_t RS, const std::vector<PhasePack>& ph,
+               int64_t mr, int64_t Mpad, int64_t part) {
   for (int64_t k = part * kPackK; k < std::min(Kg, (part + 1) * kPackK); ++k)
-    for (int64_t c = 0; c < Mpad; ++c) {
-      float* o = out + ((c / mr) * Kred + k * nrs) * mr + c % mr;
-      if (c >= Cg) {
-        for (int64_t q = 0; q < nrs; ++q) o[q * mr] = 0.0f;
-        continue;
-      }
-      const float* src = w + (k * Cg + c) * RS;
-      __builtin_prefetch(src + 32 * RS);  // w comes from L3 or memory: ~1 KiB ahead
-      for (int64_t q = 0; q < nrs; ++q) o[q * mr] = src[rs[q]];
+    for (int64_t mb = 0; mb < Mpad / mr; ++mb) {
+      const int64_t nc = std::clamp<int64_t>(Cg - mb * mr, 0, mr);  // real channels of the block
+      const float* wb = w + (k * Cg + mb * mr) * RS;
+      for (const PhasePack& P : ph)
+        for (int64_t q = 0; q < P.nrs; ++q) {
+          float* o = P.out + (mb * Kg * P.nrs + k * P.nrs + q) * mr;
+          const float* src = wb + P.rs[q];
+          for (int64_t i = 0; i < nc; ++i) o[i] = src[i * RS];
+          for (int64_t i = nc; i < mr; ++i) o[i] = 0.0f;
+        }
     }
 }
 
@@ -382,13 +389,13 @@ struct GemmScratch {
   ABuf<float> band;  // band planes (Layout::buf_floats)
   ABuf<float> Bp;    // 4x24: [kPanelGroup][kKCMax][24] packed taps x pixels
   ABuf<float> Cb;    // 4x24: [kPanelGroup][Mpad/4][4][24]; 32x3: [Mpad/32][kGroup32][32]
-  ABuf<float> Ct;    // 32x3: [Mpad][kGroup32] the finished group, channel-major
+  ABuf<float> Ct;    // 32x3: [2][Mpad][kGroup32] finished groups (2: a phase pair), channel-major
   std::vector<const float*> px;  // 32x3: the group's pixel bases, 3 per tile
   GemmScratch(int64_t band_floats, int64_t Mpad)
       : band(band_floats, true),
         Bp(kPanelGroup * kKCMax * kNR),
         Cb(std::max(kPanelGroup * kNR, kGroup32) * Mpad, true),
-        Ct(Mpad * kGroup32),
+        Ct(2 * Mpad * kGroup32),
         px(kGroup32) {}
 };
 
@@ -397,40 +404,44 @@ struct GemmScratch {
 // may span two rows; a partial last tile repeats its last pixel). Per group and K block, the
 // block's packed weights (16 KiB) stay in L1 while every 3-pixel tile of the group runs over
 // them, each pixel broadcast from the band where it lies: no pixel is packed. The group's
-// accumulators Cb[mb][pixel][32] are transposed to channel-major before the store.
-void gemm_rows32(const GemmJob& J, const float* band, int64_t i0, int64_t bh, GemmScratch& S,
-                 const Kernels& kn) {
+// accumulators Cb[mb][pixel][32] are transposed to channel-major: group32 computes stored pixels
+// [p0, p0+glen) of the band into Ct[m][kGroup32], gemm_rows32 stores them.
+void group32(const GemmJob& J, const float* band, int64_t p0, int64_t glen, GemmScratch& S,
+             const Kernels& kn, float* Ct) {
   const Layout& L = *J.L;
-  const int64_t npix = bh * L.OW;
   const auto [nkb, kcs] = k_blocks(J.Kred, kKC32);
   const int64_t nmb = J.Mpad / kWR;
   const int64_t* offs = L.offs.data();
   float* Cb = S.Cb.data();
-  float* Ct = S.Ct.data();
   const float** px = S.px.data();
+  const int64_t ntile = ceil_div(glen, kPR);
+  for (int64_t t = 0; t < ntile * kPR; ++t) {
+    const int64_t p = p0 + std::min(t, glen - 1);
+    px[t] = band + p / L.OW * L.V + p % L.OW;
+  }
+  if (nkb == 0) std::memset(Cb, 0, sizeof(float) * J.Mpad * kGroup32);
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    const int64_t k0 = kb * kcs, k1 = std::min(J.Kred, k0 + kcs);
+    for (int64_t mb = 0; mb < nmb; ++mb) {
+      const float* w = J.A + (mb * J.Kred + k0) * kWR;
+      float* cb = Cb + mb * kGroup32 * kWR;
+      for (int64_t t = 0; t < ntile; ++t)
+        kn.gemm32(k1 - k0, w, px + t * kPR, offs + k0, cb + t * kPR * kWR, kb > 0);
+    }
+  }
+  for (int64_t mb = 0; mb < nmb; ++mb)
+    for (int64_t q0 = 0; q0 < glen; q0 += 8)
+      for (int64_t c8 = 0; c8 < kWR; c8 += 8)
+        kn.transpose8(Cb + (mb * kGroup32 + q0) * kWR + c8, kWR,
+                      Ct + (mb * kWR + c8) * kGroup32 + q0, kGroup32);
+}
+void gemm_rows32(const GemmJob& J, const float* band, int64_t i0, int64_t bh, GemmScratch& S,
+                 const Kernels& kn) {
+  const int64_t npix = bh * J.L->OW;
   for (int64_t p0 = 0; p0 < npix; p0 += kGroup32) {
     const int64_t glen = std::min(kGroup32, npix - p0);
-    const int64_t ntile = ceil_div(glen, kPR);
-    for (int64_t t = 0; t < ntile * kPR; ++t) {
-      const int64_t p = p0 + std::min(t, glen - 1);
-      px[t] = band + p / L.OW * L.V + p % L.OW;
-    }
-    if (nkb == 0) std::memset(Cb, 0, sizeof(float) * J.Mpad * kGroup32);
-    for (int64_t kb = 0; kb < nkb; ++kb) {
-      const int64_t k0 = kb * kcs, k1 = std::min(J.Kred, k0 + kcs);
-      for (int64_t mb = 0; mb < nmb; ++mb) {
-        const float* w = J.A + (mb * J.Kred + k0) * kWR;
-        float* cb = Cb + mb * kGroup32 * kWR;
-        for (int64_t t = 0; t < ntile; ++t)
-          kn.gemm32(k1 - k0, w, px + t * kPR, offs + k0, cb + t * kPR * kWR, kb > 0);
-      }
-    }
-    for (int64_t mb = 0; mb < nmb; ++mb)
-      for (int64_t q0 = 0; q0 < glen; q0 += 8)
-        for (int64_t c8 = 0; c8 < kWR; c8 += 8)
-          kn.transpose8(Cb + (mb * kGroup32 + q0) * kWR + c8, kWR,
-                        Ct + (mb * kWR + c8) * kGroup32 + q0, kGroup32);
-    store_panel(J, i0, p0, glen, Ct, kGroup32, L.OW);
+    group32(J, band, p0, glen, S, kn, S.Ct.data());
+    store_panel(J, i0, p0, glen, S.Ct.data(), kGroup32, J.L->OW);
   }
 }
 
@@ -721,14 +732,18 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
   // both is computed back to back and its two tiles are interleaved straight into the gx rows
   // (no private buffer, no second pass over gx).
   const bool pairs = eng.direct && sw == 2 && g.W % 2 == 0 && shared_band && nph == 2 * sh;
+  // The same with the 32x3 engine: per group of stored pixels, both column phases into Ct.
+  const bool pairs32 = eng.w32 && sw == 2 && g.W % 2 == 0 && shared_band && nph == 2 * sh;
 #pragma omp parallel if (par)
   {
 #pragma omp for schedule(static)
-    for (int64_t q = 0; q < nph * G * npart; ++q) {  // (phase, group, part)
-      const Phase& P = phases[q / (G * npart)];
-      const int64_t gi = q / npart % G, part = q % npart;
-      pack_taps(w + gi * Kg * Cg * RS, Cg, Kg, RS, P.rs.data(), static_cast<int64_t>(P.rs.size()),
-                eng.mr, Mpad, A.data() + P.aoff + gi * Mpad * P.Kred, part);
+    for (int64_t q = 0; q < G * npart; ++q) {  // (group, part)
+      const int64_t gi = q / npart, part = q % npart;
+      std::vector<PhasePack> pp;
+      for (const Phase& P : phases)
+        pp.push_back({P.rs.data(), static_cast<int64_t>(P.rs.size()),
+                      A.data() + P.aoff + gi * Mpad * P.Kred});
+      pack_taps(w + gi * Kg * Cg * RS, Cg, Kg, RS, pp, eng.mr, Mpad, part);
     }
     GemmScratch S(bandmax, Mpad);
     ABuf<float> tmp(use_tmp ? sh * sw * Mpad * tplane : 0);
@@ -742,6 +757,32 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
         Source s = su;
         s.p = gyg;
         build_band(s, Lu, i0, i1 - i0, S.band.data());
+      }
+      if (pairs32) {
+        float* Ct0 = S.Ct.data();
+        float* Ct1 = Ct0 + Mpad * kGroup32;
+        for (int64_t a = 0; a < sh; ++a) {
+          const Phase& P0 = phases[2 * a];
+          const Phase& P1 = phases[2 * a + 1];
+          if (i0 >= P0.Ha) continue;
+          GemmJob J0, J1;
+          J0.L = &P0.L, J1.L = &P1.L;
+          J0.A = A.data() + P0.aoff + gi * Mpad * P0.Kred;
+          J1.A = A.data() + P1.aoff + gi * Mpad * P1.Kred;
+          J0.M = J1.M = Cg, J0.Mpad = J1.Mpad = Mpad, J0.Kred = P0.Kred, J1.Kred = P1.Kred;
+          const int64_t Wb = P0.Wb, npix = (std::min(i1, P0.Ha) - i0) * Wb;
+          for (int64_t p0 = 0; p0 < npix; p0 += kGroup32) {
+            const int64_t glen = std::min(kGroup32, npix - p0);
+            group32(J0, S.band.data(), p0, glen, S, kn, Ct0);
+            group32(J1, S.band.data(), p0, glen, S, kn, Ct1);
+            for_each_run(Wb, Wb, p0, glen, [&](int64_t t, int64_t i, int64_t j, int64_t valid) {
+              for (int64_t m = 0; m < Cg; ++m)
+                kn.interleave2(Ct0 + m * kGroup32 + t, Ct1 + m * kGroup32 + t,
+                               gxg + (m * g.H + a + sh * (i0 + i)) * g.W + 2 * j, valid);
+            });
+          }
+        }
+        continue;
       }
       if (pairs) {
         float* Cb0 = S.Cb.data();
