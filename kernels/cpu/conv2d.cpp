@@ -384,18 +384,49 @@ void store_panel(const GemmJob& J, int64_t i0, int64_t f0, int64_t len, const fl
   });
 }
 
-// Thread-private scratch of the GEMM engines.
+// Working buffers kept per thread from call to call (OpenMP keeps its threads), so that a call
+// does not allocate, page-fault and zero up to ~1 MiB per thread again (the zeroing alone was
+// ~1.3% of a small 3x3 layer's call). A buffer is zeroed when it is (re)allocated; afterwards it
+// holds whatever the last call left (every user writes what it reads, except reads into junk
+// pixels past a band's end, which are never stored). Requests above kScratchKeep floats (the
+// teacher's packed weights, up to ~10 MB) are allocated per call instead of being kept.
+enum ScratchSlot { kSlotBand, kSlotBp, kSlotCb, kSlotCt, kSlotA, kSlotTmp, kNumSlots };
+constexpr size_t kScratchKeep = size_t{1} << 19;  // floats (2 MiB)
+class Scratch {
+ public:
+  Scratch(ScratchSlot slot, size_t n) {
+    if (n > kScratchKeep) {
+      own_.alloc(n, true);
+      p_ = own_.data();
+      return;
+    }
+    thread_local ABuf<float> pool[kNumSlots];
+    thread_local size_t cap[kNumSlots] = {};
+    if (cap[slot] < n || !pool[slot].data()) {
+      pool[slot].alloc(n, true);
+      cap[slot] = n;
+    }
+    p_ = pool[slot].data();
+  }
+  float* data() const { return p_; }
+
+ private:
+  ABuf<float> own_;
+  float* p_ = nullptr;
+};
+
+// Thread-private scratch of the GEMM engines (one of each slot per thread at a time).
 struct GemmScratch {
-  ABuf<float> band;  // band planes (Layout::buf_floats)
-  ABuf<float> Bp;    // 4x24: [kPanelGroup][kKCMax][24] packed taps x pixels
-  ABuf<float> Cb;    // 4x24: [kPanelGroup][Mpad/4][4][24]; 32x3: [Mpad/32][kGroup32][32]
-  ABuf<float> Ct;    // 32x3: [2][Mpad][kGroup32] finished groups (2: a phase pair), channel-major
+  Scratch band;  // band planes (Layout::buf_floats)
+  Scratch Bp;    // 4x24: [kPanelGroup][kKCMax][24] packed taps x pixels
+  Scratch Cb;    // 4x24: [kPanelGroup][Mpad/4][4][24]; 32x3: [Mpad/32][kGroup32][32]
+  Scratch Ct;    // 32x3: [2][Mpad][kGroup32] finished groups (2: a phase pair), channel-major
   std::vector<const float*> px;  // 32x3: the group's pixel bases, 3 per tile
   GemmScratch(int64_t band_floats, int64_t Mpad)
-      : band(band_floats, true),
-        Bp(kPanelGroup * kKCMax * kNR),
-        Cb(std::max(kPanelGroup * kNR, kGroup32) * Mpad, true),
-        Ct(2 * Mpad * kGroup32),
+      : band(kSlotBand, band_floats),
+        Bp(kSlotBp, kPanelGroup * kKCMax * kNR),
+        Cb(kSlotCb, std::max(kPanelGroup * kNR, kGroup32) * Mpad),
+        Ct(kSlotCt, 2 * Mpad * kGroup32),
         px(kGroup32) {}
 };
 
@@ -581,7 +612,7 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
       for (int64_t s = 0; s < g.S; ++s) taps.push_back({c, r, s});
   Source s0{nullptr, Cg, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w};
   const Layout L = make_layout(s0, taps, g.OH, g.OW, 0, band_cap(g.OH, g.N * G, team_size(par)));
-  ABuf<float> A(G * Mpad * Kred);  // packed weights, per group [Mpad/mr][Kred][mr]
+  Scratch A(kSlotA, G * Mpad * Kred);  // packed weights, per group [Mpad/mr][Kred][mr]
   const int64_t nmbA = Mpad / eng.mr;
   const Kernels& kn = convk::kernels();
   const int64_t nb = balanced_bands(g.OH, L.BH, g.N * G, team_size(par));
@@ -721,7 +752,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
     P.aoff = afloats;
     afloats += static_cast<size_t>(G * Mpad * P.Kred);
   }
-  ABuf<float> A(afloats);
+  Scratch A(kSlotA, afloats);
   const int64_t npart = ceil_div(Kg, kPackK);
   const Kernels& kn = convk::kernels();
   const int64_t nb = balanced_bands(maxHa, BH, g.N * G, team_size(par));
@@ -746,7 +777,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
       pack_taps(w + gi * Kg * Cg * RS, Cg, Kg, RS, pp, eng.mr, Mpad, part);
     }
     GemmScratch S(bandmax, Mpad);
-    ABuf<float> tmp(use_tmp ? sh * sw * Mpad * tplane : 0);
+    Scratch tmp(kSlotTmp, use_tmp ? sh * sw * Mpad * tplane : 0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t bi = it % nb, gi = (it / nb) % G, n = it / (nb * G);
