@@ -52,6 +52,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -217,6 +218,45 @@ int64_t balanced_bands(int64_t OH, int64_t bh_max, int64_t other_items, int nth)
   return nb;
 }
 int64_t band_start(int64_t bi, int64_t nb, int64_t OH) { return bi * OH / nb; }
+
+// Work items of the 32x3 engine as chunks of the OH x OW output grid holding equal numbers of
+// 3-pixel tiles, rather than bands of whole rows: a 23-row image in 6 bands gives one thread 11
+// rows and the other 12, and the threads finished ~8% of the call apart. Chunk ci is the stored
+// pixels [begin(ci), begin(ci + 1)) in row-major order; it reads the band of the rows it touches.
+// When the rows split evenly the chunks are whole rows (a chunk starting inside a row reads one
+// band row more: on a 90-row image that had cost more than the balance gained).
+struct PixelChunks {
+  int64_t n = 0, npix = 0, OW = 1;
+  int64_t rows_each = 0;  // > 0: chunk ci is rows [ci * rows_each, (ci + 1) * rows_each)
+  int64_t begin(int64_t ci) const {
+    if (rows_each > 0) return std::min(npix, ci * rows_each * OW);
+    const int64_t tiles = ceil_div(npix, 3);
+    return std::min(npix, 3 * (ci * tiles / n));
+  }
+  int64_t row0(int64_t ci) const { return begin(ci) / OW; }
+  int64_t rows(int64_t ci) const { return (begin(ci + 1) - 1) / OW + 1 - row0(ci); }
+};
+// The chunk count: at least kItemsPerThread per thread (with other_items items of other kinds),
+// if possible a multiple of the thread count, and no chunk touching more than BH rows (a run of
+// at most (BH - 1) * OW + 1 pixels touches at most BH rows). n = 0: no valid split (BH too small
+// for a 3-pixel tile); the caller uses bands of rows.
+PixelChunks pixel_chunks(int64_t OH, int64_t OW, int64_t BH, int64_t other_items, int nth) {
+  PixelChunks c;
+  c.npix = OH * OW, c.OW = OW;
+  const int64_t tiles = ceil_div(c.npix, 3), max_tiles = ((BH - 1) * OW + 1) / 3;
+  if (tiles == 0 || max_tiles < 1) return c;
+  const int64_t min_n = std::max(ceil_div(tiles, max_tiles),
+                                 nth > 1 ? ceil_div(kItemsPerThread * nth, other_items) : 1);
+  c.n = std::min(min_n, tiles);
+  if (nth > 1)
+    for (int64_t n = c.n; n <= std::min(tiles, c.n + nth); ++n)
+      if (n * other_items % nth == 0) {
+        c.n = n;
+        break;
+      }
+  if (OH % c.n == 0 && OH / c.n <= BH) c.rows_each = OH / c.n;
+  return c;
+}
 
 // Fill a (thread-private) band buffer for output rows [i0, i0 + bh).
 // Only source channels [c0, c1) are filled (default: all).
@@ -466,10 +506,11 @@ void group32(const GemmJob& J, const float* band, int64_t p0, int64_t glen, Gemm
         kn.transpose8(Cb + (mb * kGroup32 + q0) * kWR + c8, kWR,
                       Ct + (mb * kWR + c8) * kGroup32 + q0, kGroup32);
 }
+// Stored pixels [q0, q1) of the band (q1 < 0: all bh * OW of them).
 void gemm_rows32(const GemmJob& J, const float* band, int64_t i0, int64_t bh, GemmScratch& S,
-                 const Kernels& kn) {
-  const int64_t npix = bh * J.L->OW;
-  for (int64_t p0 = 0; p0 < npix; p0 += kGroup32) {
+                 const Kernels& kn, int64_t q0 = 0, int64_t q1 = -1) {
+  const int64_t npix = q1 < 0 ? bh * J.L->OW : q1;
+  for (int64_t p0 = q0; p0 < npix; p0 += kGroup32) {
     const int64_t glen = std::min(kGroup32, npix - p0);
     group32(J, band, p0, glen, S, kn, S.Ct.data());
     store_panel(J, i0, p0, glen, S.Ct.data(), kGroup32, J.L->OW);
@@ -506,7 +547,7 @@ void direct_panel(const GemmJob& J, const float* band, int64_t f0, int64_t len, 
 // Computes output rows [i0, i0+bh) of a job on the calling thread. prebuilt: the band, when the
 // caller has built it already (shared by the stride phases of backward data).
 void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const Kernels& kn,
-               const float* prebuilt = nullptr) {
+               const float* prebuilt = nullptr, int64_t q0 = 0, int64_t q1 = -1) {
   const Layout& L = *J.L;
   const float* band;
   if (prebuilt) {
@@ -517,7 +558,7 @@ void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const K
     build_band(J.src, L, i0, bh, S.band.data());
     band = S.band.data();
   }
-  if (J.w32) return gemm_rows32(J, band, i0, bh, S, kn);
+  if (J.w32) return gemm_rows32(J, band, i0, bh, S, kn, q0, q1);
   float* Bp = S.Bp.data();
   float* Cb = S.Cb.data();
   const int64_t nflat = bh * L.V;
@@ -611,12 +652,19 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s) taps.push_back({c, r, s});
   Source s0{nullptr, Cg, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w};
-  const Layout L = make_layout(s0, taps, g.OH, g.OW, 0, band_cap(g.OH, g.N * G, team_size(par)));
+  // The 32x3 engine's items are pixel chunks (one row more than their share of rows each).
+  const int64_t cap = band_cap(g.OH, g.N * G, team_size(par));
+  Layout L = make_layout(s0, taps, g.OH, g.OW, 0, eng.w32 ? cap + 1 : cap);
   Scratch A(kSlotA, G * Mpad * Kred);  // packed weights, per group [Mpad/mr][Kred][mr]
   const int64_t nmbA = Mpad / eng.mr;
   const Kernels& kn = convk::kernels();
-  const int64_t nb = balanced_bands(g.OH, L.BH, g.N * G, team_size(par));
-  const int64_t items = g.N * G * nb;  // (image, group, band)
+  const PixelChunks pc =
+      eng.w32 ? pixel_chunks(g.OH, g.OW, L.BH, g.N * G, team_size(par)) : PixelChunks{};
+  const bool chunks = pc.n > 0;
+  if (pc.rows_each > 0 && pc.rows_each < L.BH)  // whole-row chunks: no row to spare
+    L = make_layout(s0, taps, g.OH, g.OW, 0, pc.rows_each);
+  const int64_t nb = chunks ? pc.n : balanced_bands(g.OH, L.BH, g.N * G, team_size(par));
+  const int64_t items = g.N * G * nb;  // (image, group, band or chunk)
 #pragma omp parallel if (par)
   {
     const int64_t npart = pack_pieces(Kred);
@@ -638,6 +686,12 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
       J.dst = y + (n * g.K + gi * Kg) * g.OH * g.OW;
       J.dcs = g.OH * g.OW, J.dW = g.OW;
       J.bias = bias ? bias + gi * Kg : nullptr;
+      if (chunks) {
+        const int64_t i0 = pc.row0(bi), q0 = pc.begin(bi) - i0 * g.OW;
+        if (pc.rows(bi) > L.BH) throw std::logic_error("conv2d: pixel chunk overflows its band");
+        gemm_rows(J, i0, pc.rows(bi), S, kn, nullptr, q0, pc.begin(bi + 1) - i0 * g.OW);
+        continue;
+      }
       const int64_t i0 = band_start(bi, nb, g.OH);
       gemm_rows(J, i0, band_start(bi + 1, nb, g.OH) - i0, S, kn);
     }
@@ -699,7 +753,9 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
   int64_t maxHa = 0, BH = std::numeric_limits<int64_t>::max();
   for (Phase& P : phases) {
     maxHa = std::max(maxHa, P.Ha);
-    P.L = make_layout(P.s0, P.taps, P.Ha, P.Wb, 0, band_cap(P.Ha, g.N * G, team_size(par)));
+    // (one row more for the 32x3 engine's pixel chunks)
+    P.L = make_layout(P.s0, P.taps, P.Ha, P.Wb, 0,
+                      band_cap(P.Ha, g.N * G, team_size(par)) + (eng.w32 ? 1 : 0));
     BH = std::min(BH, P.L.BH);
   }
   // Several phases read the same gy rows, each at its own offsets: they share one band, built
@@ -755,9 +811,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
   Scratch A(kSlotA, afloats);
   const int64_t npart = ceil_div(Kg, kPackK);
   const Kernels& kn = convk::kernels();
-  const int64_t nb = balanced_bands(maxHa, BH, g.N * G, team_size(par));
-  const int64_t items = g.N * G * nb;  // (image, group, band of phase rows)
-  const int64_t tplane = BH * Wq;      // one (phase, channel) plane of tmp
+  const int64_t tplane = BH * Wq;  // one (phase, channel) plane of tmp
   // Column stride 2, even width, few input channels (the direct engine), shared band: the two
   // column phases (a, 0) and (a, 1) cover the same flat pixels of the band, so each panel of
   // both is computed back to back and its two tiles are interleaved straight into the gx rows
@@ -765,6 +819,15 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
   const bool pairs = eng.direct && sw == 2 && g.W % 2 == 0 && shared_band && nph == 2 * sh;
   // The same with the 32x3 engine: per group of stored pixels, both column phases into Ct.
   const bool pairs32 = eng.w32 && sw == 2 && g.W % 2 == 0 && shared_band && nph == 2 * sh;
+  // The 32x3 engine with one phase or phase pairs (all phases Wb wide) works on pixel chunks of
+  // the maxHa x Wb phase grid (see PixelChunks), the other cases on bands of phase rows.
+  const int64_t Wb0 = phases.empty() ? 1 : phases[0].Wb;
+  const PixelChunks pc = eng.w32 && (nph == 1 || pairs32)
+                             ? pixel_chunks(maxHa, Wb0, BH, g.N * G, team_size(par))
+                             : PixelChunks{};
+  const bool chunks = pc.n > 0;
+  const int64_t nb = chunks ? pc.n : balanced_bands(maxHa, BH, g.N * G, team_size(par));
+  const int64_t items = g.N * G * nb;  // (image, group, band of phase rows or pixel chunk)
 #pragma omp parallel if (par)
   {
 #pragma omp for schedule(static)
@@ -781,7 +844,15 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t bi = it % nb, gi = (it / nb) % G, n = it / (nb * G);
-      const int64_t i0 = band_start(bi, nb, maxHa), i1 = band_start(bi + 1, nb, maxHa);
+      // phase rows [i0, i1); the chunk's pixels [q0, q1) of the band (Wb0 per row)
+      int64_t i0, i1, q0 = 0, q1 = -1;
+      if (chunks) {
+        i0 = pc.row0(bi), i1 = i0 + pc.rows(bi);
+        q0 = pc.begin(bi) - i0 * Wb0, q1 = pc.begin(bi + 1) - i0 * Wb0;
+        if (i1 - i0 > BH) throw std::logic_error("conv2d: pixel chunk overflows its band");
+      } else {
+        i0 = band_start(bi, nb, maxHa), i1 = band_start(bi + 1, nb, maxHa);
+      }
       float* gxg = gx + (n * g.C + gi * Cg) * g.H * g.W;  // [Cg][H][W]
       const float* gyg = gy + (n * g.K + gi * Kg) * g.OH * g.OW;
       if (shared_band) {
@@ -802,8 +873,9 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
           J1.A = A.data() + P1.aoff + gi * Mpad * P1.Kred;
           J0.M = J1.M = Cg, J0.Mpad = J1.Mpad = Mpad, J0.Kred = P0.Kred, J1.Kred = P1.Kred;
           const int64_t Wb = P0.Wb, npix = (std::min(i1, P0.Ha) - i0) * Wb;
-          for (int64_t p0 = 0; p0 < npix; p0 += kGroup32) {
-            const int64_t glen = std::min(kGroup32, npix - p0);
+          const int64_t pend = q1 < 0 ? npix : std::min(q1, npix);
+          for (int64_t p0 = q0; p0 < pend; p0 += kGroup32) {
+            const int64_t glen = std::min(kGroup32, pend - p0);
             group32(J0, S.band.data(), p0, glen, S, kn, Ct0);
             group32(J1, S.band.data(), p0, glen, S, kn, Ct1);
             for_each_run(Wb, Wb, p0, glen, [&](int64_t t, int64_t i, int64_t j, int64_t valid) {
@@ -856,7 +928,8 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
           J.dst = gxg;
           J.dcs = g.H * g.W, J.dW = g.W, J.oy0 = P.a, J.ox0 = P.b, J.osy = sh, J.osx = sw;
         }
-        gemm_rows(J, i0, std::min(i1, P.Ha) - i0, S, kn, shared_band ? S.band.data() : nullptr);
+        gemm_rows(J, i0, std::min(i1, P.Ha) - i0, S, kn, shared_band ? S.band.data() : nullptr, q0,
+                  q1);
       }
       if (!use_tmp) continue;
       for (int64_t a = 0; a < sh; ++a) {
