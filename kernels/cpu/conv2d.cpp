@@ -430,7 +430,11 @@ void store_panel(const GemmJob& J, int64_t i0, int64_t f0, int64_t len, const fl
 // holds whatever the last call left (every user writes what it reads, except reads into junk
 // pixels past a band's end, which are never stored). Requests above kScratchKeep floats (the
 // teacher's packed weights, up to ~10 MB) are allocated per call instead of being kept.
-enum ScratchSlot { kSlotBand, kSlotBp, kSlotCb, kSlotCt, kSlotA, kSlotTmp, kNumSlots };
+enum ScratchSlot {
+  kSlotBand, kSlotBp, kSlotCb, kSlotCt, kSlotA, kSlotTmp,  // forward / backward data
+  kSlotGy, kSlotAcc, kSlotLoc,                            // backward weight (and kSlotBand)
+  kNumSlots
+};
 constexpr size_t kScratchKeep = size_t{1} << 19;  // floats (2 MiB)
 class Scratch {
  public:
@@ -449,6 +453,7 @@ class Scratch {
     p_ = pool[slot].data();
   }
   float* data() const { return p_; }
+  double* data_d() const { return reinterpret_cast<double*>(p_); }  // sized as 2 floats each
 
  private:
   ABuf<float> own_;
@@ -1001,9 +1006,12 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
   const bool shared = G * g.N * nb == 1 && nchunk > 1;
   const int64_t tc = tri_per_chunk * 3;                   // taps of a chunk (shared: [Mpad][tc])
   const int64_t accn = shared ? 0 : G * Mpad * K3;        // per-thread accumulator [G][Mpad][K3]
-  ABuf<double> acc(static_cast<size_t>(nth) * accn, true);
-  ABuf<float> band_sh(shared ? L.buf_floats : 0, true);
-  ABuf<float> gyv_sh(shared ? Mpad * gstride : 0, true);
+  // (buffers kept per thread between calls, see Scratch: a per-call allocation here had been
+  // followed by ~170 us from the last item to the end of the parallel region on 2 threads)
+  Scratch acc(kSlotAcc, 2 * static_cast<size_t>(nth) * accn);
+  std::memset(acc.data(), 0, sizeof(double) * nth * accn);
+  Scratch band_sh(kSlotBand, shared ? L.buf_floats : 0);
+  Scratch gyv_sh(kSlotGy, shared ? Mpad * gstride : 0);
   // gy rows [m0, m1) of band bi into the flat layout (zeros in the junk columns)
   auto copy_gy = [&](const float* gyn, int64_t i0, int64_t bh, int64_t m0, int64_t m1,
                      float* dst) {
@@ -1018,10 +1026,10 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
 #pragma omp parallel if (par)
   {
     const int tid = std::min(omp_get_thread_num(), nth - 1);
-    double* my = acc.data() + static_cast<size_t>(tid) * accn;
-    ABuf<float> band(shared ? 0 : L.buf_floats, true);
-    ABuf<float> gyv(shared ? 0 : Mpad * gstride, true);  // [Mpad][gstride]: flat gy rows
-    ABuf<double> loc(shared ? Mpad * tc : 0);           // shared: this chunk's sums [Mpad][tc]
+    double* my = acc.data_d() + static_cast<size_t>(tid) * accn;
+    Scratch band(kSlotBand, shared ? 0 : L.buf_floats);
+    Scratch gyv(kSlotGy, shared ? 0 : Mpad * gstride);  // [Mpad][gstride]: flat gy rows
+    Scratch loc(kSlotLoc, shared ? 2 * Mpad * tc : 0);  // shared: this chunk's sums [Mpad][tc]
     float out[12];
     if (shared) {
       Source s = s0;
@@ -1049,9 +1057,9 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
         copy_gy(gyn, i0, bh, 0, Kg, gyv.data());
       }
       // sums of tap tt (of this chunk) for row m: accg[m * ars + tt + acol]
-      double* accg = shared ? loc.data() : my + gi * Mpad * K3;
+      double* accg = shared ? loc.data_d() : my + gi * Mpad * K3;
       const int64_t ars = shared ? tc : K3, acol = shared ? -t0 : 0;
-      if (shared) std::fill_n(loc.data(), Mpad * tc, 0.0);
+      if (shared) std::fill_n(loc.data_d(), Mpad * tc, 0.0);
       const int64_t nflat = bh * L.V;
       for (int64_t fs = 0; fs < nflat; fs += kDotChunk) {
         const int64_t len = std::min(kDotChunk, nflat - fs);
@@ -1069,7 +1077,7 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
       if (shared)  // this chunk's taps of gw (one group, one image)
         for (int64_t m = 0; m < Kg; ++m)
           for (int64_t kk = t0; kk < std::min(t1, Kred); ++kk)
-            gw[m * Kred + kk] = static_cast<float>(loc.data()[m * tc + kk - t0]);
+            gw[m * Kred + kk] = static_cast<float>(loc.data_d()[m * tc + kk - t0]);
     }
     // Sum the per-thread accumulators into gw (the loop above ended with a barrier).
     if (!shared) {
@@ -1077,7 +1085,7 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
       for (int64_t q = 0; q < g.K * Kred; ++q) {
         const int64_t k = q / Kred, kk = q % Kred, gi = k / Kg, m = k % Kg;
         double sum = 0.0;
-        for (int t = 0; t < nth; ++t) sum += acc.data()[t * accn + (gi * Mpad + m) * K3 + kk];
+        for (int t = 0; t < nth; ++t) sum += acc.data_d()[t * accn + (gi * Mpad + m) * K3 + kk];
         gw[q] = static_cast<float>(sum);
       }
     }
