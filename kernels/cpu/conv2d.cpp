@@ -68,6 +68,7 @@ using convk::kPR;
 using convk::kWR;
 
 constexpr int64_t kBandBudget = 256 * 1024;  // floats per thread-private band buffer (1 MiB)
+constexpr int64_t kSharedBudget = 1024 * 1024;  // floats of a band shared by all threads (4 MiB)
 constexpr int64_t kKCMax = 256;              // taps per packed B panel (24*256*4 B = 24 KiB)
 constexpr int64_t kSlack = 64;               // floats of zeroed slack after band buffers
 constexpr int64_t kDotChunk = 1024;          // pixels per backward-weight reduction chunk
@@ -151,7 +152,7 @@ struct Layout {
 // the budget), M-rows of gy for backward weight. max_bh caps the band height so that a call has
 // enough bands to keep every thread busy.
 Layout make_layout(const Source& s, const std::vector<Tap>& taps, int64_t OH, int64_t OW,
-                   int64_t extra_per_row, int64_t max_bh) {
+                   int64_t extra_per_row, int64_t max_bh, int64_t budget = kBandBudget) {
   Layout L;
   L.OH = OH;
   L.OW = OW;
@@ -173,7 +174,7 @@ Layout make_layout(const Source& s, const std::vector<Tap>& taps, int64_t OH, in
   if (L.zero_copy) {
     L.V = s.W;
     L.halo = 0;
-    L.BH = extra_per_row > 0 ? std::clamp<int64_t>(kBandBudget / extra_per_row, 1, max_bh) : max_bh;
+    L.BH = extra_per_row > 0 ? std::clamp<int64_t>(budget / extra_per_row, 1, max_bh) : max_bh;
     L.chan_stride = s.H * s.W;
     for (size_t k = 0; k < taps.size(); ++k) L.offs[k] = taps[k].c * L.chan_stride;
     L.buf_floats = 0;
@@ -184,7 +185,7 @@ Layout make_layout(const Source& s, const std::vector<Tap>& taps, int64_t OH, in
   const int64_t row = s.C * L.nplanes * L.V;  // band floats per plane row
   const int64_t per_row = row + extra_per_row;
   L.BH =
-      std::clamp<int64_t>((kBandBudget - L.halo * row) / std::max<int64_t>(per_row, 1), 1, max_bh);
+      std::clamp<int64_t>((budget - L.halo * row) / std::max<int64_t>(per_row, 1), 1, max_bh);
   L.plane_stride = (L.BH + L.halo) * L.V;
   L.chan_stride = L.nplanes * L.plane_stride;
   for (size_t k = 0; k < taps.size(); ++k) {
@@ -983,6 +984,14 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
   const int64_t want = kItemsPerThread * nth;
   const int64_t ntri = K3 / 3;
   Layout L = make_layout(s0, taps, g.OH, g.OW, extra, g.OH);
+  // One image of one group that needs a few bands on several threads: if the whole of it fits
+  // in kSharedBudget, take it as one band shared by all threads (below) rather than bands with
+  // private accumulators (enc3.long3x3, 23 rows: two bands of 12 and 11 rows, whose
+  // accumulators then took ~15% of the call to clear and add up).
+  if (nth > 1 && G * g.N == 1 && L.BH < g.OH) {
+    Layout Ls = make_layout(s0, taps, g.OH, g.OW, extra, g.OH, kSharedBudget);
+    if (Ls.BH >= g.OH) L = std::move(Ls);
+  }
   int64_t nchunk = 1;
   if (nth > 1 && G * g.N * ceil_div(g.OH, L.BH) < want) {
     nchunk = std::clamp<int64_t>(ceil_div(want, G * g.N * ceil_div(g.OH, L.BH)), 1,
