@@ -284,6 +284,29 @@ TEST_CASE("conv2d float fast path: packed engine where the broadcast engine appl
     if (s.K / s.groups % 32 == 0 || s.C / s.groups % 32 == 0) run_case<float>(s, false);
 }
 
+// The float path keeps its working buffers (bands, tiles, packed weights, accumulators) per
+// thread from call to call. Calls on NaN inputs of every kind first leave NaN in all of them;
+// the checked calls after that must not read any of it into a result (checked against the naive
+// reference with outputs pre-filled with NaN, so a stale or skipped value shows).
+TEST_CASE("conv2d float fast path: nothing left in the reused buffers reaches a result", "[conv]") {
+  const float qnan = std::numeric_limits<float>::quiet_NaN();
+  auto poison = [&](const Shape& s) {
+    const ConvGeom g = geom_of(s);
+    const int64_t Cg = g.C / g.groups;
+    std::vector<float> x(g.N * g.C * g.H * g.W, qnan), w(g.K * Cg * g.R * g.S, qnan);
+    std::vector<float> b(g.K, qnan), y(g.N * g.K * g.OH * g.OW, qnan), gx(x.size()), gw(w.size());
+    st::cpu::conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data());
+    st::cpu::conv2d_backward_data<float>(g, y.data(), w.data(), gx.data());
+    st::cpu::conv2d_backward_weight<float>(g, y.data(), x.data(), gw.data());
+    CHECK(std::isnan(gw[0]));  // (the poison went through)
+  };
+  for (const Shape& s : kLargeShapes) poison(s);
+  for (const Shape& s : kSmallShapes) poison(s);
+  poison({1, 96, 45, 80, 32, 3, 3, 1, 1, 1, 1, 1});  // bigger than any checked shape
+  for (const Shape& s : kLargeShapes) run_case<float>(s, true);
+  for (const Shape& s : kSmallShapes) run_case<float>(s, false);
+}
+
 TEST_CASE("conv2d double path matches naive double reference", "[conv]") {
   for (const Shape& s : kSmallShapes) {
     run_case<double>(s, true);
