@@ -500,11 +500,12 @@ int main(int argc, char** argv) {
         std::printf("  %-13s %10.1f %10.1f %7.2f %9.2f %9.1f %9.1f %5.2f/%4.2f\n", kModes[m], ms,
                     it->second, it->second / ms, gf, gf / ms * 1e3, gf / it->second * 1e3,
                     ours[key].cores, pr.cores[key]);
-      if (peak_gflops > 0)
-        std::printf("  %-13s ours at %.1f%% of the device's peak %.0f GFLOP/s\n", "", 100.0 * gf / ms * 1e3 / peak_gflops, peak_gflops);
       else
         std::printf("  %-13s %10.1f %10s %7s %9.2f %9.1f %9s %5.2f\n", kModes[m], ms, "n/a", "", gf,
                     gf / ms * 1e3, "", ours[key].cores);
+      if (peak_gflops > 0)
+        std::printf("  %-13s ours at %.1f%% of the device's peak %.0f GFLOP/s\n", "",
+                    100.0 * gf / ms * 1e3 / peak_gflops, peak_gflops);
     }
   }
   std::fflush(stdout);
