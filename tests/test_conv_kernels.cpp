@@ -257,6 +257,7 @@ const std::vector<Shape> kLargeShapes = {
     {2, 64, 37, 50, 24, 3, 3, 2, 2, 1, 1, 1},   // phase pairs of the 32x3 engine, many groups
     {1, 64, 45, 80, 64, 1, 3, 1, 1, 0, 1, 1},   // 1x3 64->64
     {1, 8, 90, 160, 64, 1, 1, 2, 2, 0, 0, 1},   // 1x1 stride 2
+    {1, 3, 64, 100, 8, 3, 3, 2, 2, 1, 1, 1},    // in_conv1-like: full panels written in place
 };
 
 }  // namespace
@@ -367,6 +368,37 @@ TEST_CASE("conv micro-kernels: selected and portable versions agree", "[conv]") 
           CHECK(close(c1.v[i * 24 + j], r, s));
           CHECK(close(c2.v[i * 24 + j], r, s));
           CHECK(close(c3.v[i * 24 + j], r, s));
+        }
+    }
+    // The strided-C variants (a panel straight into 4 output rows ldc apart), packed and in
+    // place: accumulating, starting from a bias, starting from zero; the columns past 24 stay.
+    const float bias[4] = {0.25f, -0.5f, 1.0f, 2.0f};
+    for (int mode = 0; mode < 3; ++mode) {
+      const bool acc = mode == 0;
+      const float* bp = mode == 1 ? bias : nullptr;
+      constexpr int64_t ldc = 29;
+      std::vector<float> d0(4 * ldc, 0.5f), d1(d0), d2(d0), d3(d0);
+      fast.gemm_ldc(kc, A.data(), Bp, d0.data(), ldc, acc, bp);
+      slow.gemm_ldc(kc, A.data(), Bp, d1.data(), ldc, acc, bp);
+      fast.gemm_direct_ldc(kc, A.data(), src.data(), offs.data(), d2.data(), ldc, acc, bp);
+      slow.gemm_direct_ldc(kc, A.data(), src.data(), offs.data(), d3.data(), ldc, acc, bp);
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < ldc; ++j) {
+          const size_t q = i * ldc + j;
+          if (j >= 24) {
+            CHECK((d0[q] == 0.5f && d1[q] == 0.5f && d2[q] == 0.5f && d3[q] == 0.5f));
+            continue;
+          }
+          double ref = acc ? 0.5 : bp ? bias[i] : 0.0, abs = std::fabs(ref);
+          for (int64_t k = 0; k < kc; ++k) {
+            ref += double(A[k * 4 + i]) * Bflat[k * 24 + j];
+            abs += std::fabs(double(A[k * 4 + i]) * Bflat[k * 24 + j]);
+          }
+          const float r = static_cast<float>(ref), s = static_cast<float>(abs);
+          CHECK(close(d0[q], r, s));
+          CHECK(close(d1[q], r, s));
+          CHECK(close(d2[q], r, s));
+          CHECK(close(d3[q], r, s));
         }
     }
   }

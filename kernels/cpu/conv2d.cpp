@@ -599,6 +599,21 @@ void gemm_rows(const GemmJob& J, int64_t i0, int64_t bh, GemmScratch& S, const K
     for (int64_t p = 0; p < npan; ++p) {
       const int64_t f0 = p * kNR;
       const int64_t len = std::min<int64_t>(kNR, nflat - f0);
+      // A full panel inside one row's stored columns (all rows real) is written straight into
+      // the output row by the micro-kernel (no tile, no store pass: that pass had been ~15% of
+      // in_conv1's forward).
+      const int64_t pi = f0 / L.V, pj = f0 % L.V;
+      if (len == kNR && J.osx == 1 && pj + kNR <= L.OW && J.Mpad == J.M) {
+        float* o = J.dst + (J.oy0 + (i0 + pi) * J.osy) * J.dW + J.ox0 + pj;
+        for (int64_t kb = 0; kb < nkb; ++kb) {
+          const int64_t k0 = kb * kcs, k1 = std::min(J.Kred, k0 + kcs);
+          for (int64_t mb = 0; mb < nmb; ++mb)
+            kn.gemm_direct_ldc(k1 - k0, J.A + (mb * J.Kred + k0) * kMR, band + f0, offs + k0,
+                               o + mb * kMR * J.dcs, J.dcs, kb > 0,
+                               J.bias ? J.bias + mb * kMR : nullptr);
+        }
+        if (nkb > 0) continue;
+      }
       direct_panel(J, band, f0, len, Cb, Bp, kn);
       store_panel(J, i0, f0, len, Cb);
     }

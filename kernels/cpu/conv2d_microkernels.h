@@ -46,6 +46,9 @@ using GemmLdcFn = void (*)(int64_t kc, const float* A, const float* B, float* C,
 // Same as GemmFn with B row k read in place at src + offs[k] (any alignment).
 using GemmDirectFn = void (*)(int64_t kc, const float* A, const float* src, const int64_t* offs,
                               float* C, bool acc);
+// GemmDirectFn with C rows at C + i*ldc as in GemmLdcFn (a panel straight into output rows).
+using GemmDirectLdcFn = void (*)(int64_t kc, const float* A, const float* src, const int64_t* offs,
+                                 float* C, int64_t ldc, bool acc, const float* bias);
 // B[k][0..23] = src[offs[k] + 0..23] for k < kc  (B 32-byte aligned; src any alignment)
 using PackFn = void (*)(int64_t kc, const float* src, const int64_t* offs, float* B);
 
@@ -83,6 +86,19 @@ inline void gemm_4x24_ldc_generic(int64_t kc, const float* A, const float* B, fl
   for (int64_t k = 0; k < kc; ++k)
     for (int i = 0; i < kMR; ++i)
       for (int j = 0; j < kNR; ++j) c[i][j] += A[k * kMR + i] * B[k * kNR + j];
+  for (int i = 0; i < kMR; ++i)
+    for (int j = 0; j < kNR; ++j) C[i * ldc + j] = c[i][j];
+}
+
+inline void gemm_4x24_direct_ldc_generic(int64_t kc, const float* A, const float* src,
+                                         const int64_t* offs, float* C, int64_t ldc, bool acc,
+                                         const float* bias) {
+  float c[kMR][kNR];
+  for (int i = 0; i < kMR; ++i)
+    for (int j = 0; j < kNR; ++j) c[i][j] = acc ? C[i * ldc + j] : bias ? bias[i] : 0.0f;
+  for (int64_t k = 0; k < kc; ++k)
+    for (int i = 0; i < kMR; ++i)
+      for (int j = 0; j < kNR; ++j) c[i][j] += A[k * kMR + i] * src[offs[k] + j];
   for (int i = 0; i < kMR; ++i)
     for (int j = 0; j < kNR; ++j) C[i * ldc + j] = c[i][j];
 }
@@ -256,6 +272,11 @@ ST_AVX2 inline void gemm_4x24_direct_avx2(int64_t kc, const float* A, const floa
                                           const int64_t* offs, float* C, bool acc) {
   gemm_4x24_avx2_impl<true>(kc, A, src, offs, C, acc);
 }
+ST_AVX2 inline void gemm_4x24_direct_ldc_avx2(int64_t kc, const float* A, const float* src,
+                                              const int64_t* offs, float* C, int64_t ldc,
+                                              bool acc, const float* bias) {
+  gemm_4x24_avx2_impl<true, true>(kc, A, src, offs, C, acc, ldc, bias);
+}
 
 ST_AVX2 inline void gemm_32x3_avx2(int64_t kc, const float* __restrict W,
                                    const float* const* px, const int64_t* __restrict offs,
@@ -428,6 +449,7 @@ struct Kernels {
   Gemm32Fn gemm32;
   Transpose8Fn transpose8;
   GemmDirectFn gemm_direct;
+  GemmDirectLdcFn gemm_direct_ldc;
   DotFn dot;
   PackFn pack;
   Gather2Fn gather2;
@@ -442,6 +464,7 @@ inline Kernels generic_kernels() {
                  &gemm_32x3_generic,
                  &transpose8_generic,
                  &gemm_4x24_direct_generic,
+                 &gemm_4x24_direct_ldc_generic,
                  &dot_4x3_generic,
                  &pack_24_generic,
                  &gather2_generic,
@@ -460,7 +483,7 @@ inline const Kernels& kernels() {
     __builtin_cpu_init();
     if (!forced && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
       r = Kernels{&gemm_4x24_avx2, &gemm_4x24_ldc_avx2, &gemm_32x3_avx2,   &transpose8_avx2,
-                  &gemm_4x24_direct_avx2, &dot_4x3_avx2, &pack_24_avx2,
+                  &gemm_4x24_direct_avx2, &gemm_4x24_direct_ldc_avx2, &dot_4x3_avx2, &pack_24_avx2,
                   &gather2_avx2,   &interleave2_avx2, true};
 #else
     (void)forced;
