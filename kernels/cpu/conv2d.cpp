@@ -904,9 +904,14 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
         s.p = gyg;
         build_band(s, Lu, i0, i1 - i0, S.band.data());
       }
-      if (pairs32) {
-        float* Ct0 = S.Ct.data();
-        float* Ct1 = Ct0 + Mpad * kGroup32;
+      if (pairs || pairs32) {
+        // Column phases (a, 0) and (a, 1) computed block by block into two tiles T0, T1 (channel
+        // m's pixels at T + m * tp), then interleaved into the gx rows. Blocks: groups of stored
+        // pixels (32x3 engine: the chunk's pixels [q0, q1), row pitch Wb) or 24-pixel panels of
+        // the band (direct engine: row pitch Vu, junk columns computed and not stored).
+        const int64_t tp = pairs32 ? kGroup32 : kNR, step = tp;
+        float* T0 = pairs32 ? S.Ct.data() : S.Cb.data();
+        float* T1 = T0 + Mpad * tp;
         for (int64_t a = 0; a < sh; ++a) {
           const Phase& P0 = phases[2 * a];
           const Phase& P1 = phases[2 * a + 1];
@@ -916,41 +921,20 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
           J0.A = A.data() + P0.aoff + gi * Mpad * P0.Kred;
           J1.A = A.data() + P1.aoff + gi * Mpad * P1.Kred;
           J0.M = J1.M = Cg, J0.Mpad = J1.Mpad = Mpad, J0.Kred = P0.Kred, J1.Kred = P1.Kred;
-          const int64_t Wb = P0.Wb, npix = (std::min(i1, P0.Ha) - i0) * Wb;
-          const int64_t pend = q1 < 0 ? npix : std::min(q1, npix);
-          for (int64_t p0 = q0; p0 < pend; p0 += kGroup32) {
-            const int64_t glen = std::min(kGroup32, pend - p0);
-            group32(J0, S.band.data(), p0, glen, S, kn, Ct0);
-            group32(J1, S.band.data(), p0, glen, S, kn, Ct1);
-            for_each_run(Wb, Wb, p0, glen, [&](int64_t t, int64_t i, int64_t j, int64_t valid) {
+          const int64_t Wb = P0.Wb, rows = std::min(i1, P0.Ha) - i0, V = pairs32 ? Wb : Vu;
+          const int64_t end = pairs32 && q1 >= 0 ? std::min(q1, rows * Wb) : rows * V;
+          for (int64_t p0 = pairs32 ? q0 : 0; p0 < end; p0 += step) {
+            const int64_t len = std::min(step, end - p0);
+            if (pairs32) {
+              group32(J0, S.band.data(), p0, len, S, kn, T0);
+              group32(J1, S.band.data(), p0, len, S, kn, T1);
+            } else {
+              direct_panel(J0, S.band.data(), p0, len, T0, S.Bp.data(), kn);
+              direct_panel(J1, S.band.data(), p0, len, T1, S.Bp.data(), kn);
+            }
+            for_each_run(V, Wb, p0, len, [&](int64_t t, int64_t i, int64_t j, int64_t valid) {
               for (int64_t m = 0; m < Cg; ++m)
-                kn.interleave2(Ct0 + m * kGroup32 + t, Ct1 + m * kGroup32 + t,
-                               gxg + (m * g.H + a + sh * (i0 + i)) * g.W + 2 * j, valid);
-            });
-          }
-        }
-        continue;
-      }
-      if (pairs) {
-        float* Cb0 = S.Cb.data();
-        float* Cb1 = Cb0 + Mpad * kNR;
-        for (int64_t a = 0; a < sh; ++a) {
-          const Phase& P0 = phases[2 * a];
-          const Phase& P1 = phases[2 * a + 1];
-          if (i0 >= P0.Ha) continue;
-          GemmJob J0, J1;
-          J0.L = &P0.L, J1.L = &P1.L;
-          J0.A = A.data() + P0.aoff + gi * Mpad * P0.Kred;
-          J1.A = A.data() + P1.aoff + gi * Mpad * P1.Kred;
-          J0.M = J1.M = Cg, J0.Mpad = J1.Mpad = Mpad, J0.Kred = P0.Kred, J1.Kred = P1.Kred;
-          const int64_t nflat = (std::min(i1, P0.Ha) - i0) * Vu, Wb = P0.Wb;
-          for (int64_t f0 = 0; f0 < nflat; f0 += kNR) {
-            const int64_t len = std::min<int64_t>(kNR, nflat - f0);
-            direct_panel(J0, S.band.data(), f0, len, Cb0, S.Bp.data(), kn);
-            direct_panel(J1, S.band.data(), f0, len, Cb1, S.Bp.data(), kn);
-            for_each_run(Vu, Wb, f0, len, [&](int64_t t, int64_t i, int64_t j, int64_t valid) {
-              for (int64_t m = 0; m < Cg; ++m)
-                kn.interleave2(Cb0 + m * kNR + t, Cb1 + m * kNR + t,
+                kn.interleave2(T0 + m * tp + t, T1 + m * tp + t,
                                gxg + (m * g.H + a + sh * (i0 + i)) * g.W + 2 * j, valid);
             });
           }
