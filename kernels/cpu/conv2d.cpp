@@ -4,8 +4,10 @@
 // float path (the fast one) — implicit GEMM on "banded phase planes":
 //   * The output grid is cut into bands of BH output rows; a band is one work item, handed out
 //     dynamically to the OpenMP threads (a few items per thread, so a preempted core does not
-//     stall the call). A thread copies the source rows its band needs into its private buffer
-//     (<= 1 MiB), zero padded and split by stride phase:
+//     stall the call; the 32x3 engine cuts it into pixel chunks of equal tile counts instead,
+//     the last ones half-size, see PixelChunks). A thread copies the source rows its band needs
+//     into its private buffer (<= 1 MiB, kept per thread between calls: Scratch), zero padded
+//     and split by stride phase:
 //        plane(c, a, b)[t][j] = src[c][(i0 + t)*sy + a - py][j*sx + b - px]      (a < sy, b < sx)
 //     with a row pitch V = OW + (S-1)/sx. A tap (c, r, s) of the reduction then reads the
 //     contiguous run plane(c, r%sy, s%sx) + (r/sy)*V + s/sx + f for the flattened output index
@@ -35,7 +37,9 @@
 //     junk columns; col rows are runs of the phase planes), so a 4x3 dot-product micro-kernel
 //     reduces along pixels in chunks of 1024. Work items are (band, chunk of taps): small images
 //     are split by taps rather than into short bands. Threads keep private double accumulators
-//     [groups][K/groups][C*R*S] that are summed at the end.
+//     [groups][K/groups][C*R*S] that are summed at the end, except for one image that fits in
+//     one band (<= 4 MiB): that band is built once and shared, and each tap chunk writes its
+//     own part of gw.
 //   * bias gradient: per-channel sums (float partial sums, double total).
 //   Micro-kernels: kernels/cpu/conv2d_microkernels.h (AVX2+FMA chosen at run time, portable
 //   fallback otherwise). Calls under ~1 MFLOP run on one thread; calls made from inside an
