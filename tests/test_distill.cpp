@@ -11,7 +11,7 @@ using namespace st;
 using namespace st::nn;
 using Catch::Contains;
 
-TEST_CASE("algorithm 2: next key-frame stride, T = 0.8", "[distill]") {
+TEST_CASE("algorithm 2: next key-frame stride, T = 0.8", "[distill][portable]") {
   DistillConfig cfg;  // T 0.8, strides [8, 64]
   struct Row {
     double acc;
@@ -42,7 +42,7 @@ TEST_CASE("algorithm 2: next key-frame stride, T = 0.8", "[distill]") {
 }
 
 TEST_CASE("miou: per-class IoU averaged over classes present in prediction or target",
-          "[distill]") {
+          "[distill][portable]") {
   // target: 0 0 8 8 ; pred: 0 8 8 8 -> class 0: 1/2, class 8: 2/3 -> mean 7/12.
   Tensor t = Tensor::from_vector(std::vector<int64_t>{0, 0, 8, 8}, {1, 2, 2});
   Tensor p = Tensor::from_vector(std::vector<int64_t>{0, 8, 8, 8}, {1, 2, 2});
@@ -55,7 +55,7 @@ TEST_CASE("miou: per-class IoU averaged over classes present in prediction or ta
 }
 
 TEST_CASE("targets: box weights expand 7.5%, truncate, clamp, include the far edge",
-          "[distill]") {
+          "[distill][portable]") {
   // Box x 10..30 (w 20 -> 1.5 px), y 4..8 (h 4 -> 0.3 px) in a 40x12 image.
   auto w = box_weights({{10, 4, 30, 8}}, 12, 40);
   auto at = [&](int64_t y, int64_t x) { return w[size_t(y * 40 + x)]; };
@@ -74,7 +74,7 @@ TEST_CASE("targets: box weights expand 7.5%, truncate, clamp, include the far ed
   for (float v : c) REQUIRE(v == 5.0f);
 }
 
-TEST_CASE("targets: label-only teachers get boxes from connected components", "[distill]") {
+TEST_CASE("targets: label-only teachers get boxes from connected components", "[distill][portable]") {
   // Two blobs (8-connected diagonal pair counts as one), background 8.
   std::vector<uint8_t> l(6 * 8, 8);
   l[1 * 8 + 1] = 0;
@@ -119,7 +119,7 @@ std::vector<std::vector<float>> values(const std::vector<Tensor>& ts) {
 }  // namespace
 
 TEST_CASE("algorithm 1: partial distillation trains only the back, with no front backward",
-          "[distill][partial]") {
+          "[distill][partial][portable]") {
   Student s;
   Scene sc(64, 96, 1);
   auto frozen_names = s.trained_names(Distillation::Full);
@@ -162,7 +162,7 @@ TEST_CASE("algorithm 1: partial distillation trains only the back, with no front
 }
 
 TEST_CASE("algorithm 1: reusing the frozen front is bit-identical to recomputing it",
-          "[distill][partial]") {
+          "[distill][partial][portable]") {
   Scene sc(48, 64, 2);
   Student a, b;
   b.load_state(a.named_parameters());
@@ -176,7 +176,7 @@ TEST_CASE("algorithm 1: reusing the frozen front is bit-identical to recomputing
   REQUIRE(values(a.parameters()) == values(b.parameters()));
 }
 
-TEST_CASE("algorithm 1: skip when the student is already good", "[distill]") {
+TEST_CASE("algorithm 1: skip when the student is already good", "[distill][portable]") {
   Student s;
   Scene sc(32, 48, 3);
   Tensor pred;
@@ -194,7 +194,7 @@ TEST_CASE("algorithm 1: skip when the student is already good", "[distill]") {
 }
 
 TEST_CASE("algorithm 1: best copy is restored when training makes things worse",
-          "[distill]") {
+          "[distill][portable]") {
   Student s;
   Scene sc(32, 48, 4);
   DistillConfig cfg;
@@ -211,7 +211,7 @@ TEST_CASE("algorithm 1: best copy is restored when training makes things worse",
   if (o.acc == o.acc_before) REQUIRE(values(s.parameters()) == before);
 }
 
-TEST_CASE("algorithm 1: no distillation only evaluates", "[distill]") {
+TEST_CASE("algorithm 1: no distillation only evaluates", "[distill][portable]") {
   Student s;
   Scene sc(32, 32, 5);
   auto before = values(s.parameters());
@@ -221,7 +221,7 @@ TEST_CASE("algorithm 1: no distillation only evaluates", "[distill]") {
   REQUIRE(values(s.parameters()) == before);
 }
 
-TEST_CASE("blob: partial fp32 is 24 + 413,860 bytes and round-trips exactly", "[blob]") {
+TEST_CASE("blob: partial fp32 is 24 + 413,860 bytes and round-trips exactly", "[blob][portable]") {
   Student a, b;
   REQUIRE(blob_size(a, Distillation::Partial, BlobEncoding::F32) == 24 + 413860);
   REQUIRE(blob_size(a, Distillation::Full, BlobEncoding::F32) == 24 + 483873 * 4);
@@ -238,7 +238,7 @@ TEST_CASE("blob: partial fp32 is 24 + 413,860 bytes and round-trips exactly", "[
     ST_REQUIRE_CLOSE(c.parameter(n), a.parameter(n), 1e-4, 1e-3);
 }
 
-TEST_CASE("blob: every corruption is refused and leaves the weights untouched", "[blob][errors]") {
+TEST_CASE("blob: every corruption is refused and leaves the weights untouched", "[blob][errors][portable]") {
   Student a, b;
   auto blob = pack_trained(a, Distillation::Partial, BlobEncoding::F32);
   auto before = values(b.parameters());

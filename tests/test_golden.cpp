@@ -98,7 +98,7 @@ Conv2dParams conv_params(const json& p) {
 
 }  // namespace
 
-TEST_CASE("golden: conv2d", "[golden]") {
+TEST_CASE("golden: conv2d", "[golden][portable]") {
   Golden g("conv2d");
   for (auto& c : g.cases) {
     Conv2dParams p = conv_params(g.params(c));
@@ -113,7 +113,7 @@ TEST_CASE("golden: conv2d", "[golden]") {
   }
 }
 
-TEST_CASE("golden: conv_transpose2d", "[golden]") {
+TEST_CASE("golden: conv_transpose2d", "[golden][portable]") {
   Golden g("conv_transpose2d");
   for (auto& c : g.cases) {
     Conv2dParams p = conv_params(g.params(c));
@@ -125,7 +125,7 @@ TEST_CASE("golden: conv_transpose2d", "[golden]") {
   }
 }
 
-TEST_CASE("golden: batch norm (batch statistics and frozen)", "[golden]") {
+TEST_CASE("golden: batch norm (batch statistics and frozen)", "[golden][portable]") {
   Golden g("batch_norm");
   for (auto& c : g.cases) {
     json p = g.params(c);
@@ -143,7 +143,7 @@ TEST_CASE("golden: batch norm (batch statistics and frozen)", "[golden]") {
   }
 }
 
-TEST_CASE("golden: relu and sigmoid", "[golden]") {
+TEST_CASE("golden: relu and sigmoid", "[golden][portable]") {
   Golden g("activation");
   for (auto& c : g.cases) {
     std::string op = g.params(c)["op"];
@@ -154,7 +154,7 @@ TEST_CASE("golden: relu and sigmoid", "[golden]") {
   }
 }
 
-TEST_CASE("golden: add, mul (broadcasting) and scalar ops", "[golden]") {
+TEST_CASE("golden: add, mul (broadcasting) and scalar ops", "[golden][portable]") {
   Golden g("binary");
   for (auto& c : g.cases) {
     json p = g.params(c);
@@ -173,7 +173,7 @@ TEST_CASE("golden: add, mul (broadcasting) and scalar ops", "[golden]") {
   }
 }
 
-TEST_CASE("golden: concat along channels", "[golden]") {
+TEST_CASE("golden: concat along channels", "[golden][portable]") {
   Golden g("concat");
   for (auto& c : g.cases)
     both_dtypes([&](DType dt, Tol tol) {
@@ -182,7 +182,7 @@ TEST_CASE("golden: concat along channels", "[golden]") {
     });
 }
 
-TEST_CASE("golden: strided subsample", "[golden]") {
+TEST_CASE("golden: strided subsample", "[golden][portable]") {
   Golden g("subsample");
   for (auto& c : g.cases) {
     int64_t s = g.params(c)["step"];
@@ -192,7 +192,7 @@ TEST_CASE("golden: strided subsample", "[golden]") {
   }
 }
 
-TEST_CASE("golden: bilinear and nearest resize", "[golden]") {
+TEST_CASE("golden: bilinear and nearest resize", "[golden][portable]") {
   Golden g("resize");
   for (auto& c : g.cases) {
     json p = g.params(c);
@@ -206,7 +206,7 @@ TEST_CASE("golden: bilinear and nearest resize", "[golden]") {
   }
 }
 
-TEST_CASE("golden: max_pool2d", "[golden]") {
+TEST_CASE("golden: max_pool2d", "[golden][portable]") {
   Golden g("max_pool2d");
   for (auto& c : g.cases) {
     json p = g.params(c);
@@ -218,7 +218,7 @@ TEST_CASE("golden: max_pool2d", "[golden]") {
   }
 }
 
-TEST_CASE("golden: softmax and log_softmax over channels", "[golden]") {
+TEST_CASE("golden: softmax and log_softmax over channels", "[golden][portable]") {
   Golden g("softmax");
   for (auto& c : g.cases) {
     std::string op = g.params(c)["op"];
@@ -230,7 +230,7 @@ TEST_CASE("golden: softmax and log_softmax over channels", "[golden]") {
   }
 }
 
-TEST_CASE("golden: weighted cross-entropy (SPEC 3)", "[golden]") {
+TEST_CASE("golden: weighted cross-entropy (SPEC 3)", "[golden][portable]") {
   Golden g("weighted_ce");
   for (auto& c : g.cases)
     both_dtypes([&](DType dt, Tol tol) {
@@ -239,7 +239,7 @@ TEST_CASE("golden: weighted cross-entropy (SPEC 3)", "[golden]") {
     });
 }
 
-TEST_CASE("golden: argmax over channels", "[golden]") {
+TEST_CASE("golden: argmax over channels", "[golden][portable]") {
   Golden g("argmax");
   for (auto& c : g.cases)
     for (DType dt : {DType::F32, DType::F64}) {
@@ -249,7 +249,7 @@ TEST_CASE("golden: argmax over channels", "[golden]") {
     }
 }
 
-TEST_CASE("golden: matmul and linear", "[golden]") {
+TEST_CASE("golden: matmul and linear", "[golden][portable]") {
   Golden gm("matmul");
   for (auto& c : gm.cases)
     both_dtypes([&](DType dt, Tol tol) {
@@ -265,7 +265,7 @@ TEST_CASE("golden: matmul and linear", "[golden]") {
 
 // Adam runs in f32 like real training; torch's kernels may fuse multiply-adds, so results can
 // differ by a few ulp per step (the generator measured up to 16 ulp ~ 3e-8 over 5 steps).
-TEST_CASE("golden: Adam, 5 steps with bias correction", "[golden]") {
+TEST_CASE("golden: Adam, 5 steps with bias correction", "[golden][portable]") {
   Golden g("adam");
   for (auto& c : g.cases) {
     INFO("case " << c);

@@ -7,7 +7,7 @@ using namespace st;
 using st::test::check_gradients;
 using st::test::rand64;
 
-TEST_CASE("gradcheck: relu and sigmoid", "[gradcheck]") {
+TEST_CASE("gradcheck: relu and sigmoid", "[gradcheck][portable]") {
   // Keep relu inputs away from the kink at 0, where finite differences straddle it.
   Tensor x = Tensor::uniform({2, 3, 4, 5}, 0.05, 1.0, 1, DType::F64);
   Tensor sign = Tensor::uniform({2, 3, 4, 5}, -1, 1, 2, DType::F64);
@@ -19,7 +19,7 @@ TEST_CASE("gradcheck: relu and sigmoid", "[gradcheck]") {
   check_gradients([](auto& in) { return sigmoid(in[0]); }, {rand64({3, 7}, 3)});
 }
 
-TEST_CASE("gradcheck: add and mul with broadcasting, scalar ops", "[gradcheck]") {
+TEST_CASE("gradcheck: add and mul with broadcasting, scalar ops", "[gradcheck][portable]") {
   std::vector<std::pair<Shape, Shape>> shapes = {
       {{2, 3, 4}, {2, 3, 4}}, {{2, 3, 4, 5}, {1, 3, 1, 1}}, {{2, 3, 4}, {4}},
       {{2, 1, 4, 1}, {1, 3, 1, 5}}, {{3}, {2, 3}}, {{}, {2, 2}}};
@@ -35,7 +35,7 @@ TEST_CASE("gradcheck: add and mul with broadcasting, scalar ops", "[gradcheck]")
   check_gradients([](auto& in) { return mean(in[0]).reshape({1}); }, {rand64({4, 3}, 34)});
 }
 
-TEST_CASE("gradcheck: conv2d over kernel shapes, strides, padding, groups", "[gradcheck]") {
+TEST_CASE("gradcheck: conv2d over kernel shapes, strides, padding, groups", "[gradcheck][portable]") {
   struct Case {
     Shape x, w;
     Conv2dParams p;
@@ -64,7 +64,7 @@ TEST_CASE("gradcheck: conv2d over kernel shapes, strides, padding, groups", "[gr
   }
 }
 
-TEST_CASE("gradcheck: batch norm, batch statistics and frozen", "[gradcheck]") {
+TEST_CASE("gradcheck: batch norm, batch statistics and frozen", "[gradcheck][portable]") {
   for (Shape s : {Shape{2, 3, 4, 5}, Shape{1, 2, 2, 3}, Shape{3, 4, 1, 1}}) {
     INFO("shape " << shape_str(s));
     check_gradients([](auto& in) { return batch_norm(in[0], in[1], in[2], 1e-5); },
@@ -77,7 +77,7 @@ TEST_CASE("gradcheck: batch norm, batch statistics and frozen", "[gradcheck]") {
       {rand64({2, 3, 4, 3}, 205), rand64({3}, 206), rand64({3}, 207)});
 }
 
-TEST_CASE("gradcheck: cat, subsample, views", "[gradcheck]") {
+TEST_CASE("gradcheck: cat, subsample, views", "[gradcheck][portable]") {
   check_gradients([](auto& in) { return cat({in[0], in[1], in[2]}, 1); },
                   {rand64({2, 2, 3, 4}, 300), rand64({2, 3, 3, 4}, 301), rand64({2, 1, 3, 4}, 302)});
   check_gradients([](auto& in) { return subsample(in[0], 2); }, {rand64({2, 3, 7, 9}, 303)});
@@ -91,7 +91,7 @@ TEST_CASE("gradcheck: cat, subsample, views", "[gradcheck]") {
                   {rand64({3, 6}, 308)});
 }
 
-TEST_CASE("gradcheck: bilinear and nearest resize", "[gradcheck]") {
+TEST_CASE("gradcheck: bilinear and nearest resize", "[gradcheck][portable]") {
   std::vector<std::pair<Shape, std::pair<int64_t, int64_t>>> cases = {
       {{1, 2, 5, 7}, {11, 13}}, {{1, 2, 11, 13}, {5, 6}}, {{2, 1, 4, 4}, {8, 8}},
       {{1, 1, 1, 1}, {3, 5}},   {{1, 2, 6, 3}, {4, 9}}};
@@ -104,7 +104,7 @@ TEST_CASE("gradcheck: bilinear and nearest resize", "[gradcheck]") {
   }
 }
 
-TEST_CASE("gradcheck: max_pool2d", "[gradcheck]") {
+TEST_CASE("gradcheck: max_pool2d", "[gradcheck][portable]") {
   // Distinct values spaced well beyond eps so the argmax is stable under perturbation.
   auto distinct = [](Shape s, uint64_t seed) {
     int64_t n = shape_numel(s);
@@ -122,7 +122,7 @@ TEST_CASE("gradcheck: max_pool2d", "[gradcheck]") {
                   {distinct({1, 1, 5, 7}, 3)});
 }
 
-TEST_CASE("gradcheck: softmax, log_softmax, weighted cross-entropy", "[gradcheck]") {
+TEST_CASE("gradcheck: softmax, log_softmax, weighted cross-entropy", "[gradcheck][portable]") {
   check_gradients([](auto& in) { return softmax_channels(in[0]); }, {rand64({2, 5, 3, 4}, 500)});
   check_gradients([](auto& in) { return log_softmax_channels(in[0]); }, {rand64({2, 5, 3, 4}, 501)});
   Tensor target = Tensor::from_vector(std::vector<int64_t>{0, 8, 3, 3, 1, 2, 8, 7, 5, 4, 6, 0},
@@ -134,7 +134,7 @@ TEST_CASE("gradcheck: softmax, log_softmax, weighted cross-entropy", "[gradcheck
       {rand64({1, 9, 3, 4}, 502)});
 }
 
-TEST_CASE("gradcheck: matmul and linear", "[gradcheck]") {
+TEST_CASE("gradcheck: matmul and linear", "[gradcheck][portable]") {
   check_gradients([](auto& in) { return matmul(in[0], in[1]); }, {rand64({3, 5}, 600), rand64({5, 7}, 601)});
   check_gradients([](auto& in) { return matmul(in[0].transpose(0, 1), in[1]); },
                   {rand64({4, 2}, 602), rand64({4, 3}, 603)});
@@ -142,7 +142,7 @@ TEST_CASE("gradcheck: matmul and linear", "[gradcheck]") {
                   {rand64({3, 5}, 604), rand64({4, 5}, 605), rand64({4}, 606)});
 }
 
-TEST_CASE("gradcheck: a small network end to end", "[gradcheck]") {
+TEST_CASE("gradcheck: a small network end to end", "[gradcheck][portable]") {
   // conv -> bn -> relu -> strided conv -> upsample -> cat -> 1x1 conv -> weighted CE.
   Tensor target = Tensor::from_vector(std::vector<int64_t>(36, 1), {1, 6, 6});
   Tensor weight = Tensor::full({1, 6, 6}, 1.0, DType::F64);

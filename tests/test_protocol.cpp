@@ -187,7 +187,7 @@ Bytes read_file(const std::filesystem::path& p) {
 
 }  // namespace
 
-TEST_CASE("protocol: CRC32C test vectors", "[protocol]") {
+TEST_CASE("protocol: CRC32C test vectors", "[protocol][portable]") {
   const char* s = "123456789";
   CHECK(crc32c(s, 9) == 0xE3069283u);
   CHECK(crc32c_software(0, s, 9) == 0xE3069283u);
@@ -217,7 +217,7 @@ TEST_CASE("protocol: CRC32C test vectors", "[protocol]") {
     }
 }
 
-TEST_CASE("protocol: header layout is the documented 32 bytes", "[protocol]") {
+TEST_CASE("protocol: header layout is the documented 32 bytes", "[protocol][portable]") {
   STATIC_REQUIRE(kHeaderSize == 32);
   Bytes b = encode(msg(Ping{0x1122334455667788ull}, 0x0102030405060708ull));
   REQUIRE(b.size() == 32 + 8);
@@ -238,7 +238,7 @@ TEST_CASE("protocol: header layout is the documented 32 bytes", "[protocol]") {
   CHECK(h.type == uint16_t(MessageType::Ping));
 }
 
-TEST_CASE("protocol: every message type round-trips", "[protocol]") {
+TEST_CASE("protocol: every message type round-trips", "[protocol][portable]") {
   auto bodies = sample_bodies();
   std::vector<bool> seen(kMaxMessageType + 1, false);
   for (auto& b : bodies) {
@@ -258,7 +258,7 @@ TEST_CASE("protocol: every message type round-trips", "[protocol]") {
   CHECK_THROWS_WITH(p.as<Pong>(), Catch::Contains("expected PONG, got PING"));
 }
 
-TEST_CASE("protocol: decoder accepts every split of a message", "[protocol]") {
+TEST_CASE("protocol: decoder accepts every split of a message", "[protocol][portable]") {
   for (auto& b : sample_bodies()) {
     Message m = msg(b);
     Bytes bytes = encode(m);
@@ -288,7 +288,7 @@ TEST_CASE("protocol: decoder accepts every split of a message", "[protocol]") {
   }
 }
 
-TEST_CASE("protocol: several messages back to back, any chunking", "[protocol]") {
+TEST_CASE("protocol: several messages back to back, any chunking", "[protocol][portable]") {
   Encoder enc;
   Bytes stream;
   std::vector<Message> sent;
@@ -319,7 +319,7 @@ TEST_CASE("protocol: several messages back to back, any chunking", "[protocol]")
   }
 }
 
-TEST_CASE("protocol: big messages in 64 KiB and random chunks", "[protocol]") {
+TEST_CASE("protocol: big messages in 64 KiB and random chunks", "[protocol][portable]") {
   // A 1280x720 raw BGR key frame (2,764,800 B) and a full fp32 student (1,935,492 B).
   KeyFrame k;
   k.frame_index = 1234;
@@ -370,7 +370,7 @@ TEST_CASE("protocol: big messages in 64 KiB and random chunks", "[protocol]") {
   expect_code(Bytes(stream.begin(), stream.begin() + 32), ErrorCode::Oversize, small);
 }
 
-TEST_CASE("protocol: malformed framing gives the specific error", "[protocol]") {
+TEST_CASE("protocol: malformed framing gives the specific error", "[protocol][portable]") {
   const Bytes ping = encode(msg(Ping{5}));
 
   SECTION("bad magic, detected from the first byte") {
@@ -493,7 +493,7 @@ TEST_CASE("protocol: malformed framing gives the specific error", "[protocol]") 
   }
 }
 
-TEST_CASE("protocol: malformed payloads name the field", "[protocol]") {
+TEST_CASE("protocol: malformed payloads name the field", "[protocol][portable]") {
   auto bodies = sample_bodies();
   const Bytes hello = encode_payload(bodies[0]);  // token 6 B, name 13 B
   KeyFrame png;
@@ -638,7 +638,7 @@ TEST_CASE("protocol: malformed payloads name the field", "[protocol]") {
   }
 }
 
-TEST_CASE("protocol: version negotiation", "[protocol]") {
+TEST_CASE("protocol: version negotiation", "[protocol][portable]") {
   CHECK(negotiate_version(1, 1, 1, 1) == std::optional<uint16_t>(1));
   CHECK(negotiate_version(1, 5, 2, 3) == std::optional<uint16_t>(3));
   CHECK(negotiate_version(3, 5, 1, 4) == std::optional<uint16_t>(4));
@@ -666,7 +666,7 @@ TEST_CASE("protocol: version negotiation", "[protocol]") {
   CHECK_THROWS_AS(Decoder(DecoderOptions{kDefaultMaxMessageSize, 2, 1, true}), st::Error);
 }
 
-TEST_CASE("protocol: constant_time_equal", "[protocol]") {
+TEST_CASE("protocol: constant_time_equal", "[protocol][portable]") {
   CHECK(constant_time_equal("", ""));
   CHECK(constant_time_equal("token", "token"));
   CHECK_FALSE(constant_time_equal("token", "tokeN"));
@@ -679,7 +679,7 @@ TEST_CASE("protocol: constant_time_equal", "[protocol]") {
   CHECK_FALSE(constant_time_equal(std::string("a\0b", 3), std::string("a\0c", 3)));
 }
 
-TEST_CASE("protocol: conversation rules", "[protocol]") {
+TEST_CASE("protocol: conversation rules", "[protocol][portable]") {
   Hello h;
   h.frame_width = 4;
   h.frame_height = 3;
@@ -789,7 +789,7 @@ TEST_CASE("protocol: conversation rules", "[protocol]") {
   }
 }
 
-TEST_CASE("protocol: corpus replay", "[protocol]") {
+TEST_CASE("protocol: corpus replay", "[protocol][portable]") {
   auto files = corpus_files();
   if (files.empty()) ST_SKIP("tests/protocol_corpus/ is missing");
   size_t ok = 0, err = 0;

@@ -123,7 +123,7 @@ void require_same(const std::vector<std::pair<std::string, Tensor>>& want, const
 
 }  // namespace
 
-TEST_CASE("safetensors: round trip of every dtype and layout", "[safetensors]") {
+TEST_CASE("safetensors: round trip of every dtype and layout", "[safetensors][portable]") {
   auto tensors = sample_tensors();
   std::map<std::string, std::string> meta = {{"format", "pt"}, {"note", "h\xc3\xa9llo \"q\""}};
   sf::File f;
@@ -160,7 +160,7 @@ TEST_CASE("safetensors: round trip of every dtype and layout", "[safetensors]") 
   std::filesystem::remove_all(dir);
 }
 
-TEST_CASE("safetensors: a tensor requiring grad is written as its values", "[safetensors]") {
+TEST_CASE("safetensors: a tensor requiring grad is written as its values", "[safetensors][portable]") {
   Tensor w = Tensor::from_vector<double>({1, 2, 3}, {3});
   w.set_requires_grad(true);
   Bytes b = sf::serialize({{"w", w}});
@@ -169,7 +169,7 @@ TEST_CASE("safetensors: a tensor requiring grad is written as its values", "[saf
   CHECK_FALSE(f.get("w").requires_grad());
 }
 
-TEST_CASE("safetensors: F16 bit patterns round trip exactly", "[safetensors]") {
+TEST_CASE("safetensors: F16 bit patterns round trip exactly", "[safetensors][portable]") {
   std::vector<uint16_t> all(65536);
   for (size_t i = 0; i < all.size(); ++i) all[i] = uint16_t(i);  // incl. NaNs, subnormals, -0
   Tensor t = f16_from_bits(all, {256, 256});
@@ -179,7 +179,7 @@ TEST_CASE("safetensors: F16 bit patterns round trip exactly", "[safetensors]") {
   REQUIRE(std::memcmp(h.raw_data(), all.data(), all.size() * 2) == 0);
 }
 
-TEST_CASE("safetensors: a hand-built file parses (format, not just our writer)", "[safetensors]") {
+TEST_CASE("safetensors: a hand-built file parses (format, not just our writer)", "[safetensors][portable]") {
   // Header lists "b" first but its data comes second; "a" is at offset 0. Padded with spaces.
   std::string header = obj({"\"__metadata__\":{\"format\":\"pt\"}",
                             entry("b", "I32", "[2]", "[8,16]"), entry("a", "F32", "[2]", "[0,8]"),
@@ -209,7 +209,7 @@ TEST_CASE("safetensors: a hand-built file parses (format, not just our writer)",
   CHECK(parse_bytes(make_file(h2, {5})).contains("x\xc3\xa9\n"));
 }
 
-TEST_CASE("safetensors: gaps and empty tensors are accepted, order by offset", "[safetensors]") {
+TEST_CASE("safetensors: gaps and empty tensors are accepted, order by offset", "[safetensors][portable]") {
   // A gap between a and b and unused bytes at the end: allowed (see safetensors.cpp).
   std::string h = obj({entry("b", "U8", "[2]", "[6,8]"), entry("e2", "F32", "[0]", "[4,4]"),
                        entry("e1", "F32", "[0]", "[4,4]"), entry("a", "U8", "[2]", "[0,2]"),
@@ -221,7 +221,7 @@ TEST_CASE("safetensors: gaps and empty tensors are accepted, order by offset", "
   CHECK(f.get("inside").shape() == Shape{0, 5});
 }
 
-TEST_CASE("safetensors: corrupt files are rejected with a specific message", "[safetensors]") {
+TEST_CASE("safetensors: corrupt files are rejected with a specific message", "[safetensors][portable]") {
   const std::string ok_a = entry("a", "F32", "[2]", "[0,8]");
   const Bytes eight(8, 0);
 
@@ -347,7 +347,7 @@ TEST_CASE("safetensors: corrupt files are rejected with a specific message", "[s
   }
 }
 
-TEST_CASE("safetensors: every truncation of a valid file throws", "[safetensors]") {
+TEST_CASE("safetensors: every truncation of a valid file throws", "[safetensors][portable]") {
   auto tensors = sample_tensors();
   Bytes full = sf::serialize(tensors, {{"format", "pt"}});
   REQUIRE_NOTHROW(parse_bytes(full));
@@ -360,7 +360,7 @@ TEST_CASE("safetensors: every truncation of a valid file throws", "[safetensors]
 }
 
 TEST_CASE("safetensors: random header damage throws st::Error or parses, never crashes",
-          "[safetensors]") {
+          "[safetensors][portable]") {
   auto tensors = sample_tensors();
   const Bytes full = sf::serialize(tensors, {{"format", "pt"}});
   uint64_t header_len = 0;
@@ -391,7 +391,7 @@ TEST_CASE("safetensors: random header damage throws st::Error or parses, never c
   CHECK(threw + parsed == 3000);
 }
 
-TEST_CASE("safetensors: get reports missing names and mismatches", "[safetensors]") {
+TEST_CASE("safetensors: get reports missing names and mismatches", "[safetensors][portable]") {
   Bytes b = sf::serialize({{"conv.weight", Tensor::zeros({2, 3})}, {"conv.bias", Tensor::zeros({2})}});
   sf::File f = sf::parse(b.data(), b.size(), "model.safetensors");
   REQUIRE_THROWS_AS(f.get("nope"), st::Error);
@@ -406,7 +406,7 @@ TEST_CASE("safetensors: get reports missing names and mismatches", "[safetensors
   CHECK(f.get("conv.bias", {2}, DType::F32).numel() == 2);
 }
 
-TEST_CASE("safetensors: the writer rejects bad names", "[safetensors]") {
+TEST_CASE("safetensors: the writer rejects bad names", "[safetensors][portable]") {
   Tensor t = Tensor::zeros({1});
   REQUIRE_THROWS_WITH(sf::serialize({{"", t}}), Contains("empty tensor name"));
   REQUIRE_THROWS_WITH(sf::serialize({{"__metadata__", t}}), Contains("'__metadata__' is reserved"));
@@ -418,7 +418,7 @@ TEST_CASE("safetensors: the writer rejects bad names", "[safetensors]") {
   REQUIRE_NOTHROW(sf::serialize({{"a", t}, {"b", t}}));  // the same tensor twice is fine
 }
 
-TEST_CASE("safetensors: load reports files it cannot read", "[safetensors]") {
+TEST_CASE("safetensors: load reports files it cannot read", "[safetensors][portable]") {
   REQUIRE_THROWS_WITH(sf::load("/nonexistent/dir/x.safetensors"),
                       Contains("cannot open /nonexistent/dir/x.safetensors") &&
                           Contains("No such file"));
@@ -427,7 +427,7 @@ TEST_CASE("safetensors: load reports files it cannot read", "[safetensors]") {
                       Contains("cannot open /nonexistent/dir/x.safetensors for writing"));
 }
 
-TEST_CASE("safetensors: the shared pretrained student loads", "[safetensors]") {
+TEST_CASE("safetensors: the shared pretrained student loads", "[safetensors][portable]") {
   auto path = st::test::shared_dir() / "models" / "student_lvs9_pretrained.safetensors";
   if (!std::filesystem::exists(path)) ST_SKIP("no " + path.string());
   sf::File f = sf::load(path);

@@ -14,7 +14,7 @@ std::filesystem::path model_path() {
 }  // namespace
 
 TEST_CASE("student: 68 tensors, 483,873 parameters, 26 trained by partial distillation",
-          "[student]") {
+          "[student][portable]") {
   nn::Student s;
   REQUIRE(s.named_parameters().size() == 68);
   REQUIRE(s.parameter_count() == 483873);
@@ -30,7 +30,7 @@ TEST_CASE("student: 68 tensors, 483,873 parameters, 26 trained by partial distil
   REQUIRE(s.trained_names(nn::Distillation::None).empty());
 }
 
-TEST_CASE("student: any input size works", "[student]") {
+TEST_CASE("student: any input size works", "[student][portable]") {
   nn::Student s;
   NoGradGuard ng;
   for (auto [h, w] : {std::pair<int64_t, int64_t>{64, 64}, {37, 53}, {96, 128}}) {
@@ -39,7 +39,7 @@ TEST_CASE("student: any input size works", "[student]") {
   }
 }
 
-TEST_CASE("student: refuses a checkpoint whose names or shapes differ", "[student][errors]") {
+TEST_CASE("student: refuses a checkpoint whose names or shapes differ", "[student][errors][portable]") {
   nn::Student s;
   auto state = s.named_parameters();
   Tensor before = s.parameter("enc1.long_path.0.weight").clone();
@@ -63,7 +63,7 @@ TEST_CASE("student: refuses a checkpoint whose names or shapes differ", "[studen
 // error through ~20 layers of O(1e2)-term reductions stays below ~1e-3 relative, so sampled
 // logits must match to atol 2e-2 + rtol 1e-3, per-class means/stds to 1e-3 relative, and
 // argmax must agree on >= 99.9% of pixels (disagreement only where the top-2 margin is tiny).
-TEST_CASE("student: pretrained logits match PyTorch on real frames", "[student][golden]") {
+TEST_CASE("student: pretrained logits match PyTorch on real frames", "[student][golden][portable]") {
   if (!std::filesystem::exists(model_path())) ST_SKIP("shared model absent: " + model_path().string());
   nn::Student s;
   s.load_safetensors(model_path());

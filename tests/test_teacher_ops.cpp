@@ -25,7 +25,7 @@ std::vector<int64_t> ints(const Tensor& t) { return t.to_vector<int64_t>(); }
 }  // namespace
 
 TEST_CASE("teacher ops: ROIAlign matches torchvision (aligned/adaptive and unaligned/sampling 2)",
-          "[teacher][golden]") {
+          "[teacher][golden][portable]") {
   auto f = golden();
   auto cases = nlohmann::json::parse(f.metadata.at("cases"));
   Tensor x = f.get("roi.x");
@@ -52,7 +52,7 @@ TEST_CASE("teacher ops: ROIAlign matches torchvision (aligned/adaptive and unali
   }
 }
 
-TEST_CASE("teacher ops: NMS and exact per-group NMS match torchvision", "[teacher][golden]") {
+TEST_CASE("teacher ops: NMS and exact per-group NMS match torchvision", "[teacher][golden][portable]") {
   auto f = golden();
   Tensor boxes = f.get("nms.boxes"), scores = f.get("nms.scores");
   std::vector<int64_t> groups = ints(f.get("nms.groups"));
@@ -66,7 +66,7 @@ TEST_CASE("teacher ops: NMS and exact per-group NMS match torchvision", "[teache
   REQUIRE(teacher::nms(boxes, scores, 0.5).size() < size_t(boxes.size(0)));  // it suppressed
 }
 
-TEST_CASE("teacher ops: box decoding with the dw/dh clamp matches torchvision", "[teacher][golden]") {
+TEST_CASE("teacher ops: box decoding with the dw/dh clamp matches torchvision", "[teacher][golden][portable]") {
   auto f = golden();
   Tensor anchors = f.get("decode.anchors"), deltas = f.get("decode.deltas");
   ST_REQUIRE_CLOSE(teacher::decode_boxes(deltas, anchors, {1, 1, 1, 1}), f.get("decode.w1"), 1e-4,
@@ -75,7 +75,7 @@ TEST_CASE("teacher ops: box decoding with the dw/dh clamp matches torchvision", 
                    1e-4, 1e-6);
 }
 
-TEST_CASE("teacher ops: small hand-checked cases and bad input", "[teacher][errors]") {
+TEST_CASE("teacher ops: small hand-checked cases and bad input", "[teacher][errors][portable]") {
   // Two identical boxes: the lower score goes; a disjoint one stays. IoU exactly 0.5 is kept
   // (suppression needs IoU > threshold).
   Tensor b = Tensor::from_vector<float>({0, 0, 10, 10, 0, 0, 10, 10, 20, 20, 30, 30, 0, 0, 10, 5},
@@ -107,7 +107,7 @@ TEST_CASE("teacher ops: small hand-checked cases and bad input", "[teacher][erro
                       Contains("2 deltas for 4 boxes"));
 }
 
-TEST_CASE("teacher glue: anchors in both conventions", "[teacher][golden]") {
+TEST_CASE("teacher glue: anchors in both conventions", "[teacher][golden][portable]") {
   auto f = golden();
   for (int size : {32, 64, 128, 256, 512}) {
     INFO("size " << size);
@@ -129,7 +129,7 @@ TEST_CASE("teacher glue: anchors in both conventions", "[teacher][golden]") {
   REQUIRE(d2[1][1] == -16.0f);
 }
 
-TEST_CASE("teacher glue: FPN level assignment in both conventions", "[teacher][golden]") {
+TEST_CASE("teacher glue: FPN level assignment in both conventions", "[teacher][golden][portable]") {
   auto f = golden();
   Tensor boxes = f.get("levels.boxes");
   REQUIRE(teacher::assign_levels(boxes, teacher::Convention::Torchvision) == ints(f.get("levels.tv")));
@@ -139,7 +139,7 @@ TEST_CASE("teacher glue: FPN level assignment in both conventions", "[teacher][g
   REQUIRE(teacher::assign_levels(b, teacher::Convention::Detectron2) == std::vector<int64_t>{4, 2, 5});
 }
 
-TEST_CASE("teacher glue: Detectron2 mask paste and the 9-class label map", "[teacher][golden]") {
+TEST_CASE("teacher glue: Detectron2 mask paste and the 9-class label map", "[teacher][golden][portable]") {
   auto f = golden();
   Tensor masks = f.get("paste.masks"), boxes = f.get("paste.boxes"), ref = f.get("paste.out");
   const int64_t n = masks.size(0), H = ref.size(1), W = ref.size(2);
@@ -210,7 +210,7 @@ TEST_CASE("teacher glue: Detectron2 mask paste and the 9-class label map", "[tea
   REQUIRE_THROWS_WITH(teacher::label_map({0}, {std::vector<uint8_t>(5)}, 2, 2), Contains("5 pixels"));
 }
 
-TEST_CASE("teacher: RPN proposal selection in both conventions", "[teacher][golden]") {
+TEST_CASE("teacher: RPN proposal selection in both conventions", "[teacher][golden][portable]") {
   auto f = golden();
   auto c = nlohmann::json::parse(f.metadata.at("cases")).at("rpn");
   const int64_t H = c.at("img_h"), W = c.at("img_w");
@@ -242,7 +242,7 @@ TEST_CASE("teacher: RPN proposal selection in both conventions", "[teacher][gold
   }
 }
 
-TEST_CASE("teacher: box-head inference in both conventions", "[teacher][golden]") {
+TEST_CASE("teacher: box-head inference in both conventions", "[teacher][golden][portable]") {
   auto f = golden();
   auto c = nlohmann::json::parse(f.metadata.at("cases")).at("boxinf");
   Tensor prop = f.get("boxinf.proposals");

@@ -7,7 +7,7 @@
 using namespace st;
 using Catch::Contains;
 
-TEST_CASE("tensor: views share storage and contiguous() copies only when needed", "[tensor]") {
+TEST_CASE("tensor: views share storage and contiguous() copies only when needed", "[tensor][portable]") {
   Tensor x = Tensor::from_vector(std::vector<float>{0, 1, 2, 3, 4, 5}, {2, 3});
   REQUIRE(x.is_contiguous());
   REQUIRE(x.contiguous().raw_data() == x.raw_data());
@@ -29,7 +29,7 @@ TEST_CASE("tensor: views share storage and contiguous() copies only when needed"
   REQUIRE(x.to_vector<float>() == std::vector<float>{0, 0, 2, 3, 0, 5});
 }
 
-TEST_CASE("tensor: strided subsample is a view with the right values", "[tensor]") {
+TEST_CASE("tensor: strided subsample is a view with the right values", "[tensor][portable]") {
   Tensor x = Tensor::from_vector(std::vector<float>(35), {1, 1, 5, 7});
   std::vector<float> v(35);
   for (int i = 0; i < 35; ++i) v[size_t(i)] = float(i);
@@ -41,7 +41,7 @@ TEST_CASE("tensor: strided subsample is a view with the right values", "[tensor]
           std::vector<float>{0, 2, 4, 6, 14, 16, 18, 20, 28, 30, 32, 34});
 }
 
-TEST_CASE("tensor: dtype conversions including f16", "[tensor]") {
+TEST_CASE("tensor: dtype conversions including f16", "[tensor][portable]") {
   Tensor x = Tensor::from_vector(std::vector<float>{1.5f, -2.25f, 65504.f, 1e-7f, 0.1f}, {5});
   Tensor h = x.to(DType::F16);
   REQUIRE(h.dtype() == DType::F16);
@@ -62,7 +62,7 @@ TEST_CASE("tensor: dtype conversions including f16", "[tensor]") {
   REQUIRE(Tensor::full({2}, 7, DType::U8).to_vector<int64_t>() == std::vector<int64_t>{7, 7});
 }
 
-TEST_CASE("tensor: broadcasting rules", "[tensor]") {
+TEST_CASE("tensor: broadcasting rules", "[tensor][portable]") {
   Tensor a = Tensor::from_vector(std::vector<float>{1, 2, 3}, {3, 1});
   Tensor b = Tensor::from_vector(std::vector<float>{10, 20}, {2});
   Tensor c = add(a, b);
@@ -78,7 +78,7 @@ TEST_CASE("tensor: broadcasting rules", "[tensor]") {
           std::vector<float>{1, 16, 4, 25, 9, 36});
 }
 
-TEST_CASE("tensor: bad input raises clear errors", "[tensor][errors]") {
+TEST_CASE("tensor: bad input raises clear errors", "[tensor][errors][portable]") {
   Tensor x = Tensor::zeros({1, 3, 8, 8});
   Tensor w = Tensor::zeros({4, 2, 3, 3});
   REQUIRE_THROWS_WITH(conv2d(x, w, Tensor(), {}), Contains("conv2d") && Contains("3 channels"));
@@ -135,7 +135,7 @@ TEST_CASE("tensor: devices — CUDA tensors without a GPU fail clearly", "[tenso
   }
 }
 
-TEST_CASE("autograd: records only when an input requires a gradient", "[autograd]") {
+TEST_CASE("autograd: records only when an input requires a gradient", "[autograd][portable]") {
   Tensor a = Tensor::randn({3}, 1), b = Tensor::randn({3}, 2);
   Tensor c = add(a, b);
   REQUIRE_FALSE(c.requires_grad());
@@ -154,7 +154,7 @@ TEST_CASE("autograd: records only when an input requires a gradient", "[autograd
                       Contains("cannot require"));
 }
 
-TEST_CASE("autograd: gradients accumulate across backward calls, graph freed", "[autograd]") {
+TEST_CASE("autograd: gradients accumulate across backward calls, graph freed", "[autograd][portable]") {
   Tensor w = Tensor::from_vector(std::vector<float>{1, 2, 3}, {3});
   w.set_requires_grad(true);
   Tensor x = Tensor::from_vector(std::vector<float>{4, 5, 6}, {3});
@@ -173,7 +173,7 @@ TEST_CASE("autograd: gradients accumulate across backward calls, graph freed", "
   REQUIRE_THROWS_WITH(x.backward(), Contains("does not require"));
 }
 
-TEST_CASE("autograd: partial backward — a frozen front costs nothing", "[autograd][partial]") {
+TEST_CASE("autograd: partial backward — a frozen front costs nothing", "[autograd][partial][portable]") {
   // front: conv -> bn -> relu -> conv (all frozen); back: conv -> bn -> relu -> conv (trained).
   auto param = [](Shape s, uint64_t seed, bool train) {
     Tensor t = Tensor::randn(s, seed) * 0.3;
@@ -226,7 +226,7 @@ TEST_CASE("autograd: partial backward — a frozen front costs nothing", "[autog
   for (const Tensor& p : {fw1, fb1, fg, fbeta, fw2, fb2}) REQUIRE(p.grad().defined());
 }
 
-TEST_CASE("autograd: detach cuts the graph", "[autograd]") {
+TEST_CASE("autograd: detach cuts the graph", "[autograd][portable]") {
   Tensor w = Tensor::randn({4}, 3);
   w.set_requires_grad(true);
   Tensor y = mul(w, w).detach();
@@ -234,7 +234,7 @@ TEST_CASE("autograd: detach cuts the graph", "[autograd]") {
   REQUIRE(y.storage() != nullptr);
 }
 
-TEST_CASE("ops: non-contiguous inputs give the same results as contiguous ones", "[tensor]") {
+TEST_CASE("ops: non-contiguous inputs give the same results as contiguous ones", "[tensor][portable]") {
   // A permuted (channels-last storage) view and a strided slice feed every image op.
   Tensor base = Tensor::randn({2, 7, 5, 4}, 77);                      // N,H,W,C storage
   Tensor x = base.permute({0, 3, 1, 2});                               // (2,4,7,5) view
@@ -261,7 +261,7 @@ TEST_CASE("ops: non-contiguous inputs give the same results as contiguous ones",
   REQUIRE(argmax_channels(x).to_vector<int64_t>() == argmax_channels(xc).to_vector<int64_t>());
 }
 
-TEST_CASE("ops: odd sizes and 1x1 spatial inputs", "[tensor]") {
+TEST_CASE("ops: odd sizes and 1x1 spatial inputs", "[tensor][portable]") {
   Tensor x = Tensor::randn({1, 3, 1, 1}, 90);
   REQUIRE(conv2d(x, Tensor::randn({5, 3, 3, 3}, 91), Tensor(), {1, 1, 1, 1, 1}).shape() ==
           Shape{1, 5, 1, 1});
@@ -279,7 +279,7 @@ TEST_CASE("ops: odd sizes and 1x1 spatial inputs", "[tensor]") {
 
 // Large float GEMMs (M*N*K >= 2^21) run through the convolution engine (kernels/cpu/
 // cpu_backend.cpp); checked against the double path on plain, transposed and strided views.
-TEST_CASE("matmul float fast path matches the double reference (large, any layout)", "[tensor]") {
+TEST_CASE("matmul float fast path matches the double reference (large, any layout)", "[tensor][portable]") {
   const int64_t M = 131, K = 257, N = 97;  // 3.3M multiply-adds, odd sizes
   Tensor a = Tensor::uniform({M, K}, -1, 1, 11), bt = Tensor::uniform({N, K}, -1, 1, 12);
   Tensor wide = Tensor::uniform({M, 2 * K}, -1, 1, 13);
