@@ -64,6 +64,49 @@ inline Diff compare(const Tensor& a, const Tensor& b, double atol, double rtol) 
     REQUIRE(st_d_.ok);                                                                  \
   } while (0)
 
+// Unit roundoff of float32 (half an ulp of 1): every float operation rounds with relative error
+// at most kU32. gamma(n) = n u / (1 - n u) bounds the relative error that n roundings in a row
+// accumulate (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., Lemma 3.1): a sum
+// of n products in any order, with or without fused multiply-adds, is off from the exact sum by
+// at most gamma(n) * (sum of |products|).
+constexpr double kU32 = 0x1p-24;
+constexpr double kU16 = 0x1p-11;
+inline double gamma(double n, double u = kU32) { return n * u / (1.0 - n * u); }
+
+struct BoundDiff {
+  double worst_ratio = 0;  // max |a - ref| / bound
+  double err = 0, bound = 0, ref = 0;  // at the worst element
+  int64_t worst = -1;
+  bool ok = true;
+};
+
+// |a - ref| <= bound elementwise, where `bound` is a per-element error bound derived from the
+// computation (same shape; see tests/README.md). Reports the element closest to (or furthest
+// past) its bound.
+inline BoundDiff compare_within(const Tensor& a, const Tensor& ref, const Tensor& bound) {
+  REQUIRE(a.shape() == ref.shape());
+  REQUIRE(bound.shape() == ref.shape());
+  auto va = a.to_vector<double>(), vr = ref.to_vector<double>(), vb = bound.to_vector<double>();
+  BoundDiff d;
+  for (size_t i = 0; i < va.size(); ++i) {
+    const double e = std::abs(va[i] - vr[i]);
+    if (!(e <= vb[i])) d.ok = false;  // NaN fails too
+    const double r = e == 0 ? 0.0 : e / vb[i];
+    if (d.worst < 0 || r > d.worst_ratio || std::isnan(r)) {
+      d.worst_ratio = r, d.worst = int64_t(i), d.err = e, d.bound = vb[i], d.ref = vr[i];
+    }
+  }
+  return d;
+}
+
+#define ST_REQUIRE_WITHIN(actual_, reference_, bound_)                                           \
+  do {                                                                                           \
+    auto st_b_ = ::st::test::compare_within((actual_), (reference_), (bound_));                  \
+    INFO("worst element " << st_b_.worst << ": |err| " << st_b_.err << " vs bound " << st_b_.bound \
+                          << " (ratio " << st_b_.worst_ratio << "), reference " << st_b_.ref);   \
+    REQUIRE(st_b_.ok);                                                                           \
+  } while (0)
+
 // Checks the gradients of f at `inputs` (double tensors requiring grad) against central finite
 // differences of the scalar sum(f(inputs) * r) with a fixed random r.
 inline void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f,

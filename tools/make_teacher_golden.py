@@ -9,7 +9,9 @@ randomised and the running statistics calibrated on the test input, layer by lay
 weights give O(1) activations. Writes to OUT_DIR:
   weights.safetensors   the backbone under Detectron2 names (MASKRCNN.md §8.3), float32
   stages.safetensors    x (1, 3, H, W), c2..c5 and p2..p6 from torchvision's own forward in
-                        float32, and the same from the float64 copy of the model (c2_f64, ...)
+                        float32, the same network in float64 (c2_f64, ...) and the bound on the
+                        standard deviation of a float32 forward's error (c2_sigma, ...; see
+                        tools/error_model.py), against which torch's float32 is checked here
 
     /usr/bin/python3 tools/make_teacher_golden.py OUT_DIR [--mode d2|tv|heads] [--size 64x96] [--seed 1]
 
@@ -19,9 +21,9 @@ heads_weights.safetensors and heads_io.safetensors (RPN objectness/deltas per le
 class logits and box regression for 40 proposals, mask logits for 12 boxes).
 """
 import argparse
-import copy
 import functools
 import importlib.util
+import json
 import os
 
 import torch
@@ -39,6 +41,15 @@ def writer():
 
 
 @functools.lru_cache(maxsize=None)
+def error_model():
+    """tools/error_model.py: float64 references with float32 error bounds."""
+    spec = importlib.util.spec_from_file_location("error_model", os.path.join(HERE, "error_model.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@functools.lru_cache(maxsize=None)
 def converter():
     """tools/convert_teacher.py as a module: the torchvision -> Detectron2 name mapping."""
     spec = importlib.util.spec_from_file_location("convert_teacher", os.path.join(HERE, "convert_teacher.py"))
@@ -51,10 +62,90 @@ def d2_name(tv):
     """torchvision backbone state-dict name (without 'backbone.') -> Detectron2 name."""
     return converter().backbone_name("backbone." + tv)
 
+def tracked(module, x):
+    """A torchvision head module (Sequential of Conv2d / ConvTranspose2d / Linear / ReLU) run on
+    an error_model.T: the float64 value and its float32 error bound."""
+    em = error_model()
+    if isinstance(module, torch.nn.Sequential):
+        for m in module:
+            x = tracked(m, x)
+        return x
+    if isinstance(module, torch.nn.Conv2d):
+        return em.conv2d(x, module.weight, module.bias, module.stride, module.padding,
+                         module.dilation, module.groups)
+    if isinstance(module, torch.nn.ConvTranspose2d):
+        return em.conv_transpose2d(x, module.weight, module.bias, module.stride, module.padding,
+                                   module.output_padding, module.groups)
+    if isinstance(module, torch.nn.Linear):
+        return em.linear(x, module.weight, module.bias)
+    if isinstance(module, torch.nn.ReLU):
+        return em.relu(x)
+    if isinstance(module, FrozenBatchNorm2d):
+        return em.frozen_bn(x, module.weight, module.bias, module.running_mean,
+                            module.running_var, module.eps)
+    raise SystemExit("make_teacher_golden: no error model for %s" % type(module).__name__)
+
+
+def tracked_pool(feats, boxes, size, image_hw):
+    """torchvision's MultiScaleRoIAlign (P2..P5, sampling ratio 2, unaligned) on tracked maps.
+    The level of each box must not sit at a rounding edge of its formula: a float32 and a float64
+    evaluation must pick the same level."""
+    em = error_model()
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).double()
+    raw = 4 + torch.log2(area.sqrt() / 224) + 1e-6
+    inside = (raw > 2) & (raw < 6)
+    margin = (raw - raw.round()).abs()
+    if bool(((margin < 1e-4) & inside).any()):
+        raise SystemExit("make_teacher_golden: a box's FPN level is within 1e-4 of a rounding edge")
+    lvl = raw.floor().clamp(2, 5).long()
+    out = None
+    for l in range(2, 6):
+        idx = (lvl == l).nonzero().flatten()
+        if idx.numel() == 0:
+            continue
+        rois = torch.cat([torch.zeros(idx.numel(), 1), boxes[idx].float()], 1)
+        part = em.roi_align(feats[l - 2], rois, size, 1.0 / (1 << l), 2, False)
+        if out is None:
+            out = em.T(torch.zeros((boxes.shape[0],) + part.v.shape[1:], dtype=torch.float64))
+        out.v[idx] = part.v
+        out.var[idx] = part.var
+    return out
+
+
+def tracked_backbone(bb, x):
+    """torchvision's resnet_fpn_backbone (body + FPN + LastLevelMaxPool) on an error_model.T:
+    C2..C5 and P2..P6 in float64 with their float32 error bounds."""
+    em = error_model()
+    body = bb.body
+    t = em.relu(tracked(torch.nn.Sequential(body.conv1, body.bn1), x))
+    t = em.max_pool2d(t, 3, 2, 1)
+    cs = []
+    for layer in (body.layer1, body.layer2, body.layer3, body.layer4):
+        for blk in layer:
+            o = em.relu(tracked(torch.nn.Sequential(blk.conv1, blk.bn1), t))
+            o = em.relu(tracked(torch.nn.Sequential(blk.conv2, blk.bn2), o))
+            o = tracked(torch.nn.Sequential(blk.conv3, blk.bn3), o)
+            identity = tracked(blk.downsample, t) if blk.downsample is not None else t
+            t = em.relu(em.add(o, identity))
+        cs.append(t)
+    fpn = bb.fpn
+    last = tracked(fpn.inner_blocks[-1], cs[-1])
+    ps = [tracked(fpn.layer_blocks[-1], last)]
+    for i in range(len(cs) - 2, -1, -1):
+        lateral = tracked(fpn.inner_blocks[i], cs[i])
+        last = em.add(lateral, em.upsample_nearest(last, lateral.v.shape[-2:]))
+        ps.insert(0, tracked(fpn.layer_blocks[i], last))
+    ps.append(em.max_pool2d(ps[-1], 1, 2, 0))
+    return cs, ps
+
+
 def heads(out, h, w):
     """The heads of torchvision's maskrcnn_resnet50_fpn (seeded), teacher-forced: RPN head on
-    the model's own P2..P6, box head on given proposals, mask head on given boxes."""
+    the model's own P2..P6, box head on given proposals, mask head on given boxes. Each output
+    also in float64 with its float32 error bound (tools/error_model.py): <name>_f64, <name>_sigma;
+    torch's own float32 outputs are checked against that bound here."""
     from torchvision.models.detection import maskrcnn_resnet50_fpn
+    em = error_model()
     model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
     g = torch.Generator().manual_seed(7)
     x = torch.randn(1, 3, h, w, generator=g)
@@ -78,13 +169,33 @@ def heads(out, h, w):
         cls, reg = model.roi_heads.box_predictor(model.roi_heads.box_head(bf))
         mf = model.roi_heads.mask_roi_pool(feats, [dets], shapes)
         ml = model.roi_heads.mask_predictor(model.roi_heads.mask_head(mf))
+        # The same heads in float64 on the same (exact) float32 inputs, with error bounds.
+        exact = [em.T(p) for p in levels]
+        rpn = model.rpn.head
+        bounded = []
+        for i, p in enumerate(exact):
+            t = tracked(rpn.conv, p)
+            bounded += [("rpn_obj%d" % (i + 2), obj[i], tracked(rpn.cls_logits, t)),
+                        ("rpn_deltas%d" % (i + 2), deltas[i], tracked(rpn.bbox_pred, t))]
+        bh, bp = model.roi_heads.box_head, model.roi_heads.box_predictor
+        t = tracked_pool(exact[:4], props, 7, (h, w))
+        t = em.relu(tracked(bh.fc6, t.reshape(R, -1)))
+        t = em.relu(tracked(bh.fc7, t))
+        bounded += [("class_logits", cls, tracked(bp.cls_score, t)),
+                    ("box_regression", reg, tracked(bp.bbox_pred, t))]
+        t = tracked_pool(exact[:4], dets, 14, (h, w))
+        t = tracked(model.roi_heads.mask_head, t)
+        bounded += [("mask_logits", ml, tracked(model.roi_heads.mask_predictor, t))]
     io = [("p%d" % (i + 2), t) for i, t in enumerate(levels)]
-    io += [("rpn_obj%d" % (i + 2), t) for i, t in enumerate(obj)]
-    io += [("rpn_deltas%d" % (i + 2), t) for i, t in enumerate(deltas)]
-    io += [("proposals", props), ("class_logits", cls), ("box_regression", reg),
-           ("mask_boxes", dets), ("mask_logits", ml)]
+    io += [("proposals", props), ("mask_boxes", dets)]
+    worst = {}
+    for name, t32, ref in bounded:
+        worst[name] = em.check(name, t32, ref)
+        io += [(name, t32), (name + "_f64", ref.v), (name + "_sigma", ref.sigma())]
     encode = writer()
-    meta = {"generator": "tools/make_teacher_golden.py", "mode": "heads", "torch_version": torch.__version__}
+    meta = {"generator": "tools/make_teacher_golden.py", "mode": "heads", "torch_version": torch.__version__,
+            "error_model_lambda": repr(em.LAMBDA),
+            "torch_f32_worst_ratio": json.dumps(worst)}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "heads_weights.safetensors"), "wb") as f:
         f.write(encode(weights, meta))
@@ -196,11 +307,9 @@ def main():
             m.running_var.copy_(v.var((0, 2, 3), unbiased=False) + 0.25)
         c = bb.body(x)
         p = bb.fpn(c)
-        # The same network in float64: the reference; torch's own float32 error against it is the
-        # yardstick for ours (random calibrated networks amplify rounding with depth).
-        bd = copy.deepcopy(bb).double()
-        cd = bd.body(x.double())
-        pd = bd.fpn(cd)
+        # The same network in float64 on the same input: the reference, with the float32 error
+        # bound of every output (tools/error_model.py); torch's float32 must lie within it.
+        cd, pd = tracked_backbone(bb, error_model().T(x))
     encode = writer()
     os.makedirs(a.out, exist_ok=True)
     sd = [(d2_name(k), v.float()) for k, v in bb.state_dict().items()
@@ -210,9 +319,14 @@ def main():
     with open(os.path.join(a.out, "weights.safetensors"), "wb") as f:
         f.write(encode(sd, meta))
     stages = [("x", x)]
+    worst = {}
     for tag, f32, f64 in (("c", c, cd), ("p", p, pd)):
-        for i, (t32, t64) in enumerate(zip(f32.values(), f64.values())):
-            stages += [("%s%d" % (tag, i + 2), t32), ("%s%d_f64" % (tag, i + 2), t64)]
+        for i, (t32, t64) in enumerate(zip(f32.values(), f64)):
+            name = "%s%d" % (tag, i + 2)
+            worst[name] = error_model().check(name, t32, t64)
+            stages += [(name, t32), (name + "_f64", t64.v), (name + "_sigma", t64.sigma())]
+    meta["error_model_lambda"] = repr(error_model().LAMBDA)
+    meta["torch_f32_worst_ratio"] = json.dumps(worst)
     with open(os.path.join(a.out, "stages.safetensors"), "wb") as f:
         f.write(encode(stages, meta))
 
