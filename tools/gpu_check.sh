@@ -21,11 +21,21 @@ summary="$out/summary.md"
 log() { printf '%s\n' "$*" | tee -a "$summary"; }
 : >"$summary"
 
-command -v nvidia-smi >/dev/null || { echo "gpu_check: nvidia-smi not found: no NVIDIA GPU here" >&2; exit 2; }
-gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
-cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)"
-arch="${CUDA_ARCH:-$cc}"
 nvcc_bin="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
+[[ -x "$nvcc_bin" ]] || { echo "gpu_check: nvcc not found (PATH, /usr/local/cuda/bin)" >&2; exit 2; }
+# The GPU as the CUDA runtime sees it, from the project's own query (tools/device_query.cpp), not
+# nvidia-smi: JetPack has none. A missing or insufficient driver stops the check here, loudly.
+query="$out/st-device-query"
+if ! "$nvcc_bin" -O2 -o "$query" tools/device_query.cpp >"$out/device_query_build.log" 2>&1; then
+  echo "gpu_check: building tools/device_query.cpp failed:" >&2; tail -5 "$out/device_query_build.log" >&2; exit 1
+fi
+if ! "$query" >"$out/device.txt" 2>"$out/device_query.err"; then
+  echo "gpu_check: no usable CUDA device: $(cat "$out/device_query.err")" >&2; exit 2
+fi
+field() { sed -n "s/^$1=//p" "$out/device.txt" | head -1; }
+gpu="$(field device0.name)"
+cc="$(field device0.cc)"
+arch="${CUDA_ARCH:-$cc}"
 # FP32 (non-tensor-core) peak, GFLOP/s, for "% of peak".
 case "$gpu" in
   *H200*|*H100*SXM*|*"H100 80GB HBM3"*) peak=66900 ;;
@@ -40,7 +50,7 @@ case "$gpu" in
 esac
 log "# GPU check — $(date -u +%Y-%m-%dT%H:%MZ)"
 log ""
-log "- GPU: $gpu (sm_$cc), driver $(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)"
+log "- GPU: $gpu (sm_$cc, $(field device0.memory_mib) MiB), CUDA driver $(field driver), runtime $(field runtime)"
 log "- nvcc: $("$nvcc_bin" --version | tail -2 | head -1)"
 log "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (modified)')"
 
