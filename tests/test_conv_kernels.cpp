@@ -12,10 +12,12 @@
 //                order (gamma_L); a missing or duplicated tap produces an error ~abs/L and is
 //                caught for every L used here (L <= a few thousand).
 //   double path: |got - ref| <= 1e-12 * abs + 1e-300   (same loops up to summation order).
+#include <algorithm>
 #include <array>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <random>
 #include <sstream>
@@ -262,20 +264,20 @@ const std::vector<Shape> kLargeShapes = {
 
 }  // namespace
 
-TEST_CASE("conv2d float fast path matches naive double reference (small shapes)", "[conv]") {
+TEST_CASE("conv2d float fast path matches naive double reference (small shapes)", "[conv][portable]") {
   for (const Shape& s : kSmallShapes) {
     run_case<float>(s, true);
     run_case<float>(s, false);
   }
 }
 
-TEST_CASE("conv2d float fast path matches naive double reference (threaded shapes)", "[conv]") {
+TEST_CASE("conv2d float fast path matches naive double reference (threaded shapes)", "[conv][portable]") {
   for (const Shape& s : kLargeShapes) run_case<float>(s, true);
 }
 
 // The shapes that the pixel-broadcast 32x3 engine takes again through the packed 4x24 engine, so
 // that both stay tested on them (the switch is restored even if a check throws).
-TEST_CASE("conv2d float fast path: packed engine where the broadcast engine applies", "[conv]") {
+TEST_CASE("conv2d float fast path: packed engine where the broadcast engine applies", "[conv][portable]") {
   struct Restore {
     ~Restore() { st::cpu::conv2d_set_broadcast_engine(true); }
   } restore;
@@ -289,7 +291,7 @@ TEST_CASE("conv2d float fast path: packed engine where the broadcast engine appl
 // thread from call to call. Calls on NaN inputs of every kind first leave NaN in all of them;
 // the checked calls after that must not read any of it into a result (checked against the naive
 // reference with outputs pre-filled with NaN, so a stale or skipped value shows).
-TEST_CASE("conv2d float fast path: nothing left in the reused buffers reaches a result", "[conv]") {
+TEST_CASE("conv2d float fast path: nothing left in the reused buffers reaches a result", "[conv][portable]") {
   const float qnan = std::numeric_limits<float>::quiet_NaN();
   auto poison = [&](const Shape& s) {
     const ConvGeom g = geom_of(s);
@@ -308,21 +310,82 @@ TEST_CASE("conv2d float fast path: nothing left in the reused buffers reaches a 
   for (const Shape& s : kSmallShapes) run_case<float>(s, false);
 }
 
-TEST_CASE("conv2d double path matches naive double reference", "[conv]") {
+TEST_CASE("conv2d double path matches naive double reference", "[conv][portable]") {
   for (const Shape& s : kSmallShapes) {
     run_case<double>(s, true);
     run_case<double>(s, false);
   }
 }
 
-// The run-time selected micro-kernels (AVX2+FMA on this CPU) against the portable ones, so the
-// fallback used on CPUs without AVX2 is exercised too. Same float math up to summation order
-// and FMA contraction: tolerance 1e-5 relative to the sum of |terms| (reductions <= 1029 long).
-TEST_CASE("conv micro-kernels: selected and portable versions agree", "[conv]") {
-  namespace ck = st::cpu::convk;
-  const ck::Kernels& fast = ck::kernels();
-  const ck::Kernels slow = ck::generic_kernels();
-  INFO("selected kernels use AVX2: " << fast.avx2);
+// ---- micro-kernels: each flavour that this build and CPU can run, against the portable one ----
+//
+// Tolerances. A flavour computes the portable kernel's sums in another order, with or without
+// fused multiply-adds. For a float sum of L terms (the kc products and the accumulator's
+// starting value: the previous C, a bias or 0) in any order, each term goes through at most L
+// roundings (its product's, and one per addition on its path: a summation tree of L terms has
+// L - 1 additions; adding an exact zero does not round), so (Higham, Accuracy and Stability of
+// Numerical Algorithms, 2nd ed., 3.1 and 3.5)
+//   |computed - exact| <= gamma_L * A,   gamma_L = L*u / (1 - L*u),  u = 2^-24,  A = sum |terms|.
+// There is no underflow to account for: the operands come from U(-1, 1), which computes -1 + 2c
+// in float, so a nonzero operand is at least 2^-24 in magnitude and a product at least 2^-48.
+// The reference and A are computed in double (the products of two floats are exact there), with
+// errors of at most gamma_L(2^-53) relative to A. Per output, with g = gamma_L(2^-53) and A_d
+// the A computed in double (so A <= A_d / (1 - g)):
+//   vs the double reference:  |got - ref| <= (gamma_L + g) * A_d / (1 - g)
+//   flavour vs portable:      |got - portable| <= 2 * gamma_L * A_d / (1 - g)
+// Packing, transposes and (de)interleaving move data: exact.
+namespace {
+
+namespace ck = st::cpu::convk;
+
+double gamma_n(double L, double u) { return L * u / (1.0 - L * u); }
+
+struct SumBound {
+  double vs_ref;   // bound on |float result - double reference|
+  double between;  // bound on |one flavour's result - another's|
+};
+SumBound sum_bound(int64_t L, double abs_d) {
+  const double gd = gamma_n(static_cast<double>(L), 0x1p-53);
+  const double gf = gamma_n(static_cast<double>(L), kU);
+  const double A = abs_d / (1.0 - gd);
+  return {(gf + gd) * A, 2.0 * gf * A};
+}
+
+struct RefBound {
+  double ref;  // the double reference
+  SumBound b;
+};
+
+// The worst error/allowed ratio over a kernel's outputs, checked once with where it occurred.
+struct Worst {
+  std::string what;
+  double ratio = 0.0;
+  int64_t at = -1;
+  void add(int64_t idx, double got, double ref, double allowed) {
+    const double err = std::fabs(got - ref);
+    const double r = !std::isfinite(got) ? std::numeric_limits<double>::infinity()
+                     : err == 0.0        ? 0.0
+                     : allowed > 0.0     ? err / allowed
+                                         : std::numeric_limits<double>::infinity();
+    if (r > ratio || at < 0) ratio = std::max(ratio, r), at = idx;
+  }
+  void check() const {
+    INFO(what << ": worst output " << at << ", error / allowed = " << ratio);
+    CHECK(ratio <= 1.0);
+  }
+};
+
+std::string flavours_of(const std::vector<ck::Kernels>& v) {
+  std::string s;
+  for (const auto& k : v) s += (s.empty() ? "" : ", ") + std::string(k.name);
+  return s;
+}
+
+// Every micro-kernel of `fast` against the portable set `slow` and the double reference.
+void check_flavour(const ck::Kernels& fast) {
+  const ck::Kernels slow = ck::portable_kernels();
+  const std::string fl = fast.name;
+  INFO("flavour " << fl);
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> U(-1.0f, 1.0f);
   auto rnd = [&](size_t n) {
@@ -330,13 +393,12 @@ TEST_CASE("conv micro-kernels: selected and portable versions agree", "[conv]") 
     for (auto& e : v) e = U(rng);
     return v;
   };
-  auto close = [](float a, float b, float absum) {
-    return std::fabs(a - b) <= 1e-5f * absum + 1e-30f;
-  };
   struct alignas(32) Tile {  // one 4x24 accumulator tile, 32-byte aligned
     float v[4 * 24];
   };
-  for (int64_t kc : {1, 3, 4, 7, 64, 257}) {
+  alignas(32) static float Bp[257 * 24];  // packed B [kc][24], 32-byte aligned
+  for (int64_t kc : {1, 2, 3, 4, 7, 64, 257}) {
+    INFO("kc " << kc);
     const auto A = rnd(4 * kc);  // [kc][4]
     const auto src = rnd(2048);  // gather source
     std::vector<int64_t> offs(kc);
@@ -344,36 +406,43 @@ TEST_CASE("conv micro-kernels: selected and portable versions agree", "[conv]") 
     std::vector<float> Bflat(kc * 24);  // expected packed panel [kc][24]
     for (int64_t k = 0; k < kc; ++k)
       for (int j = 0; j < 24; ++j) Bflat[k * 24 + j] = src[offs[k] + j];
-    alignas(32) static float Bp[257 * 24];  // packed B [kc][24], 32-byte aligned
-    slow.pack(kc, src.data(), offs.data(), Bp);
-    for (int64_t i = 0; i < kc * 24; ++i) REQUIRE(Bp[i] == Bflat[i]);
     fast.pack(kc, src.data(), offs.data(), Bp);
     for (int64_t i = 0; i < kc * 24; ++i) REQUIRE(Bp[i] == Bflat[i]);
+    // C[i][j] = init + sum_k A[k][i] * B[k][j]: the double reference, sum|terms| and the bound
+    auto reference = [&](int i, int j, double init) {
+      double ref = init, abs = std::fabs(init);
+      for (int64_t k = 0; k < kc; ++k) {
+        ref += double(A[k * 4 + i]) * Bflat[k * 24 + j];
+        abs += std::fabs(double(A[k * 4 + i]) * Bflat[k * 24 + j]);
+      }
+      return RefBound{ref, sum_bound(kc + 1, abs)};
+    };
     for (bool acc : {false, true}) {
+      INFO("acc " << acc);
       Tile c0, c1, c2, c3;
       for (int i = 0; i < 96; ++i) c0.v[i] = c1.v[i] = c2.v[i] = c3.v[i] = 0.5f;
       fast.gemm(kc, A.data(), Bp, c0.v, acc);
       slow.gemm(kc, A.data(), Bp, c1.v, acc);
       fast.gemm_direct(kc, A.data(), src.data(), offs.data(), c2.v, acc);
       slow.gemm_direct(kc, A.data(), src.data(), offs.data(), c3.v, acc);
+      Worst ref_gemm{fl + " gemm vs reference"}, ref_direct{fl + " gemm_direct vs reference"};
+      Worst agree_gemm{fl + " gemm vs portable"}, agree_direct{fl + " gemm_direct vs portable"};
       for (int i = 0; i < 4; ++i)
         for (int j = 0; j < 24; ++j) {
-          double ref = acc ? 0.5 : 0.0, abs = acc ? 0.5 : 0.0;
-          for (int64_t k = 0; k < kc; ++k) {
-            ref += double(A[k * 4 + i]) * Bflat[k * 24 + j];
-            abs += std::fabs(double(A[k * 4 + i]) * Bflat[k * 24 + j]);
-          }
-          const float r = static_cast<float>(ref), s = static_cast<float>(abs);
-          CHECK(close(c0.v[i * 24 + j], r, s));
-          CHECK(close(c1.v[i * 24 + j], r, s));
-          CHECK(close(c2.v[i * 24 + j], r, s));
-          CHECK(close(c3.v[i * 24 + j], r, s));
+          const auto [ref, b] = reference(i, j, acc ? 0.5 : 0.0);
+          const int q = i * 24 + j;
+          ref_gemm.add(q, c0.v[q], ref, b.vs_ref);
+          ref_direct.add(q, c2.v[q], ref, b.vs_ref);
+          agree_gemm.add(q, c0.v[q], c1.v[q], b.between);
+          agree_direct.add(q, c2.v[q], c3.v[q], b.between);
         }
+      ref_gemm.check(), ref_direct.check(), agree_gemm.check(), agree_direct.check();
     }
     // The strided-C variants (a panel straight into 4 output rows ldc apart), packed and in
     // place: accumulating, starting from a bias, starting from zero; the columns past 24 stay.
     const float bias[4] = {0.25f, -0.5f, 1.0f, 2.0f};
     for (int mode = 0; mode < 3; ++mode) {
+      INFO("ldc mode " << (mode == 0 ? "accumulate" : mode == 1 ? "bias" : "zero"));
       const bool acc = mode == 0;
       const float* bp = mode == 1 ? bias : nullptr;
       constexpr int64_t ldc = 29;
@@ -382,24 +451,24 @@ TEST_CASE("conv micro-kernels: selected and portable versions agree", "[conv]") 
       slow.gemm_ldc(kc, A.data(), Bp, d1.data(), ldc, acc, bp);
       fast.gemm_direct_ldc(kc, A.data(), src.data(), offs.data(), d2.data(), ldc, acc, bp);
       slow.gemm_direct_ldc(kc, A.data(), src.data(), offs.data(), d3.data(), ldc, acc, bp);
+      Worst ref_ldc{fl + " gemm_ldc vs reference"};
+      Worst ref_dldc{fl + " gemm_direct_ldc vs reference"};
+      Worst agree_ldc{fl + " gemm_ldc vs portable"};
+      Worst agree_dldc{fl + " gemm_direct_ldc vs portable"};
       for (int i = 0; i < 4; ++i)
         for (int j = 0; j < ldc; ++j) {
-          const size_t q = i * ldc + j;
+          const int64_t q = i * ldc + j;
           if (j >= 24) {
             CHECK((d0[q] == 0.5f && d1[q] == 0.5f && d2[q] == 0.5f && d3[q] == 0.5f));
             continue;
           }
-          double ref = acc ? 0.5 : bp ? bias[i] : 0.0, abs = std::fabs(ref);
-          for (int64_t k = 0; k < kc; ++k) {
-            ref += double(A[k * 4 + i]) * Bflat[k * 24 + j];
-            abs += std::fabs(double(A[k * 4 + i]) * Bflat[k * 24 + j]);
-          }
-          const float r = static_cast<float>(ref), s = static_cast<float>(abs);
-          CHECK(close(d0[q], r, s));
-          CHECK(close(d1[q], r, s));
-          CHECK(close(d2[q], r, s));
-          CHECK(close(d3[q], r, s));
+          const auto [ref, b] = reference(i, j, acc ? 0.5 : bp ? bias[i] : 0.0);
+          ref_ldc.add(q, d0[q], ref, b.vs_ref);
+          ref_dldc.add(q, d2[q], ref, b.vs_ref);
+          agree_ldc.add(q, d0[q], d1[q], b.between);
+          agree_dldc.add(q, d2[q], d3[q], b.between);
         }
+      ref_ldc.check(), ref_dldc.check(), agree_ldc.check(), agree_dldc.check();
     }
   }
   // 32x3 pixel-broadcast kernel: C[p][m] over 3 pixels read at px[p] + offs[k], each pixel with
@@ -407,49 +476,51 @@ TEST_CASE("conv micro-kernels: selected and portable versions agree", "[conv]") 
   struct alignas(32) Tile32 {
     float v[3 * 32];
   };
-  for (int64_t kc : {1, 3, 4, 7, 128, 131}) {
+  for (int64_t kc : {1, 2, 3, 4, 7, 128, 131}) {
+    INFO("gemm32 kc " << kc);
     std::vector<float> Wv = rnd(32 * kc + 8);
     float* W = Wv.data() + (8 - reinterpret_cast<uintptr_t>(Wv.data()) / 4 % 8) % 8;  // aligned
     const auto src = rnd(2048);
     std::vector<int64_t> offs(kc);
     for (int64_t k = 0; k < kc; ++k) offs[k] = (k * 53) % 2000;
     for (const std::array<int, 3> base : {std::array<int, 3>{0, 1, 2}, {5, 41, 17}, {9, 3, 3}})
-    for (bool acc : {false, true}) {
-      const float* px[3] = {src.data() + base[0], src.data() + base[1], src.data() + base[2]};
-      Tile32 c0, c1;
-      for (int i = 0; i < 96; ++i) c0.v[i] = c1.v[i] = 0.25f;
-      fast.gemm32(kc, W, px, offs.data(), c0.v, acc);
-      slow.gemm32(kc, W, px, offs.data(), c1.v, acc);
-      for (int p = 0; p < 3; ++p)
-        for (int m = 0; m < 32; ++m) {
-          double ref = acc ? 0.25 : 0.0, abs = acc ? 0.25 : 0.0;
-          for (int64_t k = 0; k < kc; ++k) {
-            ref += double(px[p][offs[k]]) * W[k * 32 + m];
-            abs += std::fabs(double(px[p][offs[k]]) * W[k * 32 + m]);
+      for (bool acc : {false, true}) {
+        const float* px[3] = {src.data() + base[0], src.data() + base[1], src.data() + base[2]};
+        Tile32 c0, c1;
+        for (int i = 0; i < 96; ++i) c0.v[i] = c1.v[i] = 0.25f;
+        fast.gemm32(kc, W, px, offs.data(), c0.v, acc);
+        slow.gemm32(kc, W, px, offs.data(), c1.v, acc);
+        Worst vs_ref{fl + " gemm32 vs reference (acc " + std::to_string(acc) + ")"};
+        Worst agree{fl + " gemm32 vs portable (acc " + std::to_string(acc) + ")"};
+        for (int p = 0; p < 3; ++p)
+          for (int m = 0; m < 32; ++m) {
+            double ref = acc ? 0.25 : 0.0, abs = acc ? 0.25 : 0.0;
+            for (int64_t k = 0; k < kc; ++k) {
+              ref += double(px[p][offs[k]]) * W[k * 32 + m];
+              abs += std::fabs(double(px[p][offs[k]]) * W[k * 32 + m]);
+            }
+            const SumBound b = sum_bound(kc + 1, abs);
+            vs_ref.add(p * 32 + m, c0.v[p * 32 + m], ref, b.vs_ref);
+            agree.add(p * 32 + m, c0.v[p * 32 + m], c1.v[p * 32 + m], b.between);
           }
-          CHECK(close(c0.v[p * 32 + m], float(ref), float(abs)));
-          CHECK(close(c1.v[p * 32 + m], float(ref), float(abs)));
-        }
-    }
+        vs_ref.check(), agree.check();
+      }
   }
   {  // 8x8 transpose: exact data movement, strided source and destination
     const auto S = rnd(8 * 11);
-    std::vector<float> D0(8 * 13, -9.0f), D1(8 * 13, -9.0f);
-    fast.transpose8(S.data(), 11, D0.data(), 13);
-    slow.transpose8(S.data(), 11, D1.data(), 13);
-    for (int i = 0; i < 8; ++i)
-      for (int j = 0; j < 8; ++j) {
-        CHECK(D0[j * 13 + i] == S[i * 11 + j]);
-        CHECK(D1[j * 13 + i] == S[i * 11 + j]);
-      }
-    CHECK(D0 == D1);  // the padding columns are untouched by both
+    std::vector<float> D(8 * 13, -9.0f);
+    fast.transpose8(S.data(), 11, D.data(), 13);
+    for (int j = 0; j < 8; ++j)
+      for (int i = 0; i < 13; ++i) CHECK(D[j * 13 + i] == (i < 8 ? S[i * 11 + j] : -9.0f));
   }
-  for (int64_t n : {0, 1, 7, 8, 9, 31, 1029}) {
+  for (int64_t n : {0, 1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 31, 1029}) {
+    INFO("n " << n);
     const int64_t lda = n + 3;
     const auto a = rnd(4 * lda), b = rnd(3 * n + 8);
     float o0[12], o1[12];
     fast.dot(n, a.data(), lda, b.data(), b.data() + n, b.data() + 2 * n, o0);
     slow.dot(n, a.data(), lda, b.data(), b.data() + n, b.data() + 2 * n, o1);
+    Worst vs_ref{fl + " dot vs reference"}, agree{fl + " dot vs portable"};
     for (int j = 0; j < 3; ++j)
       for (int i = 0; i < 4; ++i) {
         double ref = 0, abs = 0;
@@ -457,29 +528,91 @@ TEST_CASE("conv micro-kernels: selected and portable versions agree", "[conv]") 
           ref += double(a[i * lda + t]) * b[j * n + t];
           abs += std::fabs(double(a[i * lda + t]) * b[j * n + t]);
         }
-        CHECK(close(o0[j * 4 + i], float(ref), float(abs)));
-        CHECK(close(o1[j * 4 + i], float(ref), float(abs)));
+        const SumBound bd = sum_bound(std::max<int64_t>(n, 1), abs);  // no starting value
+        vs_ref.add(j * 4 + i, o0[j * 4 + i], ref, bd.vs_ref);
+        agree.add(j * 4 + i, o0[j * 4 + i], o1[j * 4 + i], bd.between);
       }
-    // gather2 / interleave2 are exact data movement
-    const auto sp = rnd(2 * n + 1);
-    std::vector<float> d0(n + 1, -9.0f), d1(n + 1, -9.0f);
-    fast.gather2(sp.data(), d0.data(), n);
-    slow.gather2(sp.data(), d1.data(), n);
-    for (int64_t j = 0; j < n; ++j) {
-      CHECK(d0[j] == sp[2 * j]);
-      CHECK(d1[j] == sp[2 * j]);
-    }
-    CHECK(d0[n] == -9.0f);
+    vs_ref.check(), agree.check();
+    // gather2 / interleave2 are exact data movement; gather2 may read sp[0 .. 2n-2] only
+    const auto sp = rnd(std::max<int64_t>(2 * n - 1, 0));
+    std::vector<float> d(n + 1, -9.0f);
+    fast.gather2(sp.data(), d.data(), n);
+    for (int64_t j = 0; j < n; ++j) CHECK(d[j] == sp[2 * j]);
+    CHECK(d[n] == -9.0f);
     const auto p0 = rnd(n), p1 = rnd(n);
-    std::vector<float> i0(2 * n + 1, -9.0f), i1(2 * n + 1, -9.0f);
-    fast.interleave2(p0.data(), p1.data(), i0.data(), n);
-    slow.interleave2(p0.data(), p1.data(), i1.data(), n);
+    std::vector<float> out(2 * n + 1, -9.0f);
+    fast.interleave2(p0.data(), p1.data(), out.data(), n);
     for (int64_t j = 0; j < n; ++j) {
-      CHECK(i0[2 * j] == p0[j]);
-      CHECK(i0[2 * j + 1] == p1[j]);
-      CHECK(i1[2 * j] == p0[j]);
-      CHECK(i1[2 * j + 1] == p1[j]);
+      CHECK(out[2 * j] == p0[j]);
+      CHECK(out[2 * j + 1] == p1[j]);
     }
-    CHECK(i0[2 * n] == -9.0f);
+    CHECK(out[2 * n] == -9.0f);
   }
+}
+
+}  // namespace
+
+TEST_CASE("conv micro-kernels: every available flavour agrees with the portable one",
+          "[conv][portable]") {
+  const std::vector<ck::Kernels> avail = ck::available_kernels();
+  INFO("available flavours: " << flavours_of(avail) << "; selected: " << ck::kernels().name);
+  REQUIRE(std::string(avail.back().name) == "portable");
+#if defined(__aarch64__)
+  CHECK(std::string(avail.front().name) == "neon");  // NEON is part of the base architecture
+#endif
+  for (const ck::Kernels& k : avail) check_flavour(k);
+}
+
+TEST_CASE("conv micro-kernels: ST_CPU_KERNELS picks a flavour, a bad value is a clear error",
+          "[conv][portable]") {
+  const std::vector<ck::Kernels> avail = ck::available_kernels();
+  const std::string best = avail.front().name;
+  CHECK(ck::select_kernels(nullptr).name == best);  // unset, empty, auto: the best one
+  CHECK(ck::select_kernels("").name == best);
+  CHECK(ck::select_kernels("auto").name == best);
+  for (const ck::Kernels& k : avail) {
+    const ck::Kernels s = ck::select_kernels(k.name);
+    CHECK(std::string(s.name) == k.name);
+    CHECK(s.gemm == k.gemm);
+  }
+  // The set this process uses follows the environment (when that is valid).
+  const char* env = std::getenv("ST_CPU_KERNELS");
+  INFO("ST_CPU_KERNELS=" << (env ? env : "(unset)"));
+  CHECK(std::string(ck::kernels().name) == ck::select_kernels(env).name);
+
+  // An error names the variable, the value, why, and what this build and CPU can run.
+  auto message_of = [](const char* value) -> std::string {
+    try {
+      ck::select_kernels(value);
+    } catch (const st::Error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  const std::string available = "available here: " + flavours_of(avail);
+  for (const char* bad : {"bogus", "AVX2", "portable ", "0"}) {
+    const std::string m = message_of(bad);
+    INFO(m);
+    CHECK(m.find(std::string("ST_CPU_KERNELS=") + bad + ":") != std::string::npos);
+    CHECK(m.find("unknown flavour") != std::string::npos);
+    CHECK(m.find(available) != std::string::npos);
+  }
+  // A known flavour that this build or CPU cannot run.
+#if defined(__aarch64__)
+  const char* absent = "avx2";
+#else
+  const char* absent = "neon";
+#endif
+  const std::string m = message_of(absent);
+  INFO(m);
+  CHECK(m.find(std::string("ST_CPU_KERNELS=") + absent + ":") != std::string::npos);
+  CHECK(m.find("only in") != std::string::npos);
+  CHECK(m.find(available) != std::string::npos);
+#if ST_CONV_HAVE_X86
+  if (best != "avx2") {  // an x86 CPU without AVX2+FMA
+    const std::string m2 = message_of("avx2");
+    INFO(m2);
+    CHECK(m2.find("this CPU lacks AVX2 or FMA") != std::string::npos);
+  }
+#endif
 }

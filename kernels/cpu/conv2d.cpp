@@ -41,8 +41,8 @@
 //     one band (<= 4 MiB): that band is built once and shared, and each tap chunk writes its
 //     own part of gw.
 //   * bias gradient: per-channel sums (float partial sums, double total).
-//   Micro-kernels: kernels/cpu/conv2d_microkernels.h (AVX2+FMA chosen at run time, portable
-//   fallback otherwise). Calls under ~1 MFLOP run on one thread; calls made from inside an
+//   Micro-kernels: kernels/cpu/conv2d_microkernels.h (AVX2+FMA or NEON, chosen at run time;
+//   portable loops otherwise; ST_CPU_KERNELS names one). Calls under ~1 MFLOP run on one thread; calls made from inside an
 //   OpenMP parallel region never spawn threads.
 //
 // double path: direct loops, a plain reference for finite-difference tests on tiny shapes.
