@@ -12,8 +12,9 @@ tests/golden/student.safetensors with, per frame:
   <frame>.margin_min_s16 F64 (H/16, W/16) top1-top2 logit margin at the same sampled pixels
   <frame>.logits_s16_sigma F64 (9, H/16, W/16) bound on the standard deviation of a float32
                                 forward's error at those logits (Monte Carlo: class Perturbed)
-  <frame>.argmax_certain U8 (H, W)       1 where the argmax holds against every other class by more
-                                         than LAMBDA times the sum of their sigmas
+  <frame>.argmax_uncertain I64 (K,)      the pixels (flat indices) whose argmax does not hold against
+                                         every other class by more than LAMBDA times the sum of
+                                         their sigmas (a float32 forward may pick another class)
   <frame>.sigma_mean, .sigma_rms F64 (9,) per class, the mean and root mean square of sigma
 torch's own float32 forward is checked against the bound (the generator stops if it breaks it).
 Run: /usr/bin/python3 tools/make_student_golden.py [--shared ../shared]
@@ -233,7 +234,7 @@ def main():
         top2 = torch.topk(logits, 2, dim=0).values
         tensors += [
             (fr + ".argmax", logits.argmax(0).numpy().astype(np.uint8)),
-            (fr + ".argmax_certain", sure.numpy().astype(np.uint8)),
+            (fr + ".argmax_uncertain", (~sure).flatten().nonzero().flatten().numpy().astype(np.int64)),
             (fr + ".logits_s16", logits[:, ::16, ::16].numpy()),
             (fr + ".logits_s16_sigma", sigma[:, ::16, ::16].numpy()),
             (fr + ".logit_mean", logits.mean(dim=(1, 2)).numpy()),
