@@ -42,22 +42,6 @@ struct TempDir {
   }
 };
 
-struct Err {
-  double mean = 0, max = 0;
-};
-Err error_vs(const Tensor& a, const Tensor& ref) {
-  auto x = a.to_vector<double>(), y = ref.to_vector<double>();
-  REQUIRE(x.size() == y.size());
-  Err e;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double d = std::abs(x[i] - y[i]);
-    e.mean += d;
-    e.max = std::max(e.max, d);
-  }
-  e.mean /= double(std::max<size_t>(x.size(), 1));
-  return e;
-}
-
 bool have_torchvision() {
   return std::system("/usr/bin/python3 -c 'import torchvision' >/dev/null 2>&1") == 0;
 }
@@ -185,25 +169,39 @@ void compare_end_to_end(int64_t min_size, int64_t max_size) {
   teacher::MaskRcnn model(w, opt);
   Tensor bgr = io.get("bgr");
   const int64_t H = bgr.size(0), W = bgr.size(1);
-  // The network's input: normalised, resized (bilinear, torch's float rounding), zero-padded to
-  // /32: equal to an ulp (values are O(1)).
+  // The network's input: normalised ((x / 255 - mean) / std: three roundings on values up to
+  // (1 + |mean|) / std), resized (bilinear, torch's float rounding: a few roundings of the value),
+  // zero-padded to /32; ours and torchvision's are each within that of the exact input.
   const Tensor input = model.preprocess(bgr.data<uint8_t>(), H, W);
-  REQUIRE(input.shape() == io.get("input").shape());
-  const Err in_err = error_vs(input, io.get("input"));
-  INFO("input error: max " << in_err.max << ", mean " << in_err.mean);
-  CHECK(in_err.max <= 1e-6);
+  const Tensor ref_in = io.get("input");
+  REQUIRE(input.shape() == ref_in.shape());
+  {
+    const int64_t plane = ref_in.size(2) * ref_in.size(3);
+    auto rv = ref_in.to_vector<double>();
+    std::vector<double> bound(rv.size());
+    for (size_t i = 0; i < rv.size(); ++i) {
+      const size_t c = i / size_t(plane) % 3;
+      bound[i] = 2 * (4 * test::kU32 * (1 + opt.mean[c]) / opt.std[c] + 8 * test::kU32 * std::abs(rv[i]));
+    }
+    INFO("network input");
+    ST_REQUIRE_WITHIN(input, ref_in, Tensor::from_vector(bound, ref_in.shape()));
+  }
   auto r = model.run(bgr.data<uint8_t>(), H, W);
   Tensor rb = io.get("boxes");
   INFO("network input " << model.network_size(H, W)[0] << "x" << model.network_size(H, W)[1]
        << "; ours " << r.detections.boxes.size(0) << " detections, torchvision " << rb.size(0));
   REQUIRE(rb.size(0) > 10);
   REQUIRE(r.detections.boxes.shape() == rb.shape());
-  // End to end this random network carries torch's own float32 rounding level (~2e-3 relative at
-  // C5, see the backbone test) into the heads: scores differ by ~2e-4 and boxes by ~0.02 px, which
-  // reorders near-equal scores and may flip a near-tie at the top-100 cut. So detections are
-  // matched as a set (MASKRCNN.md §10.2): each of torchvision's must have one of ours with its
-  // label, its box to 0.1 px and its score to 1e-3; at least 95% must match. The same weights
-  // run with one switch wrong (Detectron2's stride placement) match fewer than half.
+  // The one comparison in the suite whose tolerances are fixed, not derived (tests/README.md):
+  // this random network's detections are full of near-ties (top-k, NMS, the top-100 cut) that
+  // float32 rounding may flip, and a rigorous bound carried through ~60 layers is far too loose to
+  // tell which. So detections are matched as a set (MASKRCNN.md §10.2): each of torchvision's must
+  // have one of ours with its label, its box to 0.1 px and its score to 1e-3; at least 95% must
+  // match. The generator checks on every run that these are at least twice torch's own float32
+  // error on this model and input (against its float64 run; in the metadata), and each stage is
+  // tested with derived bounds on its own (backbone, heads, proposals, box inference, pastes). The
+  // same weights run with one switch wrong (Detectron2's stride placement) match fewer than half.
+  INFO("torch float32 vs float64 on this model: " << io.metadata.at("torch_f32_vs_f64"));
   const auto tb = rb.to_vector<float>(), ts = io.get("scores").to_vector<float>();
   const auto tl = io.get("labels").to_vector<int64_t>();
   const int64_t n = rb.size(0);

@@ -134,10 +134,8 @@ def upsample_nearest(x, size):
              F.interpolate(x.var, size=size, mode="nearest"))
 
 
-def roi_align(x, rois, output_size, spatial_scale, sampling_ratio, aligned, roi_sigma=None):
-    """torchvision.ops.roi_align on a tracked (1, C, H, W) map; rois (R, 5) in image pixels.
-    roi_sigma (R, 4), optional: the sigma of each roi's own coordinates (a box that is itself a
-    float32 result): a sample moves by at most the larger error of the two edges it lies between."""
+def roi_align(x, rois, output_size, spatial_scale, sampling_ratio, aligned):
+    """torchvision.ops.roi_align on a tracked (1, C, H, W) map; rois (R, 5) in image pixels."""
     from torchvision.ops import roi_align as ra
     r = rois.double()
     kw = dict(output_size=output_size, spatial_scale=spatial_scale,
@@ -159,15 +157,7 @@ def roi_align(x, rois, output_size, spatial_scale, sampling_ratio, aligned, roi_
     gy = F.pad(gy, (0, 0, 0, 1))
     slope = F.max_pool2d(gx, 3, 1, 1) + F.max_pool2d(gy, 3, 1, 1)
     coord = delta * ra(slope, r, **kw)
-    var = carried + local + coord * coord
-    if roi_sigma is not None:
-        rs = roi_sigma.double() * spatial_scale
-        sx = torch.maximum(rs[:, 0], rs[:, 2]).reshape(-1, 1, 1, 1)
-        sy = torch.maximum(rs[:, 1], rs[:, 3]).reshape(-1, 1, 1, 1)
-        sx_map = ra(F.max_pool2d(gx, 3, 1, 1), r, **kw)
-        sy_map = ra(F.max_pool2d(gy, 3, 1, 1), r, **kw)
-        var = var + (sx * sx_map + sy * sy_map) ** 2
-    return T(y, var)
+    return T(y, carried + local + coord * coord)
 
 
 def check(name, t32, ref, lam=LAMBDA):

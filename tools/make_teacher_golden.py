@@ -21,6 +21,7 @@ heads_weights.safetensors and heads_io.safetensors (RPN objectness/deltas per le
 class logits and box regression for 40 proposals, mask logits for 12 boxes).
 """
 import argparse
+import copy
 import functools
 import importlib.util
 import json
@@ -258,9 +259,27 @@ def e2e(out, h, w, resize=None):
     with torch.no_grad():
         det = model([img])[0]
         net_input = model.transform([img])[0].tensors
+        # The test matches detections as sets with fixed tolerances (scores 1e-3, boxes 0.1 px, 95%
+        # of them; tests/README.md says why). They must hold at least twice torch's own float32
+        # error on this model and input (ours and torch's each that far from the exact result),
+        # measured against its float64 run over the detections both runs share (same label, IoU
+        # > 0.9), and the two runs must share 90% of them: checked here, on every machine.
+        d64 = copy.deepcopy(model).double()([img.double()])[0]
+        from torchvision.ops import box_iou
+        iou = box_iou(det["boxes"].double(), d64["boxes"]) * (det["labels"][:, None] == d64["labels"][None, :])
+        best, j = iou.max(1)
+        same = best > 0.9
+        dev_s = float((det["scores"].double()[same] - d64["scores"][j[same]]).abs().max())
+        dev_b = float((det["boxes"].double()[same] - d64["boxes"][j[same]]).abs().max())
+        if int(same.sum()) < det["boxes"].shape[0] * 9 // 10 or dev_s > 1e-3 / 2 or dev_b > 0.1 / 2:
+            raise SystemExit("make_teacher_golden: torch's float32 run is further from its float64 run "
+                             "than the e2e test's tolerances allow for (%d of %d shared, score %.3g, box "
+                             "%.3g px)" % (int(same.sum()), det["boxes"].shape[0], dev_s, dev_b))
     write_e2e_weights(out, model)
     meta = {"generator": "tools/make_teacher_golden.py", "mode": "e2e", "torch_version": torch.__version__,
-            "min_size": str(model.transform.min_size[0]), "max_size": str(model.transform.max_size)}
+            "min_size": str(model.transform.min_size[0]), "max_size": str(model.transform.max_size),
+            "torch_f32_vs_f64": json.dumps({"shared": int(same.sum()), "of": det["boxes"].shape[0],
+                                            "score": dev_s, "box_px": dev_b})}
     io = [("bgr", bgr), ("boxes", det["boxes"]), ("scores", det["scores"]), ("labels", det["labels"]),
           ("masks", (det["masks"][:, 0] > 0.5).to(torch.uint8)), ("input", net_input)]
     with open(os.path.join(out, "e2e_io.safetensors"), "wb") as f:
