@@ -377,8 +377,12 @@ TEST_CASE("edge: a stop request also ends a wait for the server's answer", "[edg
   std::atomic<bool> stop{false};
   o.stop = &stop;
   std::atomic<bool> at_frame_7{false};
+  edge::EdgeProgress frame_7;
   o.on_frame = [&](const edge::EdgeProgress& p) {
-    if (p.frame == 7) at_frame_7 = true;
+    if (p.frame == 7) {
+      frame_7 = p;
+      at_frame_7 = true;
+    }
     return true;
   };
   // Frame 8 waits for the answer to key frame 0 (MIN_STRIDE), up to update_timeout_s (kHungS).
@@ -394,6 +398,10 @@ TEST_CASE("edge: a stop request also ends a wait for the server's answer", "[edg
   stopper.join();
   gate->open();
   INFO(edge::to_json(r));
+  REQUIRE(frame_7.online);
+  REQUIRE(frame_7.waiting);  // key frame 0 sent, not answered
+  REQUIRE(frame_7.welcomes == 1);
+  REQUIRE(frame_7.key_frames == 1);
   REQUIRE(took < test::kHungS);  // it did not sit out update_timeout_s
   REQUIRE((r.frames == 8 || r.frames == 9));  // stopped before frame 8, or inside its wait
   REQUIRE(r.key_frames == 1);
