@@ -490,6 +490,7 @@ namespace {
 double secs(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
+constexpr double kStopPollS = 0.05;  // how often waits look at EdgeOptions::stop
 }  // namespace
 
 EdgeResult run_edge(const EdgeOptions& opt) {
@@ -647,23 +648,38 @@ EdgeResult run_edge(const EdgeOptions& opt) {
       }
     }
   };
-  // Blocks until the outstanding answer arrives or the session is lost.
+  auto stop_requested = [&] { return opt.stop && opt.stop->load(std::memory_order_relaxed); };
+  // The next network event within `seconds` (false: none). With a stop flag it waits in slices,
+  // so that a stop request ends the wait within 50 ms.
+  auto wait_event = [&](NetClient::Event& e, double seconds) {
+    if (!opt.stop) return net.wait(e, seconds);
+    const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                          std::chrono::duration<double>(seconds));
+    for (;;) {
+      if (stop_requested()) return false;
+      const double left = secs(Clock::now(), until);
+      if (left <= 0) return false;
+      if (net.wait(e, std::min(left, kStopPollS))) return true;
+    }
+  };
+  // Blocks until the outstanding answer arrives, the session is lost or a stop is requested.
   auto block = [&] {
     auto t0 = Clock::now();
     NetClient::Event e;
     while (session && outstanding) {
       double left = opt.update_timeout_s - secs(t0, Clock::now());
-      if (left <= 0 || !net.wait(e, left)) {
-        std::string why = "no answer to key frame " + std::to_string(*outstanding) + " within " +
-                          std::to_string(opt.update_timeout_s) + " s";
-        r.errors.push_back(why);
-        net.drop(epoch, why);
-        session = false;
-        outstanding.reset();
-        ++r.disconnects;
-        break;
+      if (left > 0 && wait_event(e, left)) {
+        handle(e);
+        continue;
       }
-      handle(e);
+      if (stop_requested()) break;  // the run ends after this frame: leave the answer pending
+      std::string why = "no answer to key frame " + std::to_string(*outstanding) + " within " +
+                        std::to_string(opt.update_timeout_s) + " s";
+      r.errors.push_back(why);
+      net.drop(epoch, why);
+      session = false;
+      outstanding.reset();
+      ++r.disconnects;
     }
     r.blocked_s += secs(t0, Clock::now());
   };
@@ -673,18 +689,48 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     NetClient::Event e;
     while (!session) {
       double left = opt.initial_wait_s - secs(t0, Clock::now());
-      if (left <= 0 || !net.wait(e, left)) break;
+      if (left <= 0 || !wait_event(e, left)) break;
       handle(e);
     }
   }
+  // The next frame; with opt.loop the video starts again when it ends, its indices shifted
+  // past the previous passes.
+  int64_t index_base = 0, pass_frames = 0, last_index = -1;
+  auto next_frame = [&](Frame& f) {
+    try {
+      for (;;) {
+        if (source->next(f)) {
+          ++pass_frames;
+          last_index = f.index;
+          f.index += index_base;
+          return true;
+        }
+        if (!opt.loop || pass_frames == 0 || stop_requested()) return false;
+        index_base += last_index + 1;
+        pass_frames = 0;
+        source = open_video(opt.video);
+      }
+    } catch (const std::exception&) {
+      // Ctrl-C also reaches an ffmpeg decoder in our process group: its death ends the input.
+      if (stop_requested()) return false;
+      throw;
+    }
+  };
   auto t_start = Clock::now(), t_print = t_start;
   auto t_next = t_start;
   Frame f;
-  while ((opt.max_frames < 0 || r.frames < opt.max_frames) && source->next(f)) {
+  while ((opt.max_frames < 0 || r.frames < opt.max_frames) && !stop_requested() && next_frame(f)) {
     ST_CHECK(f.bgr.height == H && f.bgr.width == W, "edge: frame ", f.index, " changed size");
     frame_i = f.index;
     if (opt.frame_interval_s > 0) {
-      std::this_thread::sleep_until(t_next);
+      if (!opt.stop) {
+        std::this_thread::sleep_until(t_next);
+      } else {
+        for (auto now = Clock::now(); now < t_next && !stop_requested(); now = Clock::now())
+          std::this_thread::sleep_for(std::min<Clock::duration>(
+              t_next - now, std::chrono::duration_cast<Clock::duration>(
+                                std::chrono::duration<double>(kStopPollS))));
+      }
       t_next += std::chrono::duration_cast<Clock::duration>(
           std::chrono::duration<double>(opt.frame_interval_s));
     }
@@ -774,7 +820,19 @@ EdgeResult run_edge(const EdgeOptions& opt) {
                    double(net.bytes_down()) / 1e6, session ? "online" : "offline");
       std::fflush(stderr);
     }
-    if (opt.on_frame) opt.on_frame(frame_i);
+    if (opt.on_frame) {
+      EdgeProgress p;
+      p.frame = frame_i;
+      p.frames = r.frames;
+      p.key_frames = r.key_frames;
+      p.updates = r.updates;
+      p.labels = r.labels;
+      p.welcomes = r.welcomes;
+      p.disconnects = r.disconnects;
+      p.online = session;
+      p.waiting = session && outstanding.has_value();
+      if (!opt.on_frame(p)) break;
+    }
   }
   if (opt.progress) std::fprintf(stderr, "\n");
   net.stop();

@@ -11,6 +11,11 @@
 // blocks when MIN_STRIDE frames have been processed since a key frame whose update has not
 // arrived (or, in naive mode, for each frame's labels). When the server is unreachable it keeps
 // segmenting with its local student and resynchronises from the next WELCOME.
+//
+// Driving a run: EdgeOptions::on_frame sees the running counters after every frame and may end
+// the run there (wait for a WELCOME or an update instead of guessing how many frames that
+// takes); EdgeOptions::stop ends it from anywhere (a signal handler); EdgeOptions::loop replays
+// the video for as long as that takes.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -93,6 +98,19 @@ enum class EdgeMode { Partial, Full, Naive };
 EdgeMode parse_edge_mode(const std::string& s);  // partial | full | naive
 const char* edge_mode_name(EdgeMode m);
 
+// The frame loop's running counters, handed to EdgeOptions::on_frame after every frame.
+struct EdgeProgress {
+  int64_t frame = 0;             // index of the frame just processed
+  int64_t frames = 0;            // frames processed so far, this one included
+  int64_t key_frames = 0;        // key frames sent (naive: frames sent)
+  int64_t updates = 0;           // UPDATEs applied
+  int64_t labels = 0;            // LABELS received (naive)
+  int64_t welcomes = 0;          // sessions begun (WELCOMEs received)
+  int64_t disconnects = 0;       // sessions lost
+  bool online = false;           // a session is up: WELCOME received and not lost since
+  bool waiting = false;          // a key frame is sent and its answer is not here yet
+};
+
 struct EdgeOptions {
   ClientOptions net;
   std::string token;
@@ -101,7 +119,12 @@ struct EdgeOptions {
   uint64_t init_seed = 0;
   Device device = Device::cpu();          // where the student runs (cuda:N: the GPU)
   EdgeMode mode = EdgeMode::Partial;
-  int64_t max_frames = -1;                // -1 = all
+  int64_t max_frames = -1;                // -1 = all (with `loop`: no limit)
+  // Replay the video from its start whenever it ends. Frame indices keep increasing (frame 0 of
+  // the second pass of an N-frame clip is index N), as key frames must. The run ends at
+  // max_frames, when on_frame returns false, or on `stop`. Note that recorded teacher labels
+  // and reference_dir are looked up by that index: they cover the first pass only.
+  bool loop = false;
   std::filesystem::path predictions_dir;  // optional label PNGs
   std::filesystem::path overlays_dir;     // optional overlay PNGs
   int64_t overlay_every = 1;              // write the overlay of every Nth frame only
@@ -119,8 +142,16 @@ struct EdgeOptions {
   double initial_wait_s = 0;     // at start, wait up to this long for the first WELCOME
   double frame_interval_s = 0;   // > 0: pace frames (a camera at 1/interval fps)
   bool progress = true;          // live progress line on stderr
-  // Called after each frame on the calling thread (tests: stop a server mid-run, ...).
-  std::function<void(int64_t frame)> on_frame;
+  // Called after each frame on the calling thread with the counters so far (tests: stop a
+  // server mid-run, run until the second WELCOME, ...). Return false to end the run after this
+  // frame; true to go on.
+  std::function<bool(const EdgeProgress&)> on_frame;
+  // When set, *stop = true (from any thread, or from a signal handler: a lock-free atomic is
+  // async-signal-safe) ends the run after the current frame, with the result of the frames
+  // processed so far. It also cuts short the initial wait, a wait for an answer (the answer is
+  // then left pending, not counted as a disconnect) and the frame pacing: these wait in slices
+  // of at most 50 ms while a stop flag is set.
+  const std::atomic<bool>* stop = nullptr;
 };
 
 struct EdgeResult {

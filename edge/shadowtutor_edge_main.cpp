@@ -1,4 +1,8 @@
 // shadowtutor-edge: the ShadowTutor edge client (student on every frame, key frames to a server).
+// Ctrl-C (SIGINT) or SIGTERM ends the run after the current frame with the usual summary; a
+// second one ends the program at once.
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -19,6 +23,9 @@ const char* kUsage = R"(usage: shadowtutor-edge --server HOST:PORT --token T --v
   --mode M             partial | full | naive                     (default partial)
   --device D           cpu | cuda | cuda:N: where the student runs (default cpu)
   --frames N           stop after N frames
+  --loop               replay the video from its start when it ends (frame indices keep
+                       increasing: recorded --labels on the server cover the first pass only);
+                       runs until --frames or Ctrl-C
   --predictions DIR    write predicted label maps (PNG)
   --overlays DIR       write colour overlays (PNG)
   --overlay-every N    only every Nth frame's overlay (default 1)
@@ -34,6 +41,24 @@ const char* kUsage = R"(usage: shadowtutor-edge --server HOST:PORT --token T --v
   --json OUT           write the JSON summary to OUT (default: stdout)
   --quiet              no live progress line and no log lines
 )";
+
+// Set by SIGINT / SIGTERM; EdgeOptions::stop points here.
+std::atomic<bool> g_stop{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "the signal handler needs a lock-free flag");
+
+extern "C" void on_stop_signal(int) { g_stop.store(true); }
+
+// The first SIGINT / SIGTERM asks the run to end after the current frame (SA_RESETHAND: a
+// second one has the default effect and ends the program; SA_RESTART: interrupted system
+// calls resume).
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESETHAND | SA_RESTART;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
 
 int usage_error(const std::string& msg) {
   std::fprintf(stderr, "shadowtutor-edge: %s\n\n%s", msg.c_str(), kUsage);
@@ -64,6 +89,10 @@ int main(int argc, char** argv) {
       }
       if (a == "--fp32-only") {
         o.accept_blobs = st::protocol::kAcceptF32;
+        continue;
+      }
+      if (a == "--loop") {
+        o.loop = true;
         continue;
       }
       if (i + 1 >= argc) return usage_error("option " + a + " needs a value");
@@ -119,6 +148,8 @@ int main(int argc, char** argv) {
     have_token = true;
   }
   if (!have_token) return usage_error("--token or --token-file is required");
+  o.stop = &g_stop;
+  install_stop_handlers();
   try {
     st::edge::EdgeResult r = st::edge::run_edge(o);
     std::string json = st::edge::to_json(r);
@@ -130,9 +161,10 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr,
                  "shadowtutor-edge: %lld frames at %.2f fps, %lld key frames, %lld updates, "
-                 "%.2f MB up, %.2f MB down\n",
+                 "%.2f MB up, %.2f MB down%s\n",
                  (long long)r.frames, r.fps, (long long)r.key_frames, (long long)r.updates,
-                 double(r.bytes_up) / 1e6, double(r.bytes_down) / 1e6);
+                 double(r.bytes_up) / 1e6, double(r.bytes_down) / 1e6,
+                 g_stop.load() ? " (interrupted)" : "");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "shadowtutor-edge: error: %s\n", e.what());
     return 1;

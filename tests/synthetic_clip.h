@@ -1,26 +1,60 @@
 // A tiny synthetic video for tests: `n` frames of 48x64 BGR, a bright rectangle ("person",
 // class 0) drifting right on a dark background, with a recorded teacher that labels it
 // exactly. Written to a fresh temp directory, removed on destruction.
+//
+// And what the loopback tests share so that none of them depends on how fast the machine is:
+// a deadline that only a hung test reaches, a wait for an event up to it, and the recorded
+// teacher of a clip that the edge plays in a loop (EdgeOptions::loop: frame indices run on).
 #pragma once
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include "edge/video.h"
+#include "server/teacher.h"
 #include "tensor/image.h"
 
 namespace st::test {
 
+// Seconds that only a hung loopback test waits: the deadline of every wait for an event
+// (a WELCOME, an update, a socket read, a server's sessions closing). A test never depends on
+// reaching anything sooner; a slow or loaded machine only makes it take longer.
+inline constexpr double kHungS = 120.0;
+
+// Polls `done` every 5 ms until it holds (true) or `timeout_s` passes (false).
+inline bool wait_until(const std::function<bool()>& done, double timeout_s = kHungS) {
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                            std::chrono::duration<double>(timeout_s));
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+// The time after which an event-driven on_frame gives up (returns false): now + kHungS.
+inline std::chrono::steady_clock::time_point hung_deadline() {
+  return std::chrono::steady_clock::now() +
+         std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+             std::chrono::duration<double>(kHungS));
+}
+
 struct SyntheticClip {
   static constexpr int64_t kH = 48, kW = 64;
   std::filesystem::path dir, frames, labels;
+  int64_t count = 0;  // frames
 
-  explicit SyntheticClip(const std::string& tag, int n = 24) {
+  explicit SyntheticClip(const std::string& tag, int n = 24) : count(n) {
     namespace fs = std::filesystem;
     static std::atomic<int> counter{0};
     dir = fs::temp_directory_path() /
@@ -50,6 +84,21 @@ struct SyntheticClip {
   }
   SyntheticClip(const SyntheticClip&) = delete;
   SyntheticClip& operator=(const SyntheticClip&) = delete;
+
+  // The recorded teacher for this clip played in a loop: frame i gets the labels of frame
+  // i mod count (a RecordedTeacher knows only the first pass's indices).
+  server::TeacherFactory looping_teacher() const {
+    struct Looping : server::Teacher {
+      server::RecordedTeacher rec;
+      int64_t n;
+      Looping(std::filesystem::path dir, int64_t count) : rec(std::move(dir)), n(count) {}
+      server::TeacherOutput run(uint64_t idx, const uint8_t* bgr, int64_t h, int64_t w) override {
+        return rec.run(idx % uint64_t(n), bgr, h, w);
+      }
+      std::string describe() const override { return "looping " + rec.describe(); }
+    };
+    return [dir = labels, n = count] { return std::make_unique<Looping>(dir, n); };
+  }
 };
 
 }  // namespace st::test

@@ -1,7 +1,14 @@
 // shadowtutor-edge over loopback: a server that goes away and comes back, a server that is not
-// there yet, naive offloading, full distillation, the link-rate limit, a teacher that hangs.
+// there yet, naive offloading, full distillation, the link-rate limit, a teacher that hangs,
+// looping the clip and ending a run early.
+//
+// No test depends on how fast the machine is: a test that needs an event (a reconnect, a
+// WELCOME, an update) plays the clip in a loop and waits for it in on_frame, up to a deadline
+// that only a hung test reaches (test::kHungS). Elapsed times are only bounded from below.
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <iterator>
 #include <mutex>
@@ -35,6 +42,13 @@ server::ServerOptions srv_opts(const fs::path& labels, int port = 0) {
   return o;
 }
 
+// A server for an edge that plays `clip` in a loop.
+server::ServerOptions looping_srv_opts(const EdgeClip& clip, int port = 0) {
+  server::ServerOptions o = srv_opts(clip.labels, port);
+  o.teacher = clip.looping_teacher();
+  return o;
+}
+
 edge::EdgeOptions edge_opts(const EdgeClip& clip, int port) {
   edge::EdgeOptions o;
   o.net.port = port;
@@ -44,7 +58,7 @@ edge::EdgeOptions edge_opts(const EdgeClip& clip, int port) {
   o.token = "tok";
   o.video = clip.frames;
   o.progress = false;
-  o.update_timeout_s = 20;
+  o.update_timeout_s = test::kHungS;  // an answer that takes longer means a hung test
   return o;
 }
 
@@ -73,28 +87,38 @@ TEST_CASE("edge: token bucket", "[edge]") {
 
 TEST_CASE("edge: server killed and restarted mid-run: the edge keeps going and resyncs", "[edge]") {
   EdgeClip clip("restart", 40);
-  auto first = std::make_unique<server::Server>(srv_opts(clip.labels));
+  auto first = std::make_unique<server::Server>(looping_srv_opts(clip));
   first->start();
   const int port = first->port();
   std::unique_ptr<server::Server> second;
   auto o = edge_opts(clip, port);
-  o.initial_wait_s = 10;
-  o.frame_interval_s = 0.03;
+  o.initial_wait_s = test::kHungS;
+  o.loop = true;  // as many frames as the reconnect takes
   std::vector<int64_t> seen;
-  o.on_frame = [&](int64_t i) {
-    seen.push_back(i);
-    if (i == 12) first->stop();  // the server goes away mid-run
-    if (i == 20) {
-      second = std::make_unique<server::Server>(srv_opts(clip.labels, port));
+  int64_t updates_before_second = -1;  // the edge's update count at its second WELCOME
+  const auto deadline = test::hung_deadline();
+  o.on_frame = [&](const edge::EdgeProgress& p) {
+    seen.push_back(p.frame);
+    if (p.frame == 12) first->stop();  // the server goes away mid-run
+    if (p.frame == 20) {
+      second = std::make_unique<server::Server>(looping_srv_opts(clip, port));
       second->start();
     }
+    if (p.welcomes >= 2 && updates_before_second < 0) updates_before_second = p.updates;
+    // The whole clip at least, then on until an update of the second session is applied.
+    const bool resynced = updates_before_second >= 0 && p.updates > updates_before_second;
+    return !(p.frames >= clip.count && resynced) && std::chrono::steady_clock::now() < deadline;
   };
   edge::EdgeResult r = edge::run_edge(o);
+  // Stopped, its counters are final (it counts an update right after sending it).
+  if (second) second->stop();
   INFO(edge::to_json(r));
-  REQUIRE(r.frames == 40);
-  REQUIRE(seen.size() == 40);
+  REQUIRE(r.frames >= 40);
+  REQUIRE(seen.size() == size_t(r.frames));
   for (size_t i = 0; i < seen.size(); ++i) REQUIRE(seen[i] == int64_t(i));
   REQUIRE(r.welcomes == 2);
+  REQUIRE(updates_before_second >= 1);  // the first server's update
+  REQUIRE(r.updates > updates_before_second);
   REQUIRE(r.disconnects >= 1);
   // The first server trained the edge's copy, so the second one (base weights) sent its full
   // student in WELCOME, and then distilled again.
@@ -102,7 +126,6 @@ TEST_CASE("edge: server killed and restarted mid-run: the edge keeps going and r
   REQUIRE(second->stats().key_frames >= 1);
   REQUIRE(second->stats().updates >= 1);
   REQUIRE(first->stats().updates >= 1);
-  second->stop();
 }
 
 TEST_CASE("edge: server not there at start, appears later", "[edge]") {
@@ -110,16 +133,24 @@ TEST_CASE("edge: server not there at start, appears later", "[edge]") {
   const int port = free_port(clip.labels);
   std::unique_ptr<server::Server> srv;
   auto o = edge_opts(clip, port);
-  o.frame_interval_s = 0.02;
-  o.on_frame = [&](int64_t i) {
-    if (i == 5) {
-      srv = std::make_unique<server::Server>(srv_opts(clip.labels, port));
+  o.loop = true;  // as many frames as connecting takes
+  std::vector<int64_t> seen;
+  const auto deadline = test::hung_deadline();
+  o.on_frame = [&](const edge::EdgeProgress& p) {
+    seen.push_back(p.frame);
+    if (p.frame == 5) {
+      srv = std::make_unique<server::Server>(looping_srv_opts(clip, port));
       srv->start();
     }
+    // The whole clip at least, then on until the late server has answered a key frame.
+    const bool answered = p.updates >= 1;
+    return !(p.frames >= clip.count && answered) && std::chrono::steady_clock::now() < deadline;
   };
   edge::EdgeResult r = edge::run_edge(o);
   INFO(edge::to_json(r));
-  REQUIRE(r.frames == 32);
+  REQUIRE(r.frames >= 32);
+  REQUIRE(seen.size() == size_t(r.frames));
+  for (size_t i = 0; i < seen.size(); ++i) REQUIRE(seen[i] == int64_t(i));
   REQUIRE(r.welcomes == 1);
   REQUIRE(r.key_frames >= 1);
   REQUIRE(r.updates >= 1);
@@ -127,7 +158,7 @@ TEST_CASE("edge: server not there at start, appears later", "[edge]") {
 
   // And with no server at all the edge still processes every frame.
   o.on_frame = nullptr;
-  o.frame_interval_s = 0;
+  o.loop = false;
   o.max_frames = 10;
   edge::EdgeResult alone = edge::run_edge(o);
   REQUIRE(alone.frames == 10);
@@ -141,7 +172,7 @@ TEST_CASE("edge: naive mode gets the teacher's labels for every frame", "[edge]"
   srv.start();
   auto o = edge_opts(clip, srv.port());
   o.mode = edge::EdgeMode::Naive;
-  o.initial_wait_s = 10;
+  o.initial_wait_s = test::kHungS;
   o.predictions_dir = clip.dir / "pred";
   edge::EdgeResult r = edge::run_edge(o);
   INFO(edge::to_json(r));
@@ -161,7 +192,7 @@ TEST_CASE("edge: full distillation and an fp16-only edge", "[edge]") {
   server::Server srv(srv_opts(clip.labels));
   srv.start();
   auto o = edge_opts(clip, srv.port());
-  o.initial_wait_s = 10;
+  o.initial_wait_s = test::kHungS;
   o.mode = edge::EdgeMode::Full;
   o.accept_blobs = protocol::kAcceptF16;
   edge::EdgeResult r = edge::run_edge(o);
@@ -176,16 +207,69 @@ TEST_CASE("edge: full distillation and an fp16-only edge", "[edge]") {
   srv.stop();
 }
 
+namespace {
+// A gate that the test opens once; teachers wait at it (up to kHungS).
+struct Gate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool opened = false;
+  void open() {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      opened = true;
+    }
+    cv.notify_all();
+  }
+  void wait() {
+    std::unique_lock<std::mutex> l(mu);
+    cv.wait_for(l, std::chrono::duration<double>(test::kHungS), [&] { return opened; });
+  }
+};
+
+// Recorded labels, given only once the gate is open.
+struct GatedTeacher : server::Teacher {
+  server::RecordedTeacher rec;
+  std::shared_ptr<Gate> gate;
+  GatedTeacher(fs::path labels, std::shared_ptr<Gate> g)
+      : rec(std::move(labels)), gate(std::move(g)) {}
+  server::TeacherOutput run(uint64_t idx, const uint8_t* bgr, int64_t h, int64_t w) override {
+    gate->wait();
+    return rec.run(idx, bgr, h, w);
+  }
+  std::string describe() const override { return "gated"; }
+};
+
+// Opens the gate when the test leaves its scope, so that no server waits on it at stop().
+struct OpenOnExit {
+  std::shared_ptr<Gate> gate;
+  ~OpenOnExit() { gate->open(); }
+};
+}  // namespace
+
 TEST_CASE("edge: link-rate limit slows the transfers", "[edge]") {
   EdgeClip clip("link", 9);
-  server::Server srv(srv_opts(clip.labels));
+  // The teacher answers key frame 0 only once the edge has run frame 7, so the update cannot
+  // be here before the edge needs it at frame 8 (MIN_STRIDE): the edge then waits for the
+  // whole rate-limited transfer, however fast or slow the machine runs the frames before.
+  auto gate = std::make_shared<Gate>();
+  auto so = srv_opts(clip.labels);
+  so.teacher = [labels = clip.labels, gate] {
+    return std::make_unique<GatedTeacher>(labels, gate);
+  };
+  server::Server srv(so);
+  OpenOnExit open_on_exit{gate};
   srv.start();
   auto o = edge_opts(clip, srv.port());
-  o.initial_wait_s = 10;
+  o.initial_wait_s = test::kHungS;
   o.net.link_mbps = 8;  // 1 MB/s per direction
+  o.on_frame = [&](const edge::EdgeProgress& p) {
+    if (p.frame == 7) gate->open();
+    return true;
+  };
   edge::EdgeResult r = edge::run_edge(o);
   INFO(edge::to_json(r));
   REQUIRE(r.frames == 9);
+  REQUIRE(r.key_frames >= 1);
   REQUIRE(r.updates == 1);
   // Everything received went through the bucket: at most one burst (16 kB) came for free.
   const double rate = 8e6 / 8;
@@ -197,17 +281,27 @@ TEST_CASE("edge: link-rate limit slows the transfers", "[edge]") {
 TEST_CASE("edge: a hanging teacher: the edge gives up waiting and carries on", "[edge]") {
   EdgeClip clip("hang", 20);
   auto so = srv_opts(clip.labels);
+  // A teacher that answers nothing while the edge runs: it waits for the test's `release`
+  // file, then fails (exits 1). (The teacher's own timeout: "server: a teacher that never
+  // answers ..." in test_server.cpp.)
+  const fs::path release = clip.dir / "release";
   fs::path sh = clip.dir / "hang.sh";
-  std::ofstream(sh) << "#!/bin/sh\nexec sleep 30\n";
+  std::ofstream(sh) << "#!/bin/sh\nwhile [ ! -e '" << release.string()
+                    << "' ]; do sleep 0.05; done\nexit 1\n";
   fs::permissions(sh, fs::perms::owner_all);
   const std::string cmd = sh.string();
-  so.teacher = [cmd] { return std::make_unique<server::CommandTeacher>(cmd, 3.0); };
+  so.teacher = [cmd] { return std::make_unique<server::CommandTeacher>(cmd, test::kHungS); };
   server::Server srv(so);
+  struct Release {  // lets the teachers go when the test leaves, before the server stops
+    fs::path file;
+    ~Release() { std::ofstream(file) << "go\n"; }
+  } release_on_exit{release};
   srv.start();
   auto o = edge_opts(clip, srv.port());
-  o.initial_wait_s = 10;
+  o.initial_wait_s = test::kHungS;
   o.update_timeout_s = 0.3;
   edge::EdgeResult r = edge::run_edge(o);
+  std::ofstream(release) << "go\n";
   INFO(edge::to_json(r));
   REQUIRE(r.frames == 20);
   REQUIRE(r.updates == 0);
@@ -218,6 +312,103 @@ TEST_CASE("edge: a hanging teacher: the edge gives up waiting and carries on", "
   REQUIRE(gave_up);
   srv.stop();
   REQUIRE(srv.stats().teacher_failures >= 1);
+}
+
+TEST_CASE("edge: loop replays the clip with increasing frame indices; on_frame and stop end a run",
+          "[edge]") {
+  EdgeClip clip("loop", 5);
+  auto o = edge_opts(clip, free_port(clip.labels));  // nobody there: the student alone
+  o.loop = true;
+  o.max_frames = 12;
+  o.predictions_dir = clip.dir / "pred";
+  std::vector<edge::EdgeProgress> seen;
+  o.on_frame = [&](const edge::EdgeProgress& p) {
+    seen.push_back(p);
+    return true;
+  };
+  edge::EdgeResult r = edge::run_edge(o);
+  INFO(edge::to_json(r));
+  REQUIRE(r.frames == 12);  // max_frames bounds a loop
+  REQUIRE(seen.size() == 12);
+  for (size_t i = 0; i < seen.size(); ++i) {
+    REQUIRE(seen[i].frame == int64_t(i));
+    REQUIRE(seen[i].frames == int64_t(i) + 1);
+    REQUIRE(!seen[i].online);
+    REQUIRE(seen[i].welcomes == 0);
+    REQUIRE(seen[i].key_frames == 0);
+  }
+  // Passes 2 and 3 are the clip again: frame i is frame i mod 5, and so is its prediction.
+  edge::LabelSource pred(clip.dir / "pred");
+  for (int64_t i = 5; i < 12; ++i) REQUIRE(pred.labels(i, kH, kW) == pred.labels(i % 5, kH, kW));
+  REQUIRE(!pred.has(12));
+
+  // on_frame returning false ends the run after that frame.
+  o.max_frames = -1;
+  o.on_frame = [](const edge::EdgeProgress& p) { return p.frame < 20; };
+  REQUIRE(edge::run_edge(o).frames == 21);
+  // Without loop the clip's end is the run's end.
+  o.loop = false;
+  REQUIRE(edge::run_edge(o).frames == 5);
+
+  // A stop flag: set during frame 3, the run ends after it; set before, no frame runs.
+  std::atomic<bool> stop{false};
+  o.loop = true;
+  o.stop = &stop;
+  o.on_frame = [&](const edge::EdgeProgress& p) {
+    if (p.frame == 3) stop = true;
+    return true;
+  };
+  REQUIRE(edge::run_edge(o).frames == 4);
+  REQUIRE(edge::run_edge(o).frames == 0);
+}
+
+TEST_CASE("edge: a stop request also ends a wait for the server's answer", "[edge]") {
+  EdgeClip clip("stopwait", 12);
+  auto gate = std::make_shared<Gate>();  // opened only at the end: key frame 0 is never answered
+  auto so = srv_opts(clip.labels);
+  so.teacher = [labels = clip.labels, gate] {
+    return std::make_unique<GatedTeacher>(labels, gate);
+  };
+  server::Server srv(so);
+  OpenOnExit open_on_exit{gate};
+  srv.start();
+  auto o = edge_opts(clip, srv.port());
+  o.initial_wait_s = test::kHungS;
+  std::atomic<bool> stop{false};
+  o.stop = &stop;
+  std::atomic<bool> at_frame_7{false};
+  edge::EdgeProgress frame_7;
+  o.on_frame = [&](const edge::EdgeProgress& p) {
+    if (p.frame == 7) {
+      frame_7 = p;
+      at_frame_7 = true;
+    }
+    return true;
+  };
+  // Frame 8 waits for the answer to key frame 0 (MIN_STRIDE), up to update_timeout_s (kHungS).
+  // The stop comes from another thread after frame 7, before or during that wait.
+  std::thread stopper([&] {
+    test::wait_until([&] { return at_frame_7.load(); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    stop = true;
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  edge::EdgeResult r = edge::run_edge(o);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  stopper.join();
+  gate->open();
+  INFO(edge::to_json(r));
+  REQUIRE(frame_7.online);
+  REQUIRE(frame_7.waiting);  // key frame 0 sent, not answered
+  REQUIRE(frame_7.welcomes == 1);
+  REQUIRE(frame_7.key_frames == 1);
+  REQUIRE(took < test::kHungS);  // it did not sit out update_timeout_s
+  REQUIRE((r.frames == 8 || r.frames == 9));  // stopped before frame 8, or inside its wait
+  REQUIRE(r.key_frames == 1);
+  REQUIRE(r.updates == 0);
+  REQUIRE(r.disconnects == 0);  // an answer left pending by a stop is no lost session
+  REQUIRE(r.errors.empty());
+  srv.stop();
 }
 
 namespace {
@@ -259,7 +450,7 @@ TEST_CASE("edge: PNG and JPEG key frames are decoded by the server, with referen
     srv.start();
     auto o = edge_opts(clip, srv.port());
     o.mode = edge::EdgeMode::Naive;
-    o.initial_wait_s = 10;
+    o.initial_wait_s = test::kHungS;
     o.key_encoding = enc;
     o.reference_dir = clip.labels;
     o.frame_log = clip.dir / "frames.jsonl";
@@ -306,7 +497,7 @@ TEST_CASE("edge: partial run frame log: keys, applied updates, reference mIoU", 
   server::Server srv(srv_opts(clip.labels));
   srv.start();
   auto o = edge_opts(clip, srv.port());
-  o.initial_wait_s = 10;
+  o.initial_wait_s = test::kHungS;
   o.reference_dir = clip.labels;
   o.frame_log = clip.dir / "partial.jsonl";
   edge::EdgeResult r = edge::run_edge(o);
@@ -348,7 +539,7 @@ TEST_CASE("edge: the demo's HTML report from real loopback runs (tools/report.py
   for (auto mode : {edge::EdgeMode::Naive, edge::EdgeMode::Partial, edge::EdgeMode::Full}) {
     const std::string m = edge::edge_mode_name(mode);
     auto o = edge_opts(clip, srv.port());
-    o.initial_wait_s = 10;
+    o.initial_wait_s = test::kHungS;
     o.mode = mode;
     o.frame_log = out / (m + ".jsonl");
     o.overlays_dir = out / ("overlays_" + m);
