@@ -273,7 +273,7 @@ TEST_CASE("teacher: end to end with torchvision's resize matches torchvision's m
   compare_end_to_end(80, 120);  // 64 x 96 -> 80 x 120: resize, boxes and masks mapped back
 }
 
-TEST_CASE("teacher: the Mask R-CNN server teacher labels frames (seeded model)", "[teacher][server]") {
+TEST_CASE("teacher: the Mask R-CNN server teacher labels frames (seeded model)", "[teacher]") {
   REQUIRE_THROWS_WITH(server::MaskRcnnTeacher::load("/nonexistent/teacher.safetensors", Device::cpu()),
                       Contains("does not exist"));
   if (!have_torchvision()) ST_SKIP("Debian's python3-torchvision is not installed (tools/bootstrap.sh --bench)");
