@@ -1,12 +1,17 @@
 // The Mask R-CNN teacher's detection ops against torchvision 0.14 (tests/golden/teacher_ops.safetensors,
 // made by tools/make_teacher_ops_golden.py): ROIAlign in both conventions, NMS, exact per-group
-// NMS, box decoding with the clamp. Our kernels follow torchvision's float32 operation order, so
-// tolerances are tight: ROIAlign 1e-5 absolute on O(1) features; boxes 1e-4 px (exp() of two
-// libms); NMS indices exactly.
+// NMS, box decoding with the clamp, proposal selection and box-head inference. The references
+// are torchvision's float32 results, so every float comparison allows error(ours) +
+// error(torchvision), each a rigorous bound on the distance from the exact (real arithmetic)
+// result on the same float32 inputs, derived from the operation order (tests/error_bound.h;
+// tests/README.md): ROIAlign by the sampling points' coordinate error and the interpolation
+// sums, boxes and scores by running error analysis of the decode and of sigmoid/softmax. The
+// selections (NMS indices, kept boxes, classes) must match exactly.
 #include <nlohmann/json.hpp>
 
-#include "teacher_port/detect_ops.h"
+#include "error_bound.h"
 #include "teacher_port/box_inference.h"
+#include "teacher_port/detect_ops.h"
 #include "teacher_port/glue.h"
 #include "teacher_port/proposals.h"
 #include "tensor/safetensors.h"
@@ -16,12 +21,213 @@ using namespace st;
 using Catch::Matchers::Contains;
 
 namespace {
+using test::Bounded;
+using test::constant;
+using test::exact;
+using test::gamma;
+using test::kU32;
+using test::kU64;
+
 safetensors::File golden() {
   auto f = safetensors::load(test::source_dir() / "tests" / "golden" / "teacher_ops.safetensors");
   REQUIRE(f.metadata.at("generator") == "tools/make_teacher_ops_golden.py");
   return f;
 }
 std::vector<int64_t> ints(const Tensor& t) { return t.to_vector<int64_t>(); }
+
+// ---- ROIAlign ----
+// torchvision's algorithm (kernels/cpu/roi_align.h, the same operation order in ours): for a
+// box (x0, y0, x1, y1) at `scale`, off = 0.5 when aligned:
+//   sy = y0*scale - off, h = (y1*scale - off) - sy (>= 1 when unaligned), bin_h = h/PH,
+//   grid_h = sampling_ratio or ceil(h/PH), and the sampling points
+//   y = sy + ph*bin_h + (iy + 0.5)*bin_h/grid_h (x likewise); a point outside [-1, H] x [-1, W]
+//   adds 0, others are clamped into the image and interpolated: ly = y - floor(y) (exact),
+//   hy = 1 - ly, w1 = hy*hx ..., acc += w1*v1 + w2*v2 + w3*v3 + w4*v4; out = acc / count,
+//   count = max(grid_h*grid_w, 1).
+// Error of one implementation (unit roundoff u), against the exact value on the same inputs:
+//  - a point is off by delta (the coordinate formula above, as Bounded); the interpolant is
+//    continuous and Lipschitz, with constant L_y = max |x[r+1][c] - x[r][c]| over the cells the
+//    point can reach (L_x likewise): delta_y L_y + delta_x L_x. Where y is within delta_y of -1
+//    or H (x of -1 or W) the point may fall in or out: its whole value, <= M = max |x| over the
+//    reachable cells, is added;
+//  - the weights at the computed point: hy rounded once, w1 = hy*hx once more: within gamma(3)
+//    of the exact ones, which sum to 1: gamma(3) M;
+//  - the 4*count products summed: gamma(4 count) (1 + gamma(3)) sum of the points' M;
+//  - the division by count: one rounding.
+// The adaptive grid size ceil(h/PH) must not be ambiguous (h/PH within its error bound of an
+// integer): a property of the golden data, checked.
+struct Plane {
+  const double* x;
+  int64_t H, W;
+  double at(int64_t r, int64_t c) const { return x[r * W + c]; }
+};
+
+// The cells a coordinate within delta of y (clamped into [0, n-1]) can interpolate from.
+std::pair<int64_t, int64_t> reach(double y, double delta, int64_t n) {
+  auto cell = [&](double t) { return std::min<int64_t>(int64_t(std::max(t, 0.0)), n - 1); };
+  return {cell(y - delta), std::min(cell(y + delta) + 1, n - 1)};
+}
+
+double roi_align_error(const Plane& p, const double* box, double scale, int64_t PH, int64_t PW,
+                       int64_t sampling_ratio, bool aligned, int64_t ph, int64_t pw, double u) {
+  const Bounded s = constant(scale, u), off = constant(aligned ? 0.5 : 0.0, u);
+  const Bounded sx = exact(box[0], u) * s - off, sy = exact(box[1], u) * s - off;
+  Bounded w = (exact(box[2], u) * s - off) - sx, h = (exact(box[3], u) * s - off) - sy;
+  if (!aligned) w = max(w, constant(1, u)), h = max(h, constant(1, u));
+  const Bounded bin_h = h / exact(double(PH), u), bin_w = w / exact(double(PW), u);
+  auto grid = [&](const Bounded& q) -> int64_t {
+    if (sampling_ratio > 0) return sampling_ratio;
+    const double lo = std::ceil(q.v - q.e), hi = std::ceil(q.v + q.e);
+    INFO("box " << box[0] << " " << box[1] << " " << box[2] << " " << box[3]);
+    REQUIRE(lo == hi);  // every implementation takes the same number of sampling points
+    return int64_t(lo);
+  };
+  const int64_t gh = grid(bin_h), gw = grid(bin_w);
+  const double count = double(std::max<int64_t>(gh * gw, 1));
+  double pert = 0, mag = 0;  // point and weight errors; sum of the points' M
+  for (int64_t iy = 0; iy < gh; ++iy) {
+    const Bounded y = sy + exact(double(ph), u) * bin_h +
+                      exact(double(iy) + 0.5, u) * bin_h / exact(double(gh), u);
+    for (int64_t ix = 0; ix < gw; ++ix) {
+      const Bounded x = sx + exact(double(pw), u) * bin_w +
+                        exact(double(ix) + 0.5, u) * bin_w / exact(double(gw), u);
+      auto near = [](const Bounded& t, double edge) { return std::abs(t.v - edge) <= t.e; };
+      const bool ambiguous =
+          near(y, -1) || near(y, double(p.H)) || near(x, -1) || near(x, double(p.W));
+      const bool inside = y.v >= -1 && y.v <= double(p.H) && x.v >= -1 && x.v <= double(p.W);
+      if (!inside && !ambiguous) continue;  // 0 in every implementation
+      const auto [r0, r1] = reach(y.v, y.e, p.H);
+      const auto [c0, c1] = reach(x.v, x.e, p.W);
+      double M = 0, Ly = 0, Lx = 0;
+      for (int64_t r = r0; r <= r1; ++r)
+        for (int64_t c = c0; c <= c1; ++c) {
+          M = std::max(M, std::abs(p.at(r, c)));
+          if (r < r1) Ly = std::max(Ly, std::abs(p.at(r + 1, c) - p.at(r, c)));
+          if (c < c1) Lx = std::max(Lx, std::abs(p.at(r, c + 1) - p.at(r, c)));
+        }
+      pert += y.e * Ly + x.e * Lx + gamma(3, u) * M + (ambiguous ? M : 0.0);
+      mag += M;
+    }
+  }
+  const double acc_err = pert + gamma(4 * count, u) * (1 + gamma(3, u)) * mag;
+  return acc_err / count + u * (mag + acc_err) / count + test::underflow_eta(u);
+}
+
+// Per-element bound of roi_align's output in format u_ours against torchvision's float32.
+Tensor roi_align_bound(const Tensor& x, const Tensor& rois, int64_t PH, int64_t PW, double scale,
+                       int64_t sampling_ratio, bool aligned, double u_ours) {
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3), R = rois.size(0);
+  const auto xv = x.to_vector<double>(), rv = rois.to_vector<double>();
+  std::vector<double> out;
+  for (int64_t r = 0; r < R; ++r) {
+    const double* box = &rv[size_t(r * 5 + 1)];
+    const int64_t n = int64_t(rv[size_t(r * 5)]);
+    for (int64_t c = 0; c < C; ++c) {
+      const Plane p{&xv[size_t((n * C + c) * H * W)], H, W};
+      for (int64_t ph = 0; ph < PH; ++ph)
+        for (int64_t pw = 0; pw < PW; ++pw)
+          out.push_back(
+              roi_align_error(p, box, scale, PH, PW, sampling_ratio, aligned, ph, pw, u_ours) +
+              roi_align_error(p, box, scale, PH, PW, sampling_ratio, aligned, ph, pw, kU32));
+    }
+  }
+  return Tensor::from_vector(out, {R, C, PH, PW});
+}
+
+// ---- box decoding and scores ----
+// BoxCoder.decode_single, torchvision's float32 and ours (detect_ops.cpp) in the same order:
+// w = x1 - x0, cx = x0 + 0.5*w, dx = d0/wx, dw = min(d2/ww, clip), pcx = dx*w + cx,
+// pw = exp(dw)*w, out = pcx -+ 0.5*pw (y likewise). torch may divide a tensor by a Python
+// weight as a product with its float reciprocal: for torchvision the larger bound of the two is
+// used. `clip_hw` (> 0) also clamps x to [0, W] and y to [0, H] (exact, 1-Lipschitz).
+std::array<Bounded, 4> decode_model(const float* anchor, const float* delta,
+                                    std::array<double, 4> wt, bool torch, int64_t clip_h = 0,
+                                    int64_t clip_w = 0) {
+  const double u = kU32;
+  auto div = [&](const Bounded& a, double d) {
+    const Bounded q = a / constant(d, u);
+    if (!torch) return q;
+    const Bounded r = a * (constant(1, u) / constant(d, u));
+    return q.e >= r.e ? q : r;
+  };
+  const Bounded x0 = exact(anchor[0], u), y0 = exact(anchor[1], u);
+  const Bounded w = exact(anchor[2], u) - x0, h = exact(anchor[3], u) - y0;
+  const Bounded half = constant(0.5, u), clip = constant(teacher::kBoxClamp, u);
+  const Bounded cx = x0 + half * w, cy = y0 + half * h;
+  const Bounded dx = div(exact(delta[0], u), wt[0]), dy = div(exact(delta[1], u), wt[1]);
+  const Bounded dw = min(div(exact(delta[2], u), wt[2]), clip);
+  const Bounded dh = min(div(exact(delta[3], u), wt[3]), clip);
+  const Bounded pcx = dx * w + cx, pcy = dy * h + cy;
+  const Bounded hw = half * (exp(dw) * w), hh = half * (exp(dh) * h);
+  std::array<Bounded, 4> b = {pcx - hw, pcy - hh, pcx + hw, pcy + hh};
+  if (clip_w > 0)
+    for (int q = 0; q < 4; ++q) {
+      const Bounded hi = constant(double(q % 2 == 0 ? clip_w : clip_h), u);
+      b[size_t(q)] = min(max(b[size_t(q)], constant(0, u)), hi);
+    }
+  return b;
+}
+
+// sigmoid in float: 1/(1 + exp(-x)), ours and torch's kernel alike.
+Bounded sigmoid_model(double x) {
+  const Bounded one = constant(1, kU32);
+  return one / (one + exp(-exact(x, kU32)));
+}
+
+// softmax of one row in float: ours (box_inference.cpp) e = exp(l - max), sequential sum,
+// e / sum; torch's last-dim kernel (SoftMaxKernel.cpp) e * (1/sum).
+std::vector<Bounded> softmax_model(const float* l, int64_t K, bool torch) {
+  const double u = kU32;
+  std::vector<Bounded> e(static_cast<size_t>(K));
+  Bounded m = exact(l[0], u);
+  for (int64_t k = 1; k < K; ++k) m = max(m, exact(l[k], u));
+  for (int64_t k = 0; k < K; ++k) e[size_t(k)] = exp(exact(l[k], u) - m);
+  const Bounded s = test::sum(e, u), r = constant(1, u) / s;
+  for (auto& v : e) v = torch ? v * r : v / s;
+  return e;
+}
+
+// One row an op could output (a box, its score and class): exact values and the two bounds.
+struct Candidate {
+  std::array<double, 5> v{}, e_ours{}, e_ref{};
+  int64_t cls = -1;
+};
+Candidate candidate(const std::array<Bounded, 4>& ours, const std::array<Bounded, 4>& ref,
+                    const Bounded& s_ours, const Bounded& s_ref, int64_t cls = -1) {
+  Candidate c;
+  for (size_t q = 0; q < 4; ++q) c.v[q] = ours[q].v, c.e_ours[q] = ours[q].e, c.e_ref[q] = ref[q].e;
+  c.v[4] = s_ours.v, c.e_ours[4] = s_ours.e, c.e_ref[4] = s_ref.e;
+  c.cls = cls;
+  return c;
+}
+
+// Bounds for the rows of a selection (boxes (K, 4), scores (K), classes or empty): each
+// reference row comes from a candidate whose exact values are within its torchvision bound of
+// every reference value; the row's bound is that candidate's ours + torchvision bound (the
+// largest, should several candidates explain the row). A row no candidate explains fails.
+std::pair<Tensor, Tensor> selection_bounds(const Tensor& ref_boxes, const Tensor& ref_scores,
+                                           const std::vector<int64_t>& ref_classes,
+                                           const std::vector<Candidate>& cands) {
+  const int64_t K = ref_boxes.size(0);
+  const auto rb = ref_boxes.to_vector<double>(), rs = ref_scores.to_vector<double>();
+  std::vector<double> bb(size_t(K * 4), -1.0), bs(size_t(K), -1.0);
+  for (int64_t k = 0; k < K; ++k) {
+    const size_t k4 = size_t(k * 4);
+    const std::array<double, 5> ref = {rb[k4], rb[k4 + 1], rb[k4 + 2], rb[k4 + 3], rs[size_t(k)]};
+    for (const Candidate& c : cands) {
+      if (!ref_classes.empty() && c.cls != ref_classes[size_t(k)]) continue;
+      bool explains = true;
+      for (size_t q = 0; q < 5 && explains; ++q) explains = std::abs(ref[q] - c.v[q]) <= c.e_ref[q];
+      if (!explains) continue;
+      for (size_t q = 0; q < 4; ++q)
+        bb[size_t(k * 4) + q] = std::max(bb[size_t(k * 4) + q], c.e_ours[q] + c.e_ref[q]);
+      bs[size_t(k)] = std::max(bs[size_t(k)], c.e_ours[4] + c.e_ref[4]);
+    }
+    INFO("reference row " << k);
+    REQUIRE(bs[size_t(k)] >= 0);  // explained by some candidate
+  }
+  return {Tensor::from_vector(bb, {K, 4}), Tensor::from_vector(bs, {K})};
+}
 }  // namespace
 
 TEST_CASE("teacher ops: ROIAlign matches torchvision (aligned/adaptive and unaligned/sampling 2)",
@@ -36,12 +242,14 @@ TEST_CASE("teacher ops: ROIAlign matches torchvision (aligned/adaptive and unali
     Tensor y = teacher::roi_align(x, rois, c.at("out_h"), c.at("out_w"), c.at("scale"),
                                   c.at("sampling_ratio"), c.at("aligned"));
     REQUIRE(y.shape() == ref.shape());
-    ST_REQUIRE_CLOSE(y, ref, 1e-5, 1e-5);
-    // The f64 path agrees with the f32 reference up to f32 rounding.
+    ST_REQUIRE_WITHIN(y, ref, roi_align_bound(x, rois, c.at("out_h"), c.at("out_w"), c.at("scale"),
+                                              c.at("sampling_ratio"), c.at("aligned"), kU32));
+    // The f64 path: its own (double) rounding plus torchvision's float rounding.
     Tensor y64 = teacher::roi_align(x.to(DType::F64), rois.to(DType::F64), c.at("out_h"),
                                     c.at("out_w"), c.at("scale"), c.at("sampling_ratio"),
                                     c.at("aligned"));
-    ST_REQUIRE_CLOSE(y64, ref.to(DType::F64), 1e-5, 1e-5);
+    ST_REQUIRE_WITHIN(y64, ref, roi_align_bound(x, rois, c.at("out_h"), c.at("out_w"), c.at("scale"),
+                                                c.at("sampling_ratio"), c.at("aligned"), kU64));
   }
   // The special boxes at the end: fully outside and empty give zeros.
   Tensor y = teacher::roi_align(x, f.get("roi_box.rois"), 7, 7, 0.25, 0, true);
@@ -69,10 +277,19 @@ TEST_CASE("teacher ops: NMS and exact per-group NMS match torchvision", "[teache
 TEST_CASE("teacher ops: box decoding with the dw/dh clamp matches torchvision", "[teacher][golden][portable]") {
   auto f = golden();
   Tensor anchors = f.get("decode.anchors"), deltas = f.get("decode.deltas");
-  ST_REQUIRE_CLOSE(teacher::decode_boxes(deltas, anchors, {1, 1, 1, 1}), f.get("decode.w1"), 1e-4,
-                   1e-6);
-  ST_REQUIRE_CLOSE(teacher::decode_boxes(deltas, anchors, {10, 10, 5, 5}), f.get("decode.w10"),
-                   1e-4, 1e-6);
+  const auto a = anchors.to_vector<float>(), d = deltas.to_vector<float>();
+  for (auto [tag, wt] : {std::pair{"w1", std::array<double, 4>{1, 1, 1, 1}},
+                         std::pair{"w10", std::array<double, 4>{10, 10, 5, 5}}}) {
+    INFO(tag);
+    std::vector<double> bound;
+    for (int64_t k = 0; k < anchors.size(0); ++k) {
+      const auto ours = decode_model(&a[size_t(k * 4)], &d[size_t(k * 4)], wt, false);
+      const auto ref = decode_model(&a[size_t(k * 4)], &d[size_t(k * 4)], wt, true);
+      for (size_t q = 0; q < 4; ++q) bound.push_back(ours[q].e + ref[q].e);
+    }
+    ST_REQUIRE_WITHIN(teacher::decode_boxes(deltas, anchors, wt),
+                      f.get(std::string("decode.") + tag), Tensor::from_vector(bound, anchors.shape()));
+  }
 }
 
 TEST_CASE("teacher ops: small hand-checked cases and bad input", "[teacher][errors][portable]") {
@@ -236,8 +453,23 @@ TEST_CASE("teacher: RPN proposal selection in both conventions", "[teacher][gold
     auto p = teacher::select_proposals(levels, H, W, conv);
     Tensor rb = f.get(std::string("rpn.") + tag + "_boxes"), rs = f.get(std::string("rpn.") + tag + "_scores");
     REQUIRE(p.boxes.shape() == rb.shape());
-    ST_REQUIRE_CLOSE(p.boxes, rb, 1e-3, 1e-6);  // boxes to 1e-3 px
-    ST_REQUIRE_CLOSE(p.scores, rs, 1e-6, 1e-5);
+    // Every anchor is a candidate: its decoded and clipped box and its score (torchvision: the
+    // sigmoid of the logit; Detectron2: the logit itself, exact).
+    std::vector<Candidate> cands;
+    const bool tv = conv == teacher::Convention::Torchvision;
+    for (const auto& L : levels) {
+      const auto lg = L.logits.to_vector<float>(), dl = L.deltas.to_vector<float>(),
+                 an = L.anchors.to_vector<float>();
+      for (size_t i = 0; i < lg.size(); ++i) {
+        const std::array<double, 4> w1 = {1, 1, 1, 1};
+        const Bounded s = tv ? sigmoid_model(lg[i]) : exact(lg[i], kU32);
+        cands.push_back(candidate(decode_model(&an[i * 4], &dl[i * 4], w1, false, H, W),
+                                  decode_model(&an[i * 4], &dl[i * 4], w1, true, H, W), s, s));
+      }
+    }
+    const auto [bb, bs] = selection_bounds(rb, rs, {}, cands);
+    ST_REQUIRE_WITHIN(p.boxes, rb, bb);
+    ST_REQUIRE_WITHIN(p.scores, rs, bs);
     REQUIRE(int64_t(p.level.size()) == p.boxes.size(0));
   }
 }
@@ -254,12 +486,34 @@ TEST_CASE("teacher: box-head inference in both conventions", "[teacher][golden][
     const std::string p = std::string("boxinf.") + tag;
     auto d = teacher::box_inference(f.get(p + "_logits"), f.get(p + "_deltas"), prop, c.at("img_h"),
                                     c.at("img_w"), conv, cfg);
-    Tensor rb = f.get(p + "_boxes");
+    Tensor rb = f.get(p + "_boxes"), rs = f.get(p + "_scores");
     REQUIRE(rb.size(0) > 10);
     REQUIRE(d.boxes.shape() == rb.shape());
-    ST_REQUIRE_CLOSE(d.boxes, rb, 1e-3, 1e-6);
-    ST_REQUIRE_CLOSE(d.scores, f.get(p + "_scores"), 1e-6, 1e-5);
     REQUIRE(d.classes == ints(f.get(p + "_classes")));
+    // Candidates: every (proposal, foreground class) pair, its class-specific box decoded with
+    // weights (10, 10, 5, 5) and clipped, and its softmax score.
+    const bool d2 = conv == teacher::Convention::Detectron2;
+    const Tensor lt = f.get(p + "_logits");
+    const int64_t R = lt.size(0), K1 = lt.size(1), reg = d2 ? K1 - 1 : K1;
+    const auto lg = lt.to_vector<float>(), dl = f.get(p + "_deltas").to_vector<float>(),
+               pr = prop.to_vector<float>();
+    const std::array<double, 4> w10 = {10, 10, 5, 5};
+    const int64_t ih = c.at("img_h"), iw = c.at("img_w");
+    std::vector<Candidate> cands;
+    for (int64_t r = 0; r < R; ++r) {
+      const auto so = softmax_model(&lg[size_t(r * K1)], K1, false);
+      const auto st = softmax_model(&lg[size_t(r * K1)], K1, true);
+      for (int64_t j = 0; j < K1 - 1; ++j) {
+        const int64_t cls = d2 ? j : j + 1, col = d2 ? j : cls;
+        const float* dr = &dl[size_t((r * reg + col) * 4)];
+        cands.push_back(candidate(decode_model(&pr[size_t(r * 4)], dr, w10, false, ih, iw),
+                                  decode_model(&pr[size_t(r * 4)], dr, w10, true, ih, iw),
+                                  so[size_t(cls)], st[size_t(cls)], cls));
+      }
+    }
+    const auto [bb, bs] = selection_bounds(rb, rs, d.classes, cands);
+    ST_REQUIRE_WITHIN(d.boxes, rb, bb);
+    ST_REQUIRE_WITHIN(d.scores, rs, bs);
   }
   REQUIRE_THROWS_WITH(teacher::box_inference(Tensor::zeros({3, 81}), Tensor::zeros({3, 324}),
                                              Tensor::zeros({3, 4}), 10, 10,
