@@ -44,6 +44,18 @@ std::vector<float> random_rois(int64_t R, float W, float H, uint32_t seed) {
 
 }  // namespace
 
+// The comparisons below evaluate the shared headers in this file, so this file must itself be
+// compiled without contraction (it is in ST_SHARED_MATH_SOURCES with the library's files): a
+// contracted a * b + c would be one FMA here.
+TEST_CASE("shared math: this file is compiled without floating-point contraction", "[portable]") {
+  volatile float va = 1.0f + 0x1p-12f, vb = 1.0f + 0x1p-12f, vc = -(1.0f + 0x1p-11f);
+  const float a = va, b = vb, c = vc;
+  const float plain = a * b + c;  // a * b rounds to 1 + 2^-11 (a tie, to even): 0
+  INFO("a * b + c = " << plain << ", fma(a, b, c) = " << std::fma(a, b, c));
+  REQUIRE(std::fma(a, b, c) == 0x1p-24f);
+  REQUIRE(plain == 0.0f);
+}
+
 TEST_CASE("shared math: ROIAlign on the CPU equals the shared header evaluated without FMA",
           "[portable][teacher]") {
   const int64_t C = 3, H = 23, W = 37, R = 64;
