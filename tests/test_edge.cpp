@@ -314,7 +314,7 @@ TEST_CASE("edge: a hanging teacher: the edge gives up waiting and carries on", "
   REQUIRE(srv.stats().teacher_failures >= 1);
 }
 
-TEST_CASE("edge: loop replays the clip with increasing frame indices; on_frame and stop end a run",
+TEST_CASE("edge: loop replays the clip with increasing frame indices, and on_frame and stop end a run",
           "[edge]") {
   EdgeClip clip("loop", 5);
   auto o = edge_opts(clip, free_port(clip.labels));  // nobody there: the student alone

@@ -529,7 +529,7 @@ TEST_CASE("server: idle sessions are PINGed, then closed, while a peer that answ
   REQUIRE(srv2.stats().errors_sent == 0);
 }
 
-TEST_CASE("server: a teacher that never answers fails after its timeout; the session gets ERROR",
+TEST_CASE("server: a teacher that never answers fails after its timeout and the session gets ERROR",
           "[server]") {
   Clip clip("slowteacher", 1);
   const std::string hang = script(clip.dir, "hang.sh", "exec sleep 600\n");
