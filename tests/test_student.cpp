@@ -2,6 +2,7 @@
 // against PyTorch on two real frames, partial-distillation bookkeeping.
 #include "nn/student.h"
 #include "tensor/image.h"
+#include "golden_checks.h"
 #include "test_util.h"
 
 using namespace st;
@@ -72,10 +73,17 @@ TEST_CASE("student: refuses a checkpoint whose names or shapes differ", "[studen
 //  - per class, the mean of the logits within lambda * mean(sigma), their standard deviation
 //    within lambda * rms(sigma) (|sd(a) - sd(b)| <= rms(a - b)), plus the rounding of our own
 //    double sums over P pixels, gamma_P(2^-53) times the mean |logit|.
-TEST_CASE("student: pretrained logits match PyTorch on real frames", "[student][golden][portable]") {
-  if (!std::filesystem::exists(model_path())) ST_SKIP("shared model absent: " + model_path().string());
+namespace st::test {
+bool student_golden_available(std::string& why) {
+  if (std::filesystem::exists(model_path())) return true;
+  why = "shared model absent: " + model_path().string();
+  return false;
+}
+
+void check_student_golden(Device device) {
   nn::Student s;
   s.load_safetensors(model_path());
+  s.to(device);
   auto g = safetensors::load(test::source_dir() / "tests" / "golden" / "student.safetensors");
   REQUIRE(g.metadata.count("error_model_lambda"));
   const double lambda = std::stod(g.metadata.at("error_model_lambda"));
@@ -85,7 +93,9 @@ TEST_CASE("student: pretrained logits match PyTorch on real frames", "[student][
     auto img = image::read_bgr(test::shared_dir() / "data" / "vtest" / "frames" / (fr + ".png"));
     Tensor x = nn::Student::preprocess_bgr(img.pixels.data(), img.height, img.width);
     NoGradGuard ng;
-    Tensor y = s.forward(x);
+    Tensor y = s.forward(x.to(device));
+    REQUIRE(y.device() == device);
+    y = y.to(Device::cpu());
     REQUIRE(y.shape() == Shape{1, 9, 576, 768});
     Tensor sampled = y.slice(2, 0, 576, 16).slice(3, 0, 768, 16).reshape({9, 36, 48});
     ST_REQUIRE_WITHIN(sampled, g.get(fr + ".logits_s16"), mul_scalar(g.get(fr + ".logits_s16_sigma"), lambda));
@@ -127,4 +137,11 @@ TEST_CASE("student: pretrained logits match PyTorch on real frames", "[student][
       REQUIRE(std::abs(sd - std_ref[c]) <= lambda * sig_rms[c] + own);
     }
   }
+}
+}  // namespace st::test
+
+TEST_CASE("student: pretrained logits match PyTorch on real frames", "[student][golden][portable]") {
+  std::string why;
+  if (!test::student_golden_available(why)) ST_SKIP(why);
+  test::check_student_golden(Device::cpu());
 }

@@ -23,6 +23,7 @@
 #include "synthetic_clip.h"
 #include "teacher_port/maskrcnn.h"
 #include "teacher_port/random_weights.h"
+#include "golden_checks.h"
 #include "test_util.h"
 
 using namespace st;
@@ -42,14 +43,14 @@ struct TempDir {
   }
 };
 
-bool have_torchvision() {
-  return std::system("/usr/bin/python3 -c 'import torchvision' >/dev/null 2>&1") == 0;
-}
 }  // namespace
 
-TEST_CASE("teacher: ResNet-50 + FPN backbone matches torchvision (Detectron2 and torchvision strides)",
-          "[teacher][golden]") {
-  if (!have_torchvision()) ST_SKIP("Debian's python3-torchvision is not installed (tools/bootstrap.sh --bench)");
+bool test::have_torchvision() {
+  return std::system("/usr/bin/python3 -c 'import torchvision' >/dev/null 2>&1") == 0;
+}
+using test::have_torchvision;
+
+void test::check_teacher_backbone_golden(Device device) {
   TempDir tmp;
   for (const char* mode : {"d2", "tv"}) {
     INFO("mode " << mode);
@@ -62,7 +63,9 @@ TEST_CASE("teacher: ResNet-50 + FPN backbone matches torchvision (Detectron2 and
     teacher::BackboneOptions o;
     o.stride_in_1x1 = std::string(mode) == "d2";
     teacher::Backbone bb(w, o);
-    auto out = bb.forward(s.get("x"));
+    bb.to(device);
+    auto out = bb.forward(s.get("x").to(device));
+    REQUIRE(out.p[0].device() == device);
     REQUIRE(s.metadata.count("error_model_lambda"));
     const double lambda = std::stod(s.metadata.at("error_model_lambda"));
     REQUIRE(lambda == 8.0);
@@ -71,7 +74,7 @@ TEST_CASE("teacher: ResNet-50 + FPN backbone matches torchvision (Detectron2 and
     auto check = [&](const Tensor& ours, const std::string& name) {
       INFO(name);
       REQUIRE(ours.shape() == s.get(name).shape());
-      ST_REQUIRE_WITHIN(ours, s.get(name + "_f64"), bound(name));
+      ST_REQUIRE_WITHIN(ours.to(Device::cpu()), s.get(name + "_f64"), bound(name));
     };
     for (int i = 0; i < 4; ++i) check(out.c[size_t(i)], "c" + std::to_string(i + 2));
     for (int i = 0; i < 5; ++i) check(out.p[size_t(i)], "p" + std::to_string(i + 2));
@@ -80,6 +83,12 @@ TEST_CASE("teacher: ResNet-50 + FPN backbone matches torchvision (Detectron2 and
     teacher::Backbone other(w, o);
     REQUIRE_FALSE(test::compare_within(other.forward(s.get("x")).c[1], s.get("c3_f64"), bound("c3")).ok);
   }
+}
+
+TEST_CASE("teacher: ResNet-50 + FPN backbone matches torchvision (Detectron2 and torchvision strides)",
+          "[teacher][golden]") {
+  if (!have_torchvision()) ST_SKIP("Debian's python3-torchvision is not installed (tools/bootstrap.sh --bench)");
+  test::check_teacher_backbone_golden(Device::cpu());
 }
 
 TEST_CASE("teacher: backbone weights are validated by name and shape", "[teacher][errors]") {
@@ -152,10 +161,9 @@ TEST_CASE("teacher: RPN, box and mask heads match torchvision (teacher-forced)",
   REQUIRE_THROWS_WITH(teacher::BoxHead(empty), Contains("roi_heads.box_head.fc1.weight"));
 }
 
-namespace {
 // torchvision's model([img]) vs ours in torchvision conventions on the seeded model, with the
-// model's resize set to (min_size, max_size) (the input is 64 x 96).
-void compare_end_to_end(int64_t min_size, int64_t max_size) {
+// model's resize set to (min_size, max_size) (the input is 64 x 96), ours on `device`.
+void test::check_teacher_end_to_end(int64_t min_size, int64_t max_size, Device device) {
   TempDir tmp;
   const std::string cmd = "/usr/bin/python3 '" + (test::source_dir() / "tools" / "make_teacher_golden.py").string() +
                           "' '" + tmp.p.string() + "' --mode e2e --size 64x96 --resize " +
@@ -167,6 +175,7 @@ void compare_end_to_end(int64_t min_size, int64_t max_size) {
   opt.min_size = min_size;
   opt.max_size = max_size;
   teacher::MaskRcnn model(w, opt);
+  model.to(device);
   Tensor bgr = io.get("bgr");
   const int64_t H = bgr.size(0), W = bgr.size(1);
   // The network's input: normalised ((x / 255 - mean) / std: three roundings on values up to
@@ -229,7 +238,9 @@ void compare_end_to_end(int64_t min_size, int64_t max_size) {
   };
   teacher::MaskRcnnOptions wrong = opt;
   wrong.stride_in_1x1 = true;  // Detectron2's stride placement on torchvision's weights
-  auto rw = teacher::MaskRcnn(w, wrong).run(bgr.data<uint8_t>(), H, W);
+  teacher::MaskRcnn model_wrong(w, wrong);
+  model_wrong.to(device);
+  auto rw = model_wrong.run(bgr.data<uint8_t>(), H, W);
   const int64_t matched_wrong = count_matches(rw.detections);
   const int64_t matched = count_matches(r.detections);
   INFO(matched << " of " << n << " detections matched; " << matched_wrong
@@ -259,18 +270,17 @@ void compare_end_to_end(int64_t min_size, int64_t max_size) {
   REQUIRE(on > 0);
   REQUIRE(double(differ) <= 0.02 * double(on));
 }
-}  // namespace
 
 TEST_CASE("teacher: end to end in torchvision conventions matches torchvision's model output",
           "[teacher][golden]") {
   if (!have_torchvision()) ST_SKIP("Debian's python3-torchvision is not installed (tools/bootstrap.sh --bench)");
-  compare_end_to_end(64, 96);  // the input at its own size
+  test::check_teacher_end_to_end(64, 96, Device::cpu());  // the input at its own size
 }
 
 TEST_CASE("teacher: end to end with torchvision's resize matches torchvision's model output",
           "[teacher][golden]") {
   if (!have_torchvision()) ST_SKIP("Debian's python3-torchvision is not installed (tools/bootstrap.sh --bench)");
-  compare_end_to_end(80, 120);  // 64 x 96 -> 80 x 120: resize, boxes and masks mapped back
+  test::check_teacher_end_to_end(80, 120, Device::cpu());  // 64 x 96 -> 80 x 120: resize, boxes and masks mapped back
 }
 
 TEST_CASE("teacher: the Mask R-CNN server teacher labels frames (seeded model)", "[teacher]") {

@@ -1,4 +1,5 @@
-// Helpers shared by the tests: skipping, tolerance comparison, finite differences.
+// Helpers shared by the tests: skipping, comparison within per-element error bounds, finite
+// differences.
 #pragma once
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -32,37 +33,6 @@ inline std::filesystem::path shared_dir() {
   if (const char* e = std::getenv("ST_SHARED_DIR")) return e;
   return ST_SHARED_DIR;
 }
-
-struct Diff {
-  double max_abs = 0, max_rel = 0;
-  int64_t worst = -1;
-  bool ok = true;
-};
-
-// |a - b| <= atol + rtol * |b| elementwise (b is the reference). Shapes must match.
-inline Diff compare(const Tensor& a, const Tensor& b, double atol, double rtol) {
-  REQUIRE(a.shape() == b.shape());
-  auto va = a.to_vector<double>(), vb = b.to_vector<double>();
-  Diff d;
-  for (size_t i = 0; i < va.size(); ++i) {
-    double e = std::abs(va[i] - vb[i]);
-    if (!(e <= atol + rtol * std::abs(vb[i]))) {
-      if (d.ok || e > d.max_abs) d.worst = int64_t(i);
-      d.ok = false;
-    }
-    d.max_abs = std::max(d.max_abs, e);
-    d.max_rel = std::max(d.max_rel, e / std::max(std::abs(vb[i]), 1e-30));
-  }
-  return d;
-}
-
-#define ST_REQUIRE_CLOSE(a, b, atol, rtol)                                              \
-  do {                                                                                  \
-    auto st_d_ = ::st::test::compare((a), (b), (atol), (rtol));                         \
-    INFO("max abs err " << st_d_.max_abs << ", max rel err " << st_d_.max_rel          \
-                        << ", first bad index " << st_d_.worst);                        \
-    REQUIRE(st_d_.ok);                                                                  \
-  } while (0)
 
 // Unit roundoff of float32 (half an ulp of 1): every float operation rounds with relative error
 // at most kU32. gamma(n) = n u / (1 - n u) bounds the relative error that n roundings in a row

@@ -59,6 +59,10 @@ bool cudnn_benchmark() {
   static const bool on = env_flag("ST_CUDNN_BENCHMARK", false);
   return on;
 }
+bool cudnn_direct_sums() {
+  static const bool on = env_flag("ST_CUDNN_DIRECT_SUMS", false);
+  return on;
+}
 static bool caching_enabled() {
   static const bool on = env_flag("ST_CUDA_CACHE", true);
   return on;

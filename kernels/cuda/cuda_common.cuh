@@ -50,6 +50,10 @@ void after_launch(Context& ctx, const char* file, int line);
 bool debug_sync();    // ST_CUDA_SYNC=1
 bool allow_tf32();    // ST_CUDA_TF32=0 turns TF32 tensor-core math off for cuDNN (default on)
 bool cudnn_benchmark();  // ST_CUDNN_BENCHMARK=1: time the candidate algorithms once per shape
+// ST_CUDNN_DIRECT_SUMS=1: only the cuDNN algorithms that form every output as a sum of products
+// (implicit/explicit GEMM, direct), never FFT or Winograd, whose transforms have no element-wise
+// error bound; the parity tests set it (tests/test_cuda.cpp).
+bool cudnn_direct_sums();
 
 // One per device: everything runs on its stream, in order.
 struct Context {

@@ -65,15 +65,37 @@ double conv_flops(const Tensor& y, const Tensor& w) {
   return 2.0 * double(y.numel()) * double(w.size(1)) * double(w.size(2)) * double(w.size(3));
 }
 
+// Whether an algorithm computes through a transform (FFT or Winograd) rather than as sums of
+// products of the inputs.
+bool transform_algo(cudnnConvolutionFwdAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_FWD_ALGO_FFT || a == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
+         a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD ||
+         a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+}
+bool transform_algo(cudnnConvolutionBwdDataAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT ||
+         a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING ||
+         a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD ||
+         a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
+}
+bool transform_algo(cudnnConvolutionBwdFilterAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT ||
+         a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING ||
+         a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD ||
+         a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
+}
+
 // The first algorithm (cuDNN's heuristic order, or measured order in benchmark mode) that
-// succeeds and fits the workspace limit.
+// succeeds and fits the workspace limit (and, under ST_CUDNN_DIRECT_SUMS, is no transform).
 template <class Perf>
 int pick(const Perf* perf, int n, const std::string& key) {
   for (int i = 0; i < n; ++i)
-    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= workspace_limit())
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= workspace_limit() &&
+        !(cudnn_direct_sums() && transform_algo(perf[i].algo)))
       return int(perf[i].algo);
   throw Error("cuDNN has no algorithm for " + key + " within the workspace limit of " +
-              std::to_string(workspace_limit()) + " bytes");
+              std::to_string(workspace_limit()) + " bytes" +
+              (cudnn_direct_sums() ? " (ST_CUDNN_DIRECT_SUMS: no FFT or Winograd)" : ""));
 }
 
 template <class T>
