@@ -34,7 +34,7 @@ flags=(-std=c++20 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undef
        -fno-sanitize-recover=undefined -I.)
 echo "fuzz_protocol: building $bin"
 if ! "$cxx" "${flags[@]}" "${srcs[@]}" -o "$bin"; then
-  llvm_ver="$("$cxx" --version | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1)"
+  llvm_ver="$("$cxx" --version | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | sed -n 1p)"
   echo "fuzz_protocol: build failed; the libFuzzer runtime may be missing:" >&2
   echo "  apt-get install -y libclang-rt-${llvm_ver:-14}-dev" >&2
   exit 1
