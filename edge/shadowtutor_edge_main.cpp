@@ -13,10 +13,11 @@
 
 namespace {
 
-const char* kUsage = R"(usage: shadowtutor-edge --server HOST:PORT --token T --video PATH [options]
+const char* kUsage = R"(usage: shadowtutor-edge --server HOST:PORT --token-file F --video PATH [options]
 
   --server HOST:PORT   the shadowtutor-server
-  --token T            auth token (or --token-file F)
+  --token-file F       auth token: the first line of file F (or --token T, which every
+                       user of the machine can read in `ps`)
   --video PATH         a directory of frames (png/jpg) or a video file (decoded by ffmpeg)
   --weights FILE       student weights (.safetensors); default: deterministic init (the server
                        sends its weights when they differ)
@@ -147,7 +148,11 @@ int main(int argc, char** argv) {
       return usage_error("cannot read token file " + token_file);
     have_token = true;
   }
-  if (!have_token) return usage_error("--token or --token-file is required");
+  if (!have_token) return usage_error("--token-file or --token is required");
+  if (token_file.empty())
+    std::fprintf(stderr,
+                 "shadowtutor-edge: warning: --token is visible to other users of this machine "
+                 "(ps, /proc); use --token-file\n");
   o.stop = &g_stop;
   install_stop_handlers();
   try {

@@ -92,7 +92,8 @@ say "run: server + edge on loopback, $FRAMES frames, link $LINK_MBPS Mbit/s"
 rm -rf "$out"
 mkdir -p "$out"
 export OMP_WAIT_POLICY=PASSIVE  # server and edge share the cores: no spinning OpenMP threads
-token="demo-$RANDOM$RANDOM"
+token_file="$out/token"  # a file, not the command line: `ps` shows every user the arguments
+(umask 077 && echo "demo-$RANDOM$RANDOM" >"$token_file")
 wargs=()
 [[ -n "$WEIGHTS" ]] && wargs=(--weights "$WEIGHTS")
 if [[ -n "$MASKRCNN" ]]; then
@@ -104,7 +105,7 @@ else
   teacher_text="Robust Video Matting (rvm, MobileNetV3) in Node $(node --version), TensorFlow.js 4.22.0 wasm, downsample_ratio $RVM_RATIO"
   teacher_rule="a pixel is <i>person</i> where the predicted alpha &gt; 0.5, else background"
 fi
-"$build/shadowtutor-server" --port 0 --token "$token" "${teacher_args[@]}" \
+"$build/shadowtutor-server" --port 0 --token-file "$token_file" "${teacher_args[@]}" \
   "${wargs[@]}" >"$out/server.out" 2>"$out/server.log" &
 server_pid=$!
 trap 'kill $server_pid 2>/dev/null || true; wait $server_pid 2>/dev/null || true' EXIT
@@ -124,7 +125,7 @@ run_edge() {  # mode, extra args...
   local mode=$1
   shift
   say "edge: $mode"
-  "$build/shadowtutor-edge" --server "127.0.0.1:$port" --token "$token" --mode "$mode" \
+  "$build/shadowtutor-edge" --server "127.0.0.1:$port" --token-file "$token_file" --mode "$mode" \
     --video "$video" "${limit[@]}" "${wargs[@]}" --link-mbps "$LINK_MBPS" --wait-server 30 \
     --update-timeout 300 --frame-log "$out/$mode.jsonl" --json "$out/$mode.json" \
     --overlays "$out/overlays_$mode" --overlay-every "$every" --overlay-jpeg "$@"
