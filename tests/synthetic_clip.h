@@ -63,6 +63,16 @@ struct LogLines {
       if (line.find(text) != std::string::npos) return true;
     return false;
   }
+  size_t count(const std::string& text) {
+    std::lock_guard<std::mutex> l(mu);
+    size_t n = 0;
+    for (const auto& line : lines) n += line.find(text) != std::string::npos;
+    return n;
+  }
+  std::vector<std::string> snapshot() {
+    std::lock_guard<std::mutex> l(mu);
+    return lines;
+  }
   std::string all() {
     std::lock_guard<std::mutex> l(mu);
     std::string out;

@@ -22,6 +22,7 @@
 #include "protocol/decoder.h"
 #include "server/common.h"
 #include "server/server.h"
+#include "raw_client.h"
 #include "synthetic_clip.h"
 #include "tensor/image.h"
 #include "test_util.h"
@@ -32,7 +33,15 @@ using namespace st::protocol;
 
 namespace {
 
-constexpr int64_t kH = 48, kW = 64;
+using test::encode_msg;
+using test::expect_error_and_close;
+using test::fix_crcs;
+using test::good_hello;
+using test::header_only;
+using test::key_frame;
+using test::Raw;
+
+constexpr int64_t kH = 48, kW = 64;  // the frames of Clip (and of raw_client.h's defaults)
 
 // A clip of `n` 48x64 frames, a bright rectangle drifting right, labelled exactly.
 struct Clip : test::SyntheticClip {
@@ -61,121 +70,6 @@ edge::EdgeOptions edge_options(const Clip& clip, int port) {
   o.update_timeout_s = test::kHungS;
   o.initial_wait_s = test::kHungS;
   return o;
-}
-
-// A blocking raw TCP client for feeding the server bytes no real edge would send.
-struct Raw {
-  int fd = -1;
-  Decoder dec;
-  explicit Raw(int port) {
-    fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(uint16_t(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    timeval tv{time_t(test::kHungS), 0};  // a read that waits this long: a hung test
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  }
-  ~Raw() { close(); }
-  void close() {
-    if (fd >= 0) ::close(fd);
-    fd = -1;
-  }
-  void send(const std::vector<uint8_t>& b) {
-    size_t off = 0;
-    while (off < b.size()) {
-      ssize_t n = ::send(fd, b.data() + off, b.size() - off, MSG_NOSIGNAL);
-      REQUIRE(n > 0);
-      off += size_t(n);
-    }
-  }
-  // Reads messages until the peer closes (then `closed`) or a read times out.
-  struct Got {
-    std::vector<Message> msgs;
-    bool closed = false;
-  };
-  Got read_until_closed() {
-    Got g;
-    uint8_t buf[65536];
-    for (;;) {
-      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-      if (n == 0 || (n < 0 && errno == ECONNRESET)) {
-        g.closed = true;
-        break;
-      }
-      if (n < 0) break;  // timeout
-      dec.feed(buf, size_t(n));
-      Message m;
-      while (dec.next(m)) g.msgs.push_back(m);
-    }
-    return g;
-  }
-  Message read_one() {
-    uint8_t buf[65536];
-    Message m;
-    while (!dec.next(m)) {
-      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-      REQUIRE(n > 0);
-      dec.feed(buf, size_t(n));
-    }
-    return m;
-  }
-};
-
-Hello good_hello(const std::string& token = "sesame") {
-  nn::Student s(0);
-  Hello h;
-  h.mode = SessionMode::Partial;
-  h.layout_hash = nn::layout_hash(s, nn::Distillation::Full);
-  h.weights_hash = net::weights_hash(s);
-  h.frame_width = uint32_t(kW);
-  h.frame_height = uint32_t(kH);
-  h.auth_token = token;
-  h.edge_name = "raw";
-  return h;
-}
-
-std::vector<uint8_t> encode_msg(Body b, uint64_t seq = 0, uint16_t version = 1) {
-  return encode(Message{seq, version, std::move(b)});
-}
-
-// Rewrites the payload CRC and header CRC after a payload byte was changed.
-void fix_crcs(std::vector<uint8_t>& m) {
-  uint32_t pc = crc32c(m.data() + 32, m.size() - 32);
-  std::memcpy(m.data() + 24, &pc, 4);
-  uint32_t hc = header_crc(m.data());
-  std::memcpy(m.data() + 28, &hc, 4);
-}
-
-// A header alone, with valid CRCs (payload CRC of zero bytes of that size).
-std::vector<uint8_t> header_only(MessageType t, uint32_t payload_size) {
-  Header h;
-  h.type = uint16_t(t);
-  h.payload_size = payload_size;
-  std::vector<uint8_t> zeros(std::min<uint32_t>(payload_size, 1u << 20), 0);
-  h.payload_crc = crc32c(zeros.data(), zeros.size());
-  std::vector<uint8_t> out(32);
-  write_header(h, out.data());
-  return out;
-}
-
-ErrorCode expect_error_and_close(Raw& r) {
-  auto g = r.read_until_closed();
-  REQUIRE(g.closed);
-  REQUIRE(!g.msgs.empty());
-  REQUIRE(g.msgs.back().is<ErrorMessage>());
-  return g.msgs.back().as<ErrorMessage>().code;
-}
-
-KeyFrame key_frame(uint64_t idx) {
-  KeyFrame k;
-  k.frame_index = idx;
-  k.width = uint32_t(kW);
-  k.height = uint32_t(kH);
-  k.data.assign(size_t(kH * kW * 3), 50);
-  return k;
 }
 
 }  // namespace
