@@ -18,6 +18,7 @@
 #include "protocol/conversation.h"
 #include "protocol/decoder.h"
 #include "server/common.h"
+#include "server/frame_decoder.h"
 #include "tensor/autograd.h"
 #include "tensor/image.h"
 
@@ -273,10 +274,8 @@ void work(uv_work_t* r) {
   const int64_t H = j.kf.height, W = j.kf.width;
   if (j.kf.encoding != FrameEncoding::RawBgr) {  // PNG / JPEG: decode here, off the loop
     try {
-      image::Image img = image::decode(j.kf.data.data(), j.kf.data.size(), 3, W, H, "key frame");
-      ST_CHECK(img.width == W && img.height == H, "key frame ", j.kf.frame_index, " decodes to ",
-               img.width, "x", img.height, ", not the announced ", W, "x", H);
-      j.kf.data = image::bgr_to_rgb(std::move(img)).pixels;  // RGB -> BGR (the same swap)
+      // TurboJPEG / libspng, the header's size checked first (server/frame_decoder.h).
+      j.kf.data = decode_key_frame_bgr(j.kf.data.data(), j.kf.data.size(), j.kf.encoding, W, H);
       j.kf.encoding = FrameEncoding::RawBgr;
     } catch (const std::exception& e) {
       j.error = ErrorMessage{ErrorCode::BadFrame, e.what()};
