@@ -693,11 +693,14 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     return t + std::chrono::duration_cast<Clock::duration>(
                    std::chrono::duration<double>(std::clamp(seconds, 0.0, 1e9)));
   };
-  // The running mean of the time per frame (blocked time excluded) and the wait bound from it.
-  double frame_time_s = -1;  // < 0: no frame measured yet
+  // The running mean of the time per frame (blocked time excluded; the run's first frame, which
+  // also starts the decoder and warms up the backend, only stands in until a second one is
+  // measured) and the wait bound from it.
+  double first_frame_s = 0, frame_time_s = -1;  // < 0: no frame after the first measured yet
   auto wait_bound = [&] {
     if (opt.max_wait_s >= 0) return opt.max_wait_s;
-    return opt.max_wait_frames * std::max(std::max(frame_time_s, 0.0), opt.frame_interval_s);
+    const double frame_s = frame_time_s >= 0 ? frame_time_s : first_frame_s;
+    return opt.max_wait_frames * std::max(frame_s, opt.frame_interval_s);
   };
   // Per outstanding key frame (partial/full): since when the edge needs its update, and whether
   // it has already waited for it.
@@ -834,7 +837,8 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     auto now = Clock::now();
     {  // the frame time: from the end of the previous frame, less the time blocked
       const double t = std::max(0.0, secs(t_frame_end, now) - frame_blocked_s);
-      frame_time_s = frame_time_s < 0 ? t : frame_time_s + (t - frame_time_s) / 8.0;
+      if (r.frames == 1) first_frame_s = t;
+      else frame_time_s = frame_time_s < 0 ? t : frame_time_s + (t - frame_time_s) / 8.0;
       t_frame_end = now;
     }
     if (frame_log.is_open()) {

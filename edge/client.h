@@ -163,7 +163,8 @@ struct EdgeOptions {
   // (partial/full; see the top of this file). >= 0: this many seconds (infinity: block until the
   // update or update_timeout_s, as SPEC §6). < 0 (the default): max_wait_frames frame times,
   // a frame time being the running mean (exponential, weight 1/8) of the wall time per frame
-  // without the time blocked, and at least frame_interval_s when frames are paced.
+  // without the time blocked, the run's first frame (decoder start, backend warm-up) left out,
+  // and at least frame_interval_s when frames are paced.
   double max_wait_s = -1;
   double max_wait_frames = 3;
   double initial_wait_s = 0;     // at start, wait up to this long for the first WELCOME

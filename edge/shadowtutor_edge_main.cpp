@@ -41,8 +41,9 @@ const char* kUsage = R"(usage: shadowtutor-edge --server HOST:PORT --token T --v
                        (MIN_STRIDE frames after its key frame) before it segments on with its
                        current weights, marking those frames stale, and applies the update at
                        the first frame after it arrives: S seconds, or N frame times (the
-                       running mean of the time per frame, at least the --fps interval);
-                       inf: block until the update comes, as the paper (default 3f)
+                       running mean of the time per frame, the first frame left out, at least
+                       the --fps interval); inf: block until the update comes, as the paper
+                       (default 3f)
   --update-timeout S   drop the connection and reconnect when an answer has not come S seconds
                        after the edge needed it (default 60)
   --wait-server S      at start, wait up to S seconds for the server before the first frame
