@@ -68,6 +68,7 @@ edge::EdgeOptions edge_options(const Clip& clip, int port) {
   o.video = clip.frames;
   o.progress = false;
   o.update_timeout_s = test::kHungS;
+  o.max_wait_s = test::kHungS;  // updates are applied when due (SPEC §6), however slow the server
   o.initial_wait_s = test::kHungS;
   return o;
 }

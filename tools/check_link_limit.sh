@@ -66,7 +66,7 @@ grep -q listening "$work/server.out" || { echo "check_link_limit: server did not
 edge() {  # mode, extra args -> prints "fps bytes_up bytes_down"
   local mode=$1; shift
   ip netns exec "$ns_e" "$build/shadowtutor-edge" --server 10.77.0.1:7070 --token-file "$tokfile" --mode "$mode" \
-    --video "$video" --frames "$frames" --wait-server 10 --update-timeout 600 --quiet \
+    --video "$video" --frames "$frames" --wait-server 10 --update-timeout 600 --max-wait inf --quiet \
     --json "$work/edge.json" "$@" >/dev/null 2>"$work/edge.log" ||
     { echo "check_link_limit: edge failed:" >&2; cat "$work/edge.log" >&2; exit 1; }
   python3 -c "import json;j=json.load(open('$work/edge.json'));print(j['fps'],j['bytes']['up_total'],j['bytes']['down_total'])"
