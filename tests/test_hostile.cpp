@@ -17,6 +17,7 @@
 
 #include "edge/client.h"
 #include "raw_client.h"
+#include "server/frame_decoder.h"
 #include "server/server.h"
 #include "synthetic_clip.h"
 #include "test_util.h"
@@ -381,4 +382,52 @@ TEST_CASE("hostile: text from peers reaches the log escaped and capped", "[serve
     REQUIRE(line.find('\x1b') == std::string::npos);
     REQUIRE(line.size() < 400);
   }
+}
+
+TEST_CASE("hostile: hostile images as key frames get ERROR(BadFrame), memory stays flat",
+          "[server][hostile]") {
+  const auto dir = test::source_dir() / "tests" / "image_corpus";
+  if (!std::filesystem::is_directory(dir)) ST_SKIP("tests/image_corpus/ is missing");
+  Arena a("images", [](server::ServerOptions&) {});
+  // Each seed file the decoder must refuse (a JPEG Huffman table of 272 symbols: stb's heap
+  // overflow; a progressive JPEG; truncated and corrupt files), and a 64x48 PNG whose zlib
+  // stream goes on for 1024x512 pixels (decoded within the decoder's memory cap, or refused),
+  // sent by a logged-in edge announcing the header's size.
+  std::vector<std::filesystem::path> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("err_", 0) == 0 || name.rfind("bomb_", 0) == 0) files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());
+  REQUIRE(files.size() >= 6);
+  RssWatch rss;
+  for (const auto& f : files) {
+    INFO(f.filename().string());
+    std::ifstream in(f, std::ios::binary);
+    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), {});
+    const bool png = f.extension() == ".png";
+    const auto enc = png ? FrameEncoding::Png : FrameEncoding::Jpeg;
+    int64_t w = 64, h = 48;
+    server::key_frame_header_size(bytes.data(), bytes.size(), enc, &w, &h);
+    if (w * h > 1920 * 1080) w = 64, h = 48;  // a header over the budget: announce 64x48
+    Raw r(a.srv->port());
+    r.send(encode_msg(good_hello("sesame", w, h)));
+    REQUIRE(r.read_one().is<Welcome>());
+    KeyFrame k;
+    k.frame_index = 0;
+    k.width = uint32_t(w);
+    k.height = uint32_t(h);
+    k.encoding = enc;
+    k.data = bytes;
+    r.send(encode_msg(k, 1));
+    Message m = r.read_one();
+    if (f.filename().string().rfind("bomb_", 0) == 0 && m.is<Update>())
+      continue;  // a bomb that matches its header decodes within the decoder's memory cap
+    REQUIRE(m.is<ErrorMessage>());
+    CHECK(m.as<ErrorMessage>().code == ErrorCode::BadFrame);
+  }
+  const double grew = rss.stop();
+  INFO("RSS grew " << grew << " MB");
+  REQUIRE(grew < kRssBoundMB);
+  a.check_good_edge();
 }
