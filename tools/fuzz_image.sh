@@ -13,53 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 jobs="${JOBS:-1}"
-cxx="${CLANGXX:-clang++}"
-
-need=()
-command -v "$cxx" >/dev/null 2>&1 || need+=(clang)
-[[ -f /usr/include/turbojpeg.h ]] || need+=(libturbojpeg0-dev)
-[[ -f /usr/include/spng.h ]] || need+=(libspng-dev)
-if ((${#need[@]})); then
-  cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${need[*]}"
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "fuzz_image: missing ${need[*]}; run as root:  $cmd" >&2
-    exit 1
-  fi
-  echo "fuzz_image: installing ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-
-work="$(mktemp -d "${TMPDIR:-/tmp}/fuzz_image.XXXXXX")"
-bin="$work/fuzz_frame_decoder"
-mkdir -p "$work/corpus" "$work/artifacts"
+name=fuzz_image
+bin_name=fuzz_frame_decoder
 srcs=(server/fuzz_frame_decoder.cc server/frame_decoder.cpp)
-flags=(-std=c++20 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
-       -fno-sanitize-recover=undefined -I.)
-echo "fuzz_image: building $bin"
-if ! "$cxx" "${flags[@]}" "${srcs[@]}" -lturbojpeg -lspng -o "$bin"; then
-  llvm_ver="$("$cxx" --version | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1)"
-  echo "fuzz_image: build failed; the libFuzzer runtime may be missing:" >&2
-  echo "  apt-get install -y libclang-rt-${llvm_ver:-14}-dev" >&2
-  exit 1
-fi
-
-echo "fuzz_image: fuzzing for ${seconds}s over tests/image_corpus/ (new inputs: $work/corpus)"
-seeds="$PWD/tests/image_corpus"
-# -max_len: the corpus's largest seed is ~15 KB; -rss_limit_mb: a decode is at most 1024x1024x3
-# bytes of output plus the decoders' own memory, so a run near the limit is a finding.
-args=(-max_total_time="$seconds" -max_len=32768 -timeout=10 -rss_limit_mb=1024
-      -artifact_prefix="$work/artifacts/" -print_final_stats=1)
-((jobs > 1)) && args+=(-jobs="$jobs" -workers="$jobs")
-rc=0
-# New inputs go to the first corpus dir; the seeds are read, never written. Run inside $work:
-# with -jobs libFuzzer writes its fuzz-N.log files to the current directory.
-(cd "$work" && "$bin" "$work/corpus" "$seeds" "${args[@]}") || rc=$?
-ncorpus=$(find "$work/corpus" -type f | wc -l)
-ncrash=$(find "$work/artifacts" -type f | wc -l)
-echo "fuzz_image: $ncorpus new corpus inputs in $work/corpus; $ncrash artifacts in $work/artifacts"
-if ((rc != 0 || ncrash > 0)); then
-  echo "fuzz_image: FOUND PROBLEMS (exit $rc); reproduce with: $bin <artifact>" >&2
-  exit 1
-fi
-echo "fuzz_image: no crashes"
+libs=(-lturbojpeg -lspng)
+need=(libturbojpeg0-dev:/usr/include/turbojpeg.h libspng-dev:/usr/include/spng.h)
+seeds=tests/image_corpus
+# The corpus's largest seed is ~15 KB; a decode is at most 1024x1024x3 bytes of output plus the
+# decoders' own memory, so a run near the RSS limit is a finding.
+max_len=32768
+rss_mb=1024
+source tools/fuzz_common.sh
+fuzz_run
