@@ -32,7 +32,7 @@ fuzz_run() {
   echo "$name: building $bin"
   if ! "$cxx" "${flags[@]}" "${srcs[@]}" "${libs[@]}" -o "$bin"; then
     local llvm_ver
-    llvm_ver="$("$cxx" --version | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1)"
+    llvm_ver="$("$cxx" --version | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | sed -n 1p)"
     echo "$name: build failed; the libFuzzer runtime may be missing:" >&2
     echo "  apt-get install -y libclang-rt-${llvm_ver:-14}-dev" >&2
     exit 1

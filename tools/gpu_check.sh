@@ -32,7 +32,7 @@ fi
 if ! "$query" >"$out/device.txt" 2>"$out/device_query.err"; then
   echo "gpu_check: no usable CUDA device: $(cat "$out/device_query.err")" >&2; exit 2
 fi
-field() { sed -n "s/^$1=//p" "$out/device.txt" | head -1; }
+field() { sed -n "s/^$1=//p" "$out/device.txt" | sed -n 1p; }
 gpu="$(field device0.name)"
 cc="$(field device0.cc)"
 arch="${CUDA_ARCH:-$cc}"
@@ -51,7 +51,7 @@ esac
 log "# GPU check — $(date -u +%Y-%m-%dT%H:%MZ)"
 log ""
 log "- GPU: $gpu (sm_$cc, $(field device0.memory_mib) MiB), CUDA driver $(field driver), runtime $(field runtime)"
-log "- nvcc: $("$nvcc_bin" --version | tail -2 | head -1)"
+log "- nvcc: $("$nvcc_bin" --version | tail -2 | sed -n 1p)"
 log "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (modified)')"
 
 # cuDNN from pip (nvidia-cudnn-cu13 / -cu12) when the toolkit has none.
@@ -63,7 +63,7 @@ fi
 if [[ -n "${CUDNN_ROOT:-}" ]]; then
   log "- cuDNN from $CUDNN_ROOT"
   cmake_extra+=("-DCUDNN_INCLUDE_DIR=$CUDNN_ROOT/include")
-  lib="$(ls "$CUDNN_ROOT"/lib/libcudnn.so* 2>/dev/null | head -1)"
+  lib="$(ls "$CUDNN_ROOT"/lib/libcudnn.so* 2>/dev/null | sed -n 1p)"
   [[ -n "$lib" ]] && cmake_extra+=("-DCUDNN_LIBRARY=$lib")
   export LD_LIBRARY_PATH="$CUDNN_ROOT/lib:${LD_LIBRARY_PATH:-}"
 fi

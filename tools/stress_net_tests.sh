@@ -116,14 +116,14 @@ for ((i = 1; i <= RUNS; ++i)); do
     max_s[$b]=$(awk -v a="${max_s[$b]}" -v b="$s" 'BEGIN { print (b > a ? b : a) }')
     if [[ $rc -eq 0 ]]; then
       printf 'run %d/%d  %-14s ok      %6s s  %s\n' "$i" "$RUNS" "$b" "$s" \
-        "$(grep -E '^All tests passed' "$log" | head -1)"
+        "$(grep -E '^All tests passed' "$log" | sed -n 1p)"
       rm -f "$log"
     else
       fails[$b]=$((fails[$b] + 1))
       why="exit status $rc"
       [[ $rc -eq 124 || $rc -eq 137 ]] && why="still running after $TIMEOUT_S s"
       printf 'run %d/%d  %-14s FAILED  %6s s  (%s; log: %s)\n' "$i" "$RUNS" "$b" "$s" "$why" "$log"
-      grep -E '^(test cases|assertions):|FAILED:' "$log" | head -5 | sed 's/^/    /' || true
+      grep -E '^(test cases|assertions):|FAILED:' "$log" | sed -n 1,5p | sed 's/^/    /' || true
     fi
   done
 done

@@ -37,7 +37,7 @@ if ((rc != 0)); then
   cat "$log"
 else
   echo "slowest tests (seconds under emulation):"
-  grep -E '^[0-9]+\.[0-9]+ s: ' "$log" | sort -rn | head -n 10 | sed 's/^/  /'
+  grep -E '^[0-9]+\.[0-9]+ s: ' "$log" | sort -rn | sed -n 1,10p | sed 's/^/  /'
 fi
 if grep -q 'SKIPPED:' "$log"; then
   echo "skipped (counted as passed by Catch2 when run outside ctest):"
