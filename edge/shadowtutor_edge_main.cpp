@@ -162,6 +162,10 @@ int main(int argc, char** argv) {
       } else if (a == "--json") json_out = v;
       else return usage_error("unknown option " + a);
     }
+    if (have_token)  // said before any other complaint about the command line
+      std::fprintf(stderr,
+                   "shadowtutor-edge: warning: --token is visible to other users of this machine "
+                   "(ps, /proc); use --token-file\n");
     if (server.empty() || o.video.empty()) return usage_error("--server and --video are required");
     auto [host, port] = st::net::parse_host_port(server);
     o.net.host = host;
@@ -175,10 +179,6 @@ int main(int argc, char** argv) {
     have_token = true;
   }
   if (!have_token) return usage_error("--token-file or --token is required");
-  if (token_file.empty())
-    std::fprintf(stderr,
-                 "shadowtutor-edge: warning: --token is visible to other users of this machine "
-                 "(ps, /proc); use --token-file\n");
   o.stop = &g_stop;
   install_stop_handlers();
   try {

@@ -108,6 +108,10 @@ int main(int argc, char** argv) {
   } catch (const std::exception&) {
     return usage_error("bad option value");
   }
+  if (have_token)  // said before any other complaint about the command line
+    std::fprintf(stderr,
+                 "shadowtutor-server: warning: --token is visible to other users of this machine "
+                 "(ps, /proc); use --token-file\n");
   if (!have_port) return usage_error("--port is required");
   if (!token_file.empty()) {
     if (!st::net::read_token_file(token_file, o.token))
@@ -115,10 +119,6 @@ int main(int argc, char** argv) {
     have_token = true;
   }
   if (!have_token) return usage_error("--token-file or --token is required");
-  if (token_file.empty())
-    std::fprintf(stderr,
-                 "shadowtutor-server: warning: --token is visible to other users of this machine "
-                 "(ps, /proc); use --token-file\n");
   if (int(!labels.empty()) + int(!cmd.empty()) + int(!maskrcnn.empty()) != 1)
     return usage_error("give exactly one of --labels, --teacher-cmd and --maskrcnn");
   if (!maskrcnn.empty()) {
