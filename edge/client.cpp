@@ -662,27 +662,50 @@ EdgeResult run_edge(const EdgeOptions& opt) {
       if (net.wait(e, std::min(left, kStopPollS))) return true;
     }
   };
-  // Blocks until the outstanding answer arrives, the session is lost or a stop is requested.
-  auto block = [&] {
-    auto t0 = Clock::now();
+  // Blocks until the outstanding answer arrives, the session is lost, a stop is requested or
+  // `until` passes; counts the time as blocked.
+  double frame_blocked_s = 0;  // blocked before the current frame
+  auto block_until = [&](Clock::time_point until) {
+    const auto t0 = Clock::now();
     NetClient::Event e;
     while (session && outstanding) {
-      double left = opt.update_timeout_s - secs(t0, Clock::now());
-      if (left > 0 && wait_event(e, left)) {
-        handle(e);
-        continue;
-      }
-      if (stop_requested()) break;  // the run ends after this frame: leave the answer pending
-      std::string why = "no answer to key frame " + std::to_string(*outstanding) + " within " +
-                        std::to_string(opt.update_timeout_s) + " s";
-      r.errors.push_back(why);
-      net.drop(epoch, why);
-      session = false;
-      outstanding.reset();
-      ++r.disconnects;
+      const double left = secs(Clock::now(), until);
+      if (left <= 0 || !wait_event(e, left)) break;
+      handle(e);
     }
-    r.blocked_s += secs(t0, Clock::now());
+    const double b = secs(t0, Clock::now());
+    r.blocked_s += b;
+    r.max_blocked_s = std::max(r.max_blocked_s, b);
+    frame_blocked_s += b;
   };
+  // The answer to the outstanding key frame did not come within update_timeout_s.
+  auto give_up = [&] {
+    std::string why = "no answer to key frame " + std::to_string(*outstanding) + " within " +
+                      std::to_string(opt.update_timeout_s) + " s";
+    r.errors.push_back(why);
+    net.drop(epoch, why);
+    session = false;
+    outstanding.reset();
+    ++r.disconnects;
+  };
+  // Seconds from now as a time point; clipped to 1e9 s so that infinity stays representable.
+  auto after = [](Clock::time_point t, double seconds) {
+    return t + std::chrono::duration_cast<Clock::duration>(
+                   std::chrono::duration<double>(std::clamp(seconds, 0.0, 1e9)));
+  };
+  // The running mean of the time per frame (blocked time excluded; the run's first frame, which
+  // also starts the decoder and warms up the backend, only stands in until a second one is
+  // measured) and the wait bound from it.
+  double first_frame_s = 0, frame_time_s = -1;  // < 0: no frame after the first measured yet
+  auto wait_bound = [&] {
+    if (opt.max_wait_s >= 0) return opt.max_wait_s;
+    const double frame_s = frame_time_s >= 0 ? frame_time_s : first_frame_s;
+    return opt.max_wait_frames * std::max(frame_s, opt.frame_interval_s);
+  };
+  // Per outstanding key frame (partial/full): since when the edge needs its update, and whether
+  // it has already waited for it.
+  Clock::time_point due_since{};
+  bool due = false, waited = false;
 
   if (opt.initial_wait_s > 0) {  // give the first session a head start (not a requirement)
     auto t0 = Clock::now();
@@ -717,7 +740,7 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     }
   };
   auto t_start = Clock::now(), t_print = t_start;
-  auto t_next = t_start;
+  auto t_next = t_start, t_frame_end = t_start;
   Frame f;
   while ((opt.max_frames < 0 || r.frames < opt.max_frames) && !stop_requested() && next_frame(f)) {
     ST_CHECK(f.bgr.height == H && f.bgr.width == W, "edge: frame ", f.index, " changed size");
@@ -754,25 +777,43 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     };
     bool key_sent = false;
     std::vector<uint8_t> pred;
+    bool stale = false;
     if (session && opt.mode == EdgeMode::Naive) {
       // Naive offloading: every frame goes up and the edge waits for its label map.
       net.send(epoch, make_key_frame());
       outstanding = frame_i;
       ++r.key_frames;
       key_sent = true;
-      block();
+      block_until(after(Clock::now(), opt.update_timeout_s));
+      if (session && outstanding && !stop_requested()) give_up();
       if (labels && int64_t(labels->frame_index) == frame_i) pred = std::move(labels->labels);
       labels.reset();
     } else if (opt.mode != EdgeMode::Naive) {
-      // SPEC §6: block only when MIN_STRIDE frames have run since an unanswered key frame.
-      if (session && outstanding && frame_i - *outstanding >= int64_t(welcome.min_stride)) block();
+      // SPEC §6: the update is due MIN_STRIDE frames after its key frame. The edge waits for it
+      // there once, at most wait_bound(), then carries on stale (client.h); update_timeout_s
+      // after it became due, the connection is dropped.
+      if (session && outstanding && frame_i - *outstanding >= int64_t(welcome.min_stride)) {
+        const auto now = Clock::now();
+        if (!due) due = true, due_since = now;
+        const auto deadline = after(due_since, opt.update_timeout_s);
+        if (!waited) {
+          waited = true;
+          const double bound = wait_bound();
+          r.max_wait_s = std::max(r.max_wait_s, bound);
+          block_until(std::min(deadline, after(now, bound)));
+        }
+        if (session && outstanding && Clock::now() >= deadline && !stop_requested()) give_up();
+        stale = session && outstanding.has_value();
+      }
       if (session && !outstanding && frame_i >= next_key) {
         net.send(epoch, make_key_frame());  // without blocking: the network thread sends it
         outstanding = frame_i;
+        due = waited = false;
         ++r.key_frames;
         key_sent = true;
       }
     }
+    if (stale) ++r.stale_frames;
     if (pred.empty()) {  // the student, on the current weights
       Tensor x = nn::Student::preprocess_bgr(f.bgr.pixels.data(), H, W).to(opt.device);
       NoGradGuard ng;
@@ -794,6 +835,12 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     }
     ++r.frames;
     auto now = Clock::now();
+    {  // the frame time: from the end of the previous frame, less the time blocked
+      const double t = std::max(0.0, secs(t_frame_end, now) - frame_blocked_s);
+      if (r.frames == 1) first_frame_s = t;
+      else frame_time_s = frame_time_s < 0 ? t : frame_time_s + (t - frame_time_s) / 8.0;
+      t_frame_end = now;
+    }
     if (frame_log.is_open()) {
       nlohmann::json j;
       j["frame"] = frame_i;
@@ -806,17 +853,20 @@ EdgeResult run_edge(const EdgeOptions& opt) {
       j["up"] = net.bytes_up();
       j["down"] = net.bytes_down();
       j["online"] = session;
+      j["stale"] = stale;
+      if (frame_blocked_s > 0) j["blocked_s"] = frame_blocked_s;
       frame_log << j.dump() << "\n";
     }
     applied = false;
+    frame_blocked_s = 0;
     if (opt.progress && (secs(t_print, now) >= 0.2 || r.frames == 1)) {
       t_print = now;
       double s = std::max(secs(t_start, now), 1e-9);
       std::fprintf(stderr,
-                   "\r[edge %s] frame %lld  %.2f fps  stride %lld  keys %lld  up %.2f MB  down %.2f "
-                   "MB  %s   ",
+                   "\r[edge %s] frame %lld  %.2f fps  stride %lld  keys %lld  stale %lld  up %.2f "
+                   "MB  down %.2f MB  %s   ",
                    r.mode.c_str(), (long long)frame_i, double(r.frames) / s, (long long)stride,
-                   (long long)r.key_frames, double(net.bytes_up()) / 1e6,
+                   (long long)r.key_frames, (long long)r.stale_frames, double(net.bytes_up()) / 1e6,
                    double(net.bytes_down()) / 1e6, session ? "online" : "offline");
       std::fflush(stderr);
     }
@@ -831,6 +881,8 @@ EdgeResult run_edge(const EdgeOptions& opt) {
       p.disconnects = r.disconnects;
       p.online = session;
       p.waiting = session && outstanding.has_value();
+      p.stale = stale;
+      p.stale_frames = r.stale_frames;
       if (!opt.on_frame(p)) break;
     }
   }
@@ -870,6 +922,9 @@ std::string to_json(const EdgeResult& r) {
   j["fps"] = r.fps;
   j["wall_s"] = r.wall_s;
   j["blocked_s"] = r.blocked_s;
+  j["max_blocked_s"] = r.max_blocked_s;
+  j["max_wait_s"] = r.max_wait_s;
+  j["stale_frames"] = r.stale_frames;
   j["final_stride"] = r.final_stride;
   j["key_frame_bytes"] = r.key_bytes;
   if (r.miou_frames) {

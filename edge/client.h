@@ -7,10 +7,25 @@
 // network thread (uv_async_t), events back (mutex + condition variable).
 //
 // The student's weights live in two buffers: updates are unpacked into the spare copy and the
-// copies are swapped between two frames, never while a frame is being computed. The edge only
-// blocks when MIN_STRIDE frames have been processed since a key frame whose update has not
-// arrived (or, in naive mode, for each frame's labels). When the server is unreachable it keeps
-// segmenting with its local student and resynchronises from the next WELCOME.
+// copies are swapped between two frames, never while a frame is being computed.
+//
+// When the edge waits (partial and full modes). SPEC §6 has the edge block for the update once
+// MIN_STRIDE frames have run since its key frame. Here that wait is bounded: at the frame where
+// the update is due (key + MIN_STRIDE) the edge waits at most EdgeOptions::max_wait_s (default:
+// max_wait_frames = 3 frame times, the frame time being a running mean of the time per frame),
+// once per key frame. If the update is still not there it segments that frame and the following
+// ones with its current weights, marked "stale" (frame log, EdgeProgress, EdgeResult), and swaps
+// the update in at the first frame boundary after it arrives, however late. A late update is
+// never dropped: it carries the newest teacher knowledge, the server's copy of the student
+// already holds it, and no newer key frame can overtake it (one key frame is unanswered at a
+// time, docs/protocol.md §4; the edge sends none while it waits). The next key frame is then
+// key + stride as usual, or the current frame if that is already past, so key frame indices
+// keep increasing. update_timeout_s after the update became due the edge drops the connection
+// and reconnects (a hung server). max_wait_s = infinity restores SPEC §6's blocking (the
+// paper's behaviour: bandwidth experiments use it). Naive mode has no student updates to wait
+// for: it blocks for each frame's labels, up to update_timeout_s.
+// When the server is unreachable the edge keeps segmenting with its local student and
+// resynchronises from the next WELCOME.
 //
 // Driving a run: EdgeOptions::on_frame sees the running counters after every frame and may end
 // the run there (wait for a WELCOME or an update instead of guessing how many frames that
@@ -109,6 +124,8 @@ struct EdgeProgress {
   int64_t disconnects = 0;       // sessions lost
   bool online = false;           // a session is up: WELCOME received and not lost since
   bool waiting = false;          // a key frame is sent and its answer is not here yet
+  bool stale = false;            // this frame ran without an update that was due (see above)
+  int64_t stale_frames = 0;      // such frames so far
 };
 
 struct EdgeOptions {
@@ -138,7 +155,18 @@ struct EdgeOptions {
   std::filesystem::path frame_log;        // optional JSON-lines log, one object per frame
   uint8_t accept_blobs = protocol::kAcceptF32 | protocol::kAcceptF16;
   std::string edge_name = "shadowtutor-edge";
-  double update_timeout_s = 60;  // blocked this long on an update/labels: drop the connection
+  // No answer this long after the edge needed it (partial/full: from the frame key +
+  // MIN_STRIDE on, whether blocked or running stale; naive: blocked on a frame's labels): drop
+  // the connection and reconnect.
+  double update_timeout_s = 60;
+  // The longest the edge blocks on a due update before it carries on with its current weights
+  // (partial/full; see the top of this file). >= 0: this many seconds (infinity: block until the
+  // update or update_timeout_s, as SPEC §6). < 0 (the default): max_wait_frames frame times,
+  // a frame time being the running mean (exponential, weight 1/8) of the wall time per frame
+  // without the time blocked, the run's first frame (decoder start, backend warm-up) left out,
+  // and at least frame_interval_s when frames are paced.
+  double max_wait_s = -1;
+  double max_wait_frames = 3;
   double initial_wait_s = 0;     // at start, wait up to this long for the first WELCOME
   double frame_interval_s = 0;   // > 0: pace frames (a camera at 1/interval fps)
   bool progress = true;          // live progress line on stderr
@@ -161,6 +189,9 @@ struct EdgeResult {
   int64_t welcomes = 0, full_weight_syncs = 0, disconnects = 0;
   int64_t bytes_up = 0, bytes_down = 0;  // measured at the socket
   double wall_s = 0, fps = 0, blocked_s = 0;
+  double max_blocked_s = 0;              // the longest single wait for an answer
+  double max_wait_s = 0;                 // the largest wait bound in force (0: none; inf: JSON null)
+  int64_t stale_frames = 0;              // frames run without an update that was due
   int64_t miou_frames = 0;               // frames compared with the reference
   double miou_mean = 0;                  // mean per-frame mIoU against the reference
   int64_t key_bytes = 0;                 // KEY_FRAME image bytes sent (after encoding)

@@ -2,6 +2,7 @@
 // Ctrl-C (SIGINT) or SIGTERM ends the run after the current frame with the usual summary; a
 // second one ends the program at once.
 #include <atomic>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -13,10 +14,11 @@
 
 namespace {
 
-const char* kUsage = R"(usage: shadowtutor-edge --server HOST:PORT --token T --video PATH [options]
+const char* kUsage = R"(usage: shadowtutor-edge --server HOST:PORT --token-file F --video PATH [options]
 
   --server HOST:PORT   the shadowtutor-server
-  --token T            auth token (or --token-file F)
+  --token-file F       auth token: the first line of file F (or --token T, which every
+                       user of the machine can read in `ps`)
   --video PATH         a directory of frames (png/jpg) or a video file (decoded by ffmpeg)
   --weights FILE       student weights (.safetensors); default: deterministic init (the server
                        sends its weights when they differ)
@@ -33,9 +35,18 @@ const char* kUsage = R"(usage: shadowtutor-edge --server HOST:PORT --token T --v
   --link-mbps R        limit the link to R Mbit/s per direction (token bucket)
   --key-encoding E     key frames as raw | png | jpeg[:QUALITY]  (default raw; jpeg = quality 90)
   --reference DIR      reference label maps DIR/%06d.png: per-frame mIoU in the log and summary
-  --frame-log FILE     one JSON object per frame (frame, t, key, stride, miou, bytes up/down)
+  --frame-log FILE     one JSON object per frame (frame, t, key, applied, stale, stride, miou,
+                       bytes up/down)
   --fp32-only          accept only fp32 blobs (default: fp32 and fp16)
-  --update-timeout S   drop the connection after blocking S seconds on an answer (default 60)
+  --max-wait S|Nf      partial/full: the longest the edge blocks on an update that is due
+                       (MIN_STRIDE frames after its key frame) before it segments on with its
+                       current weights, marking those frames stale, and applies the update at
+                       the first frame after it arrives: S seconds, or N frame times (the
+                       running mean of the time per frame, the first frame left out, at least
+                       the --fps interval); inf: block until the update comes, as the paper
+                       (default 3f)
+  --update-timeout S   drop the connection and reconnect when an answer has not come S seconds
+                       after the edge needed it (default 60)
   --wait-server S      at start, wait up to S seconds for the server before the first frame
   --fps F              pace frames at F per second (a live camera); default: as fast as possible
   --json OUT           write the JSON summary to OUT (default: stdout)
@@ -127,7 +138,23 @@ int main(int argc, char** argv) {
           }
         } else return usage_error("--key-encoding: raw, png, jpeg or jpeg:QUALITY, not " + v);
       } else if (a == "--wait-server") o.initial_wait_s = std::stod(v);
-      else if (a == "--update-timeout") o.update_timeout_s = std::stod(v);
+      else if (a == "--update-timeout") {
+        o.update_timeout_s = std::stod(v);
+        if (!(o.update_timeout_s > 0)) return usage_error("--update-timeout must be positive");
+      } else if (a == "--max-wait") {
+        // S seconds (inf: unbounded) or Nf frame times.
+        size_t used = 0;
+        const double x = std::stod(v, &used);
+        const std::string unit = v.substr(used);
+        if (!(x >= 0) || (unit != "" && unit != "f"))
+          return usage_error("--max-wait: seconds (>= 0, or inf) or Nf (N frame times), not " + v);
+        if (unit == "f") {
+          if (std::isinf(x)) return usage_error("--max-wait: inf takes no 'f'");
+          o.max_wait_s = -1, o.max_wait_frames = x;
+        } else {
+          o.max_wait_s = x;
+        }
+      }
       else if (a == "--fps") {
         double fps = std::stod(v);
         if (fps <= 0) return usage_error("--fps must be positive");
@@ -135,6 +162,10 @@ int main(int argc, char** argv) {
       } else if (a == "--json") json_out = v;
       else return usage_error("unknown option " + a);
     }
+    if (have_token)  // said before any other complaint about the command line
+      std::fprintf(stderr,
+                   "shadowtutor-edge: warning: --token is visible to other users of this machine "
+                   "(ps, /proc); use --token-file\n");
     if (server.empty() || o.video.empty()) return usage_error("--server and --video are required");
     auto [host, port] = st::net::parse_host_port(server);
     o.net.host = host;
@@ -147,7 +178,7 @@ int main(int argc, char** argv) {
       return usage_error("cannot read token file " + token_file);
     have_token = true;
   }
-  if (!have_token) return usage_error("--token or --token-file is required");
+  if (!have_token) return usage_error("--token-file or --token is required");
   o.stop = &g_stop;
   install_stop_handlers();
   try {
@@ -161,8 +192,9 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr,
                  "shadowtutor-edge: %lld frames at %.2f fps, %lld key frames, %lld updates, "
-                 "%.2f MB up, %.2f MB down%s\n",
+                 "%lld stale frames, %.2f MB up, %.2f MB down%s\n",
                  (long long)r.frames, r.fps, (long long)r.key_frames, (long long)r.updates,
+                 (long long)r.stale_frames,
                  double(r.bytes_up) / 1e6, double(r.bytes_down) / 1e6,
                  g_stop.load() ? " (interrupted)" : "");
   } catch (const std::exception& e) {

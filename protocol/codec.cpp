@@ -55,6 +55,7 @@ const char* error_code_name(ErrorCode c) {
     case ErrorCode::Internal: return "Internal";
     case ErrorCode::Timeout: return "Timeout";
     case ErrorCode::ShuttingDown: return "ShuttingDown";
+    case ErrorCode::Overflow: return "Overflow";
   }
   return "Unknown";
 }

@@ -29,6 +29,21 @@ Decoder::Decoder(DecoderOptions options) : opt_(options) {
   set_versions(opt_.min_version, opt_.max_version);
 }
 
+size_t max_pre_welcome_message_size() {
+  size_t m = 0;
+  for (MessageType t : {MessageType::Hello, MessageType::Bye, MessageType::Error})
+    m = std::max(m, kHeaderSize + payload_bounds(t).max);
+  return m;
+}
+
+void Decoder::set_limits(size_t max_message_size, uint32_t accepted_types) {
+  if (max_message_size < kHeaderSize)
+    throw st::Error("protocol::Decoder: max_message_size " + std::to_string(max_message_size) +
+                    " is smaller than the 32-byte header");
+  opt_.max_message_size = max_message_size;
+  opt_.accepted_types = accepted_types;
+}
+
 void Decoder::set_versions(uint16_t min_version, uint16_t max_version) {
   if (min_version < 1 || max_version < min_version)
     throw st::Error("protocol::Decoder: bad version range [" + std::to_string(min_version) + ", " +
@@ -105,6 +120,11 @@ void Decoder::check_header() {
     fail(ErrorCode::UnknownType, "header type " + std::to_string(h.type) + " is not a message type");
   const MessageType type = MessageType(h.type);
   const char* name = message_type_name(type);
+  if ((opt_.accepted_types & (1u << h.type)) == 0)
+    fail(ErrorCode::UnexpectedMessage,
+         std::string(name) + " is not accepted at this point of the conversation" +
+             (opt_.accepted_types == kPreWelcomeTypes ? " (before WELCOME: HELLO, BYE, ERROR)"
+                                                       : ""));
   if (h.flags != 0)
     fail(ErrorCode::BadFlags, std::string(name) + ": reserved flag bits set (flags = " +
                                   std::to_string(h.flags) + ")");

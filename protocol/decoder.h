@@ -21,7 +21,19 @@ struct DecoderOptions {
   uint16_t min_version = kVersionMin;                // header versions accepted (HELLO and
   uint16_t max_version = kVersionMax;                //   ERROR accept any version >= 1)
   bool check_sequence = true;                        // seq must be 0, 1, 2, ...
+  // Message types accepted now, one bit per type (bit 1 << type); any other type is refused as
+  // UnexpectedMessage from its header alone, before its payload is buffered. A server accepts
+  // only HELLO, BYE and ERROR before WELCOME (kPreWelcomeTypes).
+  uint32_t accepted_types = kAllTypes;
+  static constexpr uint32_t kAllTypes = ~0u;
 };
+
+// The types an edge may send before WELCOME (docs/protocol.md §4, rule 1).
+inline constexpr uint32_t kPreWelcomeTypes = (1u << uint16_t(MessageType::Hello)) |
+                                             (1u << uint16_t(MessageType::Bye)) |
+                                             (1u << uint16_t(MessageType::Error));
+// The largest message of those: HELLO with the longest token and edge name.
+size_t max_pre_welcome_message_size();
 
 class Decoder {
  public:
@@ -39,6 +51,9 @@ class Decoder {
 
   // Locks the accepted header versions, e.g. to the negotiated one after HELLO / WELCOME.
   void set_versions(uint16_t min_version, uint16_t max_version);
+  // Changes the message size limit and the accepted types for the messages whose headers have
+  // not been checked yet (e.g. a server widens both after WELCOME).
+  void set_limits(size_t max_message_size, uint32_t accepted_types);
 
   size_t buffered() const { return buf_.size() - off_; }  // bytes not yet popped
   bool failed() const { return error_.has_value(); }

@@ -74,6 +74,7 @@ enum class ErrorCode : uint16_t {
   Internal = 37,           // a bug or resource failure on the sender's side
   Timeout = 38,            // the peer was silent for too long
   ShuttingDown = 39,       // the sender is stopping
+  Overflow = 40,           // the peer does not read: the sender's outgoing queue is over its cap
 };
 const char* error_code_name(ErrorCode c);  // "BadMagic", ...; "Unknown" for other values
 

@@ -67,10 +67,35 @@ std::pair<std::string, int> parse_host_port(const std::string& s) {
   return {host, p};
 }
 
+std::string escape_nonprintable(const std::string& message, bool escape_backslash) {
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  out.reserve(message.size());
+  for (unsigned char c : message) {
+    if (c == '\\' && escape_backslash) {
+      out += "\\\\";
+    } else if (c >= 0x20 && c <= 0x7e) {
+      out += char(c);
+    } else {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  return out;
+}
+
+std::string peer_text(const std::string& text, size_t max_chars) {
+  std::string out = "\"" + escape_nonprintable(text.substr(0, max_chars), true) + "\"";
+  if (text.size() > max_chars) out += "...[" + std::to_string(text.size()) + " bytes]";
+  return out;
+}
+
 void log_line(const char* tag, const std::string& message) {
   static std::mutex m;
+  const std::string line = escape_nonprintable(message, false);
   std::lock_guard<std::mutex> lock(m);
-  std::fprintf(stderr, "[%s] %s\n", tag, message.c_str());
+  std::fprintf(stderr, "[%s] %s\n", tag, line.c_str());
   std::fflush(stderr);
 }
 

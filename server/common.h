@@ -23,8 +23,16 @@ Device parse_device(const std::string& s);
 // The first line of a token file (a trailing CR dropped) into `token`; false when unreadable.
 bool read_token_file(const std::string& path, std::string& token);
 
-// Writes "[tag] message" plus a newline to stderr under a process-wide mutex.
+// Writes "[tag] message" plus a newline to stderr under a process-wide mutex. Control
+// characters and bytes outside printable ASCII in `message` are written as \xNN, so that no
+// text can start a new line or move the terminal's cursor.
 void log_line(const char* tag, const std::string& message);
+// `message` with every byte outside printable ASCII (0x20..0x7e) as \xNN (and, when asked, '\'
+// as \\, so that the result reads back unambiguously).
+std::string escape_nonprintable(const std::string& message, bool escape_backslash);
+// Text that came from a peer, for a log line: escaped as above, cut to `max_chars` bytes of
+// the original (then "...[N bytes]"), and quoted.
+std::string peer_text(const std::string& text, size_t max_chars = 120);
 
 // Ignores SIGPIPE process-wide (writes to a closed socket or teacher pipe must return EPIPE,
 // not kill the process). Idempotent.

@@ -18,6 +18,7 @@
 #include "protocol/conversation.h"
 #include "protocol/decoder.h"
 #include "server/common.h"
+#include "server/frame_decoder.h"
 #include "tensor/autograd.h"
 #include "tensor/image.h"
 
@@ -27,7 +28,6 @@ using namespace st::protocol;
 
 namespace {
 constexpr size_t kReadChunk = 64 * 1024;
-constexpr uint64_t kHelloTimeoutMs = 30000;  // a connection must say HELLO within this
 constexpr uint64_t kCloseTimeoutMs = 3000;   // flushing the last messages at most this long
 
 std::string uv_err(int rc) { return std::string(uv_err_name(rc)) + " (" + uv_strerror(rc) + ")"; }
@@ -63,8 +63,17 @@ struct Server::Impl {
     std::lock_guard<std::mutex> l(stats_mu);
     f(stats);
   }
+  // Connections refused (over max_pending / max_per_address) since the last log line about
+  // them: a flood is logged once a second, not once per connection.
+  uint64_t refused_unlogged = 0, refusal_logged_ms = 0;
+  std::string last_refusal;
+
   void log(const std::string& s) const {
-    if (opt.log) net::log_line("server", s);
+    if (!opt.log) return;
+    if (opt.log_sink)
+      opt.log_sink(net::escape_nonprintable(s, false));
+    else
+      net::log_line("server", s);
   }
 };
 
@@ -72,6 +81,8 @@ struct Session {
   Server::Impl* srv = nullptr;
   uint64_t id = 0;
   std::string peer;
+  std::string ip;       // the peer's address without the port (max_per_address)
+  bool refused = false;  // over a connection cap: closed at once, not logged as a session
   uv_tcp_t tcp{};
   uv_timer_t timer{};  // HELLO deadline, then the flush deadline when closing
   int open_handles = 0;
@@ -95,7 +106,7 @@ struct Session {
 
   // Loop thread state.
   bool welcomed = false, busy = false, bye_received = false, closing = false;
-  uint64_t last_rx_ms = 0;  // uv_now when bytes last arrived
+  uint64_t last_rx_ms = 0;  // uv_now when the last whole message arrived (or WELCOME was sent)
   bool ping_out = false;    // an idle PING is unanswered
   uint64_t ping_nonce = 0;
   std::atomic<bool> gone{false};  // read by workers: skip the work
@@ -118,6 +129,7 @@ struct Job {
   KeyFrame kf;
   std::optional<Body> answer;
   std::optional<ErrorMessage> error;
+  std::string detail;  // for the server log only: may name files (not sent to the peer)
   bool teacher_failed = false;
 };
 
@@ -131,7 +143,7 @@ void on_handle_closed(uv_handle_t* h) {
     st.sessions_closed++;
     st.sessions_active--;
   });
-  srv->log(s->name() + " closed");
+  if (!s->refused) srv->log(s->name() + " closed");
   srv->sessions.erase(s);  // the last reference may be a worker job's: it frees the session
 }
 
@@ -155,8 +167,11 @@ void on_write(uv_write_t* r, int status) {
   s.srv->count([&](ServerStats& st) { st.bytes_out += w->bytes.size(); });
 }
 
-// Encodes, checks against the conversation rules and queues one message.
+// Encodes, checks against the conversation rules and queues one message. Once the session is
+// closing only its ERROR goes out (check = false). A peer that lets more than max_queued_bytes
+// pile up (it does not read) is closed with ERROR(Overflow).
 void send(Session& s, Body body, bool check = true) {
+  if (check && s.closing) return;
   Message m{s.enc.next_seq(), s.enc.version(), body};
   if (check) s.conv.on_send(m);
   auto* w = new WriteReq;
@@ -168,6 +183,14 @@ void send(Session& s, Body body, bool check = true) {
   if (rc < 0) {
     delete w;
     throw Error("write: " + uv_err(rc));
+  }
+  const size_t queued = uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(&s.tcp));
+  if (check && queued > s.srv->opt.max_queued_bytes) {
+    s.srv->count([](ServerStats& st) { st.overflows++; });
+    close_session(s, ErrorMessage{ErrorCode::Overflow,
+                                  std::to_string(queued) + " bytes queued for a peer that does "
+                                  "not read, above the limit of " +
+                                      std::to_string(s.srv->opt.max_queued_bytes)});
   }
 }
 
@@ -188,7 +211,8 @@ void close_session(Session& s, std::optional<ErrorMessage> err, uint64_t flush_m
   uv_read_stop(stream);
   if (err) {
     err->text = clip_text(err->text);
-    s.srv->log(s.name() + ": sending ERROR " + error_code_name(err->code) + ": " + err->text);
+    if (!s.refused)
+      s.srv->log(s.name() + ": sending ERROR " + error_code_name(err->code) + ": " + err->text);
     s.srv->count([](ServerStats& st) { st.errors_sent++; });
     try {
       send(s, *err, false);
@@ -211,7 +235,11 @@ void close_session(Session& s, std::optional<ErrorMessage> err, uint64_t flush_m
 
 void on_hello_timer(uv_timer_t* t) {
   Session& s = *static_cast<Session*>(t->data);
-  if (!s.welcomed) close_session(s, ErrorMessage{ErrorCode::Timeout, "no HELLO within 30 s"});
+  if (!s.welcomed) {
+    char text[64];
+    std::snprintf(text, sizeof text, "no HELLO within %.1f s", s.srv->opt.hello_timeout_s);
+    close_session(s, ErrorMessage{ErrorCode::Timeout, text});
+  }
 }
 
 // After WELCOME: PING a silent peer after half the idle timeout, drop it after all of it.
@@ -246,10 +274,8 @@ void work(uv_work_t* r) {
   const int64_t H = j.kf.height, W = j.kf.width;
   if (j.kf.encoding != FrameEncoding::RawBgr) {  // PNG / JPEG: decode here, off the loop
     try {
-      image::Image img = image::decode(j.kf.data.data(), j.kf.data.size(), 3, W, H, "key frame");
-      ST_CHECK(img.width == W && img.height == H, "key frame ", j.kf.frame_index, " decodes to ",
-               img.width, "x", img.height, ", not the announced ", W, "x", H);
-      j.kf.data = image::bgr_to_rgb(std::move(img)).pixels;  // RGB -> BGR (the same swap)
+      // TurboJPEG / libspng, the header's size checked first (server/frame_decoder.h).
+      j.kf.data = decode_key_frame_bgr(j.kf.data.data(), j.kf.data.size(), j.kf.encoding, W, H);
       j.kf.encoding = FrameEncoding::RawBgr;
     } catch (const std::exception& e) {
       j.error = ErrorMessage{ErrorCode::BadFrame, e.what()};
@@ -265,9 +291,11 @@ void work(uv_work_t* r) {
                " frame");
     } catch (const std::exception& e) {
       j.teacher_failed = true;
-      j.error = ErrorMessage{ErrorCode::Internal, "teacher failed on frame " +
-                                                      std::to_string(j.kf.frame_index) + ": " +
-                                                      e.what()};
+      j.error = ErrorMessage{ErrorCode::Internal, "the teacher failed on frame " +
+                                                      std::to_string(j.kf.frame_index) +
+                                                      " (the server log says why)"};
+      j.detail = std::string("teacher failed on frame ") + std::to_string(j.kf.frame_index) +
+                 ": " + e.what();
       return;
     }
     if (s.mode == SessionMode::Naive) {
@@ -298,7 +326,8 @@ void work(uv_work_t* r) {
     j.answer = std::move(u);
   } catch (const std::exception& e) {
     j.error = ErrorMessage{ErrorCode::Internal, "key frame " + std::to_string(j.kf.frame_index) +
-                                                    ": " + e.what()};
+                                                    ": internal error (the server log says why)"};
+    j.detail = "key frame " + std::to_string(j.kf.frame_index) + ": " + e.what();
   }
 }
 
@@ -309,6 +338,7 @@ void after_work(uv_work_t* r, int status) {
   if (j->teacher_failed) s.srv->count([](ServerStats& st) { st.teacher_failures++; });
   if (s.closing || status < 0) return;  // the client went away: drop the result
   try {
+    if (!j->detail.empty()) s.srv->log(s.name() + ": " + j->detail);
     if (j->error) {
       close_session(s, j->error);
       return;
@@ -344,6 +374,13 @@ void handle_hello(Session& s, const Hello& h) {
                             std::to_string(h.min_version) + ".." + std::to_string(h.max_version));
   if (!constant_time_equal(h.auth_token, opt.token))
     throw ProtocolError(ErrorCode::AuthFailed, "HELLO.auth_token refused");
+  const uint64_t pixels = uint64_t(h.frame_width) * h.frame_height;
+  if (pixels > opt.max_frame_pixels)
+    throw ProtocolError(ErrorCode::BadFrame,
+                        "HELLO announces " + std::to_string(h.frame_width) + "x" +
+                            std::to_string(h.frame_height) + " frames (" +
+                            std::to_string(pixels) + " pixels); this server takes at most " +
+                            std::to_string(opt.max_frame_pixels) + " pixels per key frame");
   if (h.layout_hash != srv.layout)
     throw ProtocolError(ErrorCode::LayoutMismatch,
                         "HELLO.layout_hash " + std::to_string(h.layout_hash) +
@@ -396,13 +433,20 @@ void handle_hello(Session& s, const Hello& h) {
   send(s, std::move(w));
   s.enc.set_version(*v);
   s.dec.set_versions(*v, *v);
+  // From now on any type, up to the largest key frame of this frame size (a PNG or JPEG of
+  // noise can be larger than the raw pixels, never twice as large).
+  s.dec.set_limits(size_t(std::min<uint64_t>(opt.max_message_bytes,
+                                             kHeaderSize + 2 * pixels * 3 + (64u << 10))),
+                   DecoderOptions::kAllTypes);
   s.welcomed = true;
+  s.last_rx_ms = uv_now(&srv.loop);
   uv_timer_stop(&s.timer);
   if (opt.idle_timeout_s > 0) {
     const uint64_t period = std::max<uint64_t>(10, uint64_t(opt.idle_timeout_s * 250.0));
     uv_timer_start(&s.timer, on_idle_timer, period, period);
   }
-  srv.log(s.name() + ": WELCOME '" + h.edge_name + "' mode " + std::to_string(int(h.mode)) +
+  srv.log(s.name() + ": WELCOME " + net::peer_text(h.edge_name) + " mode " +
+          std::to_string(int(h.mode)) +
           " " + std::to_string(h.frame_width) + "x" + std::to_string(h.frame_height) +
           (full ? ", sent the full student" : ", weights in sync"));
 }
@@ -438,7 +482,8 @@ void handle_message(Session& s, Message& m) {
       break;
     case MessageType::Error: {
       const ErrorMessage& e = m.as<ErrorMessage>();
-      s.srv->log(s.name() + ": peer sent ERROR " + error_code_name(e.code) + ": " + e.text);
+      s.srv->log(s.name() + ": peer sent ERROR " + error_code_name(e.code) + ": " +
+                 net::peer_text(e.text));
       close_session(s, std::nullopt);
       break;
     }
@@ -470,18 +515,19 @@ void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
   }
   if (nread == 0) return;
   s.srv->count([&](ServerStats& st) { st.bytes_in += uint64_t(nread); });
-  s.last_rx_ms = uv_now(&s.srv->loop);
   try {
     s.dec.feed(reinterpret_cast<const uint8_t*>(buf->base), size_t(nread));
     Message m;
     while (!s.closing && !s.bye_received && s.dec.next(m)) {
+      s.last_rx_ms = uv_now(&s.srv->loop);  // progress = a whole message, not a byte
       s.conv.on_receive(m);
       handle_message(s, m);
     }
   } catch (const ProtocolError& e) {
     close_session(s, ErrorMessage{e.code(), e.text()});
   } catch (const std::exception& e) {
-    close_session(s, ErrorMessage{ErrorCode::Internal, e.what()});
+    s.srv->log(s.name() + ": " + e.what());
+    close_session(s, ErrorMessage{ErrorCode::Internal, "internal error (the server log says why)"});
   }
 }
 
@@ -491,8 +537,10 @@ void on_connection(uv_stream_t* server, int status) {
     srv.log("accept error: " + uv_err(status));
     return;
   }
+  // Before WELCOME: HELLO, BYE or ERROR only, refused from the header when larger.
   DecoderOptions dopt;
-  dopt.max_message_size = srv.opt.max_message_bytes;
+  dopt.max_message_size = std::min(srv.opt.max_message_bytes, max_pre_welcome_message_size());
+  dopt.accepted_types = kPreWelcomeTypes;
   auto sp = std::make_shared<Session>(dopt);
   Session& s = *sp;
   s.srv = &srv;
@@ -521,15 +569,43 @@ void on_connection(uv_stream_t* server, int status) {
     if (addr.ss_family == AF_INET) {
       auto* a = reinterpret_cast<sockaddr_in*>(&addr);
       uv_ip4_name(a, host, sizeof host);
+      s.ip = host;
       s.peer = std::string(host) + ":" + std::to_string(ntohs(a->sin_port));
     } else if (addr.ss_family == AF_INET6) {
       auto* a = reinterpret_cast<sockaddr_in6*>(&addr);
       uv_ip6_name(a, host, sizeof host);
+      s.ip = host;
       s.peer = "[" + std::string(host) + "]:" + std::to_string(ntohs(a->sin6_port));
     }
   }
+  // The caps on connections that have not said HELLO yet, and on connections per address.
+  size_t pending = 0, same_ip = 0;
+  for (auto& [p, other] : srv.sessions) {
+    if (p == &s || other->closing) continue;
+    if (!other->welcomed) ++pending;
+    if (!s.ip.empty() && other->ip == s.ip) ++same_ip;
+  }
+  std::string refusal;
+  if (pending >= srv.opt.max_pending)
+    refusal = std::to_string(pending) + " connections are waiting to log in, the limit";
+  else if (srv.opt.max_per_address > 0 && same_ip >= srv.opt.max_per_address)
+    refusal = std::to_string(same_ip) + " connections from " + s.ip + ", the limit per address";
+  if (!refusal.empty()) {
+    s.refused = true;
+    srv.count([](ServerStats& st) { st.connections_refused++; });
+    const uint64_t now = uv_now(&srv.loop);
+    ++srv.refused_unlogged;
+    if (now - srv.refusal_logged_ms >= 1000 || srv.refusal_logged_ms == 0) {
+      srv.log("refused " + std::to_string(srv.refused_unlogged) + " connection(s) (last: " +
+              s.peer + ", " + refusal + ")");
+      srv.refused_unlogged = 0;
+      srv.refusal_logged_ms = now;
+    }
+    close_session(s, ErrorMessage{ErrorCode::Busy, refusal}, 1000);
+    return;
+  }
   srv.log(s.name() + " connected");
-  uv_timer_start(&s.timer, on_hello_timer, kHelloTimeoutMs, 0);
+  uv_timer_start(&s.timer, on_hello_timer, uint64_t(srv.opt.hello_timeout_s * 1000.0), 0);
   uv_read_start(reinterpret_cast<uv_stream_t*>(&s.tcp), on_alloc, on_read);
 }
 
@@ -562,6 +638,10 @@ void Server::start() {
            "server: bad stride limits ", d.min_stride, "..", d.max_stride);
   ST_CHECK(d.threshold > 0 && d.threshold < 1, "server: threshold ", d.threshold, " not in (0, 1)");
   ST_CHECK(d.max_updates >= 0 && uint32_t(d.max_updates) <= kMaxSteps, "server: bad max updates");
+  ST_CHECK(m.opt.hello_timeout_s > 0, "server: the HELLO timeout must be > 0 s");
+  ST_CHECK(m.opt.max_pending >= 1, "server: max_pending must be >= 1");
+  ST_CHECK(m.opt.max_frame_pixels >= 1, "server: max_frame_pixels must be >= 1");
+  ST_CHECK(m.opt.max_queued_bytes >= kHeaderSize, "server: max_queued_bytes below one message");
   net::ignore_sigpipe();
   if (!m.base) {
     m.base = std::make_unique<nn::Student>(m.opt.init_seed);

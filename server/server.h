@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -34,19 +35,39 @@ struct ServerOptions {
   nn::BlobEncoding encoding = nn::BlobEncoding::F32;  // preferred; the other if HELLO refuses it
   size_t max_message_bytes = protocol::kDefaultMaxMessageSize;
   size_t max_sessions = 64;
+  // Limits against hostile peers (docs/security.md). Connections that have not been welcomed:
+  // at most max_pending at once, each must send HELLO within hello_timeout_s (an absolute
+  // deadline). At most max_per_address connections (welcomed or not) from one IP address
+  // (0 = no limit). A connection over a cap is answered ERROR(Busy) and closed.
+  size_t max_pending = 64;
+  size_t max_per_address = 32;
+  double hello_timeout_s = 30;
+  // Key frames: HELLO may announce at most this many pixels per frame (width x height); after
+  // WELCOME a message may be at most 2 x width x height x 3 bytes + 64 KiB (a PNG or JPEG of the
+  // frame, or the raw pixels), and never more than max_message_bytes.
+  uint64_t max_frame_pixels = 1920 * 1080;
+  // Bytes queued for a peer that does not read (PONGs, updates): over this, the session is
+  // closed with ERROR(Overflow).
+  size_t max_queued_bytes = size_t(16) << 20;
   bool offer_partial = true, offer_full = true, offer_naive = true;
-  // A welcomed session silent this long (no message, not even a PONG) is closed with
-  // ERROR(Timeout); after half of it the server sends a PING. 0 = never.
+  // A welcomed session that completes no message this long (not even a PONG; bytes trickling
+  // in do not count) is closed with ERROR(Timeout); after half of it the server sends a PING.
+  // 0 = never.
   double idle_timeout_s = 300;
   Device device = Device::cpu();      // where sessions' students train (cuda:N: the GPU)
   TeacherFactory teacher;             // required
   bool log = true;                    // one line per session event on stderr
+  // Where log lines go when set (tests); else stderr. Text from peers is logged through
+  // net::peer_text: printable ASCII, length-capped.
+  std::function<void(const std::string&)> log_sink;
 };
 
 struct ServerStats {
   uint64_t sessions_opened = 0, sessions_closed = 0, sessions_active = 0;
   uint64_t key_frames = 0, updates = 0, errors_sent = 0, teacher_failures = 0;
   uint64_t bytes_in = 0, bytes_out = 0;
+  uint64_t connections_refused = 0;  // over max_pending or max_per_address
+  uint64_t overflows = 0;            // sessions closed with ERROR(Overflow)
 };
 
 class Server {

@@ -10,13 +10,14 @@
 
 namespace {
 
-const char* kUsage = R"(usage: shadowtutor-server --port P (--token T | --token-file F)
+const char* kUsage = R"(usage: shadowtutor-server --port P (--token-file F | --token T)
                           (--labels DIR | --teacher-cmd "CMD ARGS" | --maskrcnn FILE) [options]
 
   --port P              TCP port to listen on (0 = any free port, printed at start)
   --host ADDR           numeric address to bind (default 127.0.0.1)
-  --token T             the auth token edges must present in HELLO
-  --token-file F        read the token from file F (first line; trailing newline dropped)
+  --token-file F        the auth token edges must present in HELLO: the first line of file F
+                        (a trailing newline dropped)
+  --token T             the token on the command line (visible to every user in `ps`)
   --labels DIR          recorded teacher: DIR/<frame %06d>.png label maps
   --teacher-cmd CMD     external teacher: `/bin/sh -c CMD`, one process per session, speaking
                         the pipe format of docs/teacher_pipe.md
@@ -31,6 +32,12 @@ const char* kUsage = R"(usage: shadowtutor-server --port P (--token T | --token-
   --min-stride S        (default 8)      --max-stride S   (default 64)
   --max-message-bytes N largest message accepted (default 16 MiB)
   --max-sessions N      concurrent sessions (default 64)
+  --max-pending N       connections that have not said HELLO yet (default 64)
+  --max-per-address N   connections from one IP address (default 32, 0 = no limit)
+  --hello-timeout S     a connection must say HELLO within S seconds (default 30)
+  --max-frame-pixels N  largest key frame, width x height (default 2073600 = 1920x1080)
+  --max-queued-bytes N  bytes queued for a peer that does not read before it is closed
+                        (default 16 MiB)
   --idle-timeout S      close a session silent for S seconds; PING it after S/2 (default 300,
                         0 = never)
   --device D            cpu | cuda | cuda:N: where distillation runs (default cpu)
@@ -86,6 +93,11 @@ int main(int argc, char** argv) {
       else if (a == "--max-stride") o.distill.max_stride = std::stoi(v);
       else if (a == "--max-message-bytes") o.max_message_bytes = std::stoull(v);
       else if (a == "--max-sessions") o.max_sessions = std::stoull(v);
+      else if (a == "--max-pending") o.max_pending = std::stoull(v);
+      else if (a == "--max-per-address") o.max_per_address = std::stoull(v);
+      else if (a == "--hello-timeout") o.hello_timeout_s = std::stod(v);
+      else if (a == "--max-frame-pixels") o.max_frame_pixels = std::stoull(v);
+      else if (a == "--max-queued-bytes") o.max_queued_bytes = std::stoull(v);
       else if (a == "--device") o.device = st::net::parse_device(v);
       else if (a == "--idle-timeout") {
         o.idle_timeout_s = std::stod(v);
@@ -96,13 +108,17 @@ int main(int argc, char** argv) {
   } catch (const std::exception&) {
     return usage_error("bad option value");
   }
+  if (have_token)  // said before any other complaint about the command line
+    std::fprintf(stderr,
+                 "shadowtutor-server: warning: --token is visible to other users of this machine "
+                 "(ps, /proc); use --token-file\n");
   if (!have_port) return usage_error("--port is required");
   if (!token_file.empty()) {
     if (!st::net::read_token_file(token_file, o.token))
       return usage_error("cannot read token file " + token_file);
     have_token = true;
   }
-  if (!have_token) return usage_error("--token or --token-file is required");
+  if (!have_token) return usage_error("--token-file or --token is required");
   if (int(!labels.empty()) + int(!cmd.empty()) + int(!maskrcnn.empty()) != 1)
     return usage_error("give exactly one of --labels, --teacher-cmd and --maskrcnn");
   if (!maskrcnn.empty()) {
@@ -141,10 +157,12 @@ int main(int argc, char** argv) {
     auto s = server.stats();
     std::fprintf(stderr,
                  "shadowtutor-server: %llu sessions, %llu key frames, %llu answers, %llu errors "
-                 "sent, %llu teacher failures, %llu B in, %llu B out\n",
+                 "sent, %llu teacher failures, %llu connections refused, %llu overflows, %llu B in, "
+                 "%llu B out\n",
                  (unsigned long long)s.sessions_opened, (unsigned long long)s.key_frames,
                  (unsigned long long)s.updates, (unsigned long long)s.errors_sent,
-                 (unsigned long long)s.teacher_failures, (unsigned long long)s.bytes_in,
+                 (unsigned long long)s.teacher_failures, (unsigned long long)s.connections_refused,
+                 (unsigned long long)s.overflows, (unsigned long long)s.bytes_in,
                  (unsigned long long)s.bytes_out);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "shadowtutor-server: error: %s\n", e.what());

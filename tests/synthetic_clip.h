@@ -14,9 +14,11 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <system_error>
 #include <thread>
+#include <vector>
 #include <vector>
 
 #include "edge/video.h"
@@ -41,6 +43,43 @@ inline bool wait_until(const std::function<bool()>& done, double timeout_s = kHu
   }
   return true;
 }
+
+// Collects a server's log lines (ServerOptions::log_sink, from any thread) for tests that check
+// what is logged. Must outlive the server it is attached to.
+struct LogLines {
+  std::mutex mu;
+  std::vector<std::string> lines;
+  template <class Options>
+  void attach(Options& o) {
+    o.log = true;
+    o.log_sink = [this](const std::string& line) {
+      std::lock_guard<std::mutex> l(mu);
+      lines.push_back(line);
+    };
+  }
+  bool contains(const std::string& text) {
+    std::lock_guard<std::mutex> l(mu);
+    for (const auto& line : lines)
+      if (line.find(text) != std::string::npos) return true;
+    return false;
+  }
+  size_t count(const std::string& text) {
+    std::lock_guard<std::mutex> l(mu);
+    size_t n = 0;
+    for (const auto& line : lines) n += line.find(text) != std::string::npos;
+    return n;
+  }
+  std::vector<std::string> snapshot() {
+    std::lock_guard<std::mutex> l(mu);
+    return lines;
+  }
+  std::string all() {
+    std::lock_guard<std::mutex> l(mu);
+    std::string out;
+    for (const auto& line : lines) out += line + "\n";
+    return out;
+  }
+};
 
 // The time after which an event-driven on_frame gives up (returns false): now + kHungS.
 inline std::chrono::steady_clock::time_point hung_deadline() {

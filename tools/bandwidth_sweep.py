@@ -59,7 +59,9 @@ def edge_run(a, port, token, mode, rate, out):
     frames = a.naive_frames if mode == "naive" else a.frames
     cmd = [os.path.join(a.build, "shadowtutor-edge"), "--server", f"127.0.0.1:{port}", "--token",
            token, "--mode", mode, "--video", a.video, "--frames", str(frames), "--link-mbps",
-           f"{rate:g}", "--wait-server", "30", "--update-timeout", "600", "--json", js,
+           f"{rate:g}", "--wait-server", "30", "--update-timeout", "600",
+           # the paper's edge: it blocks for a due update (the analytic model assumes it)
+           "--max-wait", "inf", "--json", js,
            "--frame-log", jl, "--quiet"]
     if a.weights:
         cmd += ["--weights", a.weights]

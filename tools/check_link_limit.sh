@@ -37,6 +37,8 @@ build=$(realpath "$build") video=$(realpath "$video") labels=$(realpath "$labels
 id=$$
 ns_s=st_s_$id ns_e=st_e_$id if_s=sts$id if_e=ste$id
 work=$(mktemp -d)
+tokfile="$work/token"
+echo t >"$tokfile"
 cleanup() {
   ip netns pids "$ns_s" 2>/dev/null | xargs -r kill 2>/dev/null || true
   ip netns del "$ns_s" 2>/dev/null || true
@@ -56,15 +58,15 @@ ip -n "$ns_s" link set "$if_s" up
 ip -n "$ns_e" link set "$if_e" up
 
 export OMP_WAIT_POLICY=PASSIVE
-ip netns exec "$ns_s" "$build/shadowtutor-server" --host 10.77.0.1 --port 7070 --token t \
+ip netns exec "$ns_s" "$build/shadowtutor-server" --host 10.77.0.1 --port 7070 --token-file "$tokfile" \
   --labels "$labels" --quiet >"$work/server.out" 2>"$work/server.log" &
 for _ in $(seq 100); do grep -q listening "$work/server.out" 2>/dev/null && break; sleep 0.1; done
 grep -q listening "$work/server.out" || { echo "check_link_limit: server did not start" >&2; cat "$work/server.log" >&2; exit 1; }
 
 edge() {  # mode, extra args -> prints "fps bytes_up bytes_down"
   local mode=$1; shift
-  ip netns exec "$ns_e" "$build/shadowtutor-edge" --server 10.77.0.1:7070 --token t --mode "$mode" \
-    --video "$video" --frames "$frames" --wait-server 10 --update-timeout 600 --quiet \
+  ip netns exec "$ns_e" "$build/shadowtutor-edge" --server 10.77.0.1:7070 --token-file "$tokfile" --mode "$mode" \
+    --video "$video" --frames "$frames" --wait-server 10 --update-timeout 600 --max-wait inf --quiet \
     --json "$work/edge.json" "$@" >/dev/null 2>"$work/edge.log" ||
     { echo "check_link_limit: edge failed:" >&2; cat "$work/edge.log" >&2; exit 1; }
   python3 -c "import json;j=json.load(open('$work/edge.json'));print(j['fps'],j['bytes']['up_total'],j['bytes']['down_total'])"
