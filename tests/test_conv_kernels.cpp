@@ -310,6 +310,46 @@ TEST_CASE("conv2d float fast path: nothing left in the reused buffers reaches a 
   for (const Shape& s : kSmallShapes) run_case<float>(s, false);
 }
 
+TEST_CASE("conv2d float backward weight: a stale NaN just past a band's rows never reaches gw",
+          "[conv][portable]") {
+  // Backward weight sums the band's junk columns too (times gy's zeros there), and the widest
+  // tap reads V - OW floats past a plane's last row: past a short band's rows, into the next
+  // channel's plane or the buffer's slack. A call with more channels leaves NaN there first.
+  // (Before build_band zeroed that tail this failed: one thread reads the slack after the last
+  // channel; with two, a thread could read rows or channels another call had left.)
+  const float qnan = std::numeric_limits<float>::quiet_NaN();
+  // (No padding: the rows and columns read past the end are the poisoned call's pixels, not
+  // its zero padding.)
+  for (const Shape& s : {Shape{1, 3, 7, 9, 4, 3, 3, 1, 1, 0, 0, 1},
+                         Shape{2, 5, 11, 13, 6, 3, 3, 2, 2, 0, 0, 1},
+                         Shape{1, 4, 9, 8, 5, 1, 3, 1, 1, 0, 0, 1}}) {
+    INFO(describe(s));
+    const ConvGeom g = geom_of(s);
+    std::mt19937 rng(7);
+    std::uniform_real_distribution<float> U(-1.0f, 1.0f);
+    std::vector<float> x(g.N * g.C * g.H * g.W), gy(g.N * g.K * g.OH * g.OW);
+    for (float& v : x) v = U(rng);
+    for (float& v : gy) v = U(rng);
+    std::vector<float> gw(g.K * g.C * g.R * g.S), gw_again(gw.size());
+    st::cpu::conv2d_backward_weight<float>(g, gy.data(), x.data(), gw.data());
+    Shape big = s;
+    big.C = 4 * s.C;
+    const ConvGeom gb = geom_of(big);
+    std::vector<float> xb(gb.N * gb.C * gb.H * gb.W, qnan), gyb(gb.N * gb.K * gb.OH * gb.OW, qnan);
+    std::vector<float> gwb(gb.K * gb.C * gb.R * gb.S);
+    st::cpu::conv2d_backward_weight<float>(gb, gyb.data(), xb.data(), gwb.data());
+    REQUIRE(std::isnan(gwb[0]));  // (the poison went through)
+    // The same call again, right after the poisoned one: finite, and the same sums in the same
+    // order as before it (one thread: these shapes are below the parallel threshold).
+    st::cpu::conv2d_backward_weight<float>(g, gy.data(), x.data(), gw_again.data());
+    for (size_t i = 0; i < gw.size(); ++i) {
+      INFO("gw[" << i << "]");
+      REQUIRE(std::isfinite(gw_again[i]));
+      REQUIRE(gw_again[i] == gw[i]);
+    }
+  }
+}
+
 TEST_CASE("conv2d double path matches naive double reference", "[conv][portable]") {
   for (const Shape& s : kSmallShapes) {
     run_case<double>(s, true);

@@ -147,6 +147,10 @@ struct Layout {
   int64_t nplanes = 0;                        // stride phases actually used
   std::vector<int> plane_ab;                  // [nplanes] -> a*sx + b
   int64_t chan_stride = 0, plane_stride = 0;  // inside the band buffer
+  // Floats after a plane's rows that the taps read through the junk columns of the band's last
+  // row (V - OW, the widest tap's column shift): build_band zeroes them, as backward weight sums
+  // the junk columns' products (with gy's zeros there: a stale NaN would make them NaN).
+  int64_t tail = 0;
   bool zero_copy = false;                     // band = the source itself
   std::vector<int64_t> offs;                  // per tap: offset from the band base
   int64_t buf_floats = 0;                     // band buffer size (0 when zero_copy)
@@ -190,7 +194,8 @@ Layout make_layout(const Source& s, const std::vector<Tap>& taps, int64_t OH, in
   const int64_t per_row = row + extra_per_row;
   L.BH =
       std::clamp<int64_t>((budget - L.halo * row) / std::max<int64_t>(per_row, 1), 1, max_bh);
-  L.plane_stride = (L.BH + L.halo) * L.V;
+  L.tail = L.V - OW;
+  L.plane_stride = (L.BH + L.halo) * L.V + L.tail;
   L.chan_stride = L.nplanes * L.plane_stride;
   for (size_t k = 0; k < taps.size(); ++k) {
     const Tap& t = taps[k];
@@ -318,6 +323,9 @@ void build_band(const Source& s, const Layout& L, int64_t i0, int64_t bh, float*
         }
         if (jhi < V) std::memset(d + jhi, 0, sizeof(float) * (V - jhi));
       }
+      if (L.tail > 0)
+        std::memset(buf + c * L.chan_stride + pl * L.plane_stride + rows * V, 0,
+                    sizeof(float) * L.tail);
     }
 }
 
