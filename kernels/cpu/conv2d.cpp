@@ -461,8 +461,10 @@ void store_panel(const GemmJob& J, int64_t i0, int64_t f0, int64_t len, const fl
 // Working buffers kept per thread from call to call (OpenMP keeps its threads), so that a call
 // does not allocate, page-fault and zero up to ~1 MiB per thread again (the zeroing alone was
 // ~1.3% of a small 3x3 layer's call). A buffer is zeroed when it is (re)allocated; afterwards it
-// holds whatever the last call left (every user writes what it reads, except reads into junk
-// pixels past a band's end, which are never stored). Requests above kScratchKeep floats (the
+// holds whatever the last call left: every user writes what it reads (build_band writes a
+// band's rows and the tail past them that junk pixels read: forward and backward data compute
+// junk pixels and never store them, backward weight multiplies them by gy's zeros, which a stale
+// NaN would defeat). Requests above kScratchKeep floats (the
 // teacher's packed weights, up to ~10 MB) are allocated per call instead of being kept.
 enum ScratchSlot {
   kSlotBand, kSlotBp, kSlotCb, kSlotCt, kSlotA, kSlotTmp,  // forward / backward data
