@@ -1,6 +1,7 @@
 // The edge client (client.h): a libuv network thread plus the frame loop on the caller's thread.
 #include "edge/client.h"
 
+#include <unistd.h>
 #include <uv.h>
 
 #include <algorithm>
@@ -21,6 +22,26 @@ namespace st::edge {
 
 using namespace st::protocol;
 using Clock = std::chrono::steady_clock;
+
+// ---------------------------------------------------------------- progress line
+
+double progress_interval_s(bool terminal) { return terminal ? 0.2 : 5.0; }
+
+bool progress_due(bool terminal, double since_last_s, bool first_frame) {
+  return first_frame || since_last_s >= progress_interval_s(terminal);
+}
+
+std::string format_progress(const ProgressLine& p, bool terminal) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "%s[edge %s] frame %lld  %.2f fps  stride %lld  keys %lld  stale %lld  up %.2f MB  "
+                "down %.2f MB  %s%s",
+                terminal ? "\r" : "", p.mode.c_str(), (long long)p.frame, p.fps,
+                (long long)p.stride, (long long)p.key_frames, (long long)p.stale_frames,
+                double(p.bytes_up) / 1e6, double(p.bytes_down) / 1e6,
+                p.online ? "online" : "offline", terminal ? "   " : "\n");
+  return buf;
+}
 
 // ---------------------------------------------------------------- TokenBucket
 
@@ -740,6 +761,7 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     }
   };
   auto t_start = Clock::now(), t_print = t_start;
+  const bool progress_tty = isatty(2) == 1;  // else a plain line every few seconds
   auto t_next = t_start, t_frame_end = t_start;
   Frame f;
   while ((opt.max_frames < 0 || r.frames < opt.max_frames) && !stop_requested() && next_frame(f)) {
@@ -859,15 +881,19 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     }
     applied = false;
     frame_blocked_s = 0;
-    if (opt.progress && (secs(t_print, now) >= 0.2 || r.frames == 1)) {
+    if (opt.progress && progress_due(progress_tty, secs(t_print, now), r.frames == 1)) {
       t_print = now;
-      double s = std::max(secs(t_start, now), 1e-9);
-      std::fprintf(stderr,
-                   "\r[edge %s] frame %lld  %.2f fps  stride %lld  keys %lld  stale %lld  up %.2f "
-                   "MB  down %.2f MB  %s   ",
-                   r.mode.c_str(), (long long)frame_i, double(r.frames) / s, (long long)stride,
-                   (long long)r.key_frames, (long long)r.stale_frames, double(net.bytes_up()) / 1e6,
-                   double(net.bytes_down()) / 1e6, session ? "online" : "offline");
+      ProgressLine pl;
+      pl.mode = r.mode;
+      pl.frame = frame_i;
+      pl.fps = double(r.frames) / std::max(secs(t_start, now), 1e-9);
+      pl.stride = stride;
+      pl.key_frames = r.key_frames;
+      pl.stale_frames = r.stale_frames;
+      pl.bytes_up = net.bytes_up();
+      pl.bytes_down = net.bytes_down();
+      pl.online = session;
+      std::fputs(format_progress(pl, progress_tty).c_str(), stderr);
       std::fflush(stderr);
     }
     if (opt.on_frame) {
@@ -886,7 +912,7 @@ EdgeResult run_edge(const EdgeOptions& opt) {
       if (!opt.on_frame(p)) break;
     }
   }
-  if (opt.progress) std::fprintf(stderr, "\n");
+  if (opt.progress && progress_tty) std::fprintf(stderr, "\n");  // (a plain line ends with one)
   net.stop();
   r.wall_s = secs(t_start, Clock::now());
   r.fps = r.wall_s > 0 ? double(r.frames) / r.wall_s : 0;

@@ -128,6 +128,20 @@ struct EdgeProgress {
   int64_t stale_frames = 0;      // such frames so far
 };
 
+// The live progress line on stderr (EdgeOptions::progress). To a terminal it is rewritten in
+// place ('\r', no newline) at most every 0.2 s; to a file or a pipe (a demo's log) it is a plain
+// line at most every 5 s, so that the log stays readable. The run's first frame always shows.
+struct ProgressLine {
+  std::string mode;
+  int64_t frame = 0, stride = 0, key_frames = 0, stale_frames = 0;
+  double fps = 0;
+  int64_t bytes_up = 0, bytes_down = 0;
+  bool online = false;
+};
+double progress_interval_s(bool terminal);
+bool progress_due(bool terminal, double since_last_s, bool first_frame);
+std::string format_progress(const ProgressLine& p, bool terminal);
+
 struct EdgeOptions {
   ClientOptions net;
   std::string token;

@@ -1,12 +1,13 @@
 // Teachers behind one interface (SPEC §3): given a key frame, produce the label map (values
 // 0..8, 8 = background) and optionally the detection boxes for the loss-weight map.
 //   RecordedTeacher  label maps recorded on disk, by frame index (edge/video.h LabelSource)
+//   MaskRcnnTeacher  the Mask R-CNN port (teacher_port/), one model shared by every session
 //   CommandTeacher   an external process speaking the pipe format of docs/teacher_pipe.md
-// A Mask R-CNN teacher plugs in later as another subclass.
 //
 // Threading: one Teacher object belongs to one session and is only called from that session's
 // worker job (never two calls at once); it is created and destroyed on the server's loop thread,
-// so constructors and destructors must be cheap and must not block for long.
+// so constructors and destructors must be cheap and must not block for long (the Mask R-CNN
+// weights are loaded once, before the server starts, and its sessions' runs take turns).
 #pragma once
 #include <sys/types.h>
 
@@ -55,7 +56,6 @@ class RecordedTeacher : public Teacher {
   edge::LabelSource labels_;
 };
 
-// Pipe protocol limits (docs/teacher_pipe.md).
 // The Mask R-CNN port (teacher_port/maskrcnn.h) with Detectron2 conventions, as ShadowTutor ran
 // it: the 9-class label map and every score-thresholded detection box (all classes, SPEC §3).
 // The model (~180 MB of weights) is loaded once and shared by every session; runs are serialised.
@@ -75,6 +75,7 @@ class MaskRcnnTeacher : public Teacher {
   std::string source_;
 };
 
+// Pipe protocol limits (docs/teacher_pipe.md).
 inline constexpr uint32_t kTeacherRequestMagic = 0x51545453;   // "STTQ"
 inline constexpr uint32_t kTeacherResponseMagic = 0x41545453;  // "STTA"
 inline constexpr uint32_t kTeacherNoBoxes = 0xFFFFFFFFu;        // box count: "use components"

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <new>
 #include <random>
 #include <sstream>
 #include <string>
@@ -347,6 +348,43 @@ TEST_CASE("conv2d float backward weight: a stale NaN just past a band's rows nev
       REQUIRE(std::isfinite(gw_again[i]));
       REQUIRE(gw_again[i] == gw[i]);
     }
+  }
+}
+
+// A thread's scratch buffers are allocated inside the float path's OpenMP regions, where an
+// exception that left the region would terminate the process. With the test hook making those
+// allocations fail (the first one only, then all of them), each entry point must throw
+// std::bad_alloc to its caller, on one thread and on several, and compute correctly afterwards.
+TEST_CASE("conv2d float fast path: a failed scratch allocation reaches the caller", "[conv][portable]") {
+  struct Restore {
+    ~Restore() { st::cpu::conv2d_fail_scratch_for_testing(0); }
+  } restore;
+  const std::vector<Shape> shapes = {
+      {1, 3, 7, 5, 8, 3, 3, 1, 1, 1, 1, 1},       // small: one thread
+      {1, 32, 90, 160, 32, 3, 3, 1, 1, 1, 1, 1},  // 32x3 engine, several bands
+      {1, 64, 23, 40, 128, 3, 3, 2, 2, 1, 1, 1},  // packed engine; backward data by phases
+      {1, 8, 90, 160, 16, 3, 3, 2, 2, 1, 1, 1},   // backward data: phase pairs
+  };
+  for (const Shape& s : shapes) {
+    INFO(describe(s));
+    const ConvGeom g = geom_of(s);
+    const int64_t Cg = g.C / g.groups;
+    std::vector<float> x(g.N * g.C * g.H * g.W, 0.5f), w(g.K * Cg * g.R * g.S, 0.25f);
+    std::vector<float> b(g.K, 1.0f), y(g.N * g.K * g.OH * g.OW), gx(x.size()), gw(w.size());
+    for (int n : {1, 1000}) {
+      INFO("failing requests: " << n);
+      st::cpu::conv2d_fail_scratch_for_testing(n);
+      CHECK_THROWS_AS(st::cpu::conv2d_forward<float>(g, x.data(), w.data(), b.data(), y.data()),
+                      std::bad_alloc);
+      st::cpu::conv2d_fail_scratch_for_testing(n);
+      CHECK_THROWS_AS(st::cpu::conv2d_backward_data<float>(g, y.data(), w.data(), gx.data()),
+                      std::bad_alloc);
+      st::cpu::conv2d_fail_scratch_for_testing(n);
+      CHECK_THROWS_AS(st::cpu::conv2d_backward_weight<float>(g, y.data(), x.data(), gw.data()),
+                      std::bad_alloc);
+    }
+    st::cpu::conv2d_fail_scratch_for_testing(0);
+    run_case<float>(s, true);  // and the buffers left behind still give right results
   }
 }
 

@@ -94,6 +94,27 @@ TEST_CASE("edge: token bucket", "[edge]") {
   REQUIRE(b.available(t0 + std::chrono::seconds(10)) == Approx(100.0));  // capped at the burst
 }
 
+TEST_CASE("edge: the progress line: in place on a terminal, plain lines every 5 s otherwise", "[edge]") {
+  edge::ProgressLine p;
+  p.mode = "partial";
+  p.frame = 41, p.stride = 8, p.key_frames = 5, p.stale_frames = 2, p.fps = 12.345;
+  p.bytes_up = 1'500'000, p.bytes_down = 250'000, p.online = true;
+  const std::string body =
+      "[edge partial] frame 41  12.35 fps  stride 8  keys 5  stale 2  up 1.50 MB  down 0.25 MB  "
+      "online";
+  CHECK(edge::format_progress(p, true) == "\r" + body + "   ");  // rewritten in place
+  CHECK(edge::format_progress(p, false) == body + "\n");        // one plain line each
+  p.online = false;
+  CHECK(edge::format_progress(p, false).find("offline\n") != std::string::npos);
+  // terminal: every 0.2 s; file or pipe: every 5 s; the first frame always
+  CHECK(edge::progress_due(true, 0.2, false));
+  CHECK_FALSE(edge::progress_due(true, 0.19, false));
+  CHECK_FALSE(edge::progress_due(false, 4.9, false));
+  CHECK(edge::progress_due(false, 5.0, false));
+  CHECK(edge::progress_due(false, 0.0, true));
+  CHECK(edge::progress_due(true, 0.0, true));
+}
+
 TEST_CASE("edge: server killed and restarted mid-run: the edge keeps going and resyncs", "[edge]") {
   EdgeClip clip("restart", 40);
   auto first = std::make_unique<server::Server>(looping_srv_opts(clip));

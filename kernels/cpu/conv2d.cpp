@@ -54,8 +54,10 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <new>
+#include <optional>
 #include <stdexcept>
 #include <type_traits>
 #include <vector>
@@ -85,6 +87,33 @@ constexpr int64_t kGroup32 = 96;  // pixels per group of the 32x3 engine (multip
 constexpr int64_t kMax32 = 128;   // up to this many GEMM rows (larger: the packed engine)
 constexpr int64_t kMinKred32 = 64;  // and reductions at least this long
 std::atomic<bool> g_use32{true};  // the 32x3 engine where it applies (conv2d_set_broadcast_engine)
+std::atomic<int> g_fail_scratch{0};  // conv2d_fail_scratch_for_testing
+
+// An exception must not leave an OpenMP parallel region: that calls std::terminate. Inside a
+// region every piece of work that may throw (the thread's scratch buffers can fail to allocate;
+// a few consistency checks throw) runs through run(), which keeps the first exception any thread
+// threw and from then on skips the region's remaining work; rethrow() after the region throws it
+// on the calling thread. Each thread still meets every worksharing loop and barrier of the
+// region, so the region ends normally. Cost per work item: one relaxed atomic load.
+class RegionErrors {
+ public:
+  template <class F>
+  void run(F&& f) noexcept {
+    if (failed_.load(std::memory_order_relaxed)) return;
+    try {
+      f();
+    } catch (...) {
+      if (!failed_.exchange(true)) first_ = std::current_exception();  // the first one only
+    }
+  }
+  void rethrow() const {  // after the region (its closing barrier orders first_'s write)
+    if (first_) std::rethrow_exception(first_);
+  }
+
+ private:
+  std::atomic<bool> failed_{false};
+  std::exception_ptr first_;
+};
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -475,6 +504,9 @@ constexpr size_t kScratchKeep = size_t{1} << 19;  // floats (2 MiB)
 class Scratch {
  public:
   Scratch(ScratchSlot slot, size_t n) {
+    if (g_fail_scratch.load(std::memory_order_relaxed) > 0 && omp_get_level() > 0 &&
+        g_fail_scratch.fetch_sub(1) > 0)
+      throw std::bad_alloc();  // test hook: as if the allocation had failed
     if (n > kScratchKeep) {
       own_.alloc(n, true);
       p_ = own_.data();
@@ -724,17 +756,22 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
     L = make_layout(s0, taps, g.OH, g.OW, 0, pc.rows_each);
   const int64_t nb = chunks ? pc.n : balanced_bands(g.OH, L.BH, g.N * G, team_size(par));
   const int64_t items = g.N * G * nb;  // (image, group, band or chunk)
+  RegionErrors errs;
 #pragma omp parallel if (par)
   {
     const int64_t npart = pack_pieces(Kred);
 #pragma omp for schedule(static)
     for (int64_t q = 0; q < G * nmbA * npart; ++q) {  // (group, row block, part)
       const int64_t gi = q / (nmbA * npart), mb = q / npart % nmbA, part = q % npart;
-      pack_rows(w + gi * Kg * Kred, Kg, eng.mr, Kred, A.data() + gi * Mpad * Kred, mb, part, kn);
+      errs.run([&] {
+        pack_rows(w + gi * Kg * Kred, Kg, eng.mr, Kred, A.data() + gi * Mpad * Kred, mb, part, kn);
+      });
     }
-    GemmScratch S(L.buf_floats, Mpad);
+    std::optional<GemmScratch> Sopt;  // (not made: errs has failed, the loop below is skipped)
+    errs.run([&] { Sopt.emplace(L.buf_floats, Mpad); });
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t it = 0; it < items; ++it) {
+    for (int64_t it = 0; it < items; ++it) errs.run([&] {
+      GemmScratch& S = *Sopt;
       const int64_t bi = it % nb, gi = (it / nb) % G, n = it / (nb * G);
       GemmJob J;
       J.src = s0;
@@ -749,12 +786,13 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
         const int64_t i0 = pc.row0(bi), q0 = pc.begin(bi) - i0 * g.OW;
         if (pc.rows(bi) > L.BH) throw std::logic_error("conv2d: pixel chunk overflows its band");
         gemm_rows(J, i0, pc.rows(bi), S, kn, nullptr, q0, pc.begin(bi + 1) - i0 * g.OW);
-        continue;
+        return;
       }
       const int64_t i0 = band_start(bi, nb, g.OH);
       gemm_rows(J, i0, band_start(bi + 1, nb, g.OH) - i0, S, kn);
-    }
+    });
   }
+  errs.rethrow();
 }
 
 void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float* gx) {
@@ -888,21 +926,28 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
   const bool chunks = pc.n > 0;
   const int64_t nb = chunks ? pc.n : balanced_bands(maxHa, BH, g.N * G, team_size(par));
   const int64_t items = g.N * G * nb;  // (image, group, band of phase rows or pixel chunk)
+  RegionErrors errs;
 #pragma omp parallel if (par)
   {
 #pragma omp for schedule(static)
-    for (int64_t q = 0; q < G * npart; ++q) {  // (group, part)
+    for (int64_t q = 0; q < G * npart; ++q) errs.run([&] {  // (group, part)
       const int64_t gi = q / npart, part = q % npart;
       std::vector<PhasePack> pp;
       for (const Phase& P : phases)
         pp.push_back({P.rs.data(), static_cast<int64_t>(P.rs.size()),
                       A.data() + P.aoff + gi * Mpad * P.Kred});
       pack_taps(w + gi * Kg * Cg * RS, Cg, Kg, RS, pp, eng.mr, Mpad, part);
-    }
-    GemmScratch S(bandmax, Mpad);
-    Scratch tmp(kSlotTmp, use_tmp ? sh * sw * Mpad * tplane : 0);
+    });
+    std::optional<GemmScratch> Sopt;  // (not made: errs has failed, the loop below is skipped)
+    std::optional<Scratch> tmpopt;
+    errs.run([&] {
+      Sopt.emplace(bandmax, Mpad);
+      tmpopt.emplace(kSlotTmp, use_tmp ? sh * sw * Mpad * tplane : 0);
+    });
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t it = 0; it < items; ++it) {
+    for (int64_t it = 0; it < items; ++it) errs.run([&] {
+      GemmScratch& S = *Sopt;
+      const Scratch& tmp = *tmpopt;
       const int64_t bi = it % nb, gi = (it / nb) % G, n = it / (nb * G);
       // phase rows [i0, i1); the chunk's pixels [q0, q1) of the band (Wb0 per row)
       int64_t i0, i1, q0 = 0, q1 = -1;
@@ -955,7 +1000,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
             });
           }
         }
-        continue;
+        return;
       }
       for (const Phase& P : phases) {
         if (i0 >= P.Ha) continue;
@@ -975,7 +1020,7 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
         gemm_rows(J, i0, std::min(i1, P.Ha) - i0, S, kn, shared_band ? S.band.data() : nullptr, q0,
                   q1);
       }
-      if (!use_tmp) continue;
+      if (!use_tmp) return;
       for (int64_t a = 0; a < sh; ++a) {
         const int64_t Ha = a < g.H ? ceil_div(g.H - a, sh) : 0;
         for (int64_t c = 0; c < Cg; ++c)
@@ -994,8 +1039,9 @@ void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float
             }
           }
       }
-    }
+    });
   }
+  errs.rethrow();
 }
 
 void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, float* gw) {
@@ -1070,25 +1116,34 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
       }
     }
   };
+  RegionErrors errs;
 #pragma omp parallel if (par)
   {
     const int tid = std::min(omp_get_thread_num(), nth - 1);
     double* my = acc.data_d() + static_cast<size_t>(tid) * accn;
-    Scratch band(kSlotBand, shared ? 0 : L.buf_floats);
-    Scratch gyv(kSlotGy, shared ? 0 : Mpad * gstride);  // [Mpad][gstride]: flat gy rows
-    Scratch loc(kSlotLoc, shared ? 2 * Mpad * tc : 0);  // shared: this chunk's sums [Mpad][tc]
+    // (not made: errs has failed, the item loop below is skipped)
+    std::optional<Scratch> bandopt, gyvopt, locopt;
+    errs.run([&] {
+      bandopt.emplace(kSlotBand, shared ? 0 : L.buf_floats);
+      gyvopt.emplace(kSlotGy, shared ? 0 : Mpad * gstride);  // [Mpad][gstride]: flat gy rows
+      locopt.emplace(kSlotLoc, shared ? 2 * Mpad * tc : 0);  // shared: this chunk's sums [Mpad][tc]
+    });
     float out[12];
     if (shared) {
       Source s = s0;
       s.p = x;
 #pragma omp for schedule(static) nowait
       for (int64_t c = 0; c < (L.zero_copy ? 0 : Cg); ++c)
-        build_band(s, L, 0, g.OH, band_sh.data(), c, c + 1);
+        errs.run([&] { build_band(s, L, 0, g.OH, band_sh.data(), c, c + 1); });
 #pragma omp for schedule(static)
-      for (int64_t m = 0; m < Kg; ++m) copy_gy(gy, 0, g.OH, m, m + 1, gyv_sh.data());
+      for (int64_t m = 0; m < Kg; ++m)
+        errs.run([&] { copy_gy(gy, 0, g.OH, m, m + 1, gyv_sh.data()); });
     }
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t it = 0; it < items; ++it) {
+    for (int64_t it = 0; it < items; ++it) errs.run([&] {
+      const Scratch& band = *bandopt;
+      const Scratch& gyv = *gyvopt;
+      const Scratch& loc = *locopt;
       const int64_t ch = it % nchunk, bi = (it / nchunk) % nb;
       const int64_t n = (it / (nchunk * nb)) % g.N, gi = it / (nchunk * nb * g.N);
       const int64_t t0 = ch * tri_per_chunk * 3, t1 = std::min(K3, t0 + tri_per_chunk * 3);
@@ -1125,18 +1180,19 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
         for (int64_t m = 0; m < Kg; ++m)
           for (int64_t kk = t0; kk < std::min(t1, Kred); ++kk)
             gw[m * Kred + kk] = static_cast<float>(loc.data_d()[m * tc + kk - t0]);
-    }
+    });
     // Sum the per-thread accumulators into gw (the loop above ended with a barrier).
     if (!shared) {
 #pragma omp for schedule(static)
-      for (int64_t q = 0; q < g.K * Kred; ++q) {
+      for (int64_t q = 0; q < g.K * Kred; ++q) errs.run([&] {
         const int64_t k = q / Kred, kk = q % Kred, gi = k / Kg, m = k % Kg;
         double sum = 0.0;
         for (int t = 0; t < nth; ++t) sum += acc.data_d()[t * accn + (gi * Mpad + m) * K3 + kk];
         gw[q] = static_cast<float>(sum);
-      }
+      });
     }
   }
+  errs.rethrow();
 }
 
 void backward_bias_f32(const ConvGeom& g, const float* gy, float* gb) {
@@ -1250,6 +1306,7 @@ void backward_bias_ref(const ConvGeom& g, const T* gy, T* gb) {
 }  // namespace
 
 void conv2d_set_broadcast_engine(bool on) { g_use32.store(on); }
+void conv2d_fail_scratch_for_testing(int n) { g_fail_scratch.store(n); }
 
 // ------------------------------------------------------------------ public templates
 template <class T>

@@ -42,4 +42,10 @@ void conv2d_backward_bias(const ConvGeom& g, const T* gy, T* gb);
 // to be flipped while a convolution runs on another thread.
 void conv2d_set_broadcast_engine(bool on);
 
+// Test hook: the next n scratch-buffer requests made inside the float path's OpenMP regions throw
+// std::bad_alloc, as a failed allocation would there. The error must reach the caller (the
+// regions catch it and rethrow it after they end) instead of terminating the process. 0 (the
+// default) turns it off.
+void conv2d_fail_scratch_for_testing(int n);
+
 }  // namespace st::cpu
