@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "edge/video.h"
+#include "nn/key_frame.h"
 #include "server/teacher.h"
 #include "teacher_port/maskrcnn.h"
 #include "tensor/autograd.h"
@@ -138,17 +139,18 @@ SimResult simulate(const SimOptions& opt) {
         // Key frame: the frame goes up; the server distils and answers (SPEC §6).
         ++r.key_frames;
         r.bytes_up += frame_bytes + kMessageHeaderBytes;
-        nn::Target target = nn::make_target(truth.labels, H, W, truth.boxes ? &*truth.boxes : nullptr);
-        auto td = Clock::now();
-        nn::DistillOutcome o = distiller->distill(x, target);
+        nn::KeyFrameAnswer a =
+            nn::answer_key_frame(*distiller, x, truth.labels, H, W,
+                                 truth.boxes ? &*truth.boxes : nullptr, int(stride), opt.encoding);
+        const nn::DistillOutcome& o = a.outcome;
         if (o.steps > 0) {  // the whole Algorithm 1 run, per step taken
-          step_ms += ms_since(td);
+          step_ms += a.distill_ms;
           steps_total += o.steps;
         }
         r.step_histogram[size_t(o.steps)]++;
-        stride = nn::next_stride(o.acc, int(stride), opt.distill);
+        stride = a.next_stride;
         if (o.steps > 0) {
-          pending = nn::pack_trained(server_student, dmode, opt.encoding);
+          pending = std::move(a.blob);
           r.bytes_down += int64_t(pending.size()) + kMessageHeaderBytes;
         } else {
           pending.clear();  // "no change"

@@ -61,6 +61,7 @@ class Distiller {
   DistillOutcome distill(const Tensor& x, const Target& target, bool reuse_front = true);
   const DistillConfig& config() const { return cfg_; }
   Distillation mode() const { return mode_; }
+  const Student& student() const { return student_; }
 
  private:
   Student& student_;

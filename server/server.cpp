@@ -15,6 +15,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "nn/key_frame.h"
 #include "protocol/conversation.h"
 #include "protocol/decoder.h"
 #include "server/common.h"
@@ -310,18 +311,19 @@ void work(uv_work_t* r) {
     }
     if (s.gone) return;
     Tensor x = nn::Student::preprocess_bgr(j.kf.data.data(), H, W);
-    nn::Target target = nn::make_target(t.labels, H, W, t.boxes ? &*t.boxes : nullptr);
-    nn::DistillOutcome o = s.distiller->distill(x, target);
-    s.stride = nn::next_stride(o.acc, s.stride, opt.distill);
+    nn::KeyFrameAnswer a = nn::answer_key_frame(*s.distiller, x, t.labels, H, W,
+                                                t.boxes ? &*t.boxes : nullptr, s.stride,
+                                                s.blob_enc);
+    s.stride = a.next_stride;
     Update u;
     u.key_frame = j.kf.frame_index;
     u.next_stride = uint32_t(s.stride);
-    u.accuracy = std::clamp(float(o.acc), 0.f, 1.f);
+    u.accuracy = std::clamp(float(a.outcome.acc), 0.f, 1.f);
     if (!std::isfinite(u.accuracy)) u.accuracy = 0.f;
-    u.steps = uint32_t(o.steps);
-    if (o.steps > 0) {
+    u.steps = uint32_t(a.outcome.steps);
+    if (a.outcome.steps > 0) {
       u.blob_kind = s.blob_enc == nn::BlobEncoding::F32 ? BlobKind::F32 : BlobKind::F16;
-      u.blob = nn::pack_trained(*s.student, s.dmode, s.blob_enc);
+      u.blob = std::move(a.blob);
     }
     j.answer = std::move(u);
   } catch (const std::exception& e) {
