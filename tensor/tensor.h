@@ -11,18 +11,13 @@
 #include <vector>
 
 #include "tensor/dtype.h"
+#include "tensor/error.h"
 
 namespace st {
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);
 int64_t shape_numel(const Shape& s);
-
-// An error in how the library was called (bad shape, dtype, device, file ...). The message
-// names the operation and the problem.
-struct Error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 // Throws st::Error with the concatenation of the arguments when `cond` is false.
 #define ST_CHECK(cond, ...)                                  \
