@@ -275,10 +275,18 @@ struct GatedTeacher : server::Teacher {
   std::string describe() const override { return "gated"; }
 };
 
-// Opens the gate when the test leaves its scope, so that no server waits on it at stop().
-struct OpenOnExit {
-  std::shared_ptr<Gate> gate;
-  ~OpenOnExit() { gate->open(); }
+// A started server whose teacher answers only once `gate` is open. The gate opens when the test
+// leaves its scope, before the server stops, so that no session waits on it at stop().
+struct GatedServer {
+  std::shared_ptr<Gate> gate = std::make_shared<Gate>();
+  server::Server srv;
+  explicit GatedServer(const fs::path& labels) : srv(options(labels, gate)) { srv.start(); }
+  ~GatedServer() { gate->open(); }  // (the members, srv among them, are destroyed after this)
+  static server::ServerOptions options(const fs::path& labels, std::shared_ptr<Gate> g) {
+    auto so = srv_opts(labels);
+    so.teacher = [labels, g] { return std::make_unique<GatedTeacher>(labels, g); };
+    return so;
+  }
 };
 }  // namespace
 
@@ -287,14 +295,9 @@ TEST_CASE("edge: link-rate limit slows the transfers", "[edge]") {
   // The teacher answers key frame 0 only once the edge has run frame 7, so the update cannot
   // be here before the edge needs it at frame 8 (MIN_STRIDE): the edge then waits for the
   // whole rate-limited transfer, however fast or slow the machine runs the frames before.
-  auto gate = std::make_shared<Gate>();
-  auto so = srv_opts(clip.labels);
-  so.teacher = [labels = clip.labels, gate] {
-    return std::make_unique<GatedTeacher>(labels, gate);
-  };
-  server::Server srv(so);
-  OpenOnExit open_on_exit{gate};
-  srv.start();
+  GatedServer gated(clip.labels);
+  auto& gate = gated.gate;
+  auto& srv = gated.srv;
   auto o = edge_opts(clip, srv.port());
   o.initial_wait_s = test::kHungS;
   o.net.link_mbps = 8;  // 1 MB/s per direction
@@ -371,14 +374,9 @@ TEST_CASE("edge: a teacher that hangs past the wait bound: frames go on stale, t
   // (ASan, other builds on the cores), with room to spare below kWatchdogS.
   constexpr double kSlackS = 5.0;
   EdgeClip clip("stale", 20);
-  auto gate = std::make_shared<Gate>();
-  auto so = srv_opts(clip.labels);
-  so.teacher = [labels = clip.labels, gate] {
-    return std::make_unique<GatedTeacher>(labels, gate);
-  };
-  server::Server srv(so);
-  OpenOnExit open_on_exit{gate};
-  srv.start();
+  GatedServer gated(clip.labels);
+  auto& gate = gated.gate;
+  auto& srv = gated.srv;
   auto o = edge_opts(clip, srv.port());  // update_timeout_s: kHungS, far beyond the hang
   o.initial_wait_s = test::kHungS;
   o.loop = true;
@@ -506,14 +504,9 @@ TEST_CASE("edge: loop replays the clip with increasing frame indices, and on_fra
 
 TEST_CASE("edge: a stop request also ends a wait for the server's answer", "[edge]") {
   EdgeClip clip("stopwait", 12);
-  auto gate = std::make_shared<Gate>();  // opened only at the end: key frame 0 is never answered
-  auto so = srv_opts(clip.labels);
-  so.teacher = [labels = clip.labels, gate] {
-    return std::make_unique<GatedTeacher>(labels, gate);
-  };
-  server::Server srv(so);
-  OpenOnExit open_on_exit{gate};
-  srv.start();
+  GatedServer gated(clip.labels);  // opened only at the end: key frame 0 is never answered
+  auto& gate = gated.gate;
+  auto& srv = gated.srv;
   auto o = edge_opts(clip, srv.port());
   o.initial_wait_s = test::kHungS;
   o.max_wait_s = test::kHungS;  // frame 8 waits for the update (SPEC §6) until the stop

@@ -441,6 +441,30 @@ std::pair<Tensor, Tensor> selection_bounds(const Tensor& ref_boxes, const Tensor
   }
   return {Tensor::from_vector(bb, {K, 4}), Tensor::from_vector(bs, {K})};
 }
+// The rest of a selection's check once its candidates are known: NMS with `iou` (the coordinate
+// trick when torchvision takes it), every decision certain on these candidates, the first `cut`
+// kept rows the reference's count, rows in an uncertain order aligned with the reference's, then
+// ours (boxes, scores and, when given, classes) within each reference row's bound.
+void check_selection(const std::vector<Choice>& ch, double iou, bool coordinate_trick, size_t cut,
+                     const std::vector<Candidate>& cands, const Tensor& rb, const Tensor& rs,
+                     const std::vector<int64_t>& ref_classes, Tensor boxes, Tensor scores,
+                     std::vector<int64_t>* classes) {
+  const SelectionCheck sel = check_nms(ch, iou, coordinate_trick);
+  INFO(ch.size() << " candidates, " << sel.pairs << " pairs, " << sel.overlapping << " overlapping");
+  REQUIRE(sel.ambiguous_iou == 0);
+  REQUIRE(sel.ambiguous_order == 0);
+  bool crosses_cut = false;
+  const auto runs = uncertain_runs(ch, sel.keep, cut, crosses_cut);
+  INFO(runs.size() << " runs of rows in uncertain order");
+  REQUIRE_FALSE(crosses_cut);
+  REQUIRE(int64_t(std::min(sel.keep.size(), cut)) == rb.size(0));
+  const auto [bb, bs] = selection_bounds(rb, rs, ref_classes, cands);
+  align_runs(runs, boxes, scores, classes, rb, rs, ref_classes, bb, bs);
+  if (classes) REQUIRE(*classes == ref_classes);
+  ST_REQUIRE_WITHIN(boxes, rb, bb);
+  ST_REQUIRE_WITHIN(scores, rs, bs);
+}
+
 }  // namespace
 
 TEST_CASE("teacher ops: ROIAlign matches torchvision (aligned/adaptive and unaligned/sampling 2)",
@@ -758,23 +782,11 @@ TEST_CASE("teacher: RPN proposal selection in both conventions", "[teacher][gold
         ch.push_back({o, r, sc, sc, int64_t(l)});
       }
     }
-    // torchvision's batched_nms takes the coordinate trick for up to 1000 boxes.
-    const SelectionCheck sel = check_nms(ch, 0.7, tv && ch.size() <= 1000);
-    INFO(ch.size() << " candidates, " << sel.pairs << " pairs, " << sel.overlapping << " overlapping");
     REQUIRE(ties_at_cut == 0);
     REQUIRE(ambiguous_filter == 0);
-    REQUIRE(sel.ambiguous_iou == 0);
-    REQUIRE(sel.ambiguous_order == 0);
-    bool crosses_cut = false;
-    const auto runs = uncertain_runs(ch, sel.keep, 1000, crosses_cut);
-    INFO(runs.size() << " runs of rows in uncertain order");
-    REQUIRE_FALSE(crosses_cut);
-    REQUIRE(int64_t(std::min<size_t>(sel.keep.size(), 1000)) == rb.size(0));
-    const auto [bb, bs] = selection_bounds(rb, rs, {}, cands);
-    Tensor boxes = p.boxes, scores = p.scores;
-    align_runs(runs, boxes, scores, nullptr, rb, rs, {}, bb, bs);
-    ST_REQUIRE_WITHIN(boxes, rb, bb);
-    ST_REQUIRE_WITHIN(scores, rs, bs);
+    // torchvision's batched_nms takes the coordinate trick for up to 1000 boxes.
+    check_selection(ch, 0.7, tv && ch.size() <= 1000, 1000, cands, rb, rs, {}, p.boxes, p.scores,
+                    nullptr);
   }
 }
 
@@ -838,25 +850,11 @@ TEST_CASE("teacher: box-head inference in both conventions", "[teacher][golden][
         ch.push_back({o, b, so[size_t(cls)], st[size_t(cls)], cls});
       }
     }
-    // torchvision's batched_nms takes the coordinate trick for up to 1000 boxes.
-    const SelectionCheck sel = check_nms(ch, 0.5, !d2 && ch.size() <= 1000);
-    INFO(ch.size() << " candidates, " << sel.pairs << " pairs, " << sel.overlapping << " overlapping");
     REQUIRE(ambiguous_filter == 0);
-    REQUIRE(sel.ambiguous_iou == 0);
-    REQUIRE(sel.ambiguous_order == 0);
-    bool crosses_cut = false;
-    const auto runs = uncertain_runs(ch, sel.keep, 100, crosses_cut);
-    INFO(runs.size() << " runs of rows in uncertain order");
-    REQUIRE_FALSE(crosses_cut);
-    REQUIRE(int64_t(std::min<size_t>(sel.keep.size(), 100)) == rb.size(0));
-    const auto ref_classes = ints(f.get(p + "_classes"));
-    const auto [bb, bs] = selection_bounds(rb, rs, ref_classes, cands);
-    Tensor boxes = d.boxes, scores = d.scores;
     std::vector<int64_t> classes = d.classes;
-    align_runs(runs, boxes, scores, &classes, rb, rs, ref_classes, bb, bs);
-    REQUIRE(classes == ref_classes);
-    ST_REQUIRE_WITHIN(boxes, rb, bb);
-    ST_REQUIRE_WITHIN(scores, rs, bs);
+    // torchvision's batched_nms takes the coordinate trick for up to 1000 boxes.
+    check_selection(ch, 0.5, !d2 && ch.size() <= 1000, 100, cands, rb, rs,
+                    ints(f.get(p + "_classes")), d.boxes, d.scores, &classes);
   }
   REQUIRE_THROWS_WITH(teacher::box_inference(Tensor::zeros({3, 81}), Tensor::zeros({3, 324}),
                                              Tensor::zeros({3, 4}), 10, 10,
