@@ -42,8 +42,8 @@
 //     own part of gw.
 //   * bias gradient: per-channel sums (float partial sums, double total).
 //   Micro-kernels: kernels/cpu/conv2d_microkernels.h (AVX2+FMA or NEON, chosen at run time;
-//   portable loops otherwise; ST_CPU_KERNELS names one). Calls under ~1 MFLOP run on one thread; calls made from inside an
-//   OpenMP parallel region never spawn threads.
+//   portable loops otherwise; ST_CPU_KERNELS names one). Calls under ~1 MFLOP run on one
+//   thread; calls made from inside an OpenMP parallel region never spawn threads.
 //
 //
 // double path: direct loops, a plain reference for finite-difference tests on tiny shapes.

@@ -17,11 +17,7 @@ void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, flo
   const double flops = 2.0 * g.N * g.K * Kred * g.OH * g.OW;
   const bool par = go_parallel(flops);
   const int nth = team_size(par);
-  std::vector<Tap> taps;
-  taps.reserve(Kred);
-  for (int64_t c = 0; c < Cg; ++c)
-    for (int64_t r = 0; r < g.R; ++r)
-      for (int64_t s = 0; s < g.S; ++s) taps.push_back({c, r, s});
+  const std::vector<Tap> taps = all_taps(Cg, g.R, g.S);
   Source s0{nullptr, Cg, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w};
   // Work items are (group, image, band, chunk of taps). Long bands keep the pixel reductions
   // long; when they are too few for the threads, the taps are split first (each chunk needs only

@@ -21,11 +21,7 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
   }
   const double flops = 2.0 * g.N * g.K * Kred * g.OH * g.OW;
   const bool par = go_parallel(flops);
-  std::vector<Tap> taps;
-  taps.reserve(Kred);
-  for (int64_t c = 0; c < Cg; ++c)
-    for (int64_t r = 0; r < g.R; ++r)
-      for (int64_t s = 0; s < g.S; ++s) taps.push_back({c, r, s});
+  const std::vector<Tap> taps = all_taps(Cg, g.R, g.S);
   Source s0{nullptr, Cg, g.H, g.W, g.stride_h, g.stride_w, g.pad_h, g.pad_w};
   // The 32x3 engine's items are pixel chunks (one row more than their share of rows each).
   const int64_t cap = band_cap(g.OH, g.N * G, team_size(par));

@@ -121,6 +121,16 @@ struct Tap {
   int64_t c, r, s;
 };
 
+// Every tap of an R x S kernel over Cg channels, in the weights' (c, r, s) order.
+inline std::vector<Tap> all_taps(int64_t Cg, int64_t R, int64_t S) {
+  std::vector<Tap> taps;
+  taps.reserve(static_cast<size_t>(Cg * R * S));
+  for (int64_t c = 0; c < Cg; ++c)
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s) taps.push_back({c, r, s});
+  return taps;
+}
+
 // One image's channels of one group, and how the output grid samples it.
 struct Source {
   const float* p = nullptr;  // channel 0 (channel stride H*W)
@@ -311,7 +321,8 @@ void forward_f32(const ConvGeom& g, const float* x, const float* w, const float*
 void backward_data_f32(const ConvGeom& g, const float* gy, const float* w, float* gx);
 void backward_weight_f32(const ConvGeom& g, const float* gy, const float* x, float* gw);
 void backward_bias_f32(const ConvGeom& g, const float* gy, float* gb);
-void forward_ref(const ConvGeom& g, const double* x, const double* w, const double* bias, double* y);
+void forward_ref(const ConvGeom& g, const double* x, const double* w, const double* bias,
+                 double* y);
 void backward_data_ref(const ConvGeom& g, const double* gy, const double* w, double* gx);
 void backward_weight_ref(const ConvGeom& g, const double* gy, const double* x, double* gw);
 void backward_bias_ref(const ConvGeom& g, const double* gy, double* gb);
