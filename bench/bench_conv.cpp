@@ -10,7 +10,7 @@
 //   forward only (the teacher never trains).
 //   --packed: run the shapes that the pixel-broadcast 32x3 engine takes through the packed 4x24
 //   engine instead. --ab: instead of the table, both engines on every shape with their calls
-//   alternating in one process (how the engine choice in kernels/cpu/conv2d.cpp was measured).
+//   alternating in one process (how the engine choice in kernels/cpu/conv2d_engines.cpp was measured).
 //   SOURCE_DIR locates bench/conv_peer.py; defaults to the compile definition ST_SOURCE_DIR,
 //   else ".". --rounds R (default 3): R rounds, each timing every shape on our side and then the
 //   peer's, so that a noisy stretch of a shared machine hits both sides alike.

@@ -1,5 +1,6 @@
-// Private header of kernels/cpu/conv2d.cpp: the register-blocked float micro-kernels used by the
-// fast conv2d path, in three flavours, plus the run-time choice between them:
+// Private header of the float convolutions (kernels/cpu/conv2d_*.cpp): the register-blocked
+// float micro-kernels of the fast conv2d path, in three flavours, plus the run-time choice
+// between them:
 //   * avx2:     x86-64 with AVX2+FMA (compiled with a target attribute, so the translation unit
 //               itself needs no -mavx2; used only when the CPU reports both features);
 //   * neon:     aarch64 (Advanced SIMD is part of the base architecture, so always usable there);
@@ -807,8 +808,9 @@ inline Kernels select_kernels(const char* value) {
 
 // The set chosen once per process from ST_CPU_KERNELS (see select_kernels). A bad value throws
 // st::Error from the first call, and again from every later one (a function-local static whose
-// initialisation throws is not initialised). conv2d.cpp takes the set before it opens any
-// OpenMP parallel region, so the error reaches the convolution's caller as an exception.
+// initialisation throws is not initialised). Each float entry point (conv2d_forward.cpp, ...)
+// takes the set before it opens any OpenMP parallel region, so the error reaches the
+// convolution's caller as an exception.
 inline const Kernels& kernels() {
   static const Kernels k = select_kernels(std::getenv("ST_CPU_KERNELS"));
   return k;
