@@ -4,7 +4,7 @@
 #include <array>
 #include <mutex>
 
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/backend.h"
 #if ST_WITH_CUDA
 #include <dlfcn.h>
 #endif

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels/cuda/cuda_backend_impl.cuh"
+#include "kernels/cuda/backend.cuh"
 
 namespace st::cuda {
 

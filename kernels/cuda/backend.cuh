@@ -1,20 +1,20 @@
 // The CUDA backend class (its Backend overrides; tensor/backend.h declares them). Its methods live
 // in several translation units, all in libst_cuda.so:
-//   cuda_backend.cu     contexts (stream, handles, cuDNN workspace), caching allocator, copies,
-//                       synchronize, profiling (ST_PROFILE, NVTX), st_cuda_backend_entry (the
-//                       symbol tensor/backend.cpp looks up after loading the library)
-//   cuda_elementwise.cu fill, copy, unary, binary, sum_to, reductions, Adam
-//   cuda_conv.cu        cuDNN convolutions (forward, backward data/weight/bias, transposed),
-//                       cuBLAS matmul
-//   cuda_image.cu       batch norm (training and frozen), resampling, pooling, softmax,
-//                       cross-entropy, argmax
-//   cuda_detect.cu      the teacher's detection ops: ROIAlign, the NMS overlap mask, sort, paste
+//   backend.cu         contexts (stream, handles, cuDNN workspace), caching allocator, copies,
+//                      synchronize, profiling (ST_PROFILE, NVTX), st_cuda_backend_entry (the
+//                      symbol tensor/backend.cpp looks up after loading the library)
+//   elementwise.cu     fill, copy, unary, binary, sum_to, reductions, Adam
+//   conv.cu            cuDNN convolutions (forward, backward data/weight/bias, transposed),
+//                      cuBLAS matmul
+//   image.cu           batch norm (training and frozen), resampling, pooling, softmax,
+//                      cross-entropy, argmax
+//   detect.cu          the teacher's detection ops: ROIAlign, the NMS overlap mask, sort, paste
 #pragma once
 #include <map>
 #include <mutex>
 #include <vector>
 
-#include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/common.cuh"
 
 namespace st::cuda {
 

@@ -1,6 +1,6 @@
 // CPU backend: memory, layout, element-wise, convolution wrappers, dense algebra, Adam.
-// Image ops (batch norm, resampling, pooling, softmax, loss) are in cpu_image_ops.cpp.
-#include "kernels/cpu/cpu_backend.h"
+// Image ops (batch norm, resampling, pooling, softmax, loss) are in image.cpp.
+#include "kernels/cpu/backend.h"
 
 #include <omp.h>
 
