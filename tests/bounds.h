@@ -503,7 +503,7 @@ inline Bounds bilinear_bounds(const Tensor& xt, const Tensor& gyt, double u, boo
 // One Adam state (parameter, moments) as Bounded values, float32 or float64 (the u of the
 // state). Both implementations compute the bias corrections in double from the same double
 // hyperparameters, so the exact trajectories agree.
-//  ours (cpu/backend.cpp adam_step; cuda/elementwise.cu adam_kernel, the same formula and order):
+//  ours (cpu/optim.cpp adam_step; cuda/optim.cu adam_kernel, the same formula and order):
 //    b1 = T(beta1), one_b1 = T(1 - beta1) (same for beta2), step_size = T(lr/bc1),
 //    bc2_sqrt = T(sqrt(bc2)), eps = T(eps); m = m*b1 + g*one_b1; v = v*b2 + g*g*one_b2;
 //    denom = sqrt(v)/bc2_sqrt + eps; p = p - step_size*(m/denom).

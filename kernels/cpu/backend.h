@@ -1,5 +1,13 @@
 // The CPU backend: the reference implementation of every kernel (f32 fast paths, f64 for
-// finite-difference tests). Multi-threaded with OpenMP.
+// finite-difference tests). Multi-threaded with OpenMP. Its methods live in one file per op
+// family, the same names as the CUDA backend's (kernels/cuda/):
+//   backend.cpp      memory (with the large-block cache), copies, cpu_backend()
+//   elementwise.cpp  fill, copy, unary, binary, sum_to, sum_all
+//   conv.cpp         convolutions (the entry points over conv2d.h, the convolution engine)
+//   matmul.cpp       matmul (large f32 products through the convolution engine)
+//   optim.cpp        Adam
+//   image.cpp        batch norm, resampling, pooling, softmax, cross-entropy, argmax
+//   detect.cpp       the teacher's detection ops: ROIAlign, the NMS overlap mask, sort, paste
 #pragma once
 #include <map>
 #include <mutex>

@@ -1,14 +1,16 @@
 // The CUDA backend class (its Backend overrides; tensor/backend.h declares them). Its methods live
-// in several translation units, all in libst_cuda.so:
-//   backend.cu         contexts (stream, handles, cuDNN workspace), caching allocator, copies,
-//                      synchronize, profiling (ST_PROFILE, NVTX), st_cuda_backend_entry (the
-//                      symbol tensor/backend.cpp looks up after loading the library)
-//   elementwise.cu     fill, copy, unary, binary, sum_to, reductions, Adam
-//   conv.cu            cuDNN convolutions (forward, backward data/weight/bias, transposed),
-//                      cuBLAS matmul
-//   image.cu           batch norm (training and frozen), resampling, pooling, softmax,
-//                      cross-entropy, argmax
-//   detect.cu          the teacher's detection ops: ROIAlign, the NMS overlap mask, sort, paste
+// in one translation unit per op family, the same names as the CPU backend's (kernels/cpu/), all
+// in libst_cuda.so:
+//   backend.cu      contexts (stream, handles, cuDNN workspace), caching allocator, copies,
+//                   synchronize, profiling (ST_PROFILE, NVTX), st_cuda_backend_entry (the symbol
+//                   tensor/backend.cpp looks up after loading the library)
+//   elementwise.cu  fill, copy, unary, binary, sum_to, sum_all (reduce_sum)
+//   conv.cu         cuDNN convolutions (forward, backward data/weight/bias, transposed)
+//   matmul.cu       cuBLAS matmul
+//   optim.cu        Adam
+//   image.cu        batch norm (training and frozen), resampling, pooling, softmax,
+//                   cross-entropy, argmax
+//   detect.cu       the teacher's detection ops: ROIAlign, the NMS overlap mask, sort, paste
 #pragma once
 #include <map>
 #include <mutex>
