@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "tensor/cpu_backend.h"
+
 namespace st::cpu {
 
 // ---------------- memory ----------------
