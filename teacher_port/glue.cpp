@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/cpu/detect_math.h"
+#include "kernels/common/detect_math.h"
 #include "tensor/backend.h"
 
 namespace st::teacher {

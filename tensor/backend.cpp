@@ -1,10 +1,10 @@
-// Backend registry and the default "unsupported kernel" behaviour.
+// The backend registry; the kernel list's names; declined kernels.
 #include "tensor/backend.h"
 
 #include <array>
 #include <mutex>
 
-#include "kernels/cpu/cpu_backend.h"
+#include "tensor/cpu_backend.h"
 #if ST_WITH_CUDA
 #include <dlfcn.h>
 #endif
@@ -111,94 +111,32 @@ bool device_available(DeviceType type) {
   }
 }
 
-void Backend::unsupported(const char* kernel) const {
-  throw Error(std::string(kernel) + ": not implemented on the " + name() + " backend");
+const std::vector<Kernel>& all_kernels() {
+  static const std::vector<Kernel> kernels = {
+#define ST_KERNEL(name, params) Kernel::name,
+#include "tensor/kernels.def"
+  };
+  return kernels;
 }
 
-void Backend::fill(Tensor&, double) { unsupported("fill"); }
-void Backend::copy(const Tensor&, Tensor&) { unsupported("copy"); }
-void Backend::unary(UnaryOp, const Tensor&, Tensor&, double) { unsupported("unary"); }
-void Backend::unary_backward(UnaryOp, const Tensor&, const Tensor&, Tensor&, double) {
-  unsupported("unary_backward");
-}
-void Backend::binary(BinaryOp, const Tensor&, const Tensor&, Tensor&) { unsupported("binary"); }
-void Backend::sum_to(const Tensor&, Tensor&) { unsupported("sum_to"); }
-void Backend::conv2d_forward(const Tensor&, const Tensor&, const Tensor*, const Conv2dParams&,
-                             Tensor&) {
-  unsupported("conv2d_forward");
-}
-void Backend::conv2d_backward_data(const Tensor&, const Tensor&, const Conv2dParams&, Tensor&) {
-  unsupported("conv2d_backward_data");
-}
-void Backend::conv2d_backward_weight(const Tensor&, const Tensor&, const Conv2dParams&, Tensor&) {
-  unsupported("conv2d_backward_weight");
-}
-void Backend::conv2d_backward_bias(const Tensor&, Tensor&) { unsupported("conv2d_backward_bias"); }
-void Backend::conv_transpose2d_forward(const Tensor&, const Tensor&, const Tensor*,
-                                       const Conv2dParams&, Tensor&) {
-  unsupported("conv_transpose2d_forward");
-}
-void Backend::batch_norm_forward(const Tensor&, const Tensor&, const Tensor&, double, Tensor&,
-                                 Tensor&, Tensor&) {
-  unsupported("batch_norm_forward");
-}
-void Backend::batch_norm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                  const Tensor&, Tensor*, Tensor*, Tensor*) {
-  unsupported("batch_norm_backward");
-}
-void Backend::batch_norm_frozen_forward(const Tensor&, const Tensor&, const Tensor&,
-                                        const Tensor&, const Tensor&, Tensor&) {
-  unsupported("batch_norm_frozen_forward");
-}
-void Backend::batch_norm_frozen_backward(const Tensor&, const Tensor&, const Tensor&,
-                                         const Tensor&, const Tensor&, Tensor*, Tensor*,
-                                         Tensor*) {
-  unsupported("batch_norm_frozen_backward");
-}
-void Backend::resize_bilinear_forward(const Tensor&, Tensor&) {
-  unsupported("resize_bilinear_forward");
-}
-void Backend::resize_bilinear_backward(const Tensor&, Tensor&) {
-  unsupported("resize_bilinear_backward");
-}
-void Backend::resize_nearest_forward(const Tensor&, Tensor&) {
-  unsupported("resize_nearest_forward");
-}
-void Backend::resize_nearest_backward(const Tensor&, Tensor&) {
-  unsupported("resize_nearest_backward");
-}
-void Backend::max_pool2d_forward(const Tensor&, const Pool2dParams&, Tensor&, Tensor&) {
-  unsupported("max_pool2d_forward");
-}
-void Backend::max_pool2d_backward(const Tensor&, const Tensor&, Tensor&) {
-  unsupported("max_pool2d_backward");
-}
-void Backend::softmax_channels(const Tensor&, bool, Tensor&) { unsupported("softmax_channels"); }
-void Backend::softmax_channels_backward(const Tensor&, const Tensor&, bool, Tensor&) {
-  unsupported("softmax_channels_backward");
-}
-void Backend::weighted_cross_entropy_forward(const Tensor&, const Tensor&, const Tensor&,
-                                             Tensor&) {
-  unsupported("weighted_cross_entropy_forward");
-}
-void Backend::weighted_cross_entropy_backward(const Tensor&, const Tensor&, const Tensor&,
-                                              const Tensor&, Tensor&) {
-  unsupported("weighted_cross_entropy_backward");
-}
-void Backend::argmax_channels(const Tensor&, Tensor&) { unsupported("argmax_channels"); }
-void Backend::matmul(const Tensor&, const Tensor&, Tensor&) { unsupported("matmul"); }
-void Backend::sum_all(const Tensor&, Tensor&) { unsupported("sum_all"); }
-void Backend::adam_step(Tensor&, const Tensor&, Tensor&, Tensor&, const AdamParams&) {
-  unsupported("adam_step");
+const char* kernel_name(Kernel k) {
+  switch (k) {
+#define ST_KERNEL(name, params) \
+  case Kernel::name:            \
+    return #name;
+#include "tensor/kernels.def"
+  }
+  return "unknown kernel";
 }
 
-void Backend::roi_align_forward(const Tensor&, const Tensor&, double, int64_t, bool, Tensor&) {
-  unsupported("roi_align_forward");
+bool Backend::declines(Kernel k) const {
+  for (Kernel d : declined_kernels())
+    if (d == k) return true;
+  return false;
 }
-void Backend::nms_mask(const Tensor&, double, Tensor&) { unsupported("nms_mask"); }
-void Backend::sort_desc(const Tensor&, Tensor&) { unsupported("sort_desc"); }
-void Backend::paste_masks(const Tensor&, const Tensor&, bool, double, Tensor&) {
-  unsupported("paste_masks");
+
+void Backend::decline(Kernel k) const {
+  throw Error(std::string(kernel_name(k)) + ": not implemented on the " + name() + " backend");
 }
 
 }  // namespace st

@@ -6,13 +6,15 @@
 // the CPU backend is always linked in; the CUDA backend, when built, is a shared library that
 // tensor/backend.cpp loads on the first use of a CUDA device.
 //
-// Kernel contracts: every tensor argument is on this backend's device and has the op's dtype.
-// Inputs are contiguous unless the kernel says "any layout"; outputs are preallocated,
-// contiguous, and fully overwritten. A kernel a backend lacks throws st::Error naming the
-// kernel and the backend (the base-class default).
+// The kernels and their contracts are listed once, in tensor/kernels.def: each is a pure
+// virtual method here, so every backend defines every kernel (a backend that misses one does not
+// build), either for real or as an explicit decline (ST_DECLINE_KERNEL below), which throws
+// st::Error naming the kernel and the backend.
 #pragma once
+#include <array>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "tensor/tensor.h"
 
@@ -47,6 +49,16 @@ struct MemoryStats {
   size_t in_use_bytes = 0, peak_in_use_bytes = 0, cached_bytes = 0;
 };
 
+// One value per kernel of tensor/kernels.def, named as the kernel.
+enum class Kernel {
+#define ST_KERNEL(name, params) name,
+#include "tensor/kernels.def"
+};
+// Every kernel, in tensor/kernels.def's order.
+const std::vector<Kernel>& all_kernels();
+// The kernel's name ("conv2d_forward").
+const char* kernel_name(Kernel k);
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -60,102 +72,51 @@ class Backend {
   virtual void memcpy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n) = 0;
   virtual void synchronize() {}
 
-  // ---- layout ----
-  virtual void fill(Tensor& dst, double value);
-  // dst = src elementwise; same shape; ANY layout on both sides; dtype conversion allowed.
-  virtual void copy(const Tensor& src, Tensor& dst);
+  // ---- kernels: one per entry of tensor/kernels.def, which states each one's contract ----
+#define ST_KERNEL(name, params) virtual void name params = 0;
+#include "tensor/kernels.def"
 
-  // ---- elementwise ----
-  virtual void unary(UnaryOp op, const Tensor& x, Tensor& y, double alpha);
-  // gx = gy * f'(.) where `saved` is the op's output (relu, sigmoid) or unused (scale).
-  virtual void unary_backward(UnaryOp op, const Tensor& gy, const Tensor& saved, Tensor& gx,
-                              double alpha);
-  // out = a op b. a and b: ANY layout, already broadcast to out's shape (stride-0 dims).
-  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out);
-  // out = sum of x over the dims where out (same rank) has size 1.
-  virtual void sum_to(const Tensor& x, Tensor& out);
-
-  // ---- convolution ----
-  virtual void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias,
-                              const Conv2dParams& p, Tensor& y);
-  virtual void conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dParams& p,
-                                    Tensor& gx);
-  virtual void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dParams& p,
-                                      Tensor& gw);
-  virtual void conv2d_backward_bias(const Tensor& gy, Tensor& gb);
-  // w: (C_in, C_out/groups, kh, kw), as in PyTorch.
-  virtual void conv_transpose2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias,
-                                        const Conv2dParams& p, Tensor& y);
-
-  // ---- normalisation ----
-  // Batch statistics over (N, H, W) per channel; biased variance. Writes mean and invstd (C).
-  virtual void batch_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                                  double eps, Tensor& y, Tensor& mean, Tensor& invstd);
-  // Gradients through batch statistics. Any of gx/ggamma/gbeta may be null (not needed).
-  virtual void batch_norm_backward(const Tensor& gy, const Tensor& x, const Tensor& gamma,
-                                   const Tensor& mean, const Tensor& invstd, Tensor* gx,
-                                   Tensor* ggamma, Tensor* gbeta);
-  // Frozen mode: y = (x - mean) * invstd * gamma + beta with given per-channel statistics.
-  virtual void batch_norm_frozen_forward(const Tensor& x, const Tensor& gamma,
-                                         const Tensor& beta, const Tensor& mean,
-                                         const Tensor& invstd, Tensor& y);
-  virtual void batch_norm_frozen_backward(const Tensor& gy, const Tensor& x, const Tensor& gamma,
-                                          const Tensor& mean, const Tensor& invstd, Tensor* gx,
-                                          Tensor* ggamma, Tensor* gbeta);
-
-  // ---- resampling and pooling (NCHW; output size taken from y / gy) ----
-  virtual void resize_bilinear_forward(const Tensor& x, Tensor& y);
-  virtual void resize_bilinear_backward(const Tensor& gy, Tensor& gx);
-  virtual void resize_nearest_forward(const Tensor& x, Tensor& y);
-  virtual void resize_nearest_backward(const Tensor& gy, Tensor& gx);
-  // indices: i64, same shape as y, flat index into the (H*W) plane of x.
-  virtual void max_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y,
-                                  Tensor& indices);
-  virtual void max_pool2d_backward(const Tensor& gy, const Tensor& indices, Tensor& gx);
-
-  // ---- channel-wise softmax family and losses ----
-  virtual void softmax_channels(const Tensor& x, bool log, Tensor& y);
-  virtual void softmax_channels_backward(const Tensor& gy, const Tensor& y, bool log, Tensor& gx);
-  // loss (scalar, shape {}) = -mean_p(weight[p] * log_softmax(logits)[target[p], p]).
-  // target: i64 (N,H,W) in [0, C); weight: (N,H,W) same dtype as logits.
-  virtual void weighted_cross_entropy_forward(const Tensor& logits, const Tensor& target,
-                                              const Tensor& weight, Tensor& loss);
-  // glogits = gloss * d loss / d logits; gloss is a one-element tensor.
-  virtual void weighted_cross_entropy_backward(const Tensor& gloss, const Tensor& logits,
-                                               const Tensor& target, const Tensor& weight,
-                                               Tensor& glogits);
-  virtual void argmax_channels(const Tensor& x, Tensor& out);  // out: i64 (N,H,W)
-
-  // ---- dense algebra ----
-  // out (M,N) = op(a) @ op(b) where op transposes when asked; a, b: 2-D, ANY strides.
-  virtual void matmul(const Tensor& a, const Tensor& b, Tensor& out);
-  virtual void sum_all(const Tensor& x, Tensor& out);  // out: one element
-
-  // ---- detection (the Mask R-CNN teacher; inference only) ----
-  // ROIAlign, torchvision semantics (MASKRCNN.md §5.1): x (N, C, H, W); rois (R, 5) rows
-  // (batch index, x0, y0, x1, y1) in input pixels, same dtype as x; out (R, C, PH, PW).
-  // sampling_ratio <= 0: adaptive (ceil(roi size / bins)); aligned: half-pixel offset.
-  virtual void roi_align_forward(const Tensor& x, const Tensor& rois, double spatial_scale,
-                                 int64_t sampling_ratio, bool aligned, Tensor& out);
-  // NMS overlaps: boxes (K, 4) f32 in processing order; mask (K, ceil(K/64)) i64, bit j % 64 of
-  // word j / 64 in row i set when j > i and IoU(i, j) > threshold (torchvision's test).
-  virtual void nms_mask(const Tensor& boxes, double iou_threshold, Tensor& mask);
-  // Stable descending order of a 1-D f32 tensor: order (K) i64, ties lower index first.
-  virtual void sort_desc(const Tensor& scores, Tensor& order);
-  // Mask paste: masks (D, M, M) f32 probabilities, boxes (D, 4) f32 image pixels; out (D, H, W)
-  // u8 = 1 where the pasted value passes the threshold (Detectron2's grid-sample paste: >=;
-  // torchvision's padded bilinear paste: >), else 0.
-  virtual void paste_masks(const Tensor& masks, const Tensor& boxes, bool torchvision,
-                           double threshold, Tensor& out);
-
-  // ---- optimizer ----
-  // One Adam step (PyTorch semantics, bias-corrected) on contiguous param/grad/m/v.
-  virtual void adam_step(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
-                         const AdamParams& p);
+  // The kernels this backend declines (ST_DECLINED_KERNELS, ST_DECLINE_KERNEL below): calling
+  // one throws. Empty for the CPU backend, the reference, which implements every kernel
+  // (tests/test_backend.cpp checks both).
+  virtual std::vector<Kernel> declined_kernels() const = 0;
+  bool declines(Kernel k) const;
 
  protected:
-  [[noreturn]] void unsupported(const char* kernel) const;
+  // Throws st::Error "<kernel>: not implemented on the <name> backend".
+  [[noreturn]] void decline(Kernel k) const;
 };
+
+// A backend class declares every kernel of tensor/kernels.def, and the ones it declines, with
+//   #define ST_KERNEL(name, params) void name params override;
+//   #include "tensor/kernels.def"
+//   ST_DECLINED_KERNELS(Kernel::nms_mask)     // or ST_DECLINED_KERNELS() for none
+// and defines each declined kernel with
+//   ST_DECLINE_KERNEL(CudaBackend, nms_mask, (const Tensor& boxes, double iou_threshold,
+//                                             Tensor& mask))
+// (the parameter list as in tensor/kernels.def). A decline missing from ST_DECLINED_KERNELS does
+// not compile; a kernel both declined and implemented does not link.
+#define ST_DECLINED_KERNELS(...)                                             \
+  static constexpr auto kDeclinedKernels = ::st::kernel_array(__VA_ARGS__);  \
+  std::vector<::st::Kernel> declined_kernels() const override {             \
+    return {kDeclinedKernels.begin(), kDeclinedKernels.end()};              \
+  }
+#define ST_DECLINE_KERNEL(Class, name, params)                                          \
+  static_assert(::st::kernel_listed(::st::Kernel::name, Class::kDeclinedKernels),       \
+                #Class " declines " #name ": list it in its ST_DECLINED_KERNELS(...)"); \
+  void Class::name params { decline(::st::Kernel::name); }
+
+// For the two macros above: the kernels given, as an array; whether `k` is in `list`.
+template <class... K>
+constexpr std::array<Kernel, sizeof...(K)> kernel_array(K... k) {
+  return {k...};
+}
+template <size_t N>
+constexpr bool kernel_listed(Kernel k, const std::array<Kernel, N>& list) {
+  for (Kernel d : list)
+    if (d == k) return true;
+  return false;
+}
 
 // The backend that runs work for `device`. Throws st::Error when that backend was not built
 // or the device does not exist.

@@ -170,8 +170,8 @@ inline Bounds sigmoid_bounds(const Tensor& xt, const Tensor& gyt, double u, bool
 // ---------------- softmax, log_softmax over channels ----------------
 // One pixel's softmax or log_softmax over its C channels and the input gradient; adds each
 // element's error bound to ey/egx. Both implementations take the channel max m (exact), then
-// e_c = exp(x_c - m) and s = sum_c e_c. softmax: ours y = e * (1/s) (cpu_image_ops.cpp,
-// cuda_image.cu), torch y = e / s (SoftMaxKernel.cpp); gx = y * (gy - sum_c gy*y). log_softmax:
+// e_c = exp(x_c - m) and s = sum_c e_c. softmax: ours y = e * (1/s) (cpu/image.cpp,
+// cuda/image.cu), torch y = e / s (SoftMaxKernel.cpp); gx = y * (gy - sum_c gy*y). log_softmax:
 // ours y = x - (m + log s), torch y = (x - m) - log s; gx = gy - exp(y) * sum_c gy.
 inline void softmax_error(const std::vector<double>& x, const std::vector<double>& gy, bool log_sm,
                           double u, bool torch, std::vector<double>& ey, std::vector<double>& egx) {
@@ -223,7 +223,7 @@ inline Bounds softmax_bounds(const Tensor& xt, const Tensor& gyt, bool log_sm, d
 
 // ---------------- weighted cross-entropy (SPEC §3) ----------------
 // loss = mean_p w_p (lse_p - l[t_p, p]) and its gradient gloss * (w_p/(N*P)) (softmax - onehot(t)).
-//  ours (cpu_image_ops.cpp, cuda_image.cu), in T: per pixel m = max_c l, s = sum_c exp(l - m),
+//  ours (cpu/image.cpp, cuda/image.cu), in T: per pixel m = max_c l, s = sum_c exp(l - m),
 //    lse = m + log s; the term double(w) * double(lse - l_t) in double; all N*P terms summed in
 //    double (any grouping); loss = T(total / (N*P)). Backward: g0 = T(gloss/(N*P)) (in double,
 //    rounded), sc = g0 * w, g_c = sc * exp(l_c - lse), then g_t -= sc.
@@ -278,7 +278,7 @@ inline Bounds weighted_ce_bounds(const Tensor& lt, const Tensor& target, const T
 // ---------------- batch norm ----------------
 // Over (N, H, W) per channel, M values each; y = (x - mean) * invstd * gamma + beta with
 // invstd = 1/sqrt(var + eps) (biased var; batch statistics or the frozen running ones).
-//  ours (cpu_image_ops.cpp; cuda_image.cu the same, its sums split across blocks), batch
+//  ours (cpu/image.cpp; cuda/image.cu the same, its sums split across blocks), batch
 //    statistics: mean = sum(x)/M and var = sum((x - mean)^2)/M in double, invstd =
 //    1/sqrt(var + eps) in double; scale = T(gamma*invstd), shift = T(beta - mean*gamma*invstd);
 //    y = x*scale + shift in T. mean and invstd are saved rounded to T. Backward: sg = sum(gy),
@@ -503,7 +503,7 @@ inline Bounds bilinear_bounds(const Tensor& xt, const Tensor& gyt, double u, boo
 // One Adam state (parameter, moments) as Bounded values, float32 or float64 (the u of the
 // state). Both implementations compute the bias corrections in double from the same double
 // hyperparameters, so the exact trajectories agree.
-//  ours (cpu_backend.cpp adam_step; cuda_elementwise.cu adam_kernel, the same formula and order):
+//  ours (cpu/optim.cpp adam_step; cuda/optim.cu adam_kernel, the same formula and order):
 //    b1 = T(beta1), one_b1 = T(1 - beta1) (same for beta2), step_size = T(lr/bc1),
 //    bc2_sqrt = T(sqrt(bc2)), eps = T(eps); m = m*b1 + g*one_b1; v = v*b2 + g*g*one_b2;
 //    denom = sqrt(v)/bc2_sqrt + eps; p = p - step_size*(m/denom).

@@ -17,7 +17,7 @@
 // float32 ones (TF32 would round each operand to 11 significant bits first).
 // Exact where the computation is exact: copies, dtype conversions, relu, max-pool's and nearest
 // resize's forward, concat, subsample, argmax, and the detection ops whose per-element math the
-// backends share bit for bit (ROIAlign, NMS, top-k, mask paste: kernels/cpu/roi_align.h and
+// backends share bit for bit (ROIAlign, NMS, top-k, mask paste: kernels/common/roi_align.h and
 // detect_math.h, compiled without contraction on both sides).
 // Whole networks have no cheap element-wise bound (through ~20 layers a rigorous one is useless),
 // so: the student's partial-distillation step is teacher-forced (every op runs on both backends
@@ -964,7 +964,7 @@ TEST_CASE("cuda: errors name the problem", "[cuda][errors]") {
   REQUIRE_THROWS_WITH(relu(a.to(DType::I32)), Contains("i32"));
 }
 
-// ROIAlign evaluates the shared kernels/cpu/roi_align.h per output value, in the same order on
+// ROIAlign evaluates the shared kernels/common/roi_align.h per output value, in the same order on
 // both backends, compiled without contraction on both (CMakeLists.txt: ST_SHARED_MATH_SOURCES and
 // --fmad=false; tests/test_shared_math.cpp): bit for bit.
 TEST_CASE("cuda: ROIAlign (the teacher's pooler) matches the CPU", "[cuda][teacher]") {

@@ -260,7 +260,7 @@ TEST_CASE("golden: add, mul (broadcasting) and scalar ops", "[golden][portable]"
       Forward f = [&](auto& v) { return is_add ? add(v[0], v[1]) : mul(v[0], v[1]); };
       // y: one rounding. g<a>: the n = numel(y)/numel(a) broadcast copies of gy (add) or of
       // gy*b (mul, one rounding each) summed in double and rounded to the dtype once
-      // (cpu_backend.cpp sum_to): K = n (add; 0 when n = 1: a copy) or n + 1 (mul; 1 when n = 1).
+      // (cpu/elementwise.cpp sum_to): K = n (add; 0 when n = 1: a copy) or n + 1 (mul; 1 when n = 1).
       const double ny = double(g.get(c, "y").numel());
       auto k_grad = [&](const std::string& in) {
         const double n = ny / double(g.get(c, in).numel());

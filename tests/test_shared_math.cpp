@@ -1,4 +1,4 @@
-// The per-element math that the CPU and CUDA backends share (kernels/cpu/roi_align.h,
+// The per-element math that the CPU and CUDA backends share (kernels/common/roi_align.h,
 // detect_math.h, resample.h) must give the same bits on every host: it follows the reference
 // implementations' float operation order, and the device evaluates it with every product and sum
 // rounded on its own. A compiler that fuses a multiply and an add into one FMA (GCC does so by
@@ -11,9 +11,9 @@
 #include <cstring>
 #include <random>
 
-#include "kernels/cpu/detect_math.h"
-#include "kernels/cpu/resample.h"
-#include "kernels/cpu/roi_align.h"
+#include "kernels/common/detect_math.h"
+#include "kernels/common/resample.h"
+#include "kernels/common/roi_align.h"
 #include "teacher_port/detect_ops.h"
 #include "teacher_port/glue.h"
 #include "test_util.h"
@@ -118,7 +118,7 @@ TEST_CASE("shared math: bilinear resize on the CPU equals the shared taps evalua
       }
     }
   }
-  // The kernel (kernels/cpu/cpu_image_ops.cpp) sums in this order too (torch's).
+  // The kernel (kernels/cpu/image.cpp) sums in this order too (torch's).
   REQUIRE(bits(got) == bits(want));
   INFO(fused_differs << " values change when fused");
   REQUIRE(fused_differs > 0);

@@ -40,7 +40,7 @@ safetensors::File golden() {
 std::vector<int64_t> ints(const Tensor& t) { return t.to_vector<int64_t>(); }
 
 // ---- ROIAlign ----
-// torchvision's algorithm (kernels/cpu/roi_align.h, the same operation order in ours): for a
+// torchvision's algorithm (kernels/common/roi_align.h, the same operation order in ours): for a
 // box (x0, y0, x1, y1) at `scale`, off = 0.5 when aligned:
 //   sy = y0*scale - off, h = (y1*scale - off) - sy (>= 1 when unaligned), bin_h = h/PH,
 //   grid_h = sampling_ratio or ceil(h/PH), and the sampling points
@@ -195,7 +195,7 @@ std::vector<Bounded> softmax_model(const float* l, int64_t K, bool torch) {
 
 // ---- Detectron2's mask paste (grid_sample, align_corners=False, zero padding) ----
 // The sampled value at image pixel (px, py) for the box (x0, y0, x1, y1) and an M x M mask, in
-// float (kernels/cpu/detect_math.h paste_d2_value; torch's grid_sample on the generator's grid):
+// float (kernels/common/detect_math.h paste_d2_value; torch's grid_sample on the generator's grid):
 // g = ((p + 0.5) - y0) / (y1 - y0) * 2 - 1, the source coordinate ((g + 1) * M - 1) / 2 (ours,
 // torch's scalar kernel) or (g + 1) * (M / 2) - 0.5 (torch's vectorised kernel: the worse of the
 // two is used), then bilinear interpolation of the zero-padded mask, four weights

@@ -281,8 +281,8 @@ TEST_CASE("ops: odd sizes and 1x1 spatial inputs", "[tensor][portable]") {
               .shape() == Shape{3, 3, 7, 4});
 }
 
-// Large float GEMMs (M*N*K >= 2^21) run through the convolution engine (kernels/cpu/
-// cpu_backend.cpp); checked against the double path on plain, transposed and strided views.
+// Large float GEMMs (M*N*K >= 2^21) run through the convolution engine (kernels/cpu/matmul.cpp);
+// checked against the double path on plain, transposed and strided views.
 // Each output sums K products: whatever the blocking, order and FMA use, the float result is
 // within gamma(K, 2^-24) * sum_k |a_ik b_kj| of the exact sum, and the double reference within
 // gamma(K, 2^-53) of it (tests/README.md); sum_k |a_ik b_kj| is |a| @ |b| in double.

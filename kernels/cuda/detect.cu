@@ -1,12 +1,12 @@
 // CUDA kernels of the detection ops (the Mask R-CNN teacher): ROIAlign (one thread per output
 // value), the NMS overlap mask (one thread per 64-box word), the stable descending sort (CUB's
 // radix sort), mask paste (one thread per pixel); the per-element math is the CPU path's
-// (kernels/cpu/roi_align.h, kernels/cpu/detect_math.h).
+// (kernels/common/roi_align.h, kernels/common/detect_math.h).
 #include <cub/device/device_radix_sort.cuh>
 
-#include "kernels/cpu/detect_math.h"
-#include "kernels/cpu/roi_align.h"
-#include "kernels/cuda/cuda_backend_impl.cuh"
+#include "kernels/common/detect_math.h"
+#include "kernels/common/roi_align.h"
+#include "kernels/cuda/backend.cuh"
 
 namespace st::cuda {
 

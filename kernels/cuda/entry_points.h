@@ -1,5 +1,5 @@
 // The CUDA backend's entry points inside libst_cuda.so, for the library's own files (included
-// through cuda_common.cuh). Plain C++, no CUDA headers. The core never includes it: it loads the
+// through common.cuh). Plain C++, no CUDA headers. The core never includes it: it loads the
 // library on the first use of a CUDA device and calls st_cuda_backend_entry (tensor/backend.cpp).
 #pragma once
 #include <cstddef>

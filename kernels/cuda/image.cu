@@ -1,14 +1,14 @@
 // CUDA kernels for NCHW image ops: batch norm (batch statistics and frozen), bilinear and
 // nearest resize, max-pool, channel softmax / log-softmax, the weighted cross-entropy of
 // SPEC §3, argmax. Each follows the CPU reference's formula and operation order
-// (kernels/cpu/cpu_image_ops.cpp); source-coordinate rules are shared (kernels/cpu/resample.h).
+// (kernels/cpu/image.cpp); source-coordinate rules are shared (kernels/common/resample.h).
 // Reductions accumulate in double in a fixed order (deterministic); resampling and pooling
 // backward passes scatter with atomicAdd.
 #include <cmath>
 #include <type_traits>
 
-#include "kernels/cpu/resample.h"
-#include "kernels/cuda/cuda_backend_impl.cuh"
+#include "kernels/common/resample.h"
+#include "kernels/cuda/backend.cuh"
 
 namespace st::cuda {
 

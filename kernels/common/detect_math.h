@@ -6,7 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "kernels/cpu/resample.h"
+#include "kernels/common/resample.h"
 #include "tensor/half.h"  // ST_HD
 
 namespace st::detect {

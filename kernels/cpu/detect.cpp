@@ -1,12 +1,12 @@
 // CPU kernels of the detection ops (the Mask R-CNN teacher): ROIAlign, the NMS overlap mask,
 // the stable descending sort (top-k), mask paste. Per-element math shared with CUDA
-// (kernels/cpu/roi_align.h, kernels/cpu/detect_math.h).
+// (kernels/common/roi_align.h, kernels/common/detect_math.h).
 #include <algorithm>
 #include <numeric>
 
-#include "kernels/cpu/cpu_backend.h"
-#include "kernels/cpu/detect_math.h"
-#include "kernels/cpu/roi_align.h"
+#include "kernels/common/detect_math.h"
+#include "kernels/common/roi_align.h"
+#include "kernels/cpu/backend.h"
 #include "kernels/cpu/strided.h"
 
 namespace st::cpu {

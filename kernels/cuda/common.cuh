@@ -12,7 +12,7 @@
 #include <mutex>
 #include <string>
 
-#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/entry_points.h"
 #include "tensor/backend.h"
 #include "tensor/half.h"
 

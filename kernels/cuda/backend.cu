@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cuda/cuda_backend_impl.cuh"
+#include "kernels/cuda/backend.cuh"
 
 namespace st::cuda {
 

@@ -4,8 +4,8 @@
 #include <limits>
 #include <type_traits>
 
-#include "kernels/cpu/cpu_backend.h"
-#include "kernels/cpu/resample.h"
+#include "kernels/common/resample.h"
+#include "kernels/cpu/backend.h"
 #include "kernels/cpu/strided.h"
 
 namespace st::cpu {

@@ -1,0 +1,39 @@
+// The CPU backend: the reference implementation of every kernel (f32 fast paths, f64 for
+// finite-difference tests). Multi-threaded with OpenMP. Its methods live in one file per op
+// family, the same names as the CUDA backend's (kernels/cuda/):
+//   backend.cpp      memory (with the large-block cache), copies, cpu_backend()
+//   elementwise.cpp  fill, copy, unary, binary, sum_to, sum_all
+//   conv.cpp         convolutions (the entry points over conv2d.h, the convolution engine)
+//   matmul.cpp       matmul (large f32 products through the convolution engine)
+//   optim.cpp        Adam
+//   image.cpp        batch norm, resampling, pooling, softmax, cross-entropy, argmax
+//   detect.cpp       the teacher's detection ops: ROIAlign, the NMS overlap mask, sort, paste
+#pragma once
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "tensor/backend.h"
+
+namespace st::cpu {
+
+class CpuBackend final : public Backend {
+ public:
+  const char* name() const override { return "cpu"; }
+  void* allocate(size_t nbytes, int device_index) override;
+  void deallocate(void* ptr, size_t nbytes, int device_index) noexcept override;
+  void memcpy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n) override;
+
+  // Every kernel of tensor/kernels.def (their contracts are there); the CPU backend is the
+  // reference and declines none.
+#define ST_KERNEL(name, params) void name params override;
+#include "tensor/kernels.def"
+  ST_DECLINED_KERNELS()
+
+ private:
+  std::mutex cache_mutex_;
+  std::multimap<size_t, void*> cache_;  // free large blocks by rounded size
+  size_t cached_bytes_ = 0;
+};
+
+}  // namespace st::cpu
