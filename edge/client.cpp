@@ -10,11 +10,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "edge/video.h"
+#include "io/video.h"
 #include "nn/distill.h"
 #include "protocol/conversation.h"
 #include "protocol/decoder.h"
-#include "server/common.h"
+#include "net/net.h"
 #include "tensor/autograd.h"
 #include "tensor/image.h"
 
@@ -515,7 +515,7 @@ constexpr double kStopPollS = 0.05;  // how often waits look at EdgeOptions::sto
 }  // namespace
 
 EdgeResult run_edge(const EdgeOptions& opt) {
-  auto source = open_video(opt.video);
+  auto source = io::open_video(opt.video);
   const int64_t H = source->height(), W = source->width();
   ST_CHECK(H > 0 && W > 0 && H <= kMaxFrameDim && W <= kMaxFrameDim, "edge: bad frame size ", W,
            "x", H);
@@ -537,7 +537,7 @@ EdgeResult run_edge(const EdgeOptions& opt) {
   active->to(opt.device);
   spare->to(opt.device);
   const uint64_t layout = nn::layout_hash(*active, nn::Distillation::Full);
-  uint64_t cur_hash = net::weights_hash(*active);
+  uint64_t cur_hash = nn::weights_hash(*active);
   r.initial_weights_hash = cur_hash;
 
   auto log = [&](const std::string& s) {
@@ -548,10 +548,10 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     nn::unpack_trained(*spare, scope, blob.data(), blob.size());  // validates first
     std::swap(active, spare);
     spare->load_state(active->named_parameters(), "edge weights");
-    cur_hash = net::weights_hash(*active);
+    cur_hash = nn::weights_hash(*active);
   };
 
-  std::optional<LabelSource> reference;
+  std::optional<io::LabelSource> reference;
   if (!opt.reference_dir.empty()) {
     ST_CHECK(std::filesystem::is_directory(opt.reference_dir), "edge: reference label folder ",
              opt.reference_dir.string(), " does not exist");
@@ -740,7 +740,7 @@ EdgeResult run_edge(const EdgeOptions& opt) {
   // The next frame; with opt.loop the video starts again when it ends, its indices shifted
   // past the previous passes.
   int64_t index_base = 0, pass_frames = 0, last_index = -1;
-  auto next_frame = [&](Frame& f) {
+  auto next_frame = [&](io::Frame& f) {
     try {
       for (;;) {
         if (source->next(f)) {
@@ -752,7 +752,7 @@ EdgeResult run_edge(const EdgeOptions& opt) {
         if (!opt.loop || pass_frames == 0 || stop_requested()) return false;
         index_base += last_index + 1;
         pass_frames = 0;
-        source = open_video(opt.video);
+        source = io::open_video(opt.video);
       }
     } catch (const std::exception&) {
       // Ctrl-C also reaches an ffmpeg decoder in our process group: its death ends the input.
@@ -763,7 +763,7 @@ EdgeResult run_edge(const EdgeOptions& opt) {
   auto t_start = Clock::now(), t_print = t_start;
   const bool progress_tty = isatty(2) == 1;  // else a plain line every few seconds
   auto t_next = t_start, t_frame_end = t_start;
-  Frame f;
+  io::Frame f;
   while ((opt.max_frames < 0 || r.frames < opt.max_frames) && !stop_requested() && next_frame(f)) {
     ST_CHECK(f.bgr.height == H && f.bgr.width == W, "edge: frame ", f.index, " changed size");
     frame_i = f.index;
@@ -844,9 +844,9 @@ EdgeResult run_edge(const EdgeOptions& opt) {
     }
     char name[32];
     std::snprintf(name, sizeof name, "%06lld.png", (long long)frame_i);
-    if (!opt.predictions_dir.empty()) write_label_png(opt.predictions_dir / name, pred, H, W);
+    if (!opt.predictions_dir.empty()) io::write_label_png(opt.predictions_dir / name, pred, H, W);
     if (!opt.overlays_dir.empty() && frame_i % opt.overlay_every == 0)
-      write_overlay_png(
+      io::write_overlay_png(
           opt.overlays_dir / std::filesystem::path(name).replace_extension(opt.overlay_jpeg ? ".jpg" : ".png"),
           f.bgr, pred);
     double frame_miou = -1;

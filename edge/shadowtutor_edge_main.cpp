@@ -10,7 +10,8 @@
 #include <string>
 
 #include "edge/client.h"
-#include "server/common.h"
+#include "cli/flags.h"
+#include "net/net.h"
 
 namespace {
 
@@ -119,7 +120,7 @@ int main(int argc, char** argv) {
       else if (a == "--overlays") o.overlays_dir = v;
       else if (a == "--link-mbps") o.net.link_mbps = std::stod(v);
       else if (a == "--reference") o.reference_dir = v;
-      else if (a == "--device") o.device = st::net::parse_device(v);
+      else if (a == "--device") o.device = st::cli::parse_device(v);
       else if (a == "--overlay-every") {
         o.overlay_every = std::stoll(v);
         if (o.overlay_every < 1) return usage_error("--overlay-every must be >= 1");
@@ -174,7 +175,7 @@ int main(int argc, char** argv) {
     return usage_error(e.what());
   }
   if (!token_file.empty()) {
-    if (!st::net::read_token_file(token_file, o.token))
+    if (!st::cli::read_token_file(token_file, o.token))
       return usage_error("cannot read token file " + token_file);
     have_token = true;
   }

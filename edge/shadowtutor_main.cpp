@@ -8,7 +8,7 @@
 #include <string>
 
 #include "edge/simulate.h"
-#include "server/common.h"
+#include "cli/flags.h"
 
 namespace {
 
@@ -59,7 +59,7 @@ int run_simulate(int argc, char** argv) {
       if (a == "--video") o.video = v;
       else if (a == "--labels") o.labels = v;
       else if (a == "--maskrcnn") o.maskrcnn = v;
-      else if (a == "--teacher-device") o.teacher_device = st::net::parse_device(v);
+      else if (a == "--teacher-device") o.teacher_device = st::cli::parse_device(v);
       else if (a == "--eval-every") o.eval_every = std::stoll(v);
       else if (a == "--weights") o.weights = v;
       else if (a == "--mode") o.mode = st::edge::parse_sim_mode(v);

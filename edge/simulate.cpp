@@ -7,9 +7,9 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "edge/video.h"
+#include "io/video.h"
 #include "nn/key_frame.h"
-#include "server/teacher.h"
+#include "teacher/teacher.h"
 #include "teacher_port/maskrcnn.h"
 #include "tensor/autograd.h"
 
@@ -51,16 +51,16 @@ SimResult simulate(const SimOptions& opt) {
   ST_CHECK(opt.labels.empty() != opt.maskrcnn.empty(),
            "simulate: give exactly one teacher (recorded labels or Mask R-CNN weights)");
   ST_CHECK(opt.eval_every >= 1, "simulate: eval_every must be >= 1, got ", opt.eval_every);
-  auto source = open_video(opt.video);
-  std::unique_ptr<server::Teacher> teacher;
+  auto source = io::open_video(opt.video);
+  std::unique_ptr<teachers::Teacher> teacher;
   SimResult r;
   if (!opt.maskrcnn.empty()) {
-    auto model = server::MaskRcnnTeacher::load(opt.maskrcnn, opt.teacher_device);
-    teacher = std::make_unique<server::MaskRcnnTeacher>(model, opt.maskrcnn.string());
+    auto model = teachers::MaskRcnnTeacher::load(opt.maskrcnn, opt.teacher_device);
+    teacher = std::make_unique<teachers::MaskRcnnTeacher>(model, opt.maskrcnn.string());
     r.teacher = teacher->describe() + " (Detectron2 conventions, " +
                 (opt.teacher_device.is_cuda() ? "cuda:" + std::to_string(opt.teacher_device.index) : "cpu") + ")";
   } else {
-    teacher = std::make_unique<server::RecordedTeacher>(opt.labels);
+    teacher = std::make_unique<teachers::RecordedTeacher>(opt.labels);
     r.teacher = teacher->describe();
   }
   const int64_t H = source->height(), W = source->width();
@@ -96,7 +96,7 @@ SimResult simulate(const SimOptions& opt) {
   int64_t steps_total = 0, teacher_calls = 0;
   auto t_start = Clock::now();
 
-  Frame f;
+  io::Frame f;
   while ((opt.max_frames < 0 || r.frames < opt.max_frames) && source->next(f)) {
     const int64_t i = f.index;
     ST_CHECK(f.bgr.height == H && f.bgr.width == W, "simulate: frame ", i, " changed size");
@@ -107,7 +107,7 @@ SimResult simulate(const SimOptions& opt) {
     }
     const bool key = distiller && i == next_key;
     const bool evaluate = i % opt.eval_every == 0;
-    server::TeacherOutput truth;
+    teachers::TeacherOutput truth;
     if (key || evaluate || opt.mode == SimMode::Naive) {
       auto t0 = Clock::now();
       truth = teacher->run(uint64_t(i), f.bgr.pixels.data(), H, W);
@@ -168,8 +168,8 @@ SimResult simulate(const SimOptions& opt) {
     }
     char name[32];
     std::snprintf(name, sizeof name, "%06lld.png", (long long)i);
-    if (!opt.predictions_dir.empty()) write_label_png(opt.predictions_dir / name, pred, H, W);
-    if (!opt.overlays_dir.empty()) write_overlay_png(opt.overlays_dir / name, f.bgr, pred);
+    if (!opt.predictions_dir.empty()) io::write_label_png(opt.predictions_dir / name, pred, H, W);
+    if (!opt.overlays_dir.empty()) io::write_overlay_png(opt.overlays_dir / name, f.bgr, pred);
     ++r.frames;
     if (opt.progress) {
       double s = std::chrono::duration<double>(Clock::now() - t_start).count();

@@ -113,4 +113,23 @@ void unpack_trained(Student& s, Distillation mode, const uint8_t* data, size_t s
   for (size_t i = 0; i < params.size(); ++i) params[i].copy_(decoded[i].to(params[i].device()));
 }
 
+uint64_t weights_hash(const Student& s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&](const void* p, size_t n) {
+    const unsigned char* c = static_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < n; ++i) {
+      h ^= c[i];
+      h *= 0x100000001b3ull;
+    }
+  };
+  for (auto& [name, t] : s.named_parameters()) {
+    mix(name.data(), name.size());
+    for (int64_t d : t.shape()) mix(&d, sizeof d);
+    Tensor c = t.device().is_cpu() ? t.contiguous() : t.to(Device::cpu());
+    ST_CHECK(c.dtype() == DType::F32, "weights_hash: parameter ", name, " is not float32");
+    mix(c.data<float>(), size_t(c.numel()) * sizeof(float));
+  }
+  return h;
+}
+
 }  // namespace st::nn

@@ -27,4 +27,9 @@ void unpack_trained(Student& s, Distillation mode, const uint8_t* data, size_t s
 // Bytes of a blob for this mode and encoding.
 size_t blob_size(const Student& s, Distillation mode, BlobEncoding enc);
 
+// FNV-1a 64 over every parameter of the student, in model order: name, shape, then the raw
+// float32 bytes. HELLO.weights_hash; the server compares it with the hash of its base weights
+// and sends the full student when they differ.
+uint64_t weights_hash(const Student& s);
+
 }  // namespace st::nn

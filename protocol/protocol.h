@@ -6,7 +6,7 @@
 //   Decoder d; d.feed(bytes.data(), bytes.size()); // protocol/decoder.h
 //   Message got; while (d.next(got)) { ... }
 //
-// Everything is std-only; ProtocolError derives from st::Error (tensor/error.h) so callers that
+// Everything is std-only; ProtocolError derives from st::Error (common/error.h) so callers that
 // catch st::Error see protocol failures too.
 #pragma once
 #include <cstddef>
@@ -16,7 +16,7 @@
 #include <variant>
 #include <vector>
 
-#include "tensor/error.h"
+#include "common/error.h"
 
 namespace st::protocol {
 

@@ -18,7 +18,7 @@
 #include "nn/key_frame.h"
 #include "protocol/conversation.h"
 #include "protocol/decoder.h"
-#include "server/common.h"
+#include "net/net.h"
 #include "server/frame_decoder.h"
 #include "tensor/autograd.h"
 #include "tensor/image.h"
@@ -102,7 +102,7 @@ struct Session {
   // Used only by the (single) worker job in flight.
   std::unique_ptr<nn::Student> student;
   std::unique_ptr<nn::Distiller> distiller;
-  std::unique_ptr<Teacher> teacher;
+  std::unique_ptr<teachers::Teacher> teacher;
   int stride = 8;
 
   // Loop thread state.
@@ -284,7 +284,7 @@ void work(uv_work_t* r) {
     }
   }
   try {
-    TeacherOutput t;
+    teachers::TeacherOutput t;
     try {
       t = s.teacher->run(j.kf.frame_index, j.kf.data.data(), H, W);
       ST_CHECK(t.height == H && t.width == W && t.labels.size() == size_t(H * W),
@@ -648,7 +648,7 @@ void Server::start() {
   if (!m.base) {
     m.base = std::make_unique<nn::Student>(m.opt.init_seed);
     if (!m.opt.weights.empty()) m.base->load_safetensors(m.opt.weights);
-    m.base_hash = net::weights_hash(*m.base);
+    m.base_hash = nn::weights_hash(*m.base);
     m.layout = nn::layout_hash(*m.base, nn::Distillation::Full);
     m.full_blob[size_t(nn::BlobEncoding::F32)] =
         nn::pack_trained(*m.base, nn::Distillation::Full, nn::BlobEncoding::F32);

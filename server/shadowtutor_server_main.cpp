@@ -5,7 +5,7 @@
 #include <fstream>
 #include <string>
 
-#include "server/common.h"
+#include "cli/flags.h"
 #include "server/server.h"
 
 namespace {
@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
       else if (a == "--hello-timeout") o.hello_timeout_s = std::stod(v);
       else if (a == "--max-frame-pixels") o.max_frame_pixels = std::stoull(v);
       else if (a == "--max-queued-bytes") o.max_queued_bytes = std::stoull(v);
-      else if (a == "--device") o.device = st::net::parse_device(v);
+      else if (a == "--device") o.device = st::cli::parse_device(v);
       else if (a == "--idle-timeout") {
         o.idle_timeout_s = std::stod(v);
         if (!(o.idle_timeout_s >= 0)) return usage_error("--idle-timeout must be >= 0");
@@ -114,7 +114,7 @@ int main(int argc, char** argv) {
                  "(ps, /proc); use --token-file\n");
   if (!have_port) return usage_error("--port is required");
   if (!token_file.empty()) {
-    if (!st::net::read_token_file(token_file, o.token))
+    if (!st::cli::read_token_file(token_file, o.token))
       return usage_error("cannot read token file " + token_file);
     have_token = true;
   }
@@ -122,21 +122,21 @@ int main(int argc, char** argv) {
   if (int(!labels.empty()) + int(!cmd.empty()) + int(!maskrcnn.empty()) != 1)
     return usage_error("give exactly one of --labels, --teacher-cmd and --maskrcnn");
   if (!maskrcnn.empty()) {
-    std::shared_ptr<st::server::MaskRcnnTeacher::Shared> model;
+    std::shared_ptr<st::teachers::MaskRcnnTeacher::Shared> model;
     try {
-      model = st::server::MaskRcnnTeacher::load(maskrcnn, o.device);
+      model = st::teachers::MaskRcnnTeacher::load(maskrcnn, o.device);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "shadowtutor-server: error: %s\n", e.what());
       return 1;
     }
     o.teacher = [model, maskrcnn] {
-      return std::make_unique<st::server::MaskRcnnTeacher>(model, maskrcnn);
+      return std::make_unique<st::teachers::MaskRcnnTeacher>(model, maskrcnn);
     };
   } else if (!labels.empty())
-    o.teacher = [labels] { return std::make_unique<st::server::RecordedTeacher>(labels); };
+    o.teacher = [labels] { return std::make_unique<st::teachers::RecordedTeacher>(labels); };
   else
     o.teacher = [cmd, teacher_timeout] {
-      return std::make_unique<st::server::CommandTeacher>(cmd, teacher_timeout);
+      return std::make_unique<st::teachers::CommandTeacher>(cmd, teacher_timeout);
     };
 
   // SIGINT / SIGTERM end the server: block them in every thread, wait for one here.

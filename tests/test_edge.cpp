@@ -18,7 +18,7 @@
 #include <thread>
 
 #include "edge/client.h"
-#include "edge/video.h"
+#include "io/video.h"
 #include "server/server.h"
 #include "synthetic_clip.h"
 #include "test_util.h"
@@ -39,7 +39,7 @@ server::ServerOptions srv_opts(const fs::path& labels, int port = 0) {
   o.port = port;
   o.token = "tok";
   o.log = false;
-  o.teacher = [labels] { return std::make_unique<server::RecordedTeacher>(labels); };
+  o.teacher = [labels] { return std::make_unique<teachers::RecordedTeacher>(labels); };
   return o;
 }
 
@@ -210,7 +210,7 @@ TEST_CASE("edge: naive mode gets the teacher's labels for every frame", "[edge]"
   REQUIRE(r.frames == 6);
   REQUIRE(r.key_frames == 6);
   REQUIRE(r.labels == 6);
-  edge::LabelSource truth(clip.labels), pred(clip.dir / "pred");
+  io::LabelSource truth(clip.labels), pred(clip.dir / "pred");
   for (int i = 0; i < 6; ++i) REQUIRE(pred.labels(i, kH, kW) == truth.labels(i, kH, kW));
   // Every frame up (32 + 21 + 9216 B on the wire), every label map down (32 + 20 + 3072 B).
   REQUIRE(r.bytes_up >= 6 * (32 + 17 + kH * kW * 3));
@@ -263,12 +263,12 @@ struct Gate {
 };
 
 // Recorded labels, given only once the gate is open.
-struct GatedTeacher : server::Teacher {
-  server::RecordedTeacher rec;
+struct GatedTeacher : teachers::Teacher {
+  teachers::RecordedTeacher rec;
   std::shared_ptr<Gate> gate;
   GatedTeacher(fs::path labels, std::shared_ptr<Gate> g)
       : rec(std::move(labels)), gate(std::move(g)) {}
-  server::TeacherOutput run(uint64_t idx, const uint8_t* bgr, int64_t h, int64_t w) override {
+  teachers::TeacherOutput run(uint64_t idx, const uint8_t* bgr, int64_t h, int64_t w) override {
     gate->wait();
     return rec.run(idx, bgr, h, w);
   }
@@ -330,7 +330,7 @@ TEST_CASE("edge: a hanging teacher: the edge gives up waiting and carries on", "
                     << "' ]; do sleep 0.05; done\nexit 1\n";
   fs::permissions(sh, fs::perms::owner_all);
   const std::string cmd = sh.string();
-  so.teacher = [cmd] { return std::make_unique<server::CommandTeacher>(cmd, test::kHungS); };
+  so.teacher = [cmd] { return std::make_unique<teachers::CommandTeacher>(cmd, test::kHungS); };
   server::Server srv(so);
   struct Release {  // lets the teachers go when the test leaves, before the server stops
     fs::path file;
@@ -478,7 +478,7 @@ TEST_CASE("edge: loop replays the clip with increasing frame indices, and on_fra
     REQUIRE(seen[i].key_frames == 0);
   }
   // Passes 2 and 3 are the clip again: frame i is frame i mod 5, and so is its prediction.
-  edge::LabelSource pred(clip.dir / "pred");
+  io::LabelSource pred(clip.dir / "pred");
   for (int64_t i = 5; i < 12; ++i) REQUIRE(pred.labels(i, kH, kW) == pred.labels(i % 5, kH, kW));
   REQUIRE(!pred.has(12));
 
@@ -549,15 +549,15 @@ TEST_CASE("edge: a stop request also ends a wait for the server's answer", "[edg
 
 namespace {
 // Labels from the recorded maps; keeps a copy of every frame the server hands it (decoded).
-struct CapturingTeacher : server::Teacher {
+struct CapturingTeacher : teachers::Teacher {
   struct Shared {
     std::mutex mu;
     std::vector<std::pair<uint64_t, std::vector<uint8_t>>> frames;
   };
-  server::RecordedTeacher rec;
+  teachers::RecordedTeacher rec;
   std::shared_ptr<Shared> shared;
   CapturingTeacher(fs::path labels, std::shared_ptr<Shared> s) : rec(std::move(labels)), shared(std::move(s)) {}
-  server::TeacherOutput run(uint64_t idx, const uint8_t* bgr, int64_t h, int64_t w) override {
+  teachers::TeacherOutput run(uint64_t idx, const uint8_t* bgr, int64_t h, int64_t w) override {
     {
       std::lock_guard<std::mutex> l(shared->mu);
       shared->frames.emplace_back(idx, std::vector<uint8_t>(bgr, bgr + h * w * 3));
@@ -593,8 +593,8 @@ TEST_CASE("edge: PNG and JPEG key frames are decoded by the server, with referen
     REQUIRE(r.key_bytes < 5 * kH * kW * 3);
     REQUIRE(r.bytes_up < 5 * kH * kW * 3);
     // The teacher saw the decoded frames: exact for PNG, close for JPEG.
-    auto src = edge::open_video(clip.frames);
-    edge::Frame f;
+    auto src = io::open_video(clip.frames);
+    io::Frame f;
     REQUIRE(shared->frames.size() == 5);
     for (auto& [idx, bgr] : shared->frames) {
       REQUIRE(src->next(f));

@@ -3,7 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "edge/simulate.h"
-#include "edge/video.h"
+#include "io/video.h"
 #include "synthetic_clip.h"
 #include "test_util.h"
 
