@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "edge/client.h"
+#include "edge/token_bucket.h"
 #include "io/video.h"
 #include "server/server.h"
 #include "synthetic_clip.h"
