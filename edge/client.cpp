@@ -44,24 +44,6 @@ std::string format_progress(const ProgressLine& p, bool terminal) {
   return buf;
 }
 
-// ---------------------------------------------------------------- modes
-
-EdgeMode parse_edge_mode(const std::string& s) {
-  if (s == "partial") return EdgeMode::Partial;
-  if (s == "full") return EdgeMode::Full;
-  if (s == "naive") return EdgeMode::Naive;
-  throw Error("unknown mode '" + s + "' (partial, full, naive)");
-}
-
-const char* edge_mode_name(EdgeMode m) {
-  switch (m) {
-    case EdgeMode::Partial: return "partial";
-    case EdgeMode::Full: return "full";
-    case EdgeMode::Naive: return "naive";
-  }
-  return "?";
-}
-
 // ---------------------------------------------------------------- EdgeSession
 
 namespace {
@@ -138,8 +120,7 @@ class EdgeSession {
   EdgeResult r_;
   std::unique_ptr<io::FrameSource> source_;
   int64_t H_ = 0, W_ = 0;
-  nn::Distillation dmode_;  // what an UPDATE blob holds
-  SessionMode smode_;       // what HELLO asks for
+  nn::Distillation dmode_;  // what an UPDATE blob holds: nn::distillation_of(opt.mode)
 
   // Two parameter buffers: `active_` computes frames; updates land in `spare_`, then swap.
   std::unique_ptr<nn::Student> active_, spare_;
@@ -184,14 +165,13 @@ EdgeSession::EdgeSession(const EdgeOptions& opt)
       source_(io::open_video(opt.video)),
       H_(source_->height()),
       W_(source_->width()),
-      dmode_(opt.mode == EdgeMode::Full ? nn::Distillation::Full : nn::Distillation::Partial),
-      smode_(opt.mode == EdgeMode::Full    ? SessionMode::Full
-             : opt.mode == EdgeMode::Naive ? SessionMode::Naive
-                                           : SessionMode::Partial),
+      dmode_(nn::distillation_of(opt.mode)),
       net_(opt.net) {
   ST_CHECK(H_ > 0 && W_ > 0 && H_ <= kMaxFrameDim && W_ <= kMaxFrameDim, "edge: bad frame size ",
            W_, "x", H_);
-  r_.mode = edge_mode_name(opt.mode);
+  ST_CHECK(opt.mode == Mode::Partial || opt.mode == Mode::Full || opt.mode == Mode::Naive,
+           "edge: mode ", mode_name(opt.mode), " is not a session mode (partial, full, naive)");
+  r_.mode = mode_name(opt.mode);
 
   active_ = std::make_unique<nn::Student>(opt.init_seed);
   if (!opt.weights.empty()) active_->load_safetensors(opt.weights);
@@ -252,7 +232,7 @@ void EdgeSession::handle(NetClient::Event& e) {
 
 void EdgeSession::on_connected(uint64_t epoch) {
   Hello h;
-  h.mode = smode_;
+  h.mode = opt_.mode;
   h.layout_hash = layout_;
   h.weights_hash = cur_hash_;
   h.frame_width = uint32_t(W_);
@@ -267,7 +247,7 @@ void EdgeSession::on_connected(uint64_t epoch) {
 void EdgeSession::on_welcome(uint64_t epoch, Welcome& w) {
   if (epoch != hello_epoch_) return;
   try {
-    if (w.blob_kind != BlobKind::None) {
+    if (w.blob_kind != BlobEncoding::None) {
       apply_blob(w.scope == WeightsScope::Full ? nn::Distillation::Full : dmode_, w.blob);
       if (w.scope == WeightsScope::Full) ++r_.full_weight_syncs;
     }
@@ -293,7 +273,7 @@ void EdgeSession::on_welcome(uint64_t epoch, Welcome& w) {
 void EdgeSession::on_update(uint64_t epoch, const Update& u) {
   if (!session_ || epoch != epoch_ || !outstanding_ || int64_t(u.key_frame) != *outstanding_)
     return;
-  if (u.blob_kind != BlobKind::None) {
+  if (u.blob_kind != BlobEncoding::None) {
     try {
       apply_blob(dmode_, u.blob);
       ++r_.updates_with_weights;
@@ -566,7 +546,7 @@ EdgeResult EdgeSession::run() {
 
     bool key_sent = false, stale = false;
     std::vector<uint8_t> pred;
-    if (opt_.mode == EdgeMode::Naive) {
+    if (opt_.mode == Mode::Naive) {
       if (session_) {
         pred = offload_naive(f);
         key_sent = true;

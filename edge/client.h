@@ -39,15 +39,12 @@
 #include <string>
 #include <vector>
 
+#include "common/mode.h"
 #include "edge/net_client.h"
 #include "protocol/protocol.h"
 #include "tensor/dtype.h"
 
 namespace st::edge {
-
-enum class EdgeMode { Partial, Full, Naive };
-EdgeMode parse_edge_mode(const std::string& s);  // partial | full | naive
-const char* edge_mode_name(EdgeMode m);
 
 // The frame loop's running counters, handed to EdgeOptions::on_frame after every frame.
 struct EdgeProgress {
@@ -85,7 +82,7 @@ struct EdgeOptions {
   std::filesystem::path weights;          // student weights; empty = Student(init_seed)
   uint64_t init_seed = 0;
   Device device = Device::cpu();          // where the student runs (cuda:N: the GPU)
-  EdgeMode mode = EdgeMode::Partial;
+  Mode mode = Mode::Partial;              // Partial, Full or Naive (Wild is simulate's only)
   int64_t max_frames = -1;                // -1 = all (with `loop`: no limit)
   // Replay the video from its start whenever it ends. Frame indices keep increasing (frame 0 of
   // the second pass of an N-frame clip is index N), as key frames must. The run ends at

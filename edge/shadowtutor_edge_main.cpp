@@ -114,7 +114,7 @@ int main(int argc, char** argv) {
       else if (a == "--token-file") token_file = v;
       else if (a == "--video") o.video = v;
       else if (a == "--weights") o.weights = v;
-      else if (a == "--mode") o.mode = st::edge::parse_edge_mode(v);
+      else if (a == "--mode") o.mode = st::parse_mode(v, {st::Mode::Partial, st::Mode::Full, st::Mode::Naive});
       else if (a == "--frames") o.max_frames = std::stoll(v);
       else if (a == "--predictions") o.predictions_dir = v;
       else if (a == "--overlays") o.overlays_dir = v;

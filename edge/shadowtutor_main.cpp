@@ -62,12 +62,12 @@ int run_simulate(int argc, char** argv) {
       else if (a == "--teacher-device") o.teacher_device = st::cli::parse_device(v);
       else if (a == "--eval-every") o.eval_every = std::stoll(v);
       else if (a == "--weights") o.weights = v;
-      else if (a == "--mode") o.mode = st::edge::parse_sim_mode(v);
+      else if (a == "--mode") o.mode = st::parse_mode(v, {st::Mode::Partial, st::Mode::Full, st::Mode::Wild, st::Mode::Naive});
       else if (a == "--delay") o.delay = std::stoi(v);
       else if (a == "--frames") o.max_frames = std::stoll(v);
       else if (a == "--encoding") {
         if (v != "fp32" && v != "fp16") return usage_error("--encoding must be fp32 or fp16");
-        o.encoding = v == "fp16" ? st::nn::BlobEncoding::F16 : st::nn::BlobEncoding::F32;
+        o.encoding = v == "fp16" ? st::BlobEncoding::F16 : st::BlobEncoding::F32;
       } else if (a == "--threshold") o.distill.threshold = std::stod(v);
       else if (a == "--max-updates") o.distill.max_updates = std::stoi(v);
       else if (a == "--min-stride") o.distill.min_stride = std::stoi(v);

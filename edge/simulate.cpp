@@ -20,24 +20,6 @@ static double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
 
-SimMode parse_sim_mode(const std::string& s) {
-  if (s == "partial") return SimMode::Partial;
-  if (s == "full") return SimMode::Full;
-  if (s == "wild") return SimMode::Wild;
-  if (s == "naive") return SimMode::Naive;
-  throw Error("unknown mode '" + s + "' (partial, full, wild, naive)");
-}
-
-const char* sim_mode_name(SimMode m) {
-  switch (m) {
-    case SimMode::Partial: return "partial";
-    case SimMode::Full: return "full";
-    case SimMode::Wild: return "wild";
-    case SimMode::Naive: return "naive";
-  }
-  return "?";
-}
-
 namespace {
 std::vector<uint8_t> to_u8(const Tensor& labels) {
   auto v = labels.to_vector<int64_t>();
@@ -65,7 +47,7 @@ SimResult simulate(const SimOptions& opt) {
   }
   const int64_t H = source->height(), W = source->width();
 
-  r.mode = sim_mode_name(opt.mode);
+  r.mode = mode_name(opt.mode);
   r.delay = opt.delay;
   r.step_histogram.assign(size_t(opt.distill.max_updates + 1), 0);
 
@@ -77,10 +59,9 @@ SimResult simulate(const SimOptions& opt) {
     r.weights = "random init";
   }
   server_student.load_state(edge_student.named_parameters(), "edge student");
-  const nn::Distillation dmode =
-      opt.mode == SimMode::Full ? nn::Distillation::Full : nn::Distillation::Partial;
+  const nn::Distillation dmode = nn::distillation_of(opt.mode);
   std::unique_ptr<nn::Distiller> distiller;
-  if (opt.mode == SimMode::Partial || opt.mode == SimMode::Full)
+  if (dmode != nn::Distillation::None)  // partial, full: the server half distils
     distiller = std::make_unique<nn::Distiller>(server_student, dmode, opt.distill);
   edge_student.configure(nn::Distillation::None);  // the edge never trains
 
@@ -108,7 +89,7 @@ SimResult simulate(const SimOptions& opt) {
     const bool key = distiller && i == next_key;
     const bool evaluate = i % opt.eval_every == 0;
     teachers::TeacherOutput truth;
-    if (key || evaluate || opt.mode == SimMode::Naive) {
+    if (key || evaluate || opt.mode == Mode::Naive) {
       auto t0 = Clock::now();
       truth = teacher->run(uint64_t(i), f.bgr.pixels.data(), H, W);
       teacher_ms += ms_since(t0);
@@ -119,7 +100,7 @@ SimResult simulate(const SimOptions& opt) {
     }
 
     std::vector<uint8_t> pred;
-    if (opt.mode == SimMode::Naive) {
+    if (opt.mode == Mode::Naive) {
       // Every frame goes up; the client waits for the teacher's label map.
       pred = truth.labels;
       r.bytes_up += frame_bytes + kMessageHeaderBytes;
@@ -185,7 +166,7 @@ SimResult simulate(const SimOptions& opt) {
   for (double m : r.frame_miou) sum += m;
   r.mean_miou = r.frame_miou.empty() ? 0.0 : sum / double(r.frame_miou.size());
   r.teacher_calls = teacher_calls;
-  r.mean_student_ms = opt.mode == SimMode::Naive ? 0 : student_ms / double(r.frames);
+  r.mean_student_ms = opt.mode == Mode::Naive ? 0 : student_ms / double(r.frames);
   r.mean_step_ms = steps_total ? step_ms / double(steps_total) : 0;
   r.mean_teacher_ms = teacher_ms / double(std::max<int64_t>(teacher_calls, 1));
   r.wall_s = std::chrono::duration<double>(Clock::now() - t_start).count();

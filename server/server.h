@@ -32,7 +32,7 @@ struct ServerOptions {
   std::filesystem::path weights;      // base student weights; empty = Student(init_seed)
   uint64_t init_seed = 0;
   nn::DistillConfig distill;          // threshold, max updates, strides, lr
-  nn::BlobEncoding encoding = nn::BlobEncoding::F32;  // preferred; the other if HELLO refuses it
+  BlobEncoding encoding = BlobEncoding::F32;  // preferred (F32, F16); the other if HELLO refuses it
   size_t max_message_bytes = protocol::kDefaultMaxMessageSize;
   size_t max_sessions = 64;
   // Limits against hostile peers (docs/security.md). Connections that have not been welcomed:

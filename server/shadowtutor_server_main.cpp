@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
           return usage_error("--modes offers nothing");
       } else if (a == "--encoding") {
         if (v != "fp32" && v != "fp16") return usage_error("--encoding must be fp32 or fp16");
-        o.encoding = v == "fp16" ? st::nn::BlobEncoding::F16 : st::nn::BlobEncoding::F32;
+        o.encoding = v == "fp16" ? st::BlobEncoding::F16 : st::BlobEncoding::F32;
       } else if (a == "--threshold") o.distill.threshold = std::stod(v);
       else if (a == "--max-updates") o.distill.max_updates = std::stoi(v);
       else if (a == "--min-stride") o.distill.min_stride = std::stoi(v);

@@ -104,7 +104,7 @@ inline Hello good_hello(const std::string& token = "sesame", int64_t width = 64,
                         int64_t height = 48) {
   nn::Student s(0);
   Hello h;
-  h.mode = SessionMode::Partial;
+  h.mode = st::Mode::Partial;
   h.layout_hash = nn::layout_hash(s, nn::Distillation::Full);
   h.weights_hash = nn::weights_hash(s);
   h.frame_width = uint32_t(width);

@@ -203,7 +203,7 @@ TEST_CASE("edge: naive mode gets the teacher's labels for every frame", "[edge]"
   server::Server srv(srv_opts(clip.labels));
   srv.start();
   auto o = edge_opts(clip, srv.port());
-  o.mode = edge::EdgeMode::Naive;
+  o.mode = Mode::Naive;
   o.initial_wait_s = test::kHungS;
   o.predictions_dir = clip.dir / "pred";
   edge::EdgeResult r = edge::run_edge(o);
@@ -225,7 +225,7 @@ TEST_CASE("edge: full distillation and an fp16-only edge", "[edge]") {
   srv.start();
   auto o = edge_opts(clip, srv.port());
   o.initial_wait_s = test::kHungS;
-  o.mode = edge::EdgeMode::Full;
+  o.mode = Mode::Full;
   o.max_wait_s = test::kHungS;  // frame 8 waits for frame 0's update (SPEC §6), however slow
   o.accept_blobs = protocol::kAcceptF16;
   edge::EdgeResult r = edge::run_edge(o);
@@ -580,7 +580,7 @@ TEST_CASE("edge: PNG and JPEG key frames are decoded by the server, with referen
     server::Server srv(so);
     srv.start();
     auto o = edge_opts(clip, srv.port());
-    o.mode = edge::EdgeMode::Naive;
+    o.mode = Mode::Naive;
     o.initial_wait_s = test::kHungS;
     o.key_encoding = enc;
     o.reference_dir = clip.labels;
@@ -669,8 +669,8 @@ TEST_CASE("edge: the demo's HTML report from real loopback runs (tools/report.py
   srv.start();
   const fs::path out = clip.dir / "demo";
   fs::create_directories(out);
-  for (auto mode : {edge::EdgeMode::Naive, edge::EdgeMode::Partial, edge::EdgeMode::Full}) {
-    const std::string m = edge::edge_mode_name(mode);
+  for (auto mode : {Mode::Naive, Mode::Partial, Mode::Full}) {
+    const std::string m = mode_name(mode);
     auto o = edge_opts(clip, srv.port());
     o.initial_wait_s = test::kHungS;
     o.mode = mode;
@@ -678,7 +678,7 @@ TEST_CASE("edge: the demo's HTML report from real loopback runs (tools/report.py
     o.overlays_dir = out / ("overlays_" + m);
     o.overlay_every = 4;
     o.overlay_jpeg = true;
-    if (mode == edge::EdgeMode::Naive) o.predictions_dir = out / "reference";
+    if (mode == Mode::Naive) o.predictions_dir = out / "reference";
     else o.reference_dir = out / "reference";
     edge::EdgeResult r = edge::run_edge(o);
     std::ofstream(out / (m + ".json")) << edge::to_json(r);

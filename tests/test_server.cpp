@@ -218,7 +218,7 @@ TEST_CASE("server: bad clients get ERROR and are closed while a good one carries
     r.send(encode_msg(good_hello()));
     Message w = r.read_one();
     REQUIRE(w.is<Welcome>());
-    REQUIRE(w.as<Welcome>().blob_kind == BlobKind::None);  // same base weights
+    REQUIRE(w.as<Welcome>().blob_kind == st::BlobEncoding::None);  // same base weights
     KeyFrame k = key_frame(0);
     k.width = 32;
     k.data.resize(size_t(32 * kH * 3));
@@ -289,7 +289,7 @@ TEST_CASE("server: clients vanishing mid-message or with a key frame in flight",
     REQUIRE(u.as<Update>().next_stride >= 8);
     REQUIRE(u.as<Update>().next_stride <= 64);
     if (u.as<Update>().steps > 0) {
-      REQUIRE(u.as<Update>().blob_kind == BlobKind::F32);
+      REQUIRE(u.as<Update>().blob_kind == st::BlobEncoding::F32);
       REQUIRE(u.as<Update>().blob.size() == 24 + 413860);
     }
   }
