@@ -273,4 +273,32 @@ bool read_token_file(const std::string& path, std::string& token) {
   return true;
 }
 
+// ---------------------------------------------------------------- shared tables
+
+void declare_distill_flags(Flags& flags, nn::DistillConfig& cfg) {
+  flags.number("--threshold", cfg.threshold, "T", "Algorithm 1/2 threshold (default 0.8)");
+  flags.integer("--max-updates", cfg.max_updates, "U",
+                "distillation steps per key frame (default 8)");
+  flags.integer("--min-stride", cfg.min_stride, "S", "key-frame stride limits of Algorithm 2");
+  flags.integer("--max-stride", cfg.max_stride, "S", "(defaults 8 and 64)");
+}
+
+void warn_token_on_command_line(const Flags& flags) {
+  if (flags.given("--token"))
+    std::fprintf(stderr,
+                 "%s: warning: --token is visible to other users of this machine (ps, /proc); "
+                 "use --token-file\n",
+                 flags.program().c_str());
+}
+
+std::optional<int> resolve_token(Flags& flags, const std::string& token_file, std::string& token) {
+  if (!token_file.empty()) {
+    if (!read_token_file(token_file, token))
+      return flags.usage_error("cannot read token file " + token_file);
+    return std::nullopt;
+  }
+  if (!flags.given("--token")) return flags.usage_error("--token-file or --token is required");
+  return std::nullopt;
+}
+
 }  // namespace st::cli

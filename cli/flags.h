@@ -23,6 +23,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "nn/distill.h"
 #include "tensor/dtype.h"
 
 namespace st::cli {
@@ -89,6 +90,7 @@ class Flags {
   int usage_error(const std::string& message);
   // The message of the last usage error ("" if none).
   const std::string& error() const { return error_; }
+  const std::string& program() const { return program_; }
   // The synopsis, a blank line, then one entry per flag: "  --name ARG" and its help beside.
   std::string help() const;
 
@@ -117,6 +119,21 @@ Device parse_device(const std::string& s);
 
 // The first line of a token file (a trailing CR dropped) into `token`; false when unreadable.
 bool read_token_file(const std::string& path, std::string& token);
+
+// ---- what two programs' tables share ----
+
+// Algorithm 1/2's settings (shadowtutor-server, shadowtutor simulate): --threshold,
+// --max-updates, --min-stride, --max-stride.
+void declare_distill_flags(Flags& flags, nn::DistillConfig& cfg);
+
+// The auth token (shadowtutor-server, shadowtutor-edge), declared by each program as
+// --token-file F or --token T. Right after parse, before any other complaint: a token given as
+// --token is visible to every user of the machine (`ps`, /proc), and this says so on stderr.
+void warn_token_on_command_line(const Flags& flags);
+// After the program's other checks: reads `token_file` (when given) into `token`. nullopt when
+// there is a token; else the exit status of the usage error printed ("cannot read token file
+// F", "--token-file or --token is required").
+std::optional<int> resolve_token(Flags& flags, const std::string& token_file, std::string& token);
 
 // ---- template definitions ----
 template <std::integral T>

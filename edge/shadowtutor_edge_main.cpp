@@ -138,11 +138,7 @@ int main(int argc, char** argv) {
   flags.action("--quiet", [&] { o.progress = false, o.net.log = false; },
                "no live progress line and no log lines");
   if (auto exit_code = flags.parse(argc, argv)) return *exit_code;
-  bool have_token = flags.given("--token");
-  if (have_token)  // said before any other complaint about the command line
-    std::fprintf(stderr,
-                 "shadowtutor-edge: warning: --token is visible to other users of this machine "
-                 "(ps, /proc); use --token-file\n");
+  st::cli::warn_token_on_command_line(flags);  // before any other complaint
   if (server.empty() || o.video.empty()) return flags.usage_error("--server and --video are required");
   if (fps > 0) o.frame_interval_s = 1.0 / fps;
   try {
@@ -152,12 +148,7 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     return flags.usage_error(e.what());
   }
-  if (!token_file.empty()) {
-    if (!st::cli::read_token_file(token_file, o.token))
-      return flags.usage_error("cannot read token file " + token_file);
-    have_token = true;
-  }
-  if (!have_token) return flags.usage_error("--token-file or --token is required");
+  if (auto exit_code = st::cli::resolve_token(flags, token_file, o.token)) return *exit_code;
   o.stop = &g_stop;
   install_stop_handlers();
   try {

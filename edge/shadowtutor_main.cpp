@@ -37,12 +37,7 @@ void declare_simulate_flags(st::cli::Flags& flags, st::edge::SimOptions& o, std:
   flags.integer("--frames", o.max_frames, "N", "stop after N frames");
   flags.custom("--encoding", "E", "fp32 | fp16 blob encoding               (default fp32)",
                [&o](const std::string& v) { o.encoding = st::parse_blob_encoding(v); });
-  flags.number("--threshold", o.distill.threshold, "T",
-               "Algorithm 1/2 threshold                 (default 0.8)");
-  flags.integer("--max-updates", o.distill.max_updates, "U",
-                "distillation steps per key frame        (default 8)");
-  flags.integer("--min-stride", o.distill.min_stride, "S", "(default 8)");
-  flags.integer("--max-stride", o.distill.max_stride, "S", "(default 64)");
+  st::cli::declare_distill_flags(flags, o.distill);
   flags.text("--out", out, "FILE", "write the JSON report here (default: stdout)");
   flags.path("--predictions", o.predictions_dir, "DIR", "write predicted label maps (PNG)");
   flags.path("--overlays", o.overlays_dir, "DIR", "write colour overlays (PNG)");

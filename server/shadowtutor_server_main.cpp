@@ -44,11 +44,7 @@ int main(int argc, char** argv) {
                });
   flags.custom("--encoding", "E", "preferred blob encoding fp32 | fp16 (default fp32)",
                [&](const std::string& v) { o.encoding = st::parse_blob_encoding(v); });
-  flags.number("--threshold", o.distill.threshold, "T", "Algorithm 1/2 threshold (default 0.8)");
-  flags.integer("--max-updates", o.distill.max_updates, "U",
-                "distillation steps per key frame (default 8)");
-  flags.integer("--min-stride", o.distill.min_stride, "S", "(default 8)");
-  flags.integer("--max-stride", o.distill.max_stride, "S", "(default 64)");
+  st::cli::declare_distill_flags(flags, o.distill);
   flags.integer("--max-message-bytes", o.max_message_bytes, "N",
                 "largest message accepted (default 16 MiB)");
   flags.integer("--max-sessions", o.max_sessions, "N", "concurrent sessions (default 64)");
@@ -70,18 +66,9 @@ int main(int argc, char** argv) {
                "cpu | cuda | cuda:N: where distillation runs (default cpu)");
   flags.action("--quiet", [&] { o.log = false; }, "no per-session log lines");
   if (auto exit_code = flags.parse(argc, argv)) return *exit_code;
-  bool have_token = flags.given("--token");
-  if (have_token)  // said before any other complaint about the command line
-    std::fprintf(stderr,
-                 "shadowtutor-server: warning: --token is visible to other users of this machine "
-                 "(ps, /proc); use --token-file\n");
+  st::cli::warn_token_on_command_line(flags);  // before any other complaint
   if (!flags.given("--port")) return flags.usage_error("--port is required");
-  if (!token_file.empty()) {
-    if (!st::cli::read_token_file(token_file, o.token))
-      return flags.usage_error("cannot read token file " + token_file);
-    have_token = true;
-  }
-  if (!have_token) return flags.usage_error("--token-file or --token is required");
+  if (auto exit_code = st::cli::resolve_token(flags, token_file, o.token)) return *exit_code;
   if (int(!labels.empty()) + int(!cmd.empty()) + int(!maskrcnn.empty()) != 1)
     return flags.usage_error("give exactly one of --labels, --teacher-cmd and --maskrcnn");
   if (!maskrcnn.empty()) {
