@@ -84,7 +84,8 @@ int main(int argc, char** argv) {
   flags.text("--token-file", token_file, "F",
              "auth token: the first line of file F (or --token T, which every\n"
              "user of the machine can read in `ps`)");
-  flags.text("--token", o.token, "T", "the auth token itself (visible in `ps`: prefer --token-file)");
+  flags.text("--token", o.token, "T",
+             "the auth token itself (visible in `ps`: prefer --token-file)");
   flags.path("--video", o.video, "PATH",
              "a directory of frames (png/jpg) or a video file (decoded by ffmpeg)");
   flags.path("--weights", o.weights, "FILE",
@@ -94,7 +95,8 @@ int main(int argc, char** argv) {
                [&](const std::string& v) {
                  o.mode = st::parse_mode(v, {st::Mode::Partial, st::Mode::Full, st::Mode::Naive});
                });
-  flags.device("--device", o.device, "D", "cpu | cuda | cuda:N: where the student runs (default cpu)");
+  flags.device("--device", o.device, "D",
+               "cpu | cuda | cuda:N: where the student runs (default cpu)");
   flags.integer("--frames", o.max_frames, "N", "stop after N frames");
   flags.boolean("--loop", o.loop,
                 "replay the video from its start when it ends (frame indices keep\n"
@@ -102,7 +104,8 @@ int main(int argc, char** argv) {
                 "runs until --frames or Ctrl-C");
   flags.path("--predictions", o.predictions_dir, "DIR", "write predicted label maps (PNG)");
   flags.path("--overlays", o.overlays_dir, "DIR", "write colour overlays (PNG)");
-  flags.integer("--overlay-every", o.overlay_every, "N", "only every Nth frame's overlay (default 1)")
+  flags.integer("--overlay-every", o.overlay_every, "N",
+                "only every Nth frame's overlay (default 1)")
       .at_least(1);
   flags.boolean("--overlay-jpeg", o.overlay_jpeg, "overlays as JPEG (%06d.jpg), not PNG");
   flags.number("--link-mbps", o.net.link_mbps, "R",
@@ -132,14 +135,16 @@ int main(int argc, char** argv) {
       .above(0);
   flags.seconds("--wait-server", o.initial_wait_s, "S",
                 "at start, wait up to S seconds for the server before the first frame");
-  flags.number("--fps", fps, "F", "pace frames at F per second (a live camera); default: as fast as possible")
+  flags.number("--fps", fps, "F",
+               "pace frames at F per second (a live camera); default: as fast as possible")
       .above(0);
   flags.text("--json", json_out, "OUT", "write the JSON summary to OUT (default: stdout)");
   flags.action("--quiet", [&] { o.progress = false, o.net.log = false; },
                "no live progress line and no log lines");
   if (auto exit_code = flags.parse(argc, argv)) return *exit_code;
   st::cli::warn_token_on_command_line(flags);  // before any other complaint
-  if (server.empty() || o.video.empty()) return flags.usage_error("--server and --video are required");
+  if (server.empty() || o.video.empty())
+    return flags.usage_error("--server and --video are required");
   if (fps > 0) o.frame_interval_s = 1.0 / fps;
   try {
     auto [host, port] = st::net::parse_host_port(server);

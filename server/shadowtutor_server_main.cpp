@@ -17,12 +17,14 @@ int main(int argc, char** argv) {
       "usage: shadowtutor-server --port P (--token-file F | --token T)\n"
       "                          (--labels DIR | --teacher-cmd \"CMD ARGS\" | --maskrcnn FILE) "
       "[options]");
-  flags.integer("--port", o.port, "P", "TCP port to listen on (0 = any free port, printed at start)");
+  flags.integer("--port", o.port, "P",
+                "TCP port to listen on (0 = any free port, printed at start)");
   flags.text("--host", o.host, "ADDR", "numeric address to bind (default 127.0.0.1)");
   flags.text("--token-file", token_file, "F",
              "the auth token edges must present in HELLO: the first line of file F\n"
              "(a trailing newline dropped)");
-  flags.text("--token", o.token, "T", "the token on the command line (visible to every user in `ps`)");
+  flags.text("--token", o.token, "T",
+             "the token on the command line (visible to every user in `ps`)");
   flags.text("--labels", labels, "DIR", "recorded teacher: DIR/<frame %06d>.png label maps");
   flags.text("--teacher-cmd", cmd, "CMD",
              "external teacher: `/bin/sh -c CMD`, one process per session, speaking\n"
@@ -34,7 +36,8 @@ int main(int argc, char** argv) {
              "Detectron2 conventions, score threshold 0.5), loaded once");
   flags.path("--weights", o.weights, "FILE",
              "base student weights (.safetensors); default: deterministic init");
-  flags.custom("--modes", "LIST", "modes offered, comma-separated: partial,full,naive (default all)",
+  flags.custom("--modes", "LIST",
+               "modes offered, comma-separated: partial,full,naive (default all)",
                [&](const std::string& v) {
                  o.offer_partial = v.find("partial") != std::string::npos;
                  o.offer_full = v.find("full") != std::string::npos;

@@ -118,7 +118,8 @@ TEST_CASE("cli: a bad flag or value is an error naming the flag and the text", "
       {{"--frames", ""}, "--frames: expected an integer, not ''"},
       {{"--frames", "99999999999999999999"}, "--frames: '99999999999999999999' is out of range"},
       {{"--port", "-1"}, "--port: must be >= 0, not '-1'"},
-      {{"--port", "4294967296"}, "--port: must be within -2147483648..2147483647, not '4294967296'"},
+      {{"--port", "4294967296"},
+       "--port: must be within -2147483648..2147483647, not '4294967296'"},
       {{"--bytes", "-1"}, "--bytes: expected a non-negative integer, not '-1'"},
       {{"--rate", "fast"}, "--rate: expected a number, not 'fast'"},
       {{"--rate", "nan"}, "--rate: expected a number, not 'nan'"},
@@ -177,7 +178,8 @@ TEST_CASE("cli: host:port, device and token file", "[cli][portable]") {
   CHECK(net::parse_host_port("[::1]:80") == std::pair<std::string, int>("::1", 80));
   CHECK(net::parse_host_port("edge.local:1") == std::pair<std::string, int>("edge.local", 1));
   CHECK_THROWS_WITH(net::parse_host_port("nocolon"), "bad address 'nocolon' (expected HOST:PORT)");
-  CHECK_THROWS_WITH(net::parse_host_port("[::1]80"), "bad address '[::1]80' (expected [IPV6]:PORT)");
+  CHECK_THROWS_WITH(net::parse_host_port("[::1]80"),
+                    "bad address '[::1]80' (expected [IPV6]:PORT)");
   CHECK_THROWS_WITH(net::parse_host_port("h:0x50"), "bad port in 'h:0x50'");
   CHECK_THROWS_WITH(net::parse_host_port("h:70000"), "port 70000 out of range in 'h:70000'");
   CHECK(cli::parse_device("cpu") == Device::cpu());
