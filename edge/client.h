@@ -1,10 +1,10 @@
 // shadowtutor-edge: the edge side of ShadowTutor over the network (SPEC §6, docs/protocol.md).
 //
-// Two threads: the calling thread reads frames and runs the student on every one of them; a
-// network thread runs a libuv loop that owns the TCP connection (connect, HELLO/WELCOME,
-// KEY_FRAME out, UPDATE/LABELS in, PING/PONG, reconnect with exponential backoff, optional
-// token-bucket link-rate limit per direction). They talk through two queues: commands to the
-// network thread (uv_async_t), events back (mutex + condition variable).
+// Two threads: the calling thread reads frames and runs the student on every one of them
+// (run_edge: an EdgeSession in client.cpp); a network thread runs a libuv loop that owns the TCP
+// connection (NetClient, net_client.h: connect, HELLO/WELCOME, KEY_FRAME out, UPDATE/LABELS in,
+// PING/PONG, reconnect with exponential backoff, optional token-bucket link-rate limit per
+// direction). They talk through two queues: commands to the network thread, events back.
 //
 // The student's weights live in two buffers: updates are unpacked into the spare copy and the
 // copies are swapped between two frames, never while a frame is being computed.
@@ -33,85 +33,18 @@
 // the video for as long as that takes.
 #pragma once
 #include <atomic>
-#include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <filesystem>
 #include <functional>
-#include <memory>
-#include <mutex>
-#include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "nn/blob.h"
+#include "common/mode.h"
+#include "edge/net_client.h"
 #include "protocol/protocol.h"
+#include "tensor/dtype.h"
 
 namespace st::edge {
-
-// A token bucket: `rate` bytes per second, at most `burst` bytes saved up. Not thread-safe.
-class TokenBucket {
- public:
-  using Clock = std::chrono::steady_clock;
-  TokenBucket(double rate_bytes_per_s, double burst_bytes);
-  double available(Clock::time_point now);  // refills, then returns the tokens (may be < 0)
-  void consume(double n) { tokens_ -= n; }  // may go negative (reads are charged afterwards)
-  // Seconds until at least `n` (clipped to the burst) tokens are available.
-  double seconds_until(double n, Clock::time_point now);
-  double rate() const { return rate_; }
-  double burst() const { return burst_; }
-
- private:
-  double rate_, burst_, tokens_;
-  Clock::time_point last_;
-};
-
-struct ClientOptions {
-  std::string host = "127.0.0.1";
-  int port = 0;
-  double link_mbps = 0;        // > 0: token bucket per direction at this rate (Mbit/s)
-  double backoff_initial_s = 0.1, backoff_max_s = 5.0;
-  size_t max_message_bytes = protocol::kDefaultMaxMessageSize;
-  bool log = true;
-};
-
-// The network thread. Thread-safe: every public method may be called from any thread.
-class NetClient {
- public:
-  struct Event {
-    enum Kind { Connected, Message, Disconnected } kind = Connected;
-    uint64_t epoch = 0;            // one per TCP connection, 1, 2, ...
-    protocol::Message message;     // Kind::Message: WELCOME, UPDATE or LABELS
-    std::string text;              // Kind::Disconnected: why
-  };
-
-  explicit NetClient(ClientOptions o);
-  ~NetClient();  // stop()s
-  void start();
-  // Sends BYE when connected (best effort), closes, joins the thread.
-  void stop();
-  // Queues a message on connection `epoch`; dropped when that connection is gone.
-  void send(uint64_t epoch, protocol::Body body);
-  // Drops connection `epoch` (if current) and reconnects after the backoff.
-  void drop(uint64_t epoch, const std::string& why);
-  bool poll(Event& e);                        // non-blocking
-  bool wait(Event& e, double timeout_s);      // false on timeout
-  int64_t bytes_up() const { return bytes_up_; }
-  int64_t bytes_down() const { return bytes_down_; }
-
-  struct Impl;
-
- private:
-  std::unique_ptr<Impl> impl_;
-  std::atomic<int64_t> bytes_up_{0}, bytes_down_{0};
-  friend struct Impl;
-};
-
-enum class EdgeMode { Partial, Full, Naive };
-EdgeMode parse_edge_mode(const std::string& s);  // partial | full | naive
-const char* edge_mode_name(EdgeMode m);
 
 // The frame loop's running counters, handed to EdgeOptions::on_frame after every frame.
 struct EdgeProgress {
@@ -149,7 +82,7 @@ struct EdgeOptions {
   std::filesystem::path weights;          // student weights; empty = Student(init_seed)
   uint64_t init_seed = 0;
   Device device = Device::cpu();          // where the student runs (cuda:N: the GPU)
-  EdgeMode mode = EdgeMode::Partial;
+  Mode mode = Mode::Partial;              // Partial, Full or Naive (Wild is simulate's only)
   int64_t max_frames = -1;                // -1 = all (with `loop`: no limit)
   // Replay the video from its start whenever it ends. Frame indices keep increasing (frame 0 of
   // the second pass of an N-frame clip is index N), as key frames must. The run ends at

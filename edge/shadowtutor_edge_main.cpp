@@ -9,49 +9,11 @@
 #include <iostream>
 #include <string>
 
+#include "cli/flags.h"
 #include "edge/client.h"
-#include "server/common.h"
+#include "net/net.h"
 
 namespace {
-
-const char* kUsage = R"(usage: shadowtutor-edge --server HOST:PORT --token-file F --video PATH [options]
-
-  --server HOST:PORT   the shadowtutor-server
-  --token-file F       auth token: the first line of file F (or --token T, which every
-                       user of the machine can read in `ps`)
-  --video PATH         a directory of frames (png/jpg) or a video file (decoded by ffmpeg)
-  --weights FILE       student weights (.safetensors); default: deterministic init (the server
-                       sends its weights when they differ)
-  --mode M             partial | full | naive                     (default partial)
-  --device D           cpu | cuda | cuda:N: where the student runs (default cpu)
-  --frames N           stop after N frames
-  --loop               replay the video from its start when it ends (frame indices keep
-                       increasing: recorded --labels on the server cover the first pass only);
-                       runs until --frames or Ctrl-C
-  --predictions DIR    write predicted label maps (PNG)
-  --overlays DIR       write colour overlays (PNG)
-  --overlay-every N    only every Nth frame's overlay (default 1)
-  --overlay-jpeg       overlays as JPEG (%06d.jpg), not PNG
-  --link-mbps R        limit the link to R Mbit/s per direction (token bucket)
-  --key-encoding E     key frames as raw | png | jpeg[:QUALITY]  (default raw; jpeg = quality 90)
-  --reference DIR      reference label maps DIR/%06d.png: per-frame mIoU in the log and summary
-  --frame-log FILE     one JSON object per frame (frame, t, key, applied, stale, stride, miou,
-                       bytes up/down)
-  --fp32-only          accept only fp32 blobs (default: fp32 and fp16)
-  --max-wait S|Nf      partial/full: the longest the edge blocks on an update that is due
-                       (MIN_STRIDE frames after its key frame) before it segments on with its
-                       current weights, marking those frames stale, and applies the update at
-                       the first frame after it arrives: S seconds, or N frame times (the
-                       running mean of the time per frame, the first frame left out, at least
-                       the --fps interval); inf: block until the update comes, as the paper
-                       (default 3f)
-  --update-timeout S   drop the connection and reconnect when an answer has not come S seconds
-                       after the edge needed it (default 60)
-  --wait-server S      at start, wait up to S seconds for the server before the first frame
-  --fps F              pace frames at F per second (a live camera); default: as fast as possible
-  --json OUT           write the JSON summary to OUT (default: stdout)
-  --quiet              no live progress line and no log lines
-)";
 
 // Set by SIGINT / SIGTERM; EdgeOptions::stop points here.
 std::atomic<bool> g_stop{false};
@@ -71,9 +33,42 @@ void install_stop_handlers() {
   sigaction(SIGTERM, &sa, nullptr);
 }
 
-int usage_error(const std::string& msg) {
-  std::fprintf(stderr, "shadowtutor-edge: %s\n\n%s", msg.c_str(), kUsage);
-  return 2;
+// --key-encoding raw | png | jpeg[:QUALITY]
+void parse_key_encoding(const std::string& v, st::edge::EdgeOptions& o) {
+  using st::protocol::FrameEncoding;
+  if (v == "raw") {
+    o.key_encoding = FrameEncoding::RawBgr;
+  } else if (v == "png") {
+    o.key_encoding = FrameEncoding::Png;
+  } else if (v == "jpeg") {
+    o.key_encoding = FrameEncoding::Jpeg;
+  } else if (v.rfind("jpeg:", 0) == 0) {
+    const long long q = v.size() > 5 ? st::cli::Flags::parse_signed(v.substr(5)) : 0;
+    if (q < 1 || q > 100) throw st::Error("JPEG quality must be 1..100, not '" + v + "'");
+    o.key_encoding = FrameEncoding::Jpeg;
+    o.jpeg_quality = int(q);
+  } else {
+    throw st::Error("raw, png, jpeg or jpeg:QUALITY, not '" + v + "'");
+  }
+}
+
+// --max-wait S | Nf | inf: S seconds (inf: unbounded) or N frame times.
+void parse_max_wait(const std::string& v, st::edge::EdgeOptions& o) {
+  const std::string bad = "seconds (>= 0, or inf) or Nf (N frame times), not '" + v + "'";
+  const bool frames = !v.empty() && v.back() == 'f';
+  double x = 0;
+  try {
+    x = st::cli::Flags::parse_number(frames ? v.substr(0, v.size() - 1) : v, true);
+  } catch (const st::Error&) {
+    throw st::Error(bad);
+  }
+  if (!(x >= 0)) throw st::Error(bad);
+  if (frames) {
+    if (std::isinf(x)) throw st::Error("inf takes no 'f'");
+    o.max_wait_s = -1, o.max_wait_frames = x;
+  } else {
+    o.max_wait_s = x;
+  }
 }
 
 }  // namespace
@@ -81,104 +76,84 @@ int usage_error(const std::string& msg) {
 int main(int argc, char** argv) {
   st::edge::EdgeOptions o;
   std::string server, json_out, token_file;
-  bool have_token = false;
+  double fps = 0;
+  st::cli::Flags flags("shadowtutor-edge",
+                       "usage: shadowtutor-edge --server HOST:PORT --token-file F --video PATH "
+                       "[options]");
+  flags.text("--server", server, "HOST:PORT", "the shadowtutor-server");
+  flags.text("--token-file", token_file, "F",
+             "auth token: the first line of file F (or --token T, which every\n"
+             "user of the machine can read in `ps`)");
+  flags.text("--token", o.token, "T",
+             "the auth token itself (visible in `ps`: prefer --token-file)");
+  flags.path("--video", o.video, "PATH",
+             "a directory of frames (png/jpg) or a video file (decoded by ffmpeg)");
+  flags.path("--weights", o.weights, "FILE",
+             "student weights (.safetensors); default: deterministic init (the server\n"
+             "sends its weights when they differ)");
+  flags.custom("--mode", "M", "partial | full | naive                     (default partial)",
+               [&](const std::string& v) {
+                 o.mode = st::parse_mode(v, {st::Mode::Partial, st::Mode::Full, st::Mode::Naive});
+               });
+  flags.device("--device", o.device, "D",
+               "cpu | cuda | cuda:N: where the student runs (default cpu)");
+  flags.integer("--frames", o.max_frames, "N", "stop after N frames");
+  flags.boolean("--loop", o.loop,
+                "replay the video from its start when it ends (frame indices keep\n"
+                "increasing: recorded --labels on the server cover the first pass only);\n"
+                "runs until --frames or Ctrl-C");
+  flags.path("--predictions", o.predictions_dir, "DIR", "write predicted label maps (PNG)");
+  flags.path("--overlays", o.overlays_dir, "DIR", "write colour overlays (PNG)");
+  flags.integer("--overlay-every", o.overlay_every, "N",
+                "only every Nth frame's overlay (default 1)")
+      .at_least(1);
+  flags.boolean("--overlay-jpeg", o.overlay_jpeg, "overlays as JPEG (%06d.jpg), not PNG");
+  flags.number("--link-mbps", o.net.link_mbps, "R",
+               "limit the link to R Mbit/s per direction (token bucket)");
+  flags.custom("--key-encoding", "E",
+               "key frames as raw | png | jpeg[:QUALITY]  (default raw; jpeg = quality 90)",
+               [&](const std::string& v) { parse_key_encoding(v, o); });
+  flags.path("--reference", o.reference_dir, "DIR",
+             "reference label maps DIR/%06d.png: per-frame mIoU in the log and summary");
+  flags.path("--frame-log", o.frame_log, "FILE",
+             "one JSON object per frame (frame, t, key, applied, stale, stride, miou,\n"
+             "bytes up/down)");
+  flags.action("--fp32-only", [&] { o.accept_blobs = st::protocol::kAcceptF32; },
+               "accept only fp32 blobs (default: fp32 and fp16)");
+  flags.custom("--max-wait", "S|Nf",
+               "partial/full: the longest the edge blocks on an update that is due\n"
+               "(MIN_STRIDE frames after its key frame) before it segments on with its\n"
+               "current weights, marking those frames stale, and applies the update at\n"
+               "the first frame after it arrives: S seconds, or N frame times (the\n"
+               "running mean of the time per frame, the first frame left out, at least\n"
+               "the --fps interval); inf: block until the update comes, as the paper\n"
+               "(default 3f)",
+               [&](const std::string& v) { parse_max_wait(v, o); });
+  flags.seconds("--update-timeout", o.update_timeout_s, "S",
+                "drop the connection and reconnect when an answer has not come S seconds\n"
+                "after the edge needed it (default 60)")
+      .above(0);
+  flags.seconds("--wait-server", o.initial_wait_s, "S",
+                "at start, wait up to S seconds for the server before the first frame");
+  flags.number("--fps", fps, "F",
+               "pace frames at F per second (a live camera); default: as fast as possible")
+      .above(0);
+  flags.text("--json", json_out, "OUT", "write the JSON summary to OUT (default: stdout)");
+  flags.action("--quiet", [&] { o.progress = false, o.net.log = false; },
+               "no live progress line and no log lines");
+  if (auto exit_code = flags.parse(argc, argv)) return *exit_code;
+  st::cli::warn_token_on_command_line(flags);  // before any other complaint
+  if (server.empty() || o.video.empty())
+    return flags.usage_error("--server and --video are required");
+  if (fps > 0) o.frame_interval_s = 1.0 / fps;
   try {
-    for (int i = 1; i < argc; ++i) {
-      std::string a = argv[i];
-      if (a == "-h" || a == "--help") {
-        std::fputs(kUsage, stdout);
-        return 0;
-      }
-      if (a == "--quiet") {
-        o.progress = false;
-        o.net.log = false;
-        continue;
-      }
-      if (a == "--overlay-jpeg") {
-        o.overlay_jpeg = true;
-        continue;
-      }
-      if (a == "--fp32-only") {
-        o.accept_blobs = st::protocol::kAcceptF32;
-        continue;
-      }
-      if (a == "--loop") {
-        o.loop = true;
-        continue;
-      }
-      if (i + 1 >= argc) return usage_error("option " + a + " needs a value");
-      std::string v = argv[++i];
-      if (a == "--server") server = v;
-      else if (a == "--token") o.token = v, have_token = true;
-      else if (a == "--token-file") token_file = v;
-      else if (a == "--video") o.video = v;
-      else if (a == "--weights") o.weights = v;
-      else if (a == "--mode") o.mode = st::edge::parse_edge_mode(v);
-      else if (a == "--frames") o.max_frames = std::stoll(v);
-      else if (a == "--predictions") o.predictions_dir = v;
-      else if (a == "--overlays") o.overlays_dir = v;
-      else if (a == "--link-mbps") o.net.link_mbps = std::stod(v);
-      else if (a == "--reference") o.reference_dir = v;
-      else if (a == "--device") o.device = st::net::parse_device(v);
-      else if (a == "--overlay-every") {
-        o.overlay_every = std::stoll(v);
-        if (o.overlay_every < 1) return usage_error("--overlay-every must be >= 1");
-      }
-      else if (a == "--frame-log") o.frame_log = v;
-      else if (a == "--key-encoding") {
-        if (v == "raw") o.key_encoding = st::protocol::FrameEncoding::RawBgr;
-        else if (v == "png") o.key_encoding = st::protocol::FrameEncoding::Png;
-        else if (v.rfind("jpeg", 0) == 0) {
-          o.key_encoding = st::protocol::FrameEncoding::Jpeg;
-          if (v.size() > 4) {
-            if (v[4] != ':') return usage_error("--key-encoding: raw, png, jpeg or jpeg:QUALITY");
-            o.jpeg_quality = std::stoi(v.substr(5));
-            if (o.jpeg_quality < 1 || o.jpeg_quality > 100)
-              return usage_error("--key-encoding: JPEG quality must be 1..100");
-          }
-        } else return usage_error("--key-encoding: raw, png, jpeg or jpeg:QUALITY, not " + v);
-      } else if (a == "--wait-server") o.initial_wait_s = std::stod(v);
-      else if (a == "--update-timeout") {
-        o.update_timeout_s = std::stod(v);
-        if (!(o.update_timeout_s > 0)) return usage_error("--update-timeout must be positive");
-      } else if (a == "--max-wait") {
-        // S seconds (inf: unbounded) or Nf frame times.
-        size_t used = 0;
-        const double x = std::stod(v, &used);
-        const std::string unit = v.substr(used);
-        if (!(x >= 0) || (unit != "" && unit != "f"))
-          return usage_error("--max-wait: seconds (>= 0, or inf) or Nf (N frame times), not " + v);
-        if (unit == "f") {
-          if (std::isinf(x)) return usage_error("--max-wait: inf takes no 'f'");
-          o.max_wait_s = -1, o.max_wait_frames = x;
-        } else {
-          o.max_wait_s = x;
-        }
-      }
-      else if (a == "--fps") {
-        double fps = std::stod(v);
-        if (fps <= 0) return usage_error("--fps must be positive");
-        o.frame_interval_s = 1.0 / fps;
-      } else if (a == "--json") json_out = v;
-      else return usage_error("unknown option " + a);
-    }
-    if (have_token)  // said before any other complaint about the command line
-      std::fprintf(stderr,
-                   "shadowtutor-edge: warning: --token is visible to other users of this machine "
-                   "(ps, /proc); use --token-file\n");
-    if (server.empty() || o.video.empty()) return usage_error("--server and --video are required");
     auto [host, port] = st::net::parse_host_port(server);
     o.net.host = host;
     o.net.port = port;
   } catch (const std::exception& e) {
-    return usage_error(e.what());
+    return flags.usage_error(e.what());
   }
-  if (!token_file.empty()) {
-    if (!st::net::read_token_file(token_file, o.token))
-      return usage_error("cannot read token file " + token_file);
-    have_token = true;
-  }
-  if (!have_token) return usage_error("--token-file or --token is required");
+  if (auto exit_code = st::cli::resolve_token(flags, token_file, o.token)) return *exit_code;
   o.stop = &g_stop;
   install_stop_handlers();
   try {

@@ -7,9 +7,9 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "edge/video.h"
+#include "io/video.h"
 #include "nn/key_frame.h"
-#include "server/teacher.h"
+#include "teacher/teacher.h"
 #include "teacher_port/maskrcnn.h"
 #include "tensor/autograd.h"
 
@@ -18,24 +18,6 @@ namespace st::edge {
 using Clock = std::chrono::steady_clock;
 static double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
-}
-
-SimMode parse_sim_mode(const std::string& s) {
-  if (s == "partial") return SimMode::Partial;
-  if (s == "full") return SimMode::Full;
-  if (s == "wild") return SimMode::Wild;
-  if (s == "naive") return SimMode::Naive;
-  throw Error("unknown mode '" + s + "' (partial, full, wild, naive)");
-}
-
-const char* sim_mode_name(SimMode m) {
-  switch (m) {
-    case SimMode::Partial: return "partial";
-    case SimMode::Full: return "full";
-    case SimMode::Wild: return "wild";
-    case SimMode::Naive: return "naive";
-  }
-  return "?";
 }
 
 namespace {
@@ -51,21 +33,21 @@ SimResult simulate(const SimOptions& opt) {
   ST_CHECK(opt.labels.empty() != opt.maskrcnn.empty(),
            "simulate: give exactly one teacher (recorded labels or Mask R-CNN weights)");
   ST_CHECK(opt.eval_every >= 1, "simulate: eval_every must be >= 1, got ", opt.eval_every);
-  auto source = open_video(opt.video);
-  std::unique_ptr<server::Teacher> teacher;
+  auto source = io::open_video(opt.video);
+  std::unique_ptr<teachers::Teacher> teacher;
   SimResult r;
   if (!opt.maskrcnn.empty()) {
-    auto model = server::MaskRcnnTeacher::load(opt.maskrcnn, opt.teacher_device);
-    teacher = std::make_unique<server::MaskRcnnTeacher>(model, opt.maskrcnn.string());
+    auto model = teachers::MaskRcnnTeacher::load(opt.maskrcnn, opt.teacher_device);
+    teacher = std::make_unique<teachers::MaskRcnnTeacher>(model, opt.maskrcnn.string());
     r.teacher = teacher->describe() + " (Detectron2 conventions, " +
                 (opt.teacher_device.is_cuda() ? "cuda:" + std::to_string(opt.teacher_device.index) : "cpu") + ")";
   } else {
-    teacher = std::make_unique<server::RecordedTeacher>(opt.labels);
+    teacher = std::make_unique<teachers::RecordedTeacher>(opt.labels);
     r.teacher = teacher->describe();
   }
   const int64_t H = source->height(), W = source->width();
 
-  r.mode = sim_mode_name(opt.mode);
+  r.mode = mode_name(opt.mode);
   r.delay = opt.delay;
   r.step_histogram.assign(size_t(opt.distill.max_updates + 1), 0);
 
@@ -77,10 +59,9 @@ SimResult simulate(const SimOptions& opt) {
     r.weights = "random init";
   }
   server_student.load_state(edge_student.named_parameters(), "edge student");
-  const nn::Distillation dmode =
-      opt.mode == SimMode::Full ? nn::Distillation::Full : nn::Distillation::Partial;
+  const nn::Distillation dmode = nn::distillation_of(opt.mode);
   std::unique_ptr<nn::Distiller> distiller;
-  if (opt.mode == SimMode::Partial || opt.mode == SimMode::Full)
+  if (dmode != nn::Distillation::None)  // partial, full: the server half distils
     distiller = std::make_unique<nn::Distiller>(server_student, dmode, opt.distill);
   edge_student.configure(nn::Distillation::None);  // the edge never trains
 
@@ -96,7 +77,7 @@ SimResult simulate(const SimOptions& opt) {
   int64_t steps_total = 0, teacher_calls = 0;
   auto t_start = Clock::now();
 
-  Frame f;
+  io::Frame f;
   while ((opt.max_frames < 0 || r.frames < opt.max_frames) && source->next(f)) {
     const int64_t i = f.index;
     ST_CHECK(f.bgr.height == H && f.bgr.width == W, "simulate: frame ", i, " changed size");
@@ -107,8 +88,8 @@ SimResult simulate(const SimOptions& opt) {
     }
     const bool key = distiller && i == next_key;
     const bool evaluate = i % opt.eval_every == 0;
-    server::TeacherOutput truth;
-    if (key || evaluate || opt.mode == SimMode::Naive) {
+    teachers::TeacherOutput truth;
+    if (key || evaluate || opt.mode == Mode::Naive) {
       auto t0 = Clock::now();
       truth = teacher->run(uint64_t(i), f.bgr.pixels.data(), H, W);
       teacher_ms += ms_since(t0);
@@ -119,7 +100,7 @@ SimResult simulate(const SimOptions& opt) {
     }
 
     std::vector<uint8_t> pred;
-    if (opt.mode == SimMode::Naive) {
+    if (opt.mode == Mode::Naive) {
       // Every frame goes up; the client waits for the teacher's label map.
       pred = truth.labels;
       r.bytes_up += frame_bytes + kMessageHeaderBytes;
@@ -168,8 +149,8 @@ SimResult simulate(const SimOptions& opt) {
     }
     char name[32];
     std::snprintf(name, sizeof name, "%06lld.png", (long long)i);
-    if (!opt.predictions_dir.empty()) write_label_png(opt.predictions_dir / name, pred, H, W);
-    if (!opt.overlays_dir.empty()) write_overlay_png(opt.overlays_dir / name, f.bgr, pred);
+    if (!opt.predictions_dir.empty()) io::write_label_png(opt.predictions_dir / name, pred, H, W);
+    if (!opt.overlays_dir.empty()) io::write_overlay_png(opt.overlays_dir / name, f.bgr, pred);
     ++r.frames;
     if (opt.progress) {
       double s = std::chrono::duration<double>(Clock::now() - t_start).count();
@@ -185,7 +166,7 @@ SimResult simulate(const SimOptions& opt) {
   for (double m : r.frame_miou) sum += m;
   r.mean_miou = r.frame_miou.empty() ? 0.0 : sum / double(r.frame_miou.size());
   r.teacher_calls = teacher_calls;
-  r.mean_student_ms = opt.mode == SimMode::Naive ? 0 : student_ms / double(r.frames);
+  r.mean_student_ms = opt.mode == Mode::Naive ? 0 : student_ms / double(r.frames);
   r.mean_step_ms = steps_total ? step_ms / double(steps_total) : 0;
   r.mean_teacher_ms = teacher_ms / double(std::max<int64_t>(teacher_calls, 1));
   r.wall_s = std::chrono::duration<double>(Clock::now() - t_start).count();

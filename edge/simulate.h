@@ -7,14 +7,11 @@
 #include <string>
 #include <vector>
 
+#include "common/mode.h"
 #include "nn/blob.h"
 #include "nn/distill.h"
 
 namespace st::edge {
-
-enum class SimMode { Partial, Full, Wild, Naive };
-SimMode parse_sim_mode(const std::string& s);  // partial | full | wild | naive
-const char* sim_mode_name(SimMode m);
 
 struct SimOptions {
   std::filesystem::path video;            // directory of images or a video file
@@ -25,11 +22,11 @@ struct SimOptions {
   // (1 = every frame; a live Mask R-CNN on a CPU takes seconds per frame).
   int64_t eval_every = 1;
   std::filesystem::path weights;          // student weights (.safetensors); empty = random init
-  SimMode mode = SimMode::Partial;
+  Mode mode = Mode::Partial;              // Partial, Full, Wild or Naive
   int delay = 1;                          // update applied after this many frames (1..MIN_STRIDE)
   int64_t max_frames = -1;                // -1 = all
   nn::DistillConfig distill;
-  nn::BlobEncoding encoding = nn::BlobEncoding::F32;
+  BlobEncoding encoding = BlobEncoding::F32;  // F32 or F16
   std::filesystem::path predictions_dir;  // optional: label PNGs
   std::filesystem::path overlays_dir;     // optional: overlay PNGs
   bool progress = true;                   // live progress line on stderr

@@ -24,6 +24,20 @@ T get(const uint8_t* p, size_t at) {
   std::memcpy(&v, p + at, sizeof(T));
   return v;
 }
+
+// The blob header numbers its encoding 0 = fp32, 1 = fp16, while BlobEncoding (the wire's
+// blob_kind) has None = 0, F32 = 1, F16 = 2. Both formats are fixed (docs/protocol.md), so the
+// two numberings meet here and only here.
+uint8_t header_code(BlobEncoding enc) {
+  ST_CHECK(enc == BlobEncoding::F32 || enc == BlobEncoding::F16, "parameter blob: encoding ",
+           blob_encoding_name(enc), " holds no values (fp32 or fp16)");
+  return enc == BlobEncoding::F32 ? 0 : 1;
+}
+BlobEncoding from_header_code(uint8_t code) {
+  ST_CHECK(code <= 1, "parameter blob: unknown encoding ", int(code));
+  return code == 0 ? BlobEncoding::F32 : BlobEncoding::F16;
+}
+size_t bytes_per_value(BlobEncoding enc) { return header_code(enc) == 0 ? 4 : 2; }
 }  // namespace
 
 uint64_t layout_hash(const Student& s, Distillation mode) {
@@ -49,7 +63,7 @@ uint64_t layout_hash(const Student& s, Distillation mode) {
 size_t blob_size(const Student& s, Distillation mode, BlobEncoding enc) {
   size_t n = 0;
   for (auto& t : s.trained_parameters(mode)) n += size_t(t.numel());
-  return kHeader + n * (enc == BlobEncoding::F32 ? 4 : 2);
+  return kHeader + n * bytes_per_value(enc);
 }
 
 std::vector<uint8_t> pack_trained(const Student& s, Distillation mode, BlobEncoding enc) {
@@ -57,7 +71,7 @@ std::vector<uint8_t> pack_trained(const Student& s, Distillation mode, BlobEncod
   std::vector<uint8_t> b(blob_size(s, mode, enc), 0);
   put<uint32_t>(b, 0, kMagic);
   put<uint16_t>(b, 4, kVersion);
-  put<uint8_t>(b, 6, uint8_t(enc));
+  put<uint8_t>(b, 6, header_code(enc));
   put<uint64_t>(b, 8, layout_hash(s, mode));
   put<uint32_t>(b, 16, uint32_t(params.size()));
   size_t at = kHeader;
@@ -82,22 +96,21 @@ void unpack_trained(Student& s, Distillation mode, const uint8_t* data, size_t s
   ST_CHECK(get<uint32_t>(data, 0) == kMagic, "parameter blob: bad magic");
   ST_CHECK(get<uint16_t>(data, 4) == kVersion, "parameter blob: version ",
            get<uint16_t>(data, 4), ", expected ", kVersion);
-  uint8_t enc = get<uint8_t>(data, 6);
-  ST_CHECK(enc <= 1, "parameter blob: unknown encoding ", int(enc));
+  const BlobEncoding enc = from_header_code(get<uint8_t>(data, 6));
   ST_CHECK(get<uint64_t>(data, 8) == layout_hash(s, mode),
            "parameter blob: layout hash mismatch (the sender trains a different set of tensors "
            "or shapes than this ", distillation_name(mode), " student)");
   auto params = s.trained_parameters(mode);
   ST_CHECK(get<uint32_t>(data, 16) == params.size(), "parameter blob: ", get<uint32_t>(data, 16),
            " tensors, expected ", params.size());
-  size_t expect = blob_size(s, mode, BlobEncoding(enc));
+  size_t expect = blob_size(s, mode, enc);
   ST_CHECK(size == expect, "parameter blob: ", size, " bytes, expected ", expect);
   // Decode everything first, then assign (no partial update on error above).
   std::vector<Tensor> decoded;
   size_t at = kHeader;
   for (auto& p : params) {
     std::vector<float> v(size_t(p.numel()));
-    if (enc == 0) {
+    if (enc == BlobEncoding::F32) {
       std::memcpy(v.data(), data + at, v.size() * 4);
       at += v.size() * 4;
     } else {
@@ -111,6 +124,25 @@ void unpack_trained(Student& s, Distillation mode, const uint8_t* data, size_t s
   }
   NoGradGuard ng;
   for (size_t i = 0; i < params.size(); ++i) params[i].copy_(decoded[i].to(params[i].device()));
+}
+
+uint64_t weights_hash(const Student& s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&](const void* p, size_t n) {
+    const unsigned char* c = static_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < n; ++i) {
+      h ^= c[i];
+      h *= 0x100000001b3ull;
+    }
+  };
+  for (auto& [name, t] : s.named_parameters()) {
+    mix(name.data(), name.size());
+    for (int64_t d : t.shape()) mix(&d, sizeof d);
+    Tensor c = t.device().is_cpu() ? t.contiguous() : t.to(Device::cpu());
+    ST_CHECK(c.dtype() == DType::F32, "weights_hash: parameter ", name, " is not float32");
+    mix(c.data<float>(), size_t(c.numel()) * sizeof(float));
+  }
+  return h;
 }
 
 }  // namespace st::nn

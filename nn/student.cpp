@@ -34,11 +34,14 @@ const char* distillation_name(Distillation d) {
   return "?";
 }
 
-Distillation parse_distillation(const std::string& s) {
-  if (s == "none") return Distillation::None;
-  if (s == "partial") return Distillation::Partial;
-  if (s == "full") return Distillation::Full;
-  throw Error("unknown distillation mode '" + s + "' (none, partial, full)");
+Distillation distillation_of(Mode mode) {
+  switch (mode) {
+    case Mode::Partial: return Distillation::Partial;
+    case Mode::Full: return Distillation::Full;
+    case Mode::Naive:
+    case Mode::Wild: return Distillation::None;
+  }
+  throw Error("distillation_of: unknown mode " + std::to_string(int(mode)));
 }
 
 Student::Student(uint64_t seed) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/mode.h"
 #include "nn/module.h"
 
 namespace st::nn {
@@ -38,9 +39,14 @@ struct StudentFront {
   int64_t h = 0, w = 0;        // input size
 };
 
+// Which of the student's tensors train (and travel in a blob). Not a second mode enum: it is a
+// property of one student copy, derived from the run's Mode by distillation_of, and it has a
+// value no Mode has: None, the copy that never trains (the edge's own, a frozen student).
 enum class Distillation { None, Partial, Full };
-const char* distillation_name(Distillation d);
-Distillation parse_distillation(const std::string& s);  // "none" | "partial" | "full"
+const char* distillation_name(Distillation d);  // "none" | "partial" | "full"
+// The tensors a mode trains: Partial -> Partial (dec2 .. out_conv3), Full -> Full (all),
+// Naive and Wild -> None (nothing is distilled).
+Distillation distillation_of(Mode mode);
 
 class Student : public Module {
  public:

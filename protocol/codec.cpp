@@ -209,16 +209,18 @@ void check_u32_size(const char* msg, const char* field, size_t size) {
   if (size > std::numeric_limits<uint32_t>::max())
     bad(msg, field, std::to_string(size) + " bytes does not fit a u32 length");
 }
-void check_blob(const char* msg, BlobKind kind, size_t size) {
-  if (uint8_t(kind) > uint8_t(BlobKind::F16))
+void check_blob(const char* msg, BlobEncoding kind, size_t size) {
+  if (uint8_t(kind) > uint8_t(BlobEncoding::F16))
     bad(msg, "blob_kind", "unknown value " + std::to_string(int(kind)));
-  if (kind == BlobKind::None && size != 0)
+  if (kind == BlobEncoding::None && size != 0)
     bad(msg, "blob", "blob_kind None but the blob has " + std::to_string(size) + " bytes");
-  if (kind != BlobKind::None && size == 0) bad(msg, "blob", "empty for a non-None blob_kind");
+  if (kind != BlobEncoding::None && size == 0) bad(msg, "blob", "empty for a non-None blob_kind");
   check_u32_size(msg, "blob", size);
 }
-void check_mode(const char* msg, SessionMode m) {
-  if (uint8_t(m) > uint8_t(SessionMode::Naive))
+void check_mode(const char* msg, Mode m) {
+  // Partial, Full, Naive: the session modes. Mode::Wild (3), the student alone, never goes on
+  // the wire and is refused like any other unknown value.
+  if (uint8_t(m) > uint8_t(Mode::Naive))
     bad(msg, "mode", "unknown value " + std::to_string(int(m)));
 }
 void check_stride(const char* msg, const char* field, uint32_t v) {
@@ -363,7 +365,7 @@ Hello read_hello(Reader& r) {
   Hello m;
   m.min_version = r.u16("min_version");
   m.max_version = r.u16("max_version");
-  m.mode = SessionMode(r.u8("mode"));
+  m.mode = Mode(r.u8("mode"));
   m.accept_blobs = r.u8("accept_blobs");
   m.layout_hash = r.u64("layout_hash");
   m.weights_hash = r.u64("weights_hash");
@@ -377,13 +379,13 @@ Welcome read_welcome(Reader& r) {
   Welcome m;
   m.version = r.u16("version");
   m.session_id = r.u64("session_id");
-  m.mode = SessionMode(r.u8("mode"));
+  m.mode = Mode(r.u8("mode"));
   m.accept_frames = r.u8("accept_frames");
   m.min_stride = r.u32("min_stride");
   m.max_stride = r.u32("max_stride");
   m.threshold = r.f32("threshold");
   m.scope = WeightsScope(r.u8("scope"));
-  m.blob_kind = BlobKind(r.u8("blob_kind"));
+  m.blob_kind = BlobEncoding(r.u8("blob_kind"));
   m.blob = r.bytes32("blob");
   return m;
 }
@@ -402,7 +404,7 @@ Update read_update(Reader& r) {
   m.next_stride = r.u32("next_stride");
   m.accuracy = r.f32("accuracy");
   m.steps = r.u32("steps");
-  m.blob_kind = BlobKind(r.u8("blob_kind"));
+  m.blob_kind = BlobEncoding(r.u8("blob_kind"));
   m.blob = r.bytes32("blob");
   return m;
 }

@@ -10,9 +10,9 @@ const char* role_name(Role r) { return r == Role::Edge ? "edge" : "server"; }
                       std::string(message_type_name(t)) + " from the " + role_name(from) + ": " +
                           why);
 }
-bool blob_accepted(uint8_t accept, BlobKind k) {
-  return k == BlobKind::None || (k == BlobKind::F32 && (accept & kAcceptF32)) ||
-         (k == BlobKind::F16 && (accept & kAcceptF16));
+bool blob_accepted(uint8_t accept, BlobEncoding k) {
+  return k == BlobEncoding::None || (k == BlobEncoding::F32 && (accept & kAcceptF32)) ||
+         (k == BlobEncoding::F16 && (accept & kAcceptF16));
 }
 }  // namespace
 
@@ -74,7 +74,7 @@ void Conversation::check(Role from, const Message& m) {
     case MessageType::Update:
     case MessageType::Labels: {
       if (edge) unexpected(from, t, "only the server answers key frames");
-      const bool naive = welcome_->mode == SessionMode::Naive;
+      const bool naive = welcome_->mode == Mode::Naive;
       if (naive != (t == MessageType::Labels))
         unexpected(from, t, naive ? "a Naive session answers with LABELS"
                                   : "a distillation session answers with UPDATE");

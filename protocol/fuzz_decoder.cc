@@ -91,7 +91,7 @@ Body scripted(MessageType t, uint8_t p, uint8_t q) {
     case MessageType::Hello: {
       Hello h;
       h.max_version = uint16_t(1 + q % 2);
-      h.mode = SessionMode(p % 3);
+      h.mode = st::Mode(p % 3);
       h.accept_blobs = uint8_t(1 + (p >> 2) % 3);
       h.frame_width = 4;
       h.frame_height = 3;
@@ -100,9 +100,9 @@ Body scripted(MessageType t, uint8_t p, uint8_t q) {
     case MessageType::Welcome: {
       Welcome w;
       w.version = uint16_t(1 + q % 2);
-      w.mode = SessionMode(p % 3);
-      w.blob_kind = BlobKind((p >> 2) % 3);
-      if (w.blob_kind != BlobKind::None) w.blob = {1, 2};
+      w.mode = st::Mode(p % 3);
+      w.blob_kind = st::BlobEncoding((p >> 2) % 3);
+      if (w.blob_kind != st::BlobEncoding::None) w.blob = {1, 2};
       w.accept_frames = uint8_t(kAcceptRawBgr | ((q >> 1) & 6));
       return w;
     }
@@ -119,8 +119,8 @@ Body scripted(MessageType t, uint8_t p, uint8_t q) {
       Update u;
       u.key_frame = p;
       u.next_stride = uint32_t(1 + q % 80);
-      u.blob_kind = BlobKind((q >> 6) % 3);
-      if (u.blob_kind != BlobKind::None) u.blob = {3};
+      u.blob_kind = st::BlobEncoding((q >> 6) % 3);
+      if (u.blob_kind != st::BlobEncoding::None) u.blob = {3};
       return u;
     }
     case MessageType::Labels: {

@@ -6,8 +6,9 @@
 //   Decoder d; d.feed(bytes.data(), bytes.size()); // protocol/decoder.h
 //   Message got; while (d.next(got)) { ... }
 //
-// Everything is std-only; ProtocolError derives from st::Error (tensor/error.h) so callers that
-// catch st::Error see protocol failures too.
+// Everything is std-only; ProtocolError derives from st::Error (common/error.h) so callers that
+// catch st::Error see protocol failures too. The session mode (st::Mode) and the blob encoding
+// (st::BlobEncoding) are the common/ enums every layer uses; their values are the wire's.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -16,7 +17,9 @@
 #include <variant>
 #include <vector>
 
-#include "tensor/error.h"
+#include "common/blob_encoding.h"
+#include "common/error.h"
+#include "common/mode.h"
 
 namespace st::protocol {
 
@@ -91,10 +94,10 @@ class ProtocolError : public st::Error {
 };
 
 enum class FrameEncoding : uint8_t { RawBgr = 0, Png = 1, Jpeg = 2 };
-// What a parameter blob (nn/blob.h) in WELCOME/UPDATE holds: None = no blob ("no change").
-enum class BlobKind : uint8_t { None = 0, F32 = 1, F16 = 2 };
-// The session's work: partial or full distillation (ShadowTutor), or naive offloading.
-enum class SessionMode : uint8_t { Partial = 0, Full = 1, Naive = 2 };
+// A session's mode is st::Mode (common/mode.h): Partial 0, Full 1 or Naive 2 on the wire (Wild
+// is not a session mode: the codec refuses it as it refuses any unknown value). What a parameter
+// blob (nn/blob.h) in WELCOME/UPDATE holds is st::BlobEncoding (common/blob_encoding.h): None 0
+// = no blob ("no change"), F32 1, F16 2.
 // Which tensors WELCOME's blob holds: the trained part of the mode, or the full student.
 enum class WeightsScope : uint8_t { Trained = 0, Full = 1 };
 
@@ -112,7 +115,7 @@ inline constexpr uint8_t kAcceptJpeg = 1u << 2;
 struct Hello {
   uint16_t min_version = kVersionMin;  // protocol versions the edge speaks
   uint16_t max_version = kVersionMax;
-  SessionMode mode = SessionMode::Partial;  // requested
+  Mode mode = Mode::Partial;  // requested: Partial, Full or Naive
   uint64_t layout_hash = 0;   // nn::layout_hash(student, Full) of the edge's student
   uint64_t weights_hash = 0;  // hash of the edge's full student weights (opaque to the protocol)
   uint32_t frame_width = 0;   // the video's frame size
@@ -127,13 +130,13 @@ struct Hello {
 struct Welcome {
   uint16_t version = kProtocolVersion;  // the negotiated version; used from here on
   uint64_t session_id = 0;
-  SessionMode mode = SessionMode::Partial;  // in force
+  Mode mode = Mode::Partial;                // in force
   uint32_t min_stride = 8;                  // key-frame stride limits (SPEC 5)
   uint32_t max_stride = 64;
   float threshold = 0.8f;                   // mIoU threshold of Algorithm 1
   uint8_t accept_frames = kAcceptRawBgr;    // kAcceptRawBgr | kAcceptPng | kAcceptJpeg
   WeightsScope scope = WeightsScope::Trained;
-  BlobKind blob_kind = BlobKind::None;  // None <=> blob empty
+  BlobEncoding blob_kind = BlobEncoding::None;  // None <=> blob empty
   std::vector<uint8_t> blob;            // nn/blob.h parameter blob, opaque here
   bool operator==(const Welcome&) const = default;
 };
@@ -153,7 +156,7 @@ struct Update {
   uint32_t next_stride = 8;   // next key frame = key_frame + next_stride
   float accuracy = 0.f;       // mIoU after distillation, in [0, 1]
   uint32_t steps = 0;         // optimizer steps taken (0 = training skipped)
-  BlobKind blob_kind = BlobKind::None;  // None = "no change": keep the current weights
+  BlobEncoding blob_kind = BlobEncoding::None;  // None = "no change": keep the current weights
   std::vector<uint8_t> blob;            // the trained-part blob; empty iff None
   bool operator==(const Update&) const = default;
 };

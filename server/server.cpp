@@ -18,7 +18,7 @@
 #include "nn/key_frame.h"
 #include "protocol/conversation.h"
 #include "protocol/decoder.h"
-#include "server/common.h"
+#include "net/net.h"
 #include "server/frame_decoder.h"
 #include "tensor/autograd.h"
 #include "tensor/image.h"
@@ -52,7 +52,7 @@ struct Server::Impl {
 
   std::unique_ptr<nn::Student> base;
   uint64_t base_hash = 0, layout = 0;
-  std::vector<uint8_t> full_blob[2];  // indexed by BlobEncoding
+  std::vector<uint8_t> full_blob[3];  // indexed by BlobEncoding (F32, F16)
 
   std::unordered_map<Session*, std::shared_ptr<Session>> sessions;  // loop thread only
   uint64_t next_id = 1;
@@ -94,15 +94,15 @@ struct Session {
   std::vector<char> rbuf = std::vector<char>(kReadChunk);
 
   // Set at HELLO on the loop thread; then only read.
-  SessionMode mode = SessionMode::Partial;
-  nn::Distillation dmode = nn::Distillation::Partial;
-  nn::BlobEncoding blob_enc = nn::BlobEncoding::F32;
+  Mode mode = Mode::Partial;
+  nn::Distillation dmode = nn::Distillation::Partial;  // nn::distillation_of(mode)
+  BlobEncoding blob_enc = BlobEncoding::F32;
   uint32_t width = 0, height = 0;
 
   // Used only by the (single) worker job in flight.
   std::unique_ptr<nn::Student> student;
   std::unique_ptr<nn::Distiller> distiller;
-  std::unique_ptr<Teacher> teacher;
+  std::unique_ptr<teachers::Teacher> teacher;
   int stride = 8;
 
   // Loop thread state.
@@ -284,7 +284,7 @@ void work(uv_work_t* r) {
     }
   }
   try {
-    TeacherOutput t;
+    teachers::TeacherOutput t;
     try {
       t = s.teacher->run(j.kf.frame_index, j.kf.data.data(), H, W);
       ST_CHECK(t.height == H && t.width == W && t.labels.size() == size_t(H * W),
@@ -299,7 +299,7 @@ void work(uv_work_t* r) {
                  ": " + e.what();
       return;
     }
-    if (s.mode == SessionMode::Naive) {
+    if (s.mode == Mode::Naive) {
       j.answer = Labels{j.kf.frame_index, j.kf.width, j.kf.height, std::move(t.labels)};
       return;
     }
@@ -322,7 +322,7 @@ void work(uv_work_t* r) {
     if (!std::isfinite(u.accuracy)) u.accuracy = 0.f;
     u.steps = uint32_t(a.outcome.steps);
     if (a.outcome.steps > 0) {
-      u.blob_kind = s.blob_enc == nn::BlobEncoding::F32 ? BlobKind::F32 : BlobKind::F16;
+      u.blob_kind = s.blob_enc;
       u.blob = std::move(a.blob);
     }
     j.answer = std::move(u);
@@ -387,9 +387,9 @@ void handle_hello(Session& s, const Hello& h) {
     throw ProtocolError(ErrorCode::LayoutMismatch,
                         "HELLO.layout_hash " + std::to_string(h.layout_hash) +
                             " is not the server student's " + std::to_string(srv.layout));
-  const bool offered = (h.mode == SessionMode::Partial && opt.offer_partial) ||
-                       (h.mode == SessionMode::Full && opt.offer_full) ||
-                       (h.mode == SessionMode::Naive && opt.offer_naive);
+  const bool offered = (h.mode == Mode::Partial && opt.offer_partial) ||
+                       (h.mode == Mode::Full && opt.offer_full) ||
+                       (h.mode == Mode::Naive && opt.offer_naive);
   if (!offered)
     throw ProtocolError(ErrorCode::UnsupportedMode,
                         "HELLO.mode " + std::to_string(int(h.mode)) + " is not offered");
@@ -401,14 +401,14 @@ void handle_hello(Session& s, const Hello& h) {
                                              " sessions, its limit");
 
   // Blob encoding: the preferred one when the edge applies it, else the other.
-  nn::BlobEncoding enc = opt.encoding;
-  auto accepts = [&](nn::BlobEncoding e) {
-    return (h.accept_blobs & (e == nn::BlobEncoding::F32 ? kAcceptF32 : kAcceptF16)) != 0;
+  BlobEncoding enc = opt.encoding;
+  auto accepts = [&](BlobEncoding e) {
+    return (h.accept_blobs & (e == BlobEncoding::F32 ? kAcceptF32 : kAcceptF16)) != 0;
   };
-  if (!accepts(enc)) enc = enc == nn::BlobEncoding::F32 ? nn::BlobEncoding::F16 : nn::BlobEncoding::F32;
+  if (!accepts(enc)) enc = enc == BlobEncoding::F32 ? BlobEncoding::F16 : BlobEncoding::F32;
   s.blob_enc = enc;
   s.mode = h.mode;
-  s.dmode = h.mode == SessionMode::Full ? nn::Distillation::Full : nn::Distillation::Partial;
+  s.dmode = nn::distillation_of(h.mode);
   s.width = h.frame_width;
   s.height = h.frame_height;
   s.stride = opt.distill.min_stride;
@@ -425,11 +425,11 @@ void handle_hello(Session& s, const Hello& h) {
   if (h.weights_hash != srv.base_hash) {
     // The edge's weights are not the server's base: send the full student.
     w.scope = WeightsScope::Full;
-    w.blob_kind = enc == nn::BlobEncoding::F32 ? BlobKind::F32 : BlobKind::F16;
+    w.blob_kind = enc;
     w.blob = srv.full_blob[size_t(enc)];
   } else {
     w.scope = WeightsScope::Trained;  // a new session's trained part is the base's: keep it
-    w.blob_kind = BlobKind::None;
+    w.blob_kind = BlobEncoding::None;
   }
   const bool full = w.scope == WeightsScope::Full;
   send(s, std::move(w));
@@ -644,16 +644,16 @@ void Server::start() {
   ST_CHECK(m.opt.max_pending >= 1, "server: max_pending must be >= 1");
   ST_CHECK(m.opt.max_frame_pixels >= 1, "server: max_frame_pixels must be >= 1");
   ST_CHECK(m.opt.max_queued_bytes >= kHeaderSize, "server: max_queued_bytes below one message");
+  ST_CHECK(m.opt.encoding == BlobEncoding::F32 || m.opt.encoding == BlobEncoding::F16,
+           "server: the blob encoding must be fp32 or fp16");
   net::ignore_sigpipe();
   if (!m.base) {
     m.base = std::make_unique<nn::Student>(m.opt.init_seed);
     if (!m.opt.weights.empty()) m.base->load_safetensors(m.opt.weights);
-    m.base_hash = net::weights_hash(*m.base);
+    m.base_hash = nn::weights_hash(*m.base);
     m.layout = nn::layout_hash(*m.base, nn::Distillation::Full);
-    m.full_blob[size_t(nn::BlobEncoding::F32)] =
-        nn::pack_trained(*m.base, nn::Distillation::Full, nn::BlobEncoding::F32);
-    m.full_blob[size_t(nn::BlobEncoding::F16)] =
-        nn::pack_trained(*m.base, nn::Distillation::Full, nn::BlobEncoding::F16);
+    for (BlobEncoding e : {BlobEncoding::F32, BlobEncoding::F16})
+      m.full_blob[size_t(e)] = nn::pack_trained(*m.base, nn::Distillation::Full, e);
   }
   // A previous run's loop is closed in stop(); each start uses a fresh one.
   ST_CHECK(uv_loop_init(&m.loop) == 0, "server: uv_loop_init failed");

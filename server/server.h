@@ -4,7 +4,7 @@
 // wire protocol; SPEC §4–§6 the algorithms.
 //
 //   ServerOptions o; o.port = 0; o.token = "secret";
-//   o.teacher = [] { return std::make_unique<RecordedTeacher>("labels/"); };
+//   o.teacher = [] { return std::make_unique<teachers::RecordedTeacher>("labels/"); };
 //   Server s(o); s.start(); int port = s.port(); ... s.stop();
 //
 // Every session owns its Student copy (from the base weights) and its Distiller (Adam state
@@ -21,7 +21,7 @@
 #include "nn/blob.h"
 #include "nn/distill.h"
 #include "protocol/protocol.h"
-#include "server/teacher.h"
+#include "teacher/teacher.h"
 
 namespace st::server {
 
@@ -32,7 +32,7 @@ struct ServerOptions {
   std::filesystem::path weights;      // base student weights; empty = Student(init_seed)
   uint64_t init_seed = 0;
   nn::DistillConfig distill;          // threshold, max updates, strides, lr
-  nn::BlobEncoding encoding = nn::BlobEncoding::F32;  // preferred; the other if HELLO refuses it
+  BlobEncoding encoding = BlobEncoding::F32;  // preferred (F32, F16); the other if HELLO refuses it
   size_t max_message_bytes = protocol::kDefaultMaxMessageSize;
   size_t max_sessions = 64;
   // Limits against hostile peers (docs/security.md). Connections that have not been welcomed:
@@ -55,7 +55,7 @@ struct ServerOptions {
   // 0 = never.
   double idle_timeout_s = 300;
   Device device = Device::cpu();      // where sessions' students train (cuda:N: the GPU)
-  TeacherFactory teacher;             // required
+  teachers::TeacherFactory teacher;   // required
   bool log = true;                    // one line per session event on stderr
   // Where log lines go when set (tests); else stderr. Text from peers is logged through
   // net::peer_text: printable ASCII, length-capped.

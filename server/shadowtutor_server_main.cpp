@@ -5,138 +5,91 @@
 #include <fstream>
 #include <string>
 
-#include "server/common.h"
+#include "cli/flags.h"
 #include "server/server.h"
-
-namespace {
-
-const char* kUsage = R"(usage: shadowtutor-server --port P (--token-file F | --token T)
-                          (--labels DIR | --teacher-cmd "CMD ARGS" | --maskrcnn FILE) [options]
-
-  --port P              TCP port to listen on (0 = any free port, printed at start)
-  --host ADDR           numeric address to bind (default 127.0.0.1)
-  --token-file F        the auth token edges must present in HELLO: the first line of file F
-                        (a trailing newline dropped)
-  --token T             the token on the command line (visible to every user in `ps`)
-  --labels DIR          recorded teacher: DIR/<frame %06d>.png label maps
-  --teacher-cmd CMD     external teacher: `/bin/sh -c CMD`, one process per session, speaking
-                        the pipe format of docs/teacher_pipe.md
-  --teacher-timeout S   seconds the external teacher may take per frame (default 120)
-  --maskrcnn FILE       the Mask R-CNN port as the teacher (Detectron2-named safetensors weights;
-                        Detectron2 conventions, score threshold 0.5), loaded once
-  --weights FILE        base student weights (.safetensors); default: deterministic init
-  --modes LIST          modes offered, comma-separated: partial,full,naive (default all)
-  --encoding E          preferred blob encoding fp32 | fp16 (default fp32)
-  --threshold T         Algorithm 1/2 threshold (default 0.8)
-  --max-updates U       distillation steps per key frame (default 8)
-  --min-stride S        (default 8)      --max-stride S   (default 64)
-  --max-message-bytes N largest message accepted (default 16 MiB)
-  --max-sessions N      concurrent sessions (default 64)
-  --max-pending N       connections that have not said HELLO yet (default 64)
-  --max-per-address N   connections from one IP address (default 32, 0 = no limit)
-  --hello-timeout S     a connection must say HELLO within S seconds (default 30)
-  --max-frame-pixels N  largest key frame, width x height (default 2073600 = 1920x1080)
-  --max-queued-bytes N  bytes queued for a peer that does not read before it is closed
-                        (default 16 MiB)
-  --idle-timeout S      close a session silent for S seconds; PING it after S/2 (default 300,
-                        0 = never)
-  --device D            cpu | cuda | cuda:N: where distillation runs (default cpu)
-  --quiet               no per-session log lines
-)";
-
-int usage_error(const std::string& msg) {
-  std::fprintf(stderr, "shadowtutor-server: %s\n\n%s", msg.c_str(), kUsage);
-  return 2;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   st::server::ServerOptions o;
   std::string labels, cmd, token_file, maskrcnn;
-  bool have_token = false, have_port = false;
   double teacher_timeout = 120;
-  try {
-    for (int i = 1; i < argc; ++i) {
-      std::string a = argv[i];
-      if (a == "-h" || a == "--help") {
-        std::fputs(kUsage, stdout);
-        return 0;
-      }
-      if (a == "--quiet") {
-        o.log = false;
-        continue;
-      }
-      if (i + 1 >= argc) return usage_error("option " + a + " needs a value");
-      std::string v = argv[++i];
-      if (a == "--port") o.port = std::stoi(v), have_port = true;
-      else if (a == "--host") o.host = v;
-      else if (a == "--token") o.token = v, have_token = true;
-      else if (a == "--token-file") token_file = v;
-      else if (a == "--labels") labels = v;
-      else if (a == "--teacher-cmd") cmd = v;
-      else if (a == "--maskrcnn") maskrcnn = v;
-      else if (a == "--teacher-timeout") teacher_timeout = std::stod(v);
-      else if (a == "--weights") o.weights = v;
-      else if (a == "--modes") {
-        o.offer_partial = v.find("partial") != std::string::npos;
-        o.offer_full = v.find("full") != std::string::npos;
-        o.offer_naive = v.find("naive") != std::string::npos;
-        if (!o.offer_partial && !o.offer_full && !o.offer_naive)
-          return usage_error("--modes offers nothing");
-      } else if (a == "--encoding") {
-        if (v != "fp32" && v != "fp16") return usage_error("--encoding must be fp32 or fp16");
-        o.encoding = v == "fp16" ? st::nn::BlobEncoding::F16 : st::nn::BlobEncoding::F32;
-      } else if (a == "--threshold") o.distill.threshold = std::stod(v);
-      else if (a == "--max-updates") o.distill.max_updates = std::stoi(v);
-      else if (a == "--min-stride") o.distill.min_stride = std::stoi(v);
-      else if (a == "--max-stride") o.distill.max_stride = std::stoi(v);
-      else if (a == "--max-message-bytes") o.max_message_bytes = std::stoull(v);
-      else if (a == "--max-sessions") o.max_sessions = std::stoull(v);
-      else if (a == "--max-pending") o.max_pending = std::stoull(v);
-      else if (a == "--max-per-address") o.max_per_address = std::stoull(v);
-      else if (a == "--hello-timeout") o.hello_timeout_s = std::stod(v);
-      else if (a == "--max-frame-pixels") o.max_frame_pixels = std::stoull(v);
-      else if (a == "--max-queued-bytes") o.max_queued_bytes = std::stoull(v);
-      else if (a == "--device") o.device = st::net::parse_device(v);
-      else if (a == "--idle-timeout") {
-        o.idle_timeout_s = std::stod(v);
-        if (!(o.idle_timeout_s >= 0)) return usage_error("--idle-timeout must be >= 0");
-      }
-      else return usage_error("unknown option " + a);
-    }
-  } catch (const std::exception&) {
-    return usage_error("bad option value");
-  }
-  if (have_token)  // said before any other complaint about the command line
-    std::fprintf(stderr,
-                 "shadowtutor-server: warning: --token is visible to other users of this machine "
-                 "(ps, /proc); use --token-file\n");
-  if (!have_port) return usage_error("--port is required");
-  if (!token_file.empty()) {
-    if (!st::net::read_token_file(token_file, o.token))
-      return usage_error("cannot read token file " + token_file);
-    have_token = true;
-  }
-  if (!have_token) return usage_error("--token-file or --token is required");
+  st::cli::Flags flags(
+      "shadowtutor-server",
+      "usage: shadowtutor-server --port P (--token-file F | --token T)\n"
+      "                          (--labels DIR | --teacher-cmd \"CMD ARGS\" | --maskrcnn FILE) "
+      "[options]");
+  flags.integer("--port", o.port, "P",
+                "TCP port to listen on (0 = any free port, printed at start)");
+  flags.text("--host", o.host, "ADDR", "numeric address to bind (default 127.0.0.1)");
+  flags.text("--token-file", token_file, "F",
+             "the auth token edges must present in HELLO: the first line of file F\n"
+             "(a trailing newline dropped)");
+  flags.text("--token", o.token, "T",
+             "the token on the command line (visible to every user in `ps`)");
+  flags.text("--labels", labels, "DIR", "recorded teacher: DIR/<frame %06d>.png label maps");
+  flags.text("--teacher-cmd", cmd, "CMD",
+             "external teacher: `/bin/sh -c CMD`, one process per session, speaking\n"
+             "the pipe format of docs/teacher_pipe.md");
+  flags.seconds("--teacher-timeout", teacher_timeout, "S",
+                "seconds the external teacher may take per frame (default 120)");
+  flags.text("--maskrcnn", maskrcnn, "FILE",
+             "the Mask R-CNN port as the teacher (Detectron2-named safetensors weights;\n"
+             "Detectron2 conventions, score threshold 0.5), loaded once");
+  flags.path("--weights", o.weights, "FILE",
+             "base student weights (.safetensors); default: deterministic init");
+  flags.custom("--modes", "LIST",
+               "modes offered, comma-separated: partial,full,naive (default all)",
+               [&](const std::string& v) {
+                 o.offer_partial = v.find("partial") != std::string::npos;
+                 o.offer_full = v.find("full") != std::string::npos;
+                 o.offer_naive = v.find("naive") != std::string::npos;
+                 if (!o.offer_partial && !o.offer_full && !o.offer_naive)
+                   throw st::Error("offers nothing: '" + v + "'");
+               });
+  flags.custom("--encoding", "E", "preferred blob encoding fp32 | fp16 (default fp32)",
+               [&](const std::string& v) { o.encoding = st::parse_blob_encoding(v); });
+  st::cli::declare_distill_flags(flags, o.distill);
+  flags.integer("--max-message-bytes", o.max_message_bytes, "N",
+                "largest message accepted (default 16 MiB)");
+  flags.integer("--max-sessions", o.max_sessions, "N", "concurrent sessions (default 64)");
+  flags.integer("--max-pending", o.max_pending, "N",
+                "connections that have not said HELLO yet (default 64)");
+  flags.integer("--max-per-address", o.max_per_address, "N",
+                "connections from one IP address (default 32, 0 = no limit)");
+  flags.seconds("--hello-timeout", o.hello_timeout_s, "S",
+                "a connection must say HELLO within S seconds (default 30)");
+  flags.integer("--max-frame-pixels", o.max_frame_pixels, "N",
+                "largest key frame, width x height (default 2073600 = 1920x1080)");
+  flags.integer("--max-queued-bytes", o.max_queued_bytes, "N",
+                "bytes queued for a peer that does not read before it is closed\n"
+                "(default 16 MiB)");
+  flags.seconds("--idle-timeout", o.idle_timeout_s, "S",
+                "close a session silent for S seconds; PING it after S/2 (default 300,\n"
+                "0 = never)");
+  flags.device("--device", o.device, "D",
+               "cpu | cuda | cuda:N: where distillation runs (default cpu)");
+  flags.action("--quiet", [&] { o.log = false; }, "no per-session log lines");
+  if (auto exit_code = flags.parse(argc, argv)) return *exit_code;
+  st::cli::warn_token_on_command_line(flags);  // before any other complaint
+  if (!flags.given("--port")) return flags.usage_error("--port is required");
+  if (auto exit_code = st::cli::resolve_token(flags, token_file, o.token)) return *exit_code;
   if (int(!labels.empty()) + int(!cmd.empty()) + int(!maskrcnn.empty()) != 1)
-    return usage_error("give exactly one of --labels, --teacher-cmd and --maskrcnn");
+    return flags.usage_error("give exactly one of --labels, --teacher-cmd and --maskrcnn");
   if (!maskrcnn.empty()) {
-    std::shared_ptr<st::server::MaskRcnnTeacher::Shared> model;
+    std::shared_ptr<st::teachers::MaskRcnnTeacher::Shared> model;
     try {
-      model = st::server::MaskRcnnTeacher::load(maskrcnn, o.device);
+      model = st::teachers::MaskRcnnTeacher::load(maskrcnn, o.device);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "shadowtutor-server: error: %s\n", e.what());
       return 1;
     }
     o.teacher = [model, maskrcnn] {
-      return std::make_unique<st::server::MaskRcnnTeacher>(model, maskrcnn);
+      return std::make_unique<st::teachers::MaskRcnnTeacher>(model, maskrcnn);
     };
   } else if (!labels.empty())
-    o.teacher = [labels] { return std::make_unique<st::server::RecordedTeacher>(labels); };
+    o.teacher = [labels] { return std::make_unique<st::teachers::RecordedTeacher>(labels); };
   else
     o.teacher = [cmd, teacher_timeout] {
-      return std::make_unique<st::server::CommandTeacher>(cmd, teacher_timeout);
+      return std::make_unique<st::teachers::CommandTeacher>(cmd, teacher_timeout);
     };
 
   // SIGINT / SIGTERM end the server: block them in every thread, wait for one here.

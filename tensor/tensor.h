@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "tensor/dtype.h"
-#include "tensor/error.h"
+#include "common/error.h"
 
 namespace st {
 

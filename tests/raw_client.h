@@ -17,7 +17,7 @@
 #include "protocol/crc32c.h"
 #include "protocol/decoder.h"
 #include "protocol/protocol.h"
-#include "server/common.h"
+#include "net/net.h"
 #include "synthetic_clip.h"
 #include "test_util.h"
 
@@ -104,9 +104,9 @@ inline Hello good_hello(const std::string& token = "sesame", int64_t width = 64,
                         int64_t height = 48) {
   nn::Student s(0);
   Hello h;
-  h.mode = SessionMode::Partial;
+  h.mode = st::Mode::Partial;
   h.layout_hash = nn::layout_hash(s, nn::Distillation::Full);
-  h.weights_hash = net::weights_hash(s);
+  h.weights_hash = nn::weights_hash(s);
   h.frame_width = uint32_t(width);
   h.frame_height = uint32_t(height);
   h.auth_token = token;

@@ -21,8 +21,8 @@
 #include <vector>
 #include <vector>
 
-#include "edge/video.h"
-#include "server/teacher.h"
+#include "io/video.h"
+#include "teacher/teacher.h"
 #include "tensor/image.h"
 
 namespace st::test {
@@ -114,7 +114,7 @@ struct SyntheticClip {
       char name[32];
       std::snprintf(name, sizeof name, "%06lld.png", (long long)k);
       image::write_png(frames / name, img);
-      edge::write_label_png(labels / name, l, kH, kW);
+      io::write_label_png(labels / name, l, kH, kW);
     }
   }
   ~SyntheticClip() {
@@ -126,12 +126,12 @@ struct SyntheticClip {
 
   // The recorded teacher for this clip played in a loop: frame i gets the labels of frame
   // i mod count (a RecordedTeacher knows only the first pass's indices).
-  server::TeacherFactory looping_teacher() const {
-    struct Looping : server::Teacher {
-      server::RecordedTeacher rec;
+  teachers::TeacherFactory looping_teacher() const {
+    struct Looping : teachers::Teacher {
+      teachers::RecordedTeacher rec;
       int64_t n;
       Looping(std::filesystem::path dir, int64_t count) : rec(std::move(dir)), n(count) {}
-      server::TeacherOutput run(uint64_t idx, const uint8_t* bgr, int64_t h, int64_t w) override {
+      teachers::TeacherOutput run(uint64_t idx, const uint8_t* bgr, int64_t h, int64_t w) override {
         return rec.run(idx % uint64_t(n), bgr, h, w);
       }
       std::string describe() const override { return "looping " + rec.describe(); }

@@ -18,7 +18,8 @@
 #include <thread>
 
 #include "edge/client.h"
-#include "edge/video.h"
+#include "edge/token_bucket.h"
+#include "io/video.h"
 #include "server/server.h"
 #include "synthetic_clip.h"
 #include "test_util.h"
@@ -39,7 +40,7 @@ server::ServerOptions srv_opts(const fs::path& labels, int port = 0) {
   o.port = port;
   o.token = "tok";
   o.log = false;
-  o.teacher = [labels] { return std::make_unique<server::RecordedTeacher>(labels); };
+  o.teacher = [labels] { return std::make_unique<teachers::RecordedTeacher>(labels); };
   return o;
 }
 
@@ -202,7 +203,7 @@ TEST_CASE("edge: naive mode gets the teacher's labels for every frame", "[edge]"
   server::Server srv(srv_opts(clip.labels));
   srv.start();
   auto o = edge_opts(clip, srv.port());
-  o.mode = edge::EdgeMode::Naive;
+  o.mode = Mode::Naive;
   o.initial_wait_s = test::kHungS;
   o.predictions_dir = clip.dir / "pred";
   edge::EdgeResult r = edge::run_edge(o);
@@ -210,7 +211,7 @@ TEST_CASE("edge: naive mode gets the teacher's labels for every frame", "[edge]"
   REQUIRE(r.frames == 6);
   REQUIRE(r.key_frames == 6);
   REQUIRE(r.labels == 6);
-  edge::LabelSource truth(clip.labels), pred(clip.dir / "pred");
+  io::LabelSource truth(clip.labels), pred(clip.dir / "pred");
   for (int i = 0; i < 6; ++i) REQUIRE(pred.labels(i, kH, kW) == truth.labels(i, kH, kW));
   // Every frame up (32 + 21 + 9216 B on the wire), every label map down (32 + 20 + 3072 B).
   REQUIRE(r.bytes_up >= 6 * (32 + 17 + kH * kW * 3));
@@ -224,7 +225,7 @@ TEST_CASE("edge: full distillation and an fp16-only edge", "[edge]") {
   srv.start();
   auto o = edge_opts(clip, srv.port());
   o.initial_wait_s = test::kHungS;
-  o.mode = edge::EdgeMode::Full;
+  o.mode = Mode::Full;
   o.max_wait_s = test::kHungS;  // frame 8 waits for frame 0's update (SPEC §6), however slow
   o.accept_blobs = protocol::kAcceptF16;
   edge::EdgeResult r = edge::run_edge(o);
@@ -263,12 +264,12 @@ struct Gate {
 };
 
 // Recorded labels, given only once the gate is open.
-struct GatedTeacher : server::Teacher {
-  server::RecordedTeacher rec;
+struct GatedTeacher : teachers::Teacher {
+  teachers::RecordedTeacher rec;
   std::shared_ptr<Gate> gate;
   GatedTeacher(fs::path labels, std::shared_ptr<Gate> g)
       : rec(std::move(labels)), gate(std::move(g)) {}
-  server::TeacherOutput run(uint64_t idx, const uint8_t* bgr, int64_t h, int64_t w) override {
+  teachers::TeacherOutput run(uint64_t idx, const uint8_t* bgr, int64_t h, int64_t w) override {
     gate->wait();
     return rec.run(idx, bgr, h, w);
   }
@@ -330,7 +331,7 @@ TEST_CASE("edge: a hanging teacher: the edge gives up waiting and carries on", "
                     << "' ]; do sleep 0.05; done\nexit 1\n";
   fs::permissions(sh, fs::perms::owner_all);
   const std::string cmd = sh.string();
-  so.teacher = [cmd] { return std::make_unique<server::CommandTeacher>(cmd, test::kHungS); };
+  so.teacher = [cmd] { return std::make_unique<teachers::CommandTeacher>(cmd, test::kHungS); };
   server::Server srv(so);
   struct Release {  // lets the teachers go when the test leaves, before the server stops
     fs::path file;
@@ -478,7 +479,7 @@ TEST_CASE("edge: loop replays the clip with increasing frame indices, and on_fra
     REQUIRE(seen[i].key_frames == 0);
   }
   // Passes 2 and 3 are the clip again: frame i is frame i mod 5, and so is its prediction.
-  edge::LabelSource pred(clip.dir / "pred");
+  io::LabelSource pred(clip.dir / "pred");
   for (int64_t i = 5; i < 12; ++i) REQUIRE(pred.labels(i, kH, kW) == pred.labels(i % 5, kH, kW));
   REQUIRE(!pred.has(12));
 
@@ -549,15 +550,15 @@ TEST_CASE("edge: a stop request also ends a wait for the server's answer", "[edg
 
 namespace {
 // Labels from the recorded maps; keeps a copy of every frame the server hands it (decoded).
-struct CapturingTeacher : server::Teacher {
+struct CapturingTeacher : teachers::Teacher {
   struct Shared {
     std::mutex mu;
     std::vector<std::pair<uint64_t, std::vector<uint8_t>>> frames;
   };
-  server::RecordedTeacher rec;
+  teachers::RecordedTeacher rec;
   std::shared_ptr<Shared> shared;
   CapturingTeacher(fs::path labels, std::shared_ptr<Shared> s) : rec(std::move(labels)), shared(std::move(s)) {}
-  server::TeacherOutput run(uint64_t idx, const uint8_t* bgr, int64_t h, int64_t w) override {
+  teachers::TeacherOutput run(uint64_t idx, const uint8_t* bgr, int64_t h, int64_t w) override {
     {
       std::lock_guard<std::mutex> l(shared->mu);
       shared->frames.emplace_back(idx, std::vector<uint8_t>(bgr, bgr + h * w * 3));
@@ -579,7 +580,7 @@ TEST_CASE("edge: PNG and JPEG key frames are decoded by the server, with referen
     server::Server srv(so);
     srv.start();
     auto o = edge_opts(clip, srv.port());
-    o.mode = edge::EdgeMode::Naive;
+    o.mode = Mode::Naive;
     o.initial_wait_s = test::kHungS;
     o.key_encoding = enc;
     o.reference_dir = clip.labels;
@@ -593,8 +594,8 @@ TEST_CASE("edge: PNG and JPEG key frames are decoded by the server, with referen
     REQUIRE(r.key_bytes < 5 * kH * kW * 3);
     REQUIRE(r.bytes_up < 5 * kH * kW * 3);
     // The teacher saw the decoded frames: exact for PNG, close for JPEG.
-    auto src = edge::open_video(clip.frames);
-    edge::Frame f;
+    auto src = io::open_video(clip.frames);
+    io::Frame f;
     REQUIRE(shared->frames.size() == 5);
     for (auto& [idx, bgr] : shared->frames) {
       REQUIRE(src->next(f));
@@ -668,8 +669,8 @@ TEST_CASE("edge: the demo's HTML report from real loopback runs (tools/report.py
   srv.start();
   const fs::path out = clip.dir / "demo";
   fs::create_directories(out);
-  for (auto mode : {edge::EdgeMode::Naive, edge::EdgeMode::Partial, edge::EdgeMode::Full}) {
-    const std::string m = edge::edge_mode_name(mode);
+  for (auto mode : {Mode::Naive, Mode::Partial, Mode::Full}) {
+    const std::string m = mode_name(mode);
     auto o = edge_opts(clip, srv.port());
     o.initial_wait_s = test::kHungS;
     o.mode = mode;
@@ -677,7 +678,7 @@ TEST_CASE("edge: the demo's HTML report from real loopback runs (tools/report.py
     o.overlays_dir = out / ("overlays_" + m);
     o.overlay_every = 4;
     o.overlay_jpeg = true;
-    if (mode == edge::EdgeMode::Naive) o.predictions_dir = out / "reference";
+    if (mode == Mode::Naive) o.predictions_dir = out / "reference";
     else o.reference_dir = out / "reference";
     edge::EdgeResult r = edge::run_edge(o);
     std::ofstream(out / (m + ".json")) << edge::to_json(r);

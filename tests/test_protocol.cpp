@@ -35,7 +35,7 @@ std::vector<Body> sample_bodies() {
   Hello h;
   h.min_version = 1;
   h.max_version = 3;
-  h.mode = SessionMode::Partial;
+  h.mode = st::Mode::Partial;
   h.layout_hash = 0x0123456789ABCDEFull;
   h.weights_hash = 0xFEDCBA9876543210ull;
   h.frame_width = 1280;
@@ -45,7 +45,7 @@ std::vector<Body> sample_bodies() {
   h.edge_name = "jetson-nano-1";
   v.push_back(h);
   Hello h2;  // empty strings, other mode
-  h2.mode = SessionMode::Naive;
+  h2.mode = st::Mode::Naive;
   h2.frame_width = 1;
   h2.frame_height = kMaxFrameDim;
   v.push_back(h2);
@@ -53,13 +53,13 @@ std::vector<Body> sample_bodies() {
   Welcome w;
   w.version = 1;
   w.session_id = 77;
-  w.mode = SessionMode::Full;
+  w.mode = st::Mode::Full;
   w.min_stride = 8;
   w.max_stride = 64;
   w.threshold = 0.8f;
   w.accept_frames = kAcceptRawBgr | kAcceptPng | kAcceptJpeg;
   w.scope = WeightsScope::Full;
-  w.blob_kind = BlobKind::F32;
+  w.blob_kind = st::BlobEncoding::F32;
   w.blob = pattern(100, 1);
   v.push_back(w);
   Welcome w2;  // no blob
@@ -74,14 +74,15 @@ std::vector<Body> sample_bodies() {
     k.data = pattern(enc == FrameEncoding::RawBgr ? 36 : 17, 2);
     v.push_back(k);
   }
-  for (auto kind : {BlobKind::None, BlobKind::F32, BlobKind::F16}) {
+  for (auto kind : {st::BlobEncoding::None, st::BlobEncoding::F32, st::BlobEncoding::F16}) {
     Update u;
     u.key_frame = 8;
     u.next_stride = 16;
     u.accuracy = 0.75f;
     u.steps = 3;
     u.blob_kind = kind;
-    if (kind != BlobKind::None) u.blob = pattern(kind == BlobKind::F32 ? 40 : 20, 3);
+    if (kind != st::BlobEncoding::None)
+      u.blob = pattern(kind == st::BlobEncoding::F32 ? 40 : 20, 3);
     v.push_back(u);
   }
   Labels l;
@@ -239,6 +240,33 @@ TEST_CASE("protocol: header layout is the documented 32 bytes", "[protocol][port
   CHECK(h.type == uint16_t(MessageType::Ping));
 }
 
+// st::Mode and st::BlobEncoding (common/) are every layer's enums; the protocol puts them on the
+// wire as they are, so their values are docs/protocol.md's.
+TEST_CASE("protocol: mode and blob encoding keep their wire values and Wild never goes on the wire",
+          "[protocol][portable]") {
+  STATIC_REQUIRE(uint8_t(st::Mode::Partial) == 0);
+  STATIC_REQUIRE(uint8_t(st::Mode::Full) == 1);
+  STATIC_REQUIRE(uint8_t(st::Mode::Naive) == 2);
+  STATIC_REQUIRE(uint8_t(st::BlobEncoding::None) == 0);
+  STATIC_REQUIRE(uint8_t(st::BlobEncoding::F32) == 1);
+  STATIC_REQUIRE(uint8_t(st::BlobEncoding::F16) == 2);
+  Hello h;
+  h.frame_width = 4;
+  h.frame_height = 3;
+  for (st::Mode m : {st::Mode::Partial, st::Mode::Full, st::Mode::Naive}) {
+    h.mode = m;
+    CHECK(encode_payload(h)[4] == uint8_t(m));  // mode: payload offset 4
+  }
+  // The encoder refuses what the decoder refuses ("bad enums" below: the byte 3 on the wire).
+  h.mode = st::Mode::Wild;
+  CHECK_THROWS_WITH(encode_payload(h), Catch::Contains("HELLO.mode"));
+  CHECK(st::parse_mode("naive", {st::Mode::Partial, st::Mode::Naive}) == st::Mode::Naive);
+  CHECK_THROWS_WITH(st::parse_mode("wild", {st::Mode::Partial, st::Mode::Full, st::Mode::Naive}),
+                    "unknown mode 'wild' (partial, full, naive)");
+  CHECK(st::parse_blob_encoding("fp16") == st::BlobEncoding::F16);
+  CHECK_THROWS_WITH(st::parse_blob_encoding("none"), "must be fp32 or fp16, not 'none'");
+}
+
 TEST_CASE("protocol: every message type round-trips", "[protocol][portable]") {
   auto bodies = sample_bodies();
   std::vector<bool> seen(kMaxMessageType + 1, false);
@@ -332,7 +360,7 @@ TEST_CASE("protocol: big messages in 64 KiB and random chunks", "[protocol][port
   u.next_stride = 64;
   u.accuracy = 0.5f;
   u.steps = 8;
-  u.blob_kind = BlobKind::F32;
+  u.blob_kind = st::BlobEncoding::F32;
   u.blob = pattern(1935492, 6);
   Encoder enc;
   Bytes stream = enc.encode(k);
@@ -629,7 +657,7 @@ TEST_CASE("protocol: malformed payloads name the field", "[protocol][portable]")
     w[11] = kAcceptPng;  // no raw BGR
     expect_code(frame(MessageType::Welcome, w), ErrorCode::Malformed);
     w = encode_payload(bodies[2]);
-    w[25] = uint8_t(BlobKind::None);  // None with a 100-byte blob
+    w[25] = uint8_t(st::BlobEncoding::None);  // None with a 100-byte blob
     CHECK_THAT(expect_code(frame(MessageType::Welcome, w), ErrorCode::Malformed),
                Catch::Contains("WELCOME.blob"));
     Bytes u = encode_payload(bodies[7]);  // UPDATE: next_stride 8, accuracy 12, steps 16
@@ -637,7 +665,7 @@ TEST_CASE("protocol: malformed payloads name the field", "[protocol][portable]")
     CHECK_THAT(expect_code(frame(MessageType::Update, u), ErrorCode::Malformed),
                Catch::Contains("UPDATE.next_stride"));
     u = encode_payload(bodies[7]);
-    u[20] = uint8_t(BlobKind::F16);  // F16 with an empty blob
+    u[20] = uint8_t(st::BlobEncoding::F16);  // F16 with an empty blob
     expect_code(frame(MessageType::Update, u), ErrorCode::Malformed);
     Bytes h = encode_payload(bodies[0]);
     h[0] = 4;  // min_version 4 > max_version 3
@@ -710,7 +738,7 @@ TEST_CASE("protocol: conversation rules", "[protocol][portable]") {
   h.frame_height = 3;
   h.accept_blobs = kAcceptF32;
   Welcome w;
-  w.blob_kind = BlobKind::F32;
+  w.blob_kind = st::BlobEncoding::F32;
   w.blob = {1, 2, 3};
   KeyFrame k;
   k.frame_index = 0;
@@ -720,7 +748,7 @@ TEST_CASE("protocol: conversation rules", "[protocol][portable]") {
   Update u;
   u.key_frame = 0;
   u.next_stride = 8;
-  u.blob_kind = BlobKind::F32;
+  u.blob_kind = st::BlobEncoding::F32;
   u.blob = {9};
 
   SECTION("a whole session, seen from both ends") {
@@ -748,7 +776,7 @@ TEST_CASE("protocol: conversation rules", "[protocol][portable]") {
     e2s(k2);
     Update u2 = u;
     u2.key_frame = 8;
-    u2.blob_kind = BlobKind::None;
+    u2.blob_kind = st::BlobEncoding::None;
     u2.blob.clear();
     s2e(u2);
     s2e(Ping{1});
@@ -781,7 +809,7 @@ TEST_CASE("protocol: conversation rules", "[protocol][portable]") {
     w3.version = 2;
     expect_unexpected(s, true, w3, "outside HELLO");
     Welcome wf16 = w;
-    wf16.blob_kind = BlobKind::F16;
+    wf16.blob_kind = st::BlobEncoding::F16;
     expect_unexpected(s, true, wf16, "accept_blobs");
     s.on_send(msg(w));
     KeyFrame big = k;

@@ -16,11 +16,11 @@
 #include <thread>
 
 #include "edge/client.h"
-#include "edge/video.h"
+#include "io/video.h"
 #include "nn/blob.h"
 #include "protocol/crc32c.h"
 #include "protocol/decoder.h"
-#include "server/common.h"
+#include "net/net.h"
 #include "server/server.h"
 #include "raw_client.h"
 #include "synthetic_clip.h"
@@ -53,7 +53,7 @@ server::ServerOptions server_options(const fs::path& labels) {
   o.port = 0;
   o.token = "sesame";
   o.log = false;
-  o.teacher = [labels] { return std::make_unique<server::RecordedTeacher>(labels); };
+  o.teacher = [labels] { return std::make_unique<teachers::RecordedTeacher>(labels); };
   return o;
 }
 
@@ -218,7 +218,7 @@ TEST_CASE("server: bad clients get ERROR and are closed while a good one carries
     r.send(encode_msg(good_hello()));
     Message w = r.read_one();
     REQUIRE(w.is<Welcome>());
-    REQUIRE(w.as<Welcome>().blob_kind == BlobKind::None);  // same base weights
+    REQUIRE(w.as<Welcome>().blob_kind == st::BlobEncoding::None);  // same base weights
     KeyFrame k = key_frame(0);
     k.width = 32;
     k.data.resize(size_t(32 * kH * 3));
@@ -289,7 +289,7 @@ TEST_CASE("server: clients vanishing mid-message or with a key frame in flight",
     REQUIRE(u.as<Update>().next_stride >= 8);
     REQUIRE(u.as<Update>().next_stride <= 64);
     if (u.as<Update>().steps > 0) {
-      REQUIRE(u.as<Update>().blob_kind == BlobKind::F32);
+      REQUIRE(u.as<Update>().blob_kind == st::BlobEncoding::F32);
       REQUIRE(u.as<Update>().blob.size() == 24 + 413860);
     }
   }
@@ -327,7 +327,7 @@ done
   auto run_session = [&](const std::string& cmd, test::LogLines& log) {
     auto so = server_options(clip.labels);
     log.attach(so);
-    so.teacher = [cmd] { return std::make_unique<server::CommandTeacher>(cmd, test::kHungS); };
+    so.teacher = [cmd] { return std::make_unique<teachers::CommandTeacher>(cmd, test::kHungS); };
     server::Server srv(so);
     srv.start();
     Raw r(srv.port());
@@ -346,7 +346,7 @@ done
 
   {
     auto so = server_options(clip.labels);
-    so.teacher = [good] { return std::make_unique<server::CommandTeacher>(good, test::kHungS); };
+    so.teacher = [good] { return std::make_unique<teachers::CommandTeacher>(good, test::kHungS); };
     server::Server srv(so);
     srv.start();
     Raw r(srv.port());
@@ -442,7 +442,7 @@ TEST_CASE("server: a teacher that never answers fails after its timeout and the 
   auto so = server_options(clip.labels);
   test::LogLines log;
   log.attach(so);
-  so.teacher = [hang] { return std::make_unique<server::CommandTeacher>(hang, 0.5); };
+  so.teacher = [hang] { return std::make_unique<teachers::CommandTeacher>(hang, 0.5); };
   server::Server srv(so);
   srv.start();
   Raw r(srv.port());

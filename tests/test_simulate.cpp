@@ -3,7 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "edge/simulate.h"
-#include "edge/video.h"
+#include "io/video.h"
 #include "synthetic_clip.h"
 #include "test_util.h"
 
@@ -22,13 +22,13 @@ TEST_CASE("simulate: partial distillation schedule, bytes and accuracy", "[simul
   o.video = clip.frames;
   o.labels = clip.labels;
   o.progress = false;
-  o.mode = edge::SimMode::Wild;
+  o.mode = Mode::Wild;
   edge::SimResult wild = edge::simulate(o);
   REQUIRE(wild.frames == 24);
   REQUIRE(wild.key_frames == 0);
   REQUIRE(wild.bytes_up == 0);
 
-  o.mode = edge::SimMode::Partial;
+  o.mode = Mode::Partial;
   edge::SimResult part = edge::simulate(o);
   REQUIRE(part.frames == 24);
   REQUIRE(part.key_frames >= 1);
@@ -47,7 +47,7 @@ TEST_CASE("simulate: partial distillation schedule, bytes and accuracy", "[simul
   // On this easy clip, distillation must beat the untrained student.
   REQUIRE(part.mean_miou > wild.mean_miou + 0.1);
 
-  o.mode = edge::SimMode::Naive;
+  o.mode = Mode::Naive;
   edge::SimResult naive = edge::simulate(o);
   REQUIRE(naive.mean_miou == 1.0);
   REQUIRE(naive.bytes_up == naive.naive_bytes_up);
@@ -75,11 +75,11 @@ TEST_CASE("simulate: delay semantics and bad options", "[simulate]") {
   edge::SimResult r = edge::simulate(o);
   REQUIRE(r.frames == 10);
   // With P-8 the first 8 frames all run the initial weights: identical to wild there.
-  o.mode = edge::SimMode::Wild;
+  o.mode = Mode::Wild;
   edge::SimResult w = edge::simulate(o);
   for (int i = 0; i < 8; ++i) REQUIRE(r.frame_miou[size_t(i)] == w.frame_miou[size_t(i)]);
   o.labels = clip.dir / "nope";
-  o.mode = edge::SimMode::Partial;
+  o.mode = Mode::Partial;
   REQUIRE_THROWS(edge::simulate(o));
   // Exactly one teacher; a missing Mask R-CNN weight file is named.
   o.labels = clip.labels;

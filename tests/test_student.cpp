@@ -31,6 +31,13 @@ TEST_CASE("student: 68 tensors, 483,873 parameters, 26 trained by partial distil
   REQUIRE(s.trained_names(nn::Distillation::None).empty());
 }
 
+TEST_CASE("student: the tensors each mode trains", "[student][portable]") {
+  CHECK(nn::distillation_of(Mode::Partial) == nn::Distillation::Partial);
+  CHECK(nn::distillation_of(Mode::Full) == nn::Distillation::Full);
+  CHECK(nn::distillation_of(Mode::Naive) == nn::Distillation::None);  // nothing is distilled
+  CHECK(nn::distillation_of(Mode::Wild) == nn::Distillation::None);
+}
+
 TEST_CASE("student: any input size works", "[student][portable]") {
   nn::Student s;
   NoGradGuard ng;

@@ -19,7 +19,7 @@
 #include "teacher_port/backbone.h"
 #include "teacher_port/heads.h"
 #include "edge/simulate.h"
-#include "server/teacher.h"
+#include "teacher/teacher.h"
 #include "synthetic_clip.h"
 #include "teacher_port/maskrcnn.h"
 #include "teacher_port/random_weights.h"
@@ -284,8 +284,9 @@ TEST_CASE("teacher: end to end with torchvision's resize matches torchvision's m
 }
 
 TEST_CASE("teacher: the Mask R-CNN server teacher labels frames (seeded model)", "[teacher]") {
-  REQUIRE_THROWS_WITH(server::MaskRcnnTeacher::load("/nonexistent/teacher.safetensors", Device::cpu()),
-                      Contains("does not exist"));
+  REQUIRE_THROWS_WITH(
+      teachers::MaskRcnnTeacher::load("/nonexistent/teacher.safetensors", Device::cpu()),
+      Contains("does not exist"));
   if (!have_torchvision()) ST_SKIP("Debian's python3-torchvision is not installed (tools/bootstrap.sh --bench)");
   TempDir tmp;
   const std::string cmd = "/usr/bin/python3 '" + (test::source_dir() / "tools" / "make_teacher_golden.py").string() +
@@ -300,8 +301,9 @@ TEST_CASE("teacher: the Mask R-CNN server teacher labels frames (seeded model)",
   o.bgr255 = tv.bgr255;
   o.mean = tv.mean;
   o.std = tv.std;
-  auto model = server::MaskRcnnTeacher::load(tmp.p / "e2e_weights_d2layout.safetensors", Device::cpu(), &o);
-  server::MaskRcnnTeacher t(model, "seeded");
+  auto model = teachers::MaskRcnnTeacher::load(tmp.p / "e2e_weights_d2layout.safetensors",
+                                               Device::cpu(), &o);
+  teachers::MaskRcnnTeacher t(model, "seeded");
   auto io = safetensors::load(tmp.p / "e2e_io.safetensors");
   const Tensor& frame = io.get("bgr");
   auto out = t.run(0, frame.data<uint8_t>(), 64, 96);

@@ -1,4 +1,4 @@
-// Video input / prediction output (edge/video.h): directory and ffmpeg frame sources, recorded
+// Video input / prediction output (io/video.h): directory and ffmpeg frame sources, recorded
 // label maps, and the label / overlay PNG writers. Each test works in its own temporary folder.
 #include <sys/types.h>
 #include <unistd.h>
@@ -14,7 +14,7 @@
 #include <random>
 #include <sstream>
 
-#include "edge/video.h"
+#include "io/video.h"
 #include "tensor/image.h"
 #include "test_util.h"
 
@@ -126,13 +126,13 @@ TEST_CASE("video: directory source reads images in name order as BGR", "[video]"
   { std::ofstream(tmp.path / "notes.txt") << "not an image"; }
   fs::create_directory(tmp.path / "sub.png");  // a directory, not an image
 
-  auto src = edge::open_video(tmp.path);
+  auto src = io::open_video(tmp.path);
   REQUIRE(src->width() == 4);
   REQUIRE(src->height() == 3);
   REQUIRE(src->frame_count() == 3);
   REQUIRE(src->describe().find(tmp.path.string()) != std::string::npos);
 
-  edge::Frame f;
+  io::Frame f;
   for (int i = 0; i < 3; ++i) {
     REQUIRE(src->next(f));
     REQUIRE(f.index == i);
@@ -155,8 +155,8 @@ TEST_CASE("video: directory source gives BGR channel order", "[video]") {
   img.pixels[3 * 3 + 2] = 100;
   image::write_png(tmp.path / "000000.png", img);
 
-  auto src = edge::open_video(tmp.path);
-  edge::Frame f;
+  auto src = io::open_video(tmp.path);
+  io::Frame f;
   REQUIRE(src->next(f));
   REQUIRE(int(f.bgr.pixels[0]) == 30);  // B
   REQUIRE(int(f.bgr.pixels[1]) == 20);  // G
@@ -172,33 +172,33 @@ TEST_CASE("video: directory source errors", "[video]") {
     image::write_png(tmp.path / "000000.png", solid_rgb(3, 4, 0, 0, 0));
     image::write_png(tmp.path / "000001.png", solid_rgb(3, 4, 0, 0, 0));
     image::write_png(tmp.path / "000002.png", solid_rgb(3, 5, 0, 0, 0));
-    std::string msg = error_of([&] { edge::open_video(tmp.path); });
+    std::string msg = error_of([&] { io::open_video(tmp.path); });
     INFO(msg);
     REQUIRE(msg.find("000002.png") != std::string::npos);
   }
   SECTION("an empty directory") {
     { std::ofstream(tmp.path / "readme.txt") << "no images here"; }
-    std::string msg = error_of([&] { edge::open_video(tmp.path); });
+    std::string msg = error_of([&] { io::open_video(tmp.path); });
     INFO(msg);
     REQUIRE(msg.find("no images") != std::string::npos);
     REQUIRE(msg.find(tmp.path.string()) != std::string::npos);
   }
   SECTION("a missing path is named") {
     fs::path missing = tmp.path / "does_not_exist";
-    std::string msg = error_of([&] { edge::open_video(missing); });
+    std::string msg = error_of([&] { io::open_video(missing); });
     INFO(msg);
     REQUIRE(msg.find(missing.string()) != std::string::npos);
   }
   SECTION("an unreadable image is named") {
     { std::ofstream(tmp.path / "broken.png") << "not a png"; }
-    std::string msg = error_of([&] { edge::open_video(tmp.path); });
+    std::string msg = error_of([&] { io::open_video(tmp.path); });
     INFO(msg);
     REQUIRE(msg.find("broken.png") != std::string::npos);
   }
 }
 
 TEST_CASE("video: ffmpeg source decodes every frame exactly", "[video]") {
-  if (!edge::ffmpeg_available()) ST_SKIP("ffmpeg/ffprobe not on PATH");
+  if (!io::ffmpeg_available()) ST_SKIP("ffmpeg/ffprobe not on PATH");
   TempDir tmp;
   // The same 12 test-pattern frames as a lossless RGB video (FFV1) and as PNG files.
   const fs::path video = tmp.path / "clip.mkv";
@@ -208,15 +208,15 @@ TEST_CASE("video: ffmpeg source decodes every frame exactly", "[video]") {
   REQUIRE(sh(gen + "-frames:v 12 -pix_fmt bgr0 -c:v ffv1 '" + video.string() + "'"));
   REQUIRE(sh(gen + "-frames:v 12 '" + (pngs / "%03d.png").string() + "'"));
 
-  auto src = edge::open_video(video);
+  auto src = io::open_video(video);
   REQUIRE(src->width() == 64);
   REQUIRE(src->height() == 48);
   REQUIRE((src->frame_count() == 12 || src->frame_count() == -1));  // mkv stores no count
   REQUIRE(src->describe().find("clip.mkv") != std::string::npos);
-  auto ref = edge::open_video(pngs);
+  auto ref = io::open_video(pngs);
   REQUIRE(ref->frame_count() == 12);
 
-  edge::Frame f, r;
+  io::Frame f, r;
   int n = 0;
   while (src->next(f)) {
     INFO("frame " << n);
@@ -235,7 +235,7 @@ TEST_CASE("video: ffmpeg source decodes every frame exactly", "[video]") {
 }
 
 TEST_CASE("video: ffmpeg source stopped early leaves no process behind", "[video]") {
-  if (!edge::ffmpeg_available()) ST_SKIP("ffmpeg/ffprobe not on PATH");
+  if (!io::ffmpeg_available()) ST_SKIP("ffmpeg/ffprobe not on PATH");
   TempDir tmp;
   // 60 frames of 320x240 bgr24 = 13.8 MB: ffmpeg is blocked on the full pipe after 2 frames.
   const fs::path video = tmp.path / "long.mkv";
@@ -244,8 +244,8 @@ TEST_CASE("video: ffmpeg source stopped early leaves no process behind", "[video
   REQUIRE(children_of_self() == 0);
   auto t0 = std::chrono::steady_clock::now();
   {
-    auto src = edge::open_video(video);
-    edge::Frame f;
+    auto src = io::open_video(video);
+    io::Frame f;
     REQUIRE(src->next(f));
     REQUIRE(src->next(f));
     REQUIRE(f.index == 1);
@@ -257,14 +257,14 @@ TEST_CASE("video: ffmpeg source stopped early leaves no process behind", "[video
 }
 
 TEST_CASE("video: ffmpeg source rejects a file that is not a video", "[video]") {
-  if (!edge::ffmpeg_available()) ST_SKIP("ffmpeg/ffprobe not on PATH");
+  if (!io::ffmpeg_available()) ST_SKIP("ffmpeg/ffprobe not on PATH");
   TempDir tmp;
   const fs::path garbage = tmp.path / "garbage.mp4";
   {
     std::ofstream out(garbage, std::ios::binary);
     for (int i = 0; i < 1000; ++i) out << "this is not a video file ";
   }
-  std::string msg = error_of([&] { edge::open_video(garbage); });
+  std::string msg = error_of([&] { io::open_video(garbage); });
   INFO(msg);
   REQUIRE(msg.find("garbage.mp4") != std::string::npos);
   REQUIRE(msg.find("Invalid data") != std::string::npos);  // ffprobe's own reason
@@ -272,7 +272,7 @@ TEST_CASE("video: ffmpeg source rejects a file that is not a video", "[video]") 
 }
 
 TEST_CASE("video: ffmpeg source handles awkward file names", "[video]") {
-  if (!edge::ffmpeg_available()) ST_SKIP("ffmpeg/ffprobe not on PATH");
+  if (!io::ffmpeg_available()) ST_SKIP("ffmpeg/ffprobe not on PATH");
   TempDir tmp;
   const fs::path plain = tmp.path / "plain.mkv";
   REQUIRE(sh("ffmpeg -nostdin -v error -f lavfi -i testsrc=size=32x16:rate=10 -frames:v 3 "
@@ -280,8 +280,8 @@ TEST_CASE("video: ffmpeg source handles awkward file names", "[video]") {
   // Quotes, spaces, a shell metacharacter and a protocol-like prefix.
   const fs::path odd = tmp.path / "it's a \"clip\" $HOME; x:y.mkv";
   fs::rename(plain, odd);
-  auto src = edge::open_video(odd);
-  edge::Frame f;
+  auto src = io::open_video(odd);
+  io::Frame f;
   int n = 0;
   while (src->next(f)) ++n;
   REQUIRE(n == 3);
@@ -293,13 +293,13 @@ TEST_CASE("video: ffmpeg source reads the shared vtest clip", "[video]") {
   const fs::path dir = test::shared_dir() / "data/vtest";
   if (!fs::exists(dir / "vtest.avi") || !fs::exists(dir / "frames/000000.png"))
     ST_SKIP("shared vtest clip not found under " + dir.string());
-  if (!edge::ffmpeg_available()) ST_SKIP("ffmpeg/ffprobe not on PATH");
+  if (!io::ffmpeg_available()) ST_SKIP("ffmpeg/ffprobe not on PATH");
 
-  auto src = edge::open_video(dir / "vtest.avi");
+  auto src = io::open_video(dir / "vtest.avi");
   REQUIRE(src->width() == 768);
   REQUIRE(src->height() == 576);
   REQUIRE(src->frame_count() == 795);
-  edge::Frame f, first;
+  io::Frame f, first;
   for (int i = 0; i < 3; ++i) {
     REQUIRE(src->next(f));
     REQUIRE(f.index == i);
@@ -317,7 +317,7 @@ TEST_CASE("video: ffmpeg source reads the shared vtest clip", "[video]") {
 TEST_CASE("video: label source reads the shared label maps", "[video]") {
   const fs::path dir = test::shared_dir() / "data/vtest/labels";
   if (!fs::exists(dir / "000000.png")) ST_SKIP("shared vtest labels not found under " + dir.string());
-  edge::LabelSource labels(dir);
+  io::LabelSource labels(dir);
   REQUIRE(labels.has(0));
   REQUIRE_FALSE(labels.has(999999));
   REQUIRE_FALSE(labels.has(-1));
@@ -335,7 +335,7 @@ TEST_CASE("video: label source validates its files", "[video]") {
   for (int i = 0; i < 12; ++i) img.pixels.push_back(uint8_t(i % 9));
   image::write_png(tmp.path / "000003.png", img);
 
-  edge::LabelSource labels(tmp.path);
+  io::LabelSource labels(tmp.path);
   REQUIRE(labels.dir() == tmp.path);
   REQUIRE(labels.has(3));
   REQUIRE_FALSE(labels.has(4));
@@ -360,16 +360,16 @@ TEST_CASE("video: label source validates its files", "[video]") {
 TEST_CASE("video: label PNG round trip", "[video]") {
   TempDir tmp;
   std::vector<uint8_t> l = {0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 0, 2};
-  edge::write_label_png(tmp.path / "000000.png", l, 3, 4);
+  io::write_label_png(tmp.path / "000000.png", l, 3, 4);
   image::Image back = image::read(tmp.path / "000000.png", 1);
   REQUIRE(back.height == 3);
   REQUIRE(back.width == 4);
   REQUIRE(back.pixels == l);
-  REQUIRE(edge::LabelSource(tmp.path).labels(0, 3, 4) == l);
+  REQUIRE(io::LabelSource(tmp.path).labels(0, 3, 4) == l);
 
-  REQUIRE_THROWS_AS(edge::write_label_png(tmp.path / "bad.png", l, 4, 4), st::Error);
+  REQUIRE_THROWS_AS(io::write_label_png(tmp.path / "bad.png", l, 4, 4), st::Error);
   l[0] = 9;
-  REQUIRE_THROWS_AS(edge::write_label_png(tmp.path / "bad.png", l, 3, 4), st::Error);
+  REQUIRE_THROWS_AS(io::write_label_png(tmp.path / "bad.png", l, 3, 4), st::Error);
 }
 
 TEST_CASE("video: overlay blends class colours and is RGB on disk", "[video]") {
@@ -384,7 +384,7 @@ TEST_CASE("video: overlay blends class colours and is RGB on disk", "[video]") {
   const fs::path out = tmp.path / "overlay.png";
 
   // alpha = 0: the frame itself, converted to RGB.
-  edge::write_overlay_png(out, bgr, l, 0.0);
+  io::write_overlay_png(out, bgr, l, 0.0);
   image::Image back = image::read(out, 3);
   REQUIRE(back.height == 1);
   REQUIRE(back.width == 3);
@@ -395,7 +395,7 @@ TEST_CASE("video: overlay blends class colours and is RGB on disk", "[video]") {
   }
 
   // alpha = 1: pure class colour; person is red-ish, background untouched.
-  edge::write_overlay_png(out, bgr, l, 1.0);
+  io::write_overlay_png(out, bgr, l, 1.0);
   back = image::read(out, 3);
   const int pr = back.pixels[0], pg = back.pixels[1], pb = back.pixels[2];
   REQUIRE(pr > 150);
@@ -407,7 +407,7 @@ TEST_CASE("video: overlay blends class colours and is RGB on disk", "[video]") {
   const int ar = back.pixels[6], ag = back.pixels[7], ab = back.pixels[8];
 
   // alpha = 0.5: the blend (1 - a) * pixel + a * colour, rounded.
-  edge::write_overlay_png(out, bgr, l, 0.5);
+  io::write_overlay_png(out, bgr, l, 0.5);
   back = image::read(out, 3);
   auto blend = [](int pixel, int colour) { return int(std::lround(0.5 * pixel + 0.5 * colour)); };
   REQUIRE(int(back.pixels[0]) == blend(120, pr));
@@ -422,12 +422,12 @@ TEST_CASE("video: overlay blends class colours and is RGB on disk", "[video]") {
   REQUIRE((ar != pr || ag != pg || ab != pb));  // classes get different colours
 
   // Size and value checks.
-  REQUIRE_THROWS_AS(edge::write_overlay_png(out, bgr, {0, 8}, 0.5), st::Error);
-  REQUIRE_THROWS_AS(edge::write_overlay_png(out, bgr, {0, 8, 9}, 0.5), st::Error);
-  REQUIRE_THROWS_AS(edge::write_overlay_png(out, bgr, l, 1.5), st::Error);
+  REQUIRE_THROWS_AS(io::write_overlay_png(out, bgr, {0, 8}, 0.5), st::Error);
+  REQUIRE_THROWS_AS(io::write_overlay_png(out, bgr, {0, 8, 9}, 0.5), st::Error);
+  REQUIRE_THROWS_AS(io::write_overlay_png(out, bgr, l, 1.5), st::Error);
   image::Image grey = bgr;
   grey.channels = 1;
-  REQUIRE_THROWS_AS(edge::write_overlay_png(out, grey, l, 0.5), st::Error);
+  REQUIRE_THROWS_AS(io::write_overlay_png(out, grey, l, 0.5), st::Error);
 }
 
 TEST_CASE("video: missing ffmpeg gives an install hint", "[video]") {
@@ -435,14 +435,14 @@ TEST_CASE("video: missing ffmpeg gives an install hint", "[video]") {
   const fs::path file = tmp.path / "clip.mkv";
   { std::ofstream(file) << "whatever"; }
   PathOverride path(tmp.path.string());  // a PATH without ffmpeg
-  REQUIRE_FALSE(edge::ffmpeg_available());
-  std::string msg = error_of([&] { edge::open_video(file); });
+  REQUIRE_FALSE(io::ffmpeg_available());
+  std::string msg = error_of([&] { io::open_video(file); });
   INFO(msg);
   REQUIRE(msg.find("ffmpeg not found") != std::string::npos);
   REQUIRE(msg.find("apt-get install ffmpeg") != std::string::npos);
   // A directory source needs no ffmpeg.
   image::write_png(tmp.path / "0.png", solid_rgb(2, 2, 1, 2, 3));
-  REQUIRE(edge::open_video(tmp.path)->frame_count() == 1);
+  REQUIRE(io::open_video(tmp.path)->frame_count() == 1);
 }
 
 // Stand-in ffprobe/ffmpeg scripts: the pipe protocol's failure modes without a real decoder.
@@ -456,11 +456,11 @@ TEST_CASE("video: ffmpeg pipe failures are reported", "[video]") {
   // 4x2 frames = 24 bytes each.
   write_script(bin / "ffprobe", "echo width=4; echo height=2; echo nb_frames=2");
   PathOverride path(bin.string() + ":/usr/bin:/bin");
-  edge::Frame f;
+  io::Frame f;
 
   SECTION("a short final read is a truncated frame") {
     write_script(bin / "ffmpeg", "head -c 34 /dev/zero");
-    auto src = edge::open_video(file);
+    auto src = io::open_video(file);
     REQUIRE(src->frame_count() == 2);
     REQUIRE(src->next(f));
     std::string msg = error_of([&] { src->next(f); });
@@ -471,7 +471,7 @@ TEST_CASE("video: ffmpeg pipe failures are reported", "[video]") {
   }
   SECTION("a decoder failure quotes ffmpeg's stderr") {
     write_script(bin / "ffmpeg", "head -c 24 /dev/zero; echo 'decoding went wrong' >&2; exit 3");
-    auto src = edge::open_video(file);
+    auto src = io::open_video(file);
     REQUIRE(src->next(f));
     std::string msg = error_of([&] { src->next(f); });
     INFO(msg);
@@ -481,14 +481,14 @@ TEST_CASE("video: ffmpeg pipe failures are reported", "[video]") {
   SECTION("a flood on stderr does not deadlock the reader") {
     write_script(bin / "ffmpeg",
                  "yes 'error line' | head -c 300000 >&2; head -c 48 /dev/zero");
-    auto src = edge::open_video(file);
+    auto src = io::open_video(file);
     int n = 0;
     while (src->next(f)) ++n;
     REQUIRE(n == 2);
   }
   SECTION("ffprobe failure quotes its message") {
     write_script(bin / "ffprobe", "echo 'fake.avi: Invalid data found' >&2; exit 1");
-    std::string msg = error_of([&] { edge::open_video(file); });
+    std::string msg = error_of([&] { io::open_video(file); });
     INFO(msg);
     REQUIRE(msg.find("Invalid data found") != std::string::npos);
     REQUIRE(msg.find(file.string()) != std::string::npos);

@@ -12,7 +12,7 @@
 //    The destructor kills a decoder that is still running and reaps it: no zombies, no hang.
 //
 // Label maps are 8-bit grey PNGs (value = class index 0..8); overlays are written as RGB PNGs.
-#include "edge/video.h"
+#include "io/video.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -38,7 +38,7 @@
 
 extern char** environ;
 
-namespace st::edge {
+namespace st::io {
 namespace fs = std::filesystem;
 
 namespace {
@@ -576,4 +576,4 @@ void write_overlay_png(const fs::path& path, const image::Image& bgr,
   }
 }
 
-}  // namespace st::edge
+}  // namespace st::io

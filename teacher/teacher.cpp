@@ -1,4 +1,4 @@
-#include "server/teacher.h"
+#include "teacher/teacher.h"
 
 #include <mutex>
 
@@ -21,7 +21,7 @@
 
 extern char** environ;
 
-namespace st::server {
+namespace st::teachers {
 
 TeacherOutput RecordedTeacher::run(uint64_t frame_index, const uint8_t*, int64_t h, int64_t w) {
   TeacherOutput out;
@@ -291,4 +291,4 @@ TeacherOutput CommandTeacher::run(uint64_t frame_index, const uint8_t* bgr, int6
   return out;
 }
 
-}  // namespace st::server
+}  // namespace st::teachers

@@ -1,13 +1,17 @@
 // Teachers behind one interface (SPEC §3): given a key frame, produce the label map (values
 // 0..8, 8 = background) and optionally the detection boxes for the loss-weight map.
-//   RecordedTeacher  label maps recorded on disk, by frame index (edge/video.h LabelSource)
+//   RecordedTeacher  label maps recorded on disk, by frame index (io/video.h LabelSource)
 //   MaskRcnnTeacher  the Mask R-CNN port (teacher_port/), one model shared by every session
 //   CommandTeacher   an external process speaking the pipe format of docs/teacher_pipe.md
 //
-// Threading: one Teacher object belongs to one session and is only called from that session's
-// worker job (never two calls at once); it is created and destroyed on the server's loop thread,
-// so constructors and destructors must be cheap and must not block for long (the Mask R-CNN
-// weights are loaded once, before the server starts, and its sessions' runs take turns).
+// Users: shadowtutor-server (server/server.h: one teacher per session, made by a TeacherFactory)
+// and `shadowtutor simulate` (edge/simulate.h: one teacher, in the frame loop's thread).
+//
+// Threading: in the server one Teacher object belongs to one session and is only called from
+// that session's worker job (never two calls at once); it is created and destroyed on the
+// server's loop thread, so constructors and destructors must be cheap and must not block for
+// long (the Mask R-CNN weights are loaded once, before the server starts, and its sessions'
+// runs take turns).
 #pragma once
 #include <sys/types.h>
 
@@ -19,14 +23,14 @@
 #include <string>
 #include <vector>
 
-#include "edge/video.h"
+#include "io/video.h"
 #include "nn/distill.h"
 
 namespace st::teacher {
 struct MaskRcnnOptions;
 }
 
-namespace st::server {
+namespace st::teachers {
 
 struct TeacherOutput {
   int64_t height = 0, width = 0;
@@ -53,7 +57,7 @@ class RecordedTeacher : public Teacher {
   std::string describe() const override { return "recorded labels " + labels_.dir().string(); }
 
  private:
-  edge::LabelSource labels_;
+  io::LabelSource labels_;
 };
 
 // The Mask R-CNN port (teacher_port/maskrcnn.h) with Detectron2 conventions, as ShadowTutor ran
@@ -110,4 +114,4 @@ class CommandTeacher : public Teacher {
   std::string broken_reason_;
 };
 
-}  // namespace st::server
+}  // namespace st::teachers

@@ -9,7 +9,7 @@
 
 #include "tensor/image.h"
 
-namespace st::edge {
+namespace st::io {
 
 struct Frame {
   int64_t index = 0;   // 0-based position in the source
@@ -57,4 +57,4 @@ void write_label_png(const std::filesystem::path& path, const std::vector<uint8_
 void write_overlay_png(const std::filesystem::path& path, const image::Image& bgr,
                        const std::vector<uint8_t>& labels, double alpha = 0.5);
 
-}  // namespace st::edge
+}  // namespace st::io

@@ -1,27 +1,15 @@
-// Small pieces shared by shadowtutor-server and shadowtutor-edge: the weights hash that HELLO
-// carries, host:port parsing, and a thread-safe log line.
+// Small networking pieces shared by shadowtutor-server and shadowtutor-edge: host:port parsing,
+// a thread-safe log line with peer text escaped, and SIGPIPE off. Std only.
 #pragma once
-#include <cstdint>
+#include <cstddef>
 #include <string>
 #include <utility>
 
-#include "nn/student.h"
-
 namespace st::net {
-
-// FNV-1a 64 over every parameter of the student, in model order: name, shape, then the raw
-// float32 bytes. HELLO.weights_hash; the server compares it with the hash of its base weights.
-uint64_t weights_hash(const nn::Student& s);
 
 // "HOST:PORT" (HOST may be empty = 127.0.0.1, or a bracketed IPv6 "[::1]:7000"). Throws
 // st::Error naming the text when it is not of that form or the port is not 1..65535.
 std::pair<std::string, int> parse_host_port(const std::string& s);
-
-// "cpu", "cuda" (= cuda:0) or "cuda:N"; throws st::Error naming the text otherwise.
-Device parse_device(const std::string& s);
-
-// The first line of a token file (a trailing CR dropped) into `token`; false when unreadable.
-bool read_token_file(const std::string& path, std::string& token);
 
 // Writes "[tag] message" plus a newline to stderr under a process-wide mutex. Control
 // characters and bytes outside printable ASCII in `message` are written as \xNN, so that no
