@@ -40,6 +40,11 @@ Flags::Flag& Flags::Flag::above(double v) {
   return *this;
 }
 
+Flags::Flag& Flags::Flag::at_most(double v) {
+  hi = v;
+  return *this;
+}
+
 Flags::Flag& Flags::Flag::allow_infinity() {
   infinity = true;
   return *this;
@@ -49,6 +54,8 @@ void Flags::Flag::check(double v, const std::string& text) const {
   if (lo && (lo_open ? !(v > *lo) : !(v >= *lo)))
     throw Error(std::string("must be ") + (lo_open ? "> " : ">= ") + number_text(*lo) +
                 ", not '" + text + "'");
+  if (hi && !(v <= *hi))
+    throw Error("must be <= " + number_text(*hi) + ", not '" + text + "'");
 }
 
 // ---------------------------------------------------------------- Flags

@@ -36,6 +36,7 @@ class Flags {
    public:
     Flag& at_least(double lo);  // the value must be >= lo
     Flag& above(double lo);     // the value must be > lo
+    Flag& at_most(double hi);   // the value must be <= hi
     Flag& allow_infinity();     // numbers and durations: "inf" is accepted too
 
    private:
@@ -46,7 +47,7 @@ class Flags {
     bool takes_value = true;
     // Reads the text into the target; throws st::Error saying what is wrong with it.
     std::function<void(const Flag&, const std::string&)> apply;
-    std::optional<double> lo;
+    std::optional<double> lo, hi;
     bool lo_open = false, infinity = false;
   };
 

@@ -18,7 +18,9 @@ int main(int argc, char** argv) {
       "                          (--labels DIR | --teacher-cmd \"CMD ARGS\" | --maskrcnn FILE) "
       "[options]");
   flags.integer("--port", o.port, "P",
-                "TCP port to listen on (0 = any free port, printed at start)");
+                "TCP port to listen on (0 = any free port, printed at start)")
+      .at_least(0)
+      .at_most(65535);
   flags.text("--host", o.host, "ADDR", "numeric address to bind (default 127.0.0.1)");
   flags.text("--token-file", token_file, "F",
              "the auth token edges must present in HELLO: the first line of file F\n"

@@ -51,7 +51,7 @@ struct Targets {
 
 void declare(cli::Flags& f, Targets& t) {
   f.integer("--frames", t.frames, "N", "stop after N frames");
-  f.integer("--port", t.port, "P", "port").at_least(0);
+  f.integer("--port", t.port, "P", "port").at_least(0).at_most(65535);
   f.integer("--bytes", t.bytes, "N", "a size");
   f.number("--rate", t.rate, "R", "a rate");
   f.seconds("--timeout", t.timeout, "S", "a timeout\nover two lines").above(0);
@@ -118,6 +118,7 @@ TEST_CASE("cli: a bad flag or value is an error naming the flag and the text", "
       {{"--frames", ""}, "--frames: expected an integer, not ''"},
       {{"--frames", "99999999999999999999"}, "--frames: '99999999999999999999' is out of range"},
       {{"--port", "-1"}, "--port: must be >= 0, not '-1'"},
+      {{"--port", "65536"}, "--port: must be <= 65535, not '65536'"},
       {{"--port", "4294967296"},
        "--port: must be within -2147483648..2147483647, not '4294967296'"},
       {{"--bytes", "-1"}, "--bytes: expected a non-negative integer, not '-1'"},
