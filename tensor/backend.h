@@ -72,6 +72,22 @@ class Backend {
   virtual void memcpy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n) = 0;
   virtual void synchronize() {}
 
+  // ---- memory management (not kernels: they run no op and are not in tensor/kernels.def) ----
+  // These are on the interface, not only in libst_cuda.so's own entry points: that library is
+  // opened with RTLD_LOCAL (tensor/backend.cpp), so a free function inside it cannot be called by
+  // any program; `backend_for(device).empty_cache()` can.
+  //
+  // Hands every cached free block back to the system (the CPU backend's large-block cache; the
+  // CUDA backend's cached device blocks, on every device). Tensors in use are untouched.
+  virtual void empty_cache() {}
+  // The most bytes a backend's per-device convolution workspace may hold (the CUDA backend: the
+  // cuDNN workspace, default 256 MiB or ST_CUDNN_WORKSPACE_MB; algorithms needing more are
+  // skipped). Lower it on boards whose small memory is shared with the CPU (Jetson). A backend
+  // without such a workspace ignores it and reports 0 (the CPU backend: its scratch is sized by
+  // each call and freed after it).
+  virtual void set_workspace_limit(size_t bytes) { (void)bytes; }
+  virtual size_t workspace_limit() const { return 0; }
+
   // ---- kernels: one per entry of tensor/kernels.def, which states each one's contract ----
 #define ST_KERNEL(name, params) virtual void name params = 0;
 #include "tensor/kernels.def"

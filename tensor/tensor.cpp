@@ -325,6 +325,9 @@ void Tensor::copy_(const Tensor& src) {
   Tensor s = src.to(dtype()).contiguous();
   Tensor staging = is_contiguous() ? *this : Tensor::empty(shape(), dtype(), device());
   Backend& b = backend_for(device().is_cpu() ? s.device() : device());
+  // `s` may be a temporary, freed when this returns: the backend's memcpy is ordered after the
+  // work that produced its source and done with it before it returns (the CUDA backend, between
+  // two GPUs: an event from the source's stream, then a wait for the copy; cuda/backend.cu).
   b.memcpy(staging.raw_data(), device(), s.raw_data(), s.device(),
            size_t(numel()) * dtype_size(dtype()));
   if (staging.raw_data() != raw_data()) backend_for(device()).copy(staging, *this);

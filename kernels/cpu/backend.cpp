@@ -61,6 +61,20 @@ void CpuBackend::deallocate(void* p, size_t nbytes, int) noexcept {
   std::free(p);
 }
 
+void CpuBackend::empty_cache() {
+  std::lock_guard<std::mutex> lock(cache_mutex_);
+  for (auto& entry : cache_) std::free(entry.second);
+  cache_.clear();
+  cached_bytes_ = 0;
+}
+
+MemoryStats CpuBackend::memory_stats() const {
+  std::lock_guard<std::mutex> lock(cache_mutex_);
+  MemoryStats s;
+  s.cached_bytes = cached_bytes_;
+  return s;
+}
+
 void CpuBackend::memcpy(void* dst, Device, const void* src, Device, size_t n) {
   if (n) std::memcpy(dst, src, n);
 }

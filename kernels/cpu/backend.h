@@ -23,6 +23,10 @@ class CpuBackend final : public Backend {
   void* allocate(size_t nbytes, int device_index) override;
   void deallocate(void* ptr, size_t nbytes, int device_index) noexcept override;
   void memcpy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n) override;
+  // Frees the large-block cache; memory_stats() reports only its cached_bytes (the CPU backend
+  // counts nothing else). set_workspace_limit: Backend's default (no workspace, ignored).
+  void empty_cache() override;
+  MemoryStats memory_stats() const override;
 
   // Every kernel of tensor/kernels.def (their contracts are there); the CPU backend is the
   // reference and declines none.
@@ -31,7 +35,7 @@ class CpuBackend final : public Backend {
   ST_DECLINED_KERNELS()
 
  private:
-  std::mutex cache_mutex_;
+  mutable std::mutex cache_mutex_;
   std::multimap<size_t, void*> cache_;  // free large blocks by rounded size
   size_t cached_bytes_ = 0;
 };

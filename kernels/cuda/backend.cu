@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -69,13 +70,17 @@ static bool caching_enabled() {
 }
 
 namespace {
-size_t g_workspace_limit = [] {
+std::atomic<size_t> g_workspace_limit{[] {
   const char* e = std::getenv("ST_CUDNN_WORKSPACE_MB");
   return size_t(e ? std::strtoull(e, nullptr, 10) : 256) << 20;
-}();
+}()};
 }  // namespace
-void set_workspace_limit(size_t bytes) { g_workspace_limit = bytes; }
-size_t workspace_limit() { return g_workspace_limit; }
+size_t cudnn_workspace_limit() { return g_workspace_limit.load(); }
+
+void check_rank(const char* kernel, int64_t rank) {
+  ST_CHECK(rank <= kMaxRank, kernel, ": tensors of rank ", rank,
+           " are not supported on cuda (max ", kMaxRank, ")");
+}
 
 void after_launch(Context& ctx, const char* file, int line) {
   cudaError_t e = cudaGetLastError();
@@ -121,14 +126,18 @@ Context& context(int device) {
 
 void* Context::workspace_at_least(size_t n) {
   if (n <= workspace_bytes) return workspace;
-  ST_CHECK(n <= workspace_limit(), "cuda: a cuDNN workspace of ", n, " bytes exceeds the limit ",
-           workspace_limit());
-  if (workspace) backend().deallocate(workspace, workspace_bytes, device);
-  workspace = nullptr;
-  workspace_bytes = 0;
+  ST_CHECK(n <= cudnn_workspace_limit(), "cuda: a cuDNN workspace of ", n,
+           " bytes exceeds the limit ", cudnn_workspace_limit());
+  release_workspace();
   workspace = backend().allocate(n, device);
   workspace_bytes = n;
   return workspace;
+}
+
+void Context::release_workspace() {
+  if (workspace) backend().deallocate(workspace, workspace_bytes, device);
+  workspace = nullptr;
+  workspace_bytes = 0;
 }
 
 // ---------------- profiler (ST_PROFILE=1, ST_PROFILE_TRACE=file.json) ----------------
@@ -272,8 +281,7 @@ Op::~Op() {
 // ---------------- strided descriptors, scratch ----------------
 Strided strided_of(const Tensor& t) {
   Strided s;
-  ST_CHECK(t.dim() <= kMaxRank, "cuda: tensors of rank ", t.dim(), " are not supported (max ",
-           kMaxRank, ")");
+  check_rank("cuda", t.dim());
   if (t.dim() == 0) {
     s.rank = 1;
     s.size[0] = 1;
@@ -321,7 +329,7 @@ void* CudaBackend::allocate(size_t nbytes, int device) {
   cudaError_t e = cudaMalloc(&p, n);
   if (e == cudaErrorMemoryAllocation) {  // give the cache back to the driver and try again
     cudaGetLastError();
-    release_cache();
+    empty_cache();
     e = cudaMalloc(&p, n);
   }
   if (e != cudaSuccess) {
@@ -354,7 +362,11 @@ void CudaBackend::deallocate(void* p, size_t nbytes, int device) noexcept {
   }
 }
 
-void CudaBackend::release_cache() {
+void CudaBackend::empty_cache() {
+  // The current device is put back after: allocate() retries its cudaMalloc after this, and an
+  // op in progress on one device may call it (conv.cu's SearchWorkspace).
+  int current = 0;
+  const bool restore = cudaGetDevice(&current) == cudaSuccess;
   std::lock_guard<std::mutex> l(alloc_mu_);
   for (auto& [key, p] : free_) {
     cudaSetDevice(key.first);
@@ -362,6 +374,7 @@ void CudaBackend::release_cache() {
   }
   free_.clear();
   stats_.cached_bytes = 0;
+  if (restore) cudaSetDevice(current);
 }
 
 MemoryStats CudaBackend::memory_stats() const {
@@ -369,8 +382,60 @@ MemoryStats CudaBackend::memory_stats() const {
   return stats_;
 }
 
+void CudaBackend::set_workspace_limit(size_t bytes) {
+  g_workspace_limit.store(bytes);
+  for (int d = 0; d < kMaxDevices; ++d) {
+    Context* c = nullptr;
+    {
+      std::lock_guard<std::mutex> l(g_ctx_mu);
+      c = g_ctx[size_t(d)].get();
+    }
+    if (!c) continue;
+    std::lock_guard<std::recursive_mutex> l(c->mu);
+    c->algo_cache.clear();  // a choice made under a larger limit may need more than the new one
+    if (c->workspace_bytes > bytes) c->release_workspace();
+  }
+}
+
+size_t CudaBackend::workspace_limit() const { return cudnn_workspace_limit(); }
+
+// A copy between two GPUs. Its source was written by work queued on the source device's stream,
+// but the copy is queued on the destination's: without an event between them it could read the
+// source before that work has run. And the caller frees the source right after (Tensor::copy_'s
+// contiguous temporary): the block goes back to the cache, where the next op on the source
+// device's stream may reuse it while the copy on the other stream still reads it. So: record an
+// event on the source stream, make the destination stream wait on it, copy, and wait for the
+// copy before returning. Waiting is the simplest correct choice (a stream-ordered deferred free
+// of the source would avoid the host stall, but copies between GPUs are rare here: moving a
+// model or a frame between devices, not per-op traffic).
+void CudaBackend::copy_between_devices(void* dst, int dst_device, const void* src, int src_device,
+                                       size_t n) {
+  cudaEvent_t source_ready = nullptr;
+  {
+    Context& sc = context(src_device);
+    std::lock_guard<std::recursive_mutex> l(sc.mu);  // not held with the destination's lock
+    ST_CUDA_CHECK(cudaSetDevice(src_device));       // an event belongs to the current device
+    ST_CUDA_CHECK(cudaEventCreateWithFlags(&source_ready, cudaEventDisableTiming));
+    cudaError_t e = cudaEventRecord(source_ready, sc.stream);
+    if (e != cudaSuccess) {
+      cudaEventDestroy(source_ready);
+      ST_CUDA_CHECK(e);
+    }
+  }
+  Op op("memcpy", dst_device);
+  // The event may belong to another device than the stream that waits on it.
+  cudaError_t e = cudaStreamWaitEvent(op.ctx.stream, source_ready, 0);
+  if (e == cudaSuccess) e = cudaMemcpyAsync(dst, src, n, cudaMemcpyDefault, op.ctx.stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(op.ctx.stream);
+  cudaEventDestroy(source_ready);  // released once it has completed; the stream no longer needs it
+  if (e != cudaSuccess)
+    throw_error("copy between devices", __FILE__, __LINE__, cudaGetErrorString(e));
+}
+
 void CudaBackend::memcpy(void* dst, Device dd, const void* src, Device sd, size_t n) {
   if (n == 0) return;
+  if (dd.is_cuda() && sd.is_cuda() && dd.index != sd.index)
+    return copy_between_devices(dst, dd.index, src, sd.index, n);
   const int dev = dd.is_cuda() ? dd.index : sd.index;
   Op op("memcpy", dev);
   // Unified addressing: the runtime infers the direction (and handles peer copies).
@@ -398,7 +463,6 @@ CudaBackend& backend() {
 
 Backend& cuda_backend() { return backend(); }
 
-void empty_cache() { backend().release_cache(); }
 
 }  // namespace st::cuda
 

@@ -29,7 +29,12 @@ class CudaBackend final : public Backend {
   void deallocate(void* ptr, size_t nbytes, int device) noexcept override;
   void memcpy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n) override;
   void synchronize() override;
-  void release_cache();
+  // Frees every cached block (all devices) to the driver.
+  void empty_cache() override;
+  // Sets cudnn_workspace_limit(); drops the algorithm choices (made under the old limit) and
+  // frees to the cache any device's workspace larger than the new limit.
+  void set_workspace_limit(size_t bytes) override;
+  size_t workspace_limit() const override;
 
   // Every kernel of tensor/kernels.def (their contracts are there). Declined: none.
 #define ST_KERNEL(name, params) void name params override;
@@ -41,6 +46,7 @@ class CudaBackend final : public Backend {
   void reduce_sum(const Tensor& x, const std::vector<bool>& keep, Tensor& out);
 
  private:
+  void copy_between_devices(void* dst, int dst_device, const void* src, int src_device, size_t n);
   // Caching allocator: free blocks by (device, rounded size).
   mutable std::mutex alloc_mu_;
   std::multimap<std::pair<int, size_t>, void*> free_;

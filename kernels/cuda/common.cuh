@@ -54,6 +54,16 @@ bool cudnn_benchmark();  // ST_CUDNN_BENCHMARK=1: time the candidate algorithms 
 // (implicit/explicit GEMM, direct), never FFT or Winograd, whose transforms have no element-wise
 // error bound; the parity tests set it (tests/test_cuda.cpp).
 bool cudnn_direct_sums();
+// The cuDNN workspace limit in bytes (default 256 MiB or ST_CUDNN_WORKSPACE_MB; set through
+// Backend::set_workspace_limit). Algorithms needing more are skipped.
+size_t cudnn_workspace_limit();
+
+// A convolution algorithm chosen for one problem, with the math type cuDNN chose or measured it
+// with (its perf result's mathType), which is set on the descriptor before it runs.
+struct AlgoChoice {
+  int algo = 0;
+  cudnnMathType_t math = CUDNN_DEFAULT_MATH;
+};
 
 // One per device: everything runs on its stream, in order.
 struct Context {
@@ -62,12 +72,14 @@ struct Context {
   cublasHandle_t cublas = nullptr;
   cudnnHandle_t cudnn = nullptr;
   std::recursive_mutex mu;  // one host thread issues work at a time (handles are not shared)
-  // The cuDNN workspace: grows to the largest request seen, never beyond workspace_limit().
+  // The cuDNN workspace: grows to the largest request seen, never beyond cudnn_workspace_limit().
+  // (Benchmark mode's search uses a buffer of its own: conv.cu's SearchWorkspace.)
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   void* workspace_at_least(size_t n);
+  void release_workspace();  // back to the allocator's cache; the caller holds mu
   // Algorithm choices, per convolution problem (shape, dtype, parameters), made once.
-  std::map<std::string, int> algo_cache;
+  std::map<std::string, AlgoChoice> algo_cache;
 };
 Context& context(int device);  // created on first use
 
@@ -135,6 +147,10 @@ void dispatch_float(const char* kernel, DType t, F&& f) {
   else if (t == DType::F64) f(double{});
   else throw Error(std::string(kernel) + ": dtype " + dtype_name(t) + " is not supported on cuda");
 }
+
+// Throws st::Error naming the kernel, the rank and the limit when `rank` exceeds kMaxRank (the
+// size of the fixed rank arrays of Strided, filled by hand in some kernels).
+void check_rank(const char* kernel, int64_t rank);
 
 // Grid for n elements with 256-thread blocks, capped (kernels use grid-stride loops).
 inline unsigned blocks_for(int64_t n, int threads = 256) {

@@ -1,7 +1,8 @@
 // Convolutions through cuDNN (forward, backward-data, backward-filter; transposed convolution as
 // backward-data). Algorithms are chosen once per problem (shape, dtype, parameters) and cached in
-// the device context; the workspace is the context's one grow-only buffer, capped by
-// workspace_limit().
+// the device context with the math type cuDNN chose them with; the workspace is the context's one
+// grow-only buffer, capped by cudnn_workspace_limit(). Benchmark mode (ST_CUDNN_BENCHMARK=1) times
+// the candidates in a search buffer of the full limit that is freed right after the search.
 #include <string>
 #include <vector>
 
@@ -35,6 +36,7 @@ struct FilterDesc {
 };
 struct ConvDesc {
   cudnnConvolutionDescriptor_t d = nullptr;
+  cudnnMathType_t requested = CUDNN_DEFAULT_MATH;  // what the search may use (set below)
   ConvDesc(cudnnDataType_t t, const Conv2dParams& p) {
     ST_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&d));
     ST_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(d, int(p.pad_h), int(p.pad_w), int(p.stride_h),
@@ -42,8 +44,16 @@ struct ConvDesc {
                                                    t));
     ST_CUDNN_CHECK(cudnnSetConvolutionGroupCount(d, int(p.groups)));
     // f32: TF32 tensor cores unless ST_CUDA_TF32=0 (PyTorch's cuDNN default is TF32 on too).
-    ST_CUDNN_CHECK(cudnnSetConvolutionMathType(
-        d, t == CUDNN_DATA_FLOAT && allow_tf32() ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+    requested = t == CUDNN_DATA_FLOAT && allow_tf32() ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+    ST_CUDNN_CHECK(cudnnSetConvolutionMathType(d, requested));
+  }
+  // Before running a chosen algorithm: its math type, as the search reported it (an algorithm may
+  // have been measured, and its workspace sized, with tensor-core math the descriptor's default
+  // would not give it). FMA math, once requested (ST_CUDA_TF32=0, f64), stays: the search's
+  // answer may not turn TF32 back on.
+  void use(const AlgoChoice& c) {
+    ST_CUDNN_CHECK(
+        cudnnSetConvolutionMathType(d, requested == CUDNN_FMA_MATH ? requested : c.math));
   }
   ~ConvDesc() { cudnnDestroyConvolutionDescriptor(d); }
 };
@@ -86,17 +96,58 @@ bool transform_algo(cudnnConvolutionBwdFilterAlgo_t a) {
 }
 
 // The first algorithm (cuDNN's heuristic order, or measured order in benchmark mode) that
-// succeeds and fits the workspace limit (and, under ST_CUDNN_DIRECT_SUMS, is no transform).
+// succeeds and fits the workspace limit (and, under ST_CUDNN_DIRECT_SUMS, is no transform), with
+// its math type. Results whose math converts f32 data down to f16 are skipped: the descriptor
+// never asks for that (TF32 at most, ST_CUDA_TF32).
 template <class Perf>
-int pick(const Perf* perf, int n, const std::string& key) {
+AlgoChoice pick(const Perf* perf, int n, const std::string& key) {
   for (int i = 0; i < n; ++i)
-    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= workspace_limit() &&
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= cudnn_workspace_limit() &&
+        perf[i].mathType != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION &&
         !(cudnn_direct_sums() && transform_algo(perf[i].algo)))
-      return int(perf[i].algo);
+      return {int(perf[i].algo), perf[i].mathType};
   throw Error("cuDNN has no algorithm for " + key + " within the workspace limit of " +
-              std::to_string(workspace_limit()) + " bytes" +
+              std::to_string(cudnn_workspace_limit()) + " bytes" +
               (cudnn_direct_sums() ? " (ST_CUDNN_DIRECT_SUMS: no FFT or Winograd)" : ""));
 }
+
+// Benchmark mode's search buffer. The search may time any algorithm within the limit, so it
+// needs the full limit, but only while it runs: kept as the context's workspace, that much
+// memory would stay held for good although the chosen algorithms usually need far less. So it is
+// allocated apart and handed back to the driver (not to the allocator's cache, which keeps
+// blocks until empty_cache or an allocation failure) once the search is done; the context's
+// workspace then grows only to what the chosen algorithms need (workspace_at_least).
+struct SearchWorkspace {
+  Context& ctx;
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  explicit SearchWorkspace(Context& c) : ctx(c), bytes(cudnn_workspace_limit()) {
+    if (bytes <= ctx.workspace_bytes) {  // the context's workspace is already large enough
+      ptr = ctx.workspace;
+      return;
+    }
+    cudaError_t e = cudaMalloc(&ptr, bytes);
+    if (e == cudaErrorMemoryAllocation) {  // give the cache back to the driver and try again
+      cudaGetLastError();
+      backend().empty_cache();
+      e = cudaMalloc(&ptr, bytes);
+    }
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      ptr = nullptr;
+      throw Error("cuda:" + std::to_string(ctx.device) + ": out of memory allocating the cuDNN " +
+                  "benchmark search workspace of " + std::to_string(bytes) +
+                  " bytes (lower it: Backend::set_workspace_limit or ST_CUDNN_WORKSPACE_MB)");
+    }
+  }
+  ~SearchWorkspace() {
+    if (!ptr || ptr == ctx.workspace) return;
+    cudaStreamSynchronize(ctx.stream);  // the search's work may still be queued
+    cudaFree(ptr);
+  }
+  SearchWorkspace(const SearchWorkspace&) = delete;
+  SearchWorkspace& operator=(const SearchWorkspace&) = delete;
+};
 
 template <class T>
 __global__ void add_bias_kernel(T* y, const T* b, int64_t n, int64_t C, int64_t P) {
@@ -130,17 +181,18 @@ void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor*
       cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
       int n = 0;
       if (cudnn_benchmark()) {
-        void* ws = ctx.workspace_at_least(workspace_limit());
+        SearchWorkspace ws(ctx);
         ST_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
             ctx.cudnn, xd.d, x.raw_data(), wd.d, w.raw_data(), cd.d, yd.d, y.raw_data(),
-            CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf, ws, workspace_limit()));
+            CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf, ws.ptr, ws.bytes));
       } else {
         ST_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
             ctx.cudnn, xd.d, wd.d, cd.d, yd.d, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf));
       }
       it = ctx.algo_cache.emplace(key, pick(perf, n, key)).first;
     }
-    const auto algo = cudnnConvolutionFwdAlgo_t(it->second);
+    cd.use(it->second);
+    const auto algo = cudnnConvolutionFwdAlgo_t(it->second.algo);
     size_t ws_bytes = 0;
     ST_CUDNN_CHECK(
         cudnnGetConvolutionForwardWorkspaceSize(ctx.cudnn, xd.d, wd.d, cd.d, yd.d, algo, &ws_bytes));
@@ -167,17 +219,18 @@ static void backward_data(Context& ctx, const Tensor& dy, const Tensor& w, const
     cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     int n = 0;
     if (cudnn_benchmark()) {
-      void* ws = ctx.workspace_at_least(workspace_limit());
+      SearchWorkspace ws(ctx);
       ST_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
           ctx.cudnn, wd.d, w.raw_data(), dyd.d, dy.raw_data(), cd.d, dxd.d, dx.raw_data(),
-          CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf, ws, workspace_limit()));
+          CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf, ws.ptr, ws.bytes));
     } else {
       ST_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
           ctx.cudnn, wd.d, dyd.d, cd.d, dxd.d, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf));
     }
     it = ctx.algo_cache.emplace(key, pick(perf, n, key)).first;
   }
-  const auto algo = cudnnConvolutionBwdDataAlgo_t(it->second);
+  cd.use(it->second);
+  const auto algo = cudnnConvolutionBwdDataAlgo_t(it->second.algo);
   size_t ws_bytes = 0;
   ST_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(ctx.cudnn, wd.d, dyd.d, cd.d, dxd.d,
                                                               algo, &ws_bytes));
@@ -215,17 +268,18 @@ void CudaBackend::conv2d_backward_weight(const Tensor& gy, const Tensor& x, cons
       cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
       int n = 0;
       if (cudnn_benchmark()) {
-        void* ws = ctx.workspace_at_least(workspace_limit());
+        SearchWorkspace ws(ctx);
         ST_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
             ctx.cudnn, xd.d, x.raw_data(), dyd.d, gy.raw_data(), cd.d, wd.d, gw.raw_data(),
-            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf, ws, workspace_limit()));
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf, ws.ptr, ws.bytes));
       } else {
         ST_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
             ctx.cudnn, xd.d, dyd.d, cd.d, wd.d, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf));
       }
       it = ctx.algo_cache.emplace(key, pick(perf, n, key)).first;
     }
-    const auto algo = cudnnConvolutionBwdFilterAlgo_t(it->second);
+    cd.use(it->second);
+    const auto algo = cudnnConvolutionBwdFilterAlgo_t(it->second.algo);
     size_t ws_bytes = 0;
     ST_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(ctx.cudnn, xd.d, dyd.d, cd.d,
                                                                   wd.d, algo, &ws_bytes));

@@ -180,6 +180,10 @@ __global__ void reduce_final_kernel(const double* partial, int splits, T* out, i
 
 void CudaBackend::reduce_sum(const Tensor& x, const std::vector<bool>& keep, Tensor& out) {
   Op op("reduce_sum", x.device().index);
+  // kept and red are filled by hand below: their fixed rank arrays hold kMaxRank dims.
+  check_rank("reduce_sum", x.dim());
+  ST_CHECK(int64_t(keep.size()) == x.dim(), "reduce_sum: ", keep.size(), " keep flags for rank ",
+           x.dim());
   Strided kept, red;
   int64_t nout = 1, rcount = 1;
   if (x.dim() == 0) {
