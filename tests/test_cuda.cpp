@@ -770,9 +770,9 @@ void student_step_cases(const Sides& s) {
   ap.lr = hp.lr, ap.beta1 = hp.beta1, ap.beta2 = hp.beta2, ap.eps = hp.eps, ap.step = 1;
   // Every trained parameter, the two structurally zero biases included: both sides step from side
   // a's gradient (teacher forcing), so their rounding-noise gradient moves both the same way and
-  // the bound below holds; had each side stepped from its own gradient, those two would move by
-  // about lr with independent signs (Adam's first step is lr * g / (|g| + eps)), and would have to
-  // be left out of this comparison, checked instead by check_structural_zeros above.
+  // the bound below holds; had each side stepped from its own gradient, those two would move by up
+  // to lr with independent signs (Adam's first step is lr * g / (|g| + eps), and their g is noise),
+  // and would have to be left out of this comparison: check_structural_zeros above checks them.
   const auto names = net.trained_names(nn::Distillation::Partial);
   REQUIRE(names.size() == 26);
   for (const auto& name : names) {
