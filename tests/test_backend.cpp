@@ -130,8 +130,7 @@ TEST_CASE("backend: a declined kernel throws st::Error naming the kernel and the
 
 TEST_CASE("backend: the CUDA backend defines every kernel or declines it explicitly",
           "[backend][cuda]") {
-  if (!device_available(DeviceType::CUDA))
-    ST_SKIP("no usable CUDA GPU (or a build without the CUDA backend)");
+  ST_REQUIRE_CUDA_GPU();
   Backend& gpu = backend_for(Device::cuda(0));
   REQUIRE(std::string(gpu.name()) == "cuda");
   check_declines(gpu);

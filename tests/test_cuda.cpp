@@ -50,19 +50,21 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
-bool have_gpu() {
-  static const bool b = [] {
-    // Read once, before the first convolution of this process.
+// Read once, before the first convolution of this process (and before the GPU is probed).
+void set_cuda_numerics() {
+  static const bool once = [] {
     ::setenv("ST_CUDA_TF32", "0", 1);
     ::setenv("ST_CUDNN_DIRECT_SUMS", "1", 1);
-    return device_available(DeviceType::CUDA);
+    return true;
   }();
-  return b;
+  (void)once;
 }
 
-#define REQUIRE_GPU()                                                                  \
-  do {                                                                                 \
-    if (!have_gpu()) ST_SKIP("no usable CUDA GPU (or a build without the CUDA backend)"); \
+// Skips without a usable GPU, fails instead under ST_REQUIRE_GPU=1 (tests/test_util.h).
+#define REQUIRE_GPU()       \
+  do {                      \
+    set_cuda_numerics();    \
+    ST_REQUIRE_CUDA_GPU();  \
   } while (0)
 
 Tensor gpu(const Tensor& t) { return t.to(kGpu); }
@@ -724,6 +726,18 @@ struct StudentCase {
   }
 };
 
+// The Distiller's configuration of the GPU step test below: one partial step, whatever the
+// frame's mIoU. It trains unless the frame's mIoU beats the threshold; the largest threshold it
+// accepts (thresholds lie in (0, 1): nn/distill.cpp) is beaten only by a perfect mIoU of 1, which
+// the random student does not reach (each test checks). A threshold of 1.1, once written here to
+// mean "never stop early", is refused by the Distiller; the CPU test below runs this same config.
+nn::DistillConfig one_step_config() {
+  nn::DistillConfig cfg;
+  cfg.max_updates = 1;
+  cfg.threshold = std::nextafter(1.0, 0.0);
+  return cfg;
+}
+
 // The whole teacher-forced step on two sides: the forward of every op, the loss, the backward of
 // the trained back (every input and parameter gradient), the structurally zero gradients apart,
 // and Adam's first step from side a's gradients.
@@ -754,6 +768,11 @@ void student_step_cases(const Sides& s) {
   const test::AdamHyper hp{0.01, 0.9, 0.999, 1e-8};
   AdamParams ap;
   ap.lr = hp.lr, ap.beta1 = hp.beta1, ap.beta2 = hp.beta2, ap.eps = hp.eps, ap.step = 1;
+  // Every trained parameter, the two structurally zero biases included: both sides step from side
+  // a's gradient (teacher forcing), so their rounding-noise gradient moves both the same way and
+  // the bound below holds; had each side stepped from its own gradient, those two would move by up
+  // to lr with independent signs (Adam's first step is lr * g / (|g| + eps), and their g is noise),
+  // and would have to be left out of this comparison: check_structural_zeros above checks them.
   const auto names = net.trained_names(nn::Distillation::Partial);
   REQUIRE(names.size() == 26);
   for (const auto& name : names) {
@@ -800,6 +819,96 @@ TEST_CASE("cuda parity bounds: the CPU's float32 holds them against its float64 
 TEST_CASE("cuda parity bounds: the student's teacher-forced step, CPU float32 against float64",
           "[cuda][student]") {
   student_step_cases(f32_f64());
+}
+
+// The GPU step test's Distiller configuration, on the CPU: the Distiller accepts it and takes the
+// one step it asks for (that test failed on every GPU run when its threshold was 1.1).
+TEST_CASE("cuda parity bounds: the GPU step test's distillation config takes one step on the CPU",
+          "[cuda][distill]") {
+  nn::DistillConfig never_stop = one_step_config();
+  never_stop.threshold = 1.1;  // the old config: refused
+  nn::Student refused(3);
+  REQUIRE_THROWS_WITH(nn::Distiller(refused, nn::Distillation::Partial, never_stop),
+                      Contains("threshold must be in (0, 1)"));
+  nn::Student sc(3);
+  const StudentCase c;
+  nn::Distiller dc(sc, nn::Distillation::Partial, one_step_config());
+  reset_backward_kernel_counts();
+  const auto oc = dc.distill(c.x, c.target);
+  REQUIRE(oc.acc_before < 1.0);
+  REQUIRE(oc.steps == 1);
+  REQUIRE(backward_kernel_count("conv2d.grad_weight") > 0);  // the step's backward ran
+}
+
+// The decision every [cuda] test below makes (REQUIRE_GPU: tests/test_util.h), on statuses made up
+// here and on this machine's own: run with a usable GPU; otherwise skip, or under ST_REQUIRE_GPU
+// fail, the message naming why.
+TEST_CASE("cuda gate: without a usable GPU a test skips, under ST_REQUIRE_GPU=1 it fails (no GPU needed)",
+          "[cuda][errors]") {
+  using test::GpuGate;
+  // The variable is this process's; restored at the end.
+  const char* was = std::getenv("ST_REQUIRE_GPU");
+  const std::string saved = was ? was : "";
+  ::unsetenv("ST_REQUIRE_GPU");
+  REQUIRE_FALSE(test::gpu_required());
+  ::setenv("ST_REQUIRE_GPU", "0", 1);
+  REQUIRE_FALSE(test::gpu_required());
+  ::setenv("ST_REQUIRE_GPU", "1", 1);
+  REQUIRE(test::gpu_required());
+
+  for (DeviceState st : {DeviceState::Absent, DeviceState::Broken}) {
+    const DeviceStatus s{st, "the reason"};
+    INFO(device_state_name(st));
+    const GpuGate skip = test::gpu_gate(s, false), fail = test::gpu_gate(s, true);
+    REQUIRE(skip.action == GpuGate::Skip);
+    REQUIRE_THAT(skip.message, Contains(std::string(device_state_name(st)) + ": the reason"));
+    REQUIRE(fail.action == GpuGate::Fail);
+    REQUIRE_THAT(fail.message, Contains(std::string(device_state_name(st)) + ": the reason") &&
+                                   Contains("ST_REQUIRE_GPU"));
+  }
+  for (bool required : {false, true}) {
+    const GpuGate run = test::gpu_gate({DeviceState::Usable, ""}, required);
+    REQUIRE(run.action == GpuGate::Run);
+    REQUIRE(run.message.empty());
+  }
+
+  // This machine's GPU, as REQUIRE_GPU sees it.
+  const DeviceStatus& real = test::cuda_status();
+  REQUIRE((real.state == DeviceState::Usable) == real.reason.empty());
+  REQUIRE((real.state == DeviceState::Usable) == device_available(DeviceType::CUDA));
+  if (!backend_built(DeviceType::CUDA)) REQUIRE(real.state == DeviceState::Absent);
+  const GpuGate required = test::cuda_gate();
+  ::unsetenv("ST_REQUIRE_GPU");
+  const GpuGate optional = test::cuda_gate();
+  if (real.state == DeviceState::Usable) {
+    REQUIRE(required.action == GpuGate::Run);
+    REQUIRE(optional.action == GpuGate::Run);
+  } else {
+    INFO("this machine: " << real.reason);
+    REQUIRE(required.action == GpuGate::Fail);
+    REQUIRE_THAT(required.message, Contains(real.reason));
+    REQUIRE(optional.action == GpuGate::Skip);
+    REQUIRE_THAT(optional.message, Contains(real.reason));
+  }
+  if (!saved.empty()) ::setenv("ST_REQUIRE_GPU", saved.c_str(), 1);
+
+  // What is absent and what is broken, from the CUDA probe's messages (kernels/cuda/backend.cu).
+  REQUIRE(device_status(DeviceType::CPU).state == DeviceState::Usable);
+  REQUIRE(device_unavailable_reason(DeviceType::CPU).empty());
+  const std::string no_device = "cuda:0: no usable GPU (no CUDA-capable device is detected)";
+  const std::string none_counted = "cuda:0: no usable GPU (0 device(s) present)";
+  const std::string old_driver =
+      "cuda:0: no usable GPU (CUDA driver version is insufficient for CUDA runtime version)";
+  const std::string oom = "cuda:0: out of memory allocating 16 bytes (0 MiB in use by tensors; "
+                          "out of memory)";
+  for (bool node : {false, true}) {
+    REQUIRE(classify_cuda_failure(no_device, node) == DeviceState::Absent);
+    REQUIRE(classify_cuda_failure(none_counted, node) == DeviceState::Absent);
+  }
+  // A driver error with a GPU node present is a broken setup; without any node, no GPU at all.
+  REQUIRE(classify_cuda_failure(old_driver, true) == DeviceState::Broken);
+  REQUIRE(classify_cuda_failure(old_driver, false) == DeviceState::Absent);
+  REQUIRE(classify_cuda_failure(oom, true) == DeviceState::Broken);
 }
 
 // ---------------- CPU against GPU ----------------
@@ -912,12 +1021,7 @@ TEST_CASE("cuda: the student's forward and one partial distillation step match t
   sg.to(kGpu);
   REQUIRE(sg.device() == kGpu);
   const StudentCase c;
-  nn::DistillConfig cfg;
-  cfg.max_updates = 1;
-  // It trains unless the frame's mIoU beats the threshold; the largest threshold it accepts
-  // (thresholds lie in (0, 1)) is beaten only by a perfect mIoU of 1, which the random student
-  // does not reach (checked below): one step on both.
-  cfg.threshold = std::nextafter(1.0, 0.0);
+  const nn::DistillConfig cfg = one_step_config();  // one step on both
   nn::Distiller dc(sc, nn::Distillation::Partial, cfg), dg(sg, nn::Distillation::Partial, cfg);
   reset_backward_kernel_counts();
   auto oc = dc.distill(c.x, c.target);

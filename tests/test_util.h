@@ -9,6 +9,7 @@
 #include <string>
 
 #include "tensor/autograd.h"
+#include "tensor/device_status.h"
 #include "tensor/ops.h"
 
 namespace st::test {
@@ -25,6 +26,39 @@ namespace st::test {
     }                                                                 \
     WARN("SKIPPED: " << st_skip_reason_);                             \
     return;                                                           \
+  } while (0)
+
+// What a test that needs a CUDA GPU does: run, skip, or (ST_REQUIRE_GPU set to anything but ""
+// or "0": tools/gpu_check.sh sets it) fail, where it would otherwise skip, with the reason the GPU
+// is not usable. Apart from cuda_gate() so the decision is tested on any machine.
+struct GpuGate {
+  enum Action { Run, Skip, Fail } action = Run;
+  std::string message;  // why it skips or fails; "" when it runs
+};
+inline bool gpu_required() {
+  const char* e = std::getenv("ST_REQUIRE_GPU");
+  return e && *e && std::string(e) != "0";
+}
+inline GpuGate gpu_gate(const DeviceStatus& s, bool required) {
+  if (s.state == DeviceState::Usable) return {GpuGate::Run, ""};
+  const std::string why = std::string("no usable CUDA GPU, ") + device_state_name(s.state) + ": " + s.reason;
+  if (required) return {GpuGate::Fail, why + " (ST_REQUIRE_GPU is set: a GPU was required)"};
+  return {GpuGate::Skip, why};
+}
+// The CUDA device's status, probed once per process.
+inline const DeviceStatus& cuda_status() {
+  static const DeviceStatus s = device_status(DeviceType::CUDA);
+  return s;
+}
+inline GpuGate cuda_gate() { return gpu_gate(cuda_status(), gpu_required()); }
+
+// The one way a [cuda] test says it needs a GPU: runs on; skips (ST_SKIP) without a usable one;
+// fails instead, naming why, under ST_REQUIRE_GPU=1.
+#define ST_REQUIRE_CUDA_GPU()                                                 \
+  do {                                                                        \
+    const ::st::test::GpuGate st_gate_ = ::st::test::cuda_gate();             \
+    if (st_gate_.action == ::st::test::GpuGate::Fail) FAIL(st_gate_.message); \
+    if (st_gate_.action == ::st::test::GpuGate::Skip) ST_SKIP(st_gate_.message); \
   } while (0)
 
 inline std::filesystem::path source_dir() { return ST_SOURCE_DIR; }

@@ -6,7 +6,14 @@
 #   tools/gpu_check.sh [OUT_DIR]        (default gpu_check_out/; summary in OUT_DIR/summary.md)
 # Environment: BUILD_DIR (default build-gpu), CUDA_ARCH (default: the GPU's own, e.g. 90),
 #   ST_PEER_PYTHON (python with torch + CUDA for the peer; default: python3 on PATH),
-#   JOBS (build/test parallelism; default nproc), SKIP_TESTS=1, BENCH_REPS (default 10).
+#   JOBS (build parallelism; default nproc), CTEST_JOBS (test processes at once; default 2: each
+#   [cuda] test process opens its own CUDA context, cuBLAS and cuDNN, some hundreds of MB, which
+#   at nproc at once can exhaust a Jetson's memory shared by CPU and GPU), SKIP_TESTS=1,
+#   BENCH_REPS (default 10).
+# The tests run with ST_REQUIRE_GPU=1 (tests/README.md): a [cuda] test that finds no usable GPU
+# fails, naming why (absent, or a broken setup: driver too old, library not loading), instead of
+# skipping; and the check exits non-zero when no `cuda:` test passed, so "0 of N passed" is never
+# a success.
 # Needs nvcc, cuBLAS and cuDNN (headers + libraries; a pip cuDNN works: set CUDNN_ROOT to the
 # folder holding include/cudnn.h and lib/libcudnn.so*).
 set -uo pipefail
@@ -16,6 +23,7 @@ mkdir -p "$out"
 out="$(realpath "$out")"
 build="${BUILD_DIR:-build-gpu}"
 jobs="${JOBS:-$(nproc)}"
+ctest_jobs="${CTEST_JOBS:-2}"
 reps="${BENCH_REPS:-10}"
 summary="$out/summary.md"
 log() { printf '%s\n' "$*" | tee -a "$summary"; }
@@ -82,12 +90,18 @@ log "- configure + build: $(( $(date +%s) - t0 )) s"
 status=0
 if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
   t0=$(date +%s)
-  ctest --test-dir "$build" -j "$jobs" --output-on-failure >"$out/ctest.log" 2>&1 || status=1
-  log "- ctest: $(grep -E 'tests passed|tests failed' "$out/ctest.log" | tail -1) ($(( $(date +%s) - t0 )) s)"
+  ST_REQUIRE_GPU=1 ctest --test-dir "$build" -j "$ctest_jobs" --output-on-failure \
+    >"$out/ctest.log" 2>&1 || status=1
+  log "- ctest (-j $ctest_jobs, ST_REQUIRE_GPU=1): $(grep -E 'tests passed|tests failed' "$out/ctest.log" | tail -1) ($(( $(date +%s) - t0 )) s)"
   cuda_total=$(grep -cE 'Test +#[0-9]+: cuda:' "$out/ctest.log")
   cuda_pass=$(grep -E 'Test +#[0-9]+: cuda:' "$out/ctest.log" | grep -c 'Passed')
   log "- CUDA parity tests: $cuda_pass of $cuda_total passed"
   grep -E 'Test +#[0-9]+: cuda:' "$out/ctest.log" | grep -v Passed | sed 's/^/    /' | tee -a "$summary"
+  if [[ "$cuda_pass" -eq 0 ]]; then
+    log "- FAILED: no cuda: test passed (the first failure's reason:)"
+    grep -m 3 -E 'no usable CUDA GPU' "$out/ctest.log" | sed 's/^/    /' | tee -a "$summary"
+    status=1
+  fi
 fi
 
 log ""
