@@ -18,20 +18,12 @@ namespace {
 const Device kGpu = Device::cuda(0);
 
 bool have_gpu() {
-  static const bool b = [] {
-    // As tests/test_cuda.cpp: full f32 products and no FFT/Winograd, so the convolution below has
-    // an element-wise bound (read once, before the first convolution of this process).
-    ::setenv("ST_CUDA_TF32", "0", 1);
-    ::setenv("ST_CUDNN_DIRECT_SUMS", "1", 1);
-    return device_available(DeviceType::CUDA);
-  }();
-  return b;
+  test::set_cuda_parity_numerics();
+  return device_available(DeviceType::CUDA);
 }
 
-#define REQUIRE_GPU()                                                                      \
-  do {                                                                                     \
-    if (!have_gpu()) ST_SKIP("no usable CUDA GPU (or a build without the CUDA backend)"); \
-  } while (0)
+// Skips without a usable GPU, fails instead under ST_REQUIRE_GPU=1 (tests/test_util.h).
+#define REQUIRE_GPU() ST_REQUIRE_CUDA_GPU()
 
 // A second GPU, if there is one (allocation on a missing device throws).
 bool have_second_gpu() {

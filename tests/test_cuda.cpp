@@ -50,22 +50,8 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
-// Read once, before the first convolution of this process (and before the GPU is probed).
-void set_cuda_numerics() {
-  static const bool once = [] {
-    ::setenv("ST_CUDA_TF32", "0", 1);
-    ::setenv("ST_CUDNN_DIRECT_SUMS", "1", 1);
-    return true;
-  }();
-  (void)once;
-}
-
 // Skips without a usable GPU, fails instead under ST_REQUIRE_GPU=1 (tests/test_util.h).
-#define REQUIRE_GPU()       \
-  do {                      \
-    set_cuda_numerics();    \
-    ST_REQUIRE_CUDA_GPU();  \
-  } while (0)
+#define REQUIRE_GPU() ST_REQUIRE_CUDA_GPU()
 
 Tensor gpu(const Tensor& t) { return t.to(kGpu); }
 Tensor cpu(const Tensor& t) { return t.to(Device::cpu()); }

@@ -52,10 +52,24 @@ inline const DeviceStatus& cuda_status() {
 }
 inline GpuGate cuda_gate() { return gpu_gate(cuda_status(), gpu_required()); }
 
+// The numerics of the CPU-vs-CUDA parity tests: full f32 products (ST_CUDA_TF32=0) and direct
+// sums (ST_CUDNN_DIRECT_SUMS=1: no FFT/Winograd), so each result has an element-wise error bound.
+// The backend reads them once, at the first convolution: call this before anything touches the
+// GPU (REQUIRE_GPU in the [cuda] test files does).
+inline void set_cuda_parity_numerics() {
+  static const bool once = [] {
+    ::setenv("ST_CUDA_TF32", "0", 1);
+    ::setenv("ST_CUDNN_DIRECT_SUMS", "1", 1);
+    return true;
+  }();
+  (void)once;
+}
+
 // The one way a [cuda] test says it needs a GPU: runs on; skips (ST_SKIP) without a usable one;
-// fails instead, naming why, under ST_REQUIRE_GPU=1.
+// fails instead, naming why, under ST_REQUIRE_GPU=1. Sets the parity numerics first (above).
 #define ST_REQUIRE_CUDA_GPU()                                                 \
   do {                                                                        \
+    ::st::test::set_cuda_parity_numerics();                                   \
     const ::st::test::GpuGate st_gate_ = ::st::test::cuda_gate();             \
     if (st_gate_.action == ::st::test::GpuGate::Fail) FAIL(st_gate_.message); \
     if (st_gate_.action == ::st::test::GpuGate::Skip) ST_SKIP(st_gate_.message); \
