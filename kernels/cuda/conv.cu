@@ -149,6 +149,25 @@ struct SearchWorkspace {
   SearchWorkspace& operator=(const SearchWorkspace&) = delete;
 };
 
+// The algorithm (with its math type) for a problem: from the context's cache, else chosen by
+// cuDNN and cached: timed in benchmark mode (find(ws, ws_bytes, &n, perf) over SearchWorkspace),
+// from its heuristic otherwise (heuristic(&n, perf)); pick takes the first that qualifies.
+template <class Perf, int kCount, class Find, class Heuristic>
+const AlgoChoice& choose_algo(Context& ctx, const std::string& key, Find find,
+                              Heuristic heuristic) {
+  auto it = ctx.algo_cache.find(key);
+  if (it != ctx.algo_cache.end()) return it->second;
+  Perf perf[kCount];
+  int n = 0;
+  if (cudnn_benchmark()) {
+    SearchWorkspace ws(ctx);
+    find(ws.ptr, ws.bytes, &n, perf);
+  } else {
+    heuristic(&n, perf);
+  }
+  return ctx.algo_cache.emplace(key, pick(perf, n, key)).first->second;
+}
+
 template <class T>
 __global__ void add_bias_kernel(T* y, const T* b, int64_t n, int64_t C, int64_t P) {
   ST_GRID_STRIDE(i, n) y[i] += b[(i / P) % C];
@@ -175,24 +194,20 @@ void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor*
     TensorDesc xd(t, x), yd(t, y);
     FilterDesc wd(t, w);
     ConvDesc cd(t, p);
-    const std::string key = problem_key("fwd", x.dtype(), x, w, y, p);
-    auto it = ctx.algo_cache.find(key);
-    if (it == ctx.algo_cache.end()) {
-      cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-      int n = 0;
-      if (cudnn_benchmark()) {
-        SearchWorkspace ws(ctx);
-        ST_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
-            ctx.cudnn, xd.d, x.raw_data(), wd.d, w.raw_data(), cd.d, yd.d, y.raw_data(),
-            CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf, ws.ptr, ws.bytes));
-      } else {
-        ST_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
-            ctx.cudnn, xd.d, wd.d, cd.d, yd.d, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf));
-      }
-      it = ctx.algo_cache.emplace(key, pick(perf, n, key)).first;
-    }
-    cd.use(it->second);
-    const auto algo = cudnnConvolutionFwdAlgo_t(it->second.algo);
+    constexpr int kCount = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
+    const AlgoChoice& choice = choose_algo<cudnnConvolutionFwdAlgoPerf_t, kCount>(
+        ctx, problem_key("fwd", x.dtype(), x, w, y, p),
+        [&](void* ws, size_t ws_bytes, int* n, cudnnConvolutionFwdAlgoPerf_t* perf) {
+          ST_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
+              ctx.cudnn, xd.d, x.raw_data(), wd.d, w.raw_data(), cd.d, yd.d, y.raw_data(), kCount,
+              n, perf, ws, ws_bytes));
+        },
+        [&](int* n, cudnnConvolutionFwdAlgoPerf_t* perf) {
+          ST_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(ctx.cudnn, xd.d, wd.d, cd.d, yd.d,
+                                                                kCount, n, perf));
+        });
+    cd.use(choice);
+    const auto algo = cudnnConvolutionFwdAlgo_t(choice.algo);
     size_t ws_bytes = 0;
     ST_CUDNN_CHECK(
         cudnnGetConvolutionForwardWorkspaceSize(ctx.cudnn, xd.d, wd.d, cd.d, yd.d, algo, &ws_bytes));
@@ -213,24 +228,20 @@ static void backward_data(Context& ctx, const Tensor& dy, const Tensor& w, const
   TensorDesc dyd(t, dy), dxd(t, dx);
   FilterDesc wd(t, w);
   ConvDesc cd(t, p);
-  const std::string key = problem_key(kind, dx.dtype(), dx, w, dy, p);
-  auto it = ctx.algo_cache.find(key);
-  if (it == ctx.algo_cache.end()) {
-    cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    int n = 0;
-    if (cudnn_benchmark()) {
-      SearchWorkspace ws(ctx);
-      ST_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
-          ctx.cudnn, wd.d, w.raw_data(), dyd.d, dy.raw_data(), cd.d, dxd.d, dx.raw_data(),
-          CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf, ws.ptr, ws.bytes));
-    } else {
-      ST_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
-          ctx.cudnn, wd.d, dyd.d, cd.d, dxd.d, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf));
-    }
-    it = ctx.algo_cache.emplace(key, pick(perf, n, key)).first;
-  }
-  cd.use(it->second);
-  const auto algo = cudnnConvolutionBwdDataAlgo_t(it->second.algo);
+  constexpr int kCount = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
+  const AlgoChoice& choice = choose_algo<cudnnConvolutionBwdDataAlgoPerf_t, kCount>(
+      ctx, problem_key(kind, dx.dtype(), dx, w, dy, p),
+      [&](void* ws, size_t ws_bytes, int* n, cudnnConvolutionBwdDataAlgoPerf_t* perf) {
+        ST_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
+            ctx.cudnn, wd.d, w.raw_data(), dyd.d, dy.raw_data(), cd.d, dxd.d, dx.raw_data(),
+            kCount, n, perf, ws, ws_bytes));
+      },
+      [&](int* n, cudnnConvolutionBwdDataAlgoPerf_t* perf) {
+        ST_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(ctx.cudnn, wd.d, dyd.d, cd.d,
+                                                                   dxd.d, kCount, n, perf));
+      });
+  cd.use(choice);
+  const auto algo = cudnnConvolutionBwdDataAlgo_t(choice.algo);
   size_t ws_bytes = 0;
   ST_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(ctx.cudnn, wd.d, dyd.d, cd.d, dxd.d,
                                                               algo, &ws_bytes));
@@ -262,24 +273,20 @@ void CudaBackend::conv2d_backward_weight(const Tensor& gy, const Tensor& x, cons
     TensorDesc xd(t, x), dyd(t, gy);
     FilterDesc wd(t, gw);
     ConvDesc cd(t, p);
-    const std::string key = problem_key("bwd_filter", x.dtype(), x, gw, gy, p);
-    auto it = ctx.algo_cache.find(key);
-    if (it == ctx.algo_cache.end()) {
-      cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-      int n = 0;
-      if (cudnn_benchmark()) {
-        SearchWorkspace ws(ctx);
-        ST_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
-            ctx.cudnn, xd.d, x.raw_data(), dyd.d, gy.raw_data(), cd.d, wd.d, gw.raw_data(),
-            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf, ws.ptr, ws.bytes));
-      } else {
-        ST_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-            ctx.cudnn, xd.d, dyd.d, cd.d, wd.d, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf));
-      }
-      it = ctx.algo_cache.emplace(key, pick(perf, n, key)).first;
-    }
-    cd.use(it->second);
-    const auto algo = cudnnConvolutionBwdFilterAlgo_t(it->second.algo);
+    constexpr int kCount = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
+    const AlgoChoice& choice = choose_algo<cudnnConvolutionBwdFilterAlgoPerf_t, kCount>(
+        ctx, problem_key("bwd_filter", x.dtype(), x, gw, gy, p),
+        [&](void* ws, size_t ws_bytes, int* n, cudnnConvolutionBwdFilterAlgoPerf_t* perf) {
+          ST_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
+              ctx.cudnn, xd.d, x.raw_data(), dyd.d, gy.raw_data(), cd.d, wd.d, gw.raw_data(),
+              kCount, n, perf, ws, ws_bytes));
+        },
+        [&](int* n, cudnnConvolutionBwdFilterAlgoPerf_t* perf) {
+          ST_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+              ctx.cudnn, xd.d, dyd.d, cd.d, wd.d, kCount, n, perf));
+        });
+    cd.use(choice);
+    const auto algo = cudnnConvolutionBwdFilterAlgo_t(choice.algo);
     size_t ws_bytes = 0;
     ST_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(ctx.cudnn, xd.d, dyd.d, cd.d,
                                                                   wd.d, algo, &ws_bytes));
