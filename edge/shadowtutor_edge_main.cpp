@@ -52,15 +52,23 @@ void parse_key_encoding(const std::string& v, st::edge::EdgeOptions& o) {
   }
 }
 
-// --max-wait S | Nf | inf: S seconds (inf: unbounded) or N frame times.
+// --max-wait S | Nf | inf: S seconds (inf: unbounded) or N frame times. A number first ("inf"
+// ends in 'f' too), then N followed by 'f'.
 void parse_max_wait(const std::string& v, st::edge::EdgeOptions& o) {
   const std::string bad = "seconds (>= 0, or inf) or Nf (N frame times), not '" + v + "'";
-  const bool frames = !v.empty() && v.back() == 'f';
+  auto number = [&](const std::string& text, double& x) {
+    try {
+      x = st::cli::Flags::parse_number(text, true);
+      return true;
+    } catch (const st::Error&) {
+      return false;
+    }
+  };
   double x = 0;
-  try {
-    x = st::cli::Flags::parse_number(frames ? v.substr(0, v.size() - 1) : v, true);
-  } catch (const st::Error&) {
-    throw st::Error(bad);
+  bool frames = false;
+  if (!number(v, x)) {
+    frames = !v.empty() && v.back() == 'f';
+    if (!frames || !number(v.substr(0, v.size() - 1), x)) throw st::Error(bad);
   }
   if (!(x >= 0)) throw st::Error(bad);
   if (frames) {
