@@ -392,7 +392,7 @@ void CudaBackend::set_workspace_limit(size_t bytes) {
     }
     if (!c) continue;
     std::lock_guard<std::recursive_mutex> l(c->mu);
-    c->algo_cache.clear();  // a choice made under a larger limit may need more than the new one
+    c->conv_plans.clear();  // a plan made under a larger limit may need more than the new one
     if (c->workspace_bytes > bytes) c->release_workspace();
   }
 }

@@ -65,6 +65,26 @@ struct AlgoChoice {
   cudnnMathType_t math = CUDNN_DEFAULT_MATH;
 };
 
+// The convolution plans of one device (conv.cu): per cuDNN problem, its tensor, filter and
+// convolution descriptors (the chosen algorithm's math type set), the algorithm and its workspace
+// size, made on the problem's first call so that later calls make no descriptor and no query. At
+// most ST_CUDNN_PLAN_CACHE plans (default 1024); the least recently used one is dropped, and its
+// descriptors destroyed, to make room.
+class ConvPlans {
+ public:
+  struct Impl;  // conv.cu
+  ConvPlans();
+  ~ConvPlans();
+  ConvPlans(const ConvPlans&) = delete;
+  ConvPlans& operator=(const ConvPlans&) = delete;
+  // Drops every plan and destroys its descriptors. The caller holds the context's mu.
+  void clear() noexcept;
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
 // One per device: everything runs on its stream, in order.
 struct Context {
   int device = 0;
@@ -78,8 +98,8 @@ struct Context {
   size_t workspace_bytes = 0;
   void* workspace_at_least(size_t n);
   void release_workspace();  // back to the allocator's cache; the caller holds mu
-  // Algorithm choices, per convolution problem (shape, dtype, parameters), made once.
-  std::map<std::string, AlgoChoice> algo_cache;
+  // Convolution plans (descriptors, algorithm, workspace size), per problem, made once.
+  ConvPlans conv_plans;
 };
 Context& context(int device);  // created on first use
 

@@ -1,10 +1,19 @@
 // Convolutions through cuDNN (forward, backward-data, backward-filter; transposed convolution as
-// backward-data). Algorithms are chosen once per problem (shape, dtype, parameters) and cached in
-// the device context with the math type cuDNN chose them with; the workspace is the context's one
-// grow-only buffer, capped by cudnn_workspace_limit(). Benchmark mode (ST_CUDNN_BENCHMARK=1) times
-// the candidates in a search buffer of the full limit that is freed right after the search.
+// backward-data). Each problem (operation, dtype, shapes and strides, parameters, settings) gets a
+// plan on its first call, kept in the device context: its descriptors, the algorithm cuDNN chose
+// for it with that algorithm's math type set on the convolution descriptor, and its workspace
+// size. Later calls of the same problem only look the plan up: no descriptor is made and no
+// workspace size is asked for. The workspace is the context's one grow-only buffer, capped by
+// cudnn_workspace_limit(). Benchmark mode (ST_CUDNN_BENCHMARK=1) times the candidates in a search
+// buffer of the full limit that is freed right after the search.
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <list>
 #include <string>
-#include <vector>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
 
 #include "kernels/cuda/backend.cuh"
 
@@ -16,64 +25,224 @@ template <class T> cudnnDataType_t cudnn_type();
 template <> cudnnDataType_t cudnn_type<float>() { return CUDNN_DATA_FLOAT; }
 template <> cudnnDataType_t cudnn_type<double>() { return CUDNN_DATA_DOUBLE; }
 
-struct TensorDesc {
-  cudnnTensorDescriptor_t d = nullptr;
-  TensorDesc(cudnnDataType_t t, const Tensor& x) {
-    ST_CUDNN_CHECK(cudnnCreateTensorDescriptor(&d));
-    ST_CUDNN_CHECK(cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NCHW, t, int(x.size(0)),
-                                              int(x.size(1)), int(x.size(2)), int(x.size(3))));
+// A cuDNN descriptor, created by the constructor and destroyed by the destructor, so that none
+// leaks when a call between creating it and handing its plan to the cache throws. Movable (the
+// plan moves into the cache), not copyable.
+template <class D, cudnnStatus_t (*Create)(D*), cudnnStatus_t (*Destroy)(D)>
+class Descriptor {
+ public:
+  Descriptor() { ST_CUDNN_CHECK(Create(&d_)); }
+  ~Descriptor() {
+    if (d_) Destroy(d_);  // a destructor cannot throw; destroying a valid descriptor succeeds
   }
-  ~TensorDesc() { cudnnDestroyTensorDescriptor(d); }
+  Descriptor(Descriptor&& o) noexcept : d_(std::exchange(o.d_, nullptr)) {}
+  Descriptor& operator=(Descriptor&&) = delete;
+  Descriptor(const Descriptor&) = delete;
+  Descriptor& operator=(const Descriptor&) = delete;
+  D get() const { return d_; }
+
+ private:
+  D d_ = nullptr;
 };
-struct FilterDesc {
-  cudnnFilterDescriptor_t d = nullptr;
-  FilterDesc(cudnnDataType_t t, const Tensor& w) {
-    ST_CUDNN_CHECK(cudnnCreateFilterDescriptor(&d));
-    ST_CUDNN_CHECK(cudnnSetFilter4dDescriptor(d, t, CUDNN_TENSOR_NCHW, int(w.size(0)),
-                                              int(w.size(1)), int(w.size(2)), int(w.size(3))));
+using TensorDescriptor = Descriptor<cudnnTensorDescriptor_t, cudnnCreateTensorDescriptor,
+                                    cudnnDestroyTensorDescriptor>;
+using FilterDescriptor = Descriptor<cudnnFilterDescriptor_t, cudnnCreateFilterDescriptor,
+                                    cudnnDestroyFilterDescriptor>;
+using ConvolutionDescriptor =
+    Descriptor<cudnnConvolutionDescriptor_t, cudnnCreateConvolutionDescriptor,
+               cudnnDestroyConvolutionDescriptor>;
+
+// cuDNN's three convolution operations. The transposed convolution is BackwardData.
+enum class ConvOp : int64_t { Forward = 1, BackwardData = 2, BackwardFilter = 3 };
+
+const char* op_name(int64_t op) {
+  switch (ConvOp(op)) {
+    case ConvOp::Forward: return "forward";
+    case ConvOp::BackwardData: return "backward data";
+    case ConvOp::BackwardFilter: return "backward filter";
   }
-  ~FilterDesc() { cudnnDestroyFilterDescriptor(d); }
+  return "?";
+}
+
+// Everything that decides a plan: each descriptor is made from these fields alone (so two
+// problems that differ in anything cuDNN is told differ in their keys), plus the settings the
+// choice of algorithm depends on. "in" is the convolution's input (x; dx for backward data),
+// "out" its output (y; dy for backward data and backward filter). All int64_t: no padding, so
+// the bytes compare and hash as the values.
+struct ConvKey {
+  int64_t op;                // ConvOp
+  int64_t dtype;             // cudnnDataType_t of the tensors, the filter and the computation
+  int64_t math;              // cudnnMathType_t the search may use (conv_math)
+  int64_t settings;          // 1: ST_CUDNN_BENCHMARK, 2: ST_CUDNN_DIRECT_SUMS
+  int64_t workspace_limit;   // bytes; no algorithm needing more is chosen
+  int64_t in[8];             // N, C, H, W, then their strides as cuDNN gets them (packed NCHW)
+  int64_t w[4];              // K, C / groups, KH, KW (NCHW filter)
+  int64_t out[8];            // as `in`
+  int64_t pad_h, pad_w, stride_h, stride_w, dilation_h, dilation_w, groups;
 };
-struct ConvDesc {
-  cudnnConvolutionDescriptor_t d = nullptr;
-  cudnnMathType_t requested = CUDNN_DEFAULT_MATH;  // what the search may use (set below)
-  ConvDesc(cudnnDataType_t t, const Conv2dParams& p) {
-    ST_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&d));
-    ST_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(d, int(p.pad_h), int(p.pad_w), int(p.stride_h),
-                                                   int(p.stride_w), 1, 1, CUDNN_CROSS_CORRELATION,
-                                                   t));
-    ST_CUDNN_CHECK(cudnnSetConvolutionGroupCount(d, int(p.groups)));
-    // f32: TF32 tensor cores unless ST_CUDA_TF32=0 (PyTorch's cuDNN default is TF32 on too).
-    requested = t == CUDNN_DATA_FLOAT && allow_tf32() ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
-    ST_CUDNN_CHECK(cudnnSetConvolutionMathType(d, requested));
+static_assert(std::has_unique_object_representations_v<ConvKey>,
+              "ConvKey is compared and hashed as bytes: it must have no padding");
+
+bool operator==(const ConvKey& a, const ConvKey& b) {
+  return std::memcmp(&a, &b, sizeof(ConvKey)) == 0;
+}
+
+struct ConvKeyHash {
+  size_t operator()(const ConvKey& k) const noexcept {
+    uint64_t words[sizeof(ConvKey) / sizeof(uint64_t)];
+    std::memcpy(words, &k, sizeof(ConvKey));
+    uint64_t h = 0;
+    for (uint64_t v : words) {  // each word mixed in with splitmix64's finaliser
+      h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+      h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+      h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+      h ^= h >> 31;
+    }
+    return size_t(h);
   }
-  // Before running a chosen algorithm: its math type, as the search reported it (an algorithm may
-  // have been measured, and its workspace sized, with tensor-core math the descriptor's default
-  // would not give it). FMA math, once requested (ST_CUDA_TF32=0, f64), stays: the search's
-  // answer may not turn TF32 back on.
-  void use(const AlgoChoice& c) {
-    ST_CUDNN_CHECK(
-        cudnnSetConvolutionMathType(d, requested == CUDNN_FMA_MATH ? requested : c.math));
-  }
-  ~ConvDesc() { cudnnDestroyConvolutionDescriptor(d); }
 };
 
-std::string problem_key(const char* kind, DType t, const Tensor& x, const Tensor& w,
-                        const Tensor& y, const Conv2dParams& p) {
-  std::string k = kind;
-  k += dtype_name(t);
-  for (const Tensor* a : {&x, &w, &y})
-    for (auto s : a->shape()) k += "," + std::to_string(s);
-  k += "|" + std::to_string(p.pad_h) + "," + std::to_string(p.pad_w) + "," +
-       std::to_string(p.stride_h) + "," + std::to_string(p.stride_w) + "," +
-       std::to_string(p.groups) + (allow_tf32() ? "t" : "f");
+// The math type the search may use: TF32 tensor cores for f32 unless ST_CUDA_TF32=0 (PyTorch's
+// cuDNN default is TF32 on too); plain FMA otherwise (f64, or TF32 off).
+cudnnMathType_t conv_math(cudnnDataType_t t) {
+  return t == CUDNN_DATA_FLOAT && allow_tf32() ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+}
+
+// cuDNN's descriptors take int: a value outside its range is refused here rather than truncated.
+int64_t cudnn_int(const char* kernel, const char* what, int64_t v) {
+  ST_CHECK(v >= 0 && v <= INT_MAX, kernel, ": ", what, " ", v,
+           " is outside the range cuDNN's descriptors take (0 to ", INT_MAX, ")");
+  return v;
+}
+
+// N, C, H, W of a contiguous 4-D tensor and the strides of packed NCHW.
+void put_tensor(const char* kernel, const char* what, const Tensor& a, int64_t* f) {
+  for (int d = 0; d < 4; ++d) f[d] = cudnn_int(kernel, what, a.size(d));
+  f[7] = 1;
+  f[6] = cudnn_int(kernel, what, f[3]);
+  f[5] = cudnn_int(kernel, what, f[2] * f[6]);
+  f[4] = cudnn_int(kernel, what, f[1] * f[5]);
+}
+
+ConvKey conv_key(ConvOp op, const char* kernel, cudnnDataType_t t, const Tensor& in,
+                 const Tensor& w, const Tensor& out, const Conv2dParams& p) {
+  ConvKey k{};
+  k.op = int64_t(op);
+  k.dtype = int64_t(t);
+  k.math = int64_t(conv_math(t));
+  k.settings = (cudnn_benchmark() ? 1 : 0) | (cudnn_direct_sums() ? 2 : 0);
+  k.workspace_limit = int64_t(cudnn_workspace_limit());
+  put_tensor(kernel, "input size or stride", in, k.in);
+  for (int d = 0; d < 4; ++d) k.w[d] = cudnn_int(kernel, "weight size", w.size(d));
+  put_tensor(kernel, "output size or stride", out, k.out);
+  k.pad_h = cudnn_int(kernel, "padding", p.pad_h);
+  k.pad_w = cudnn_int(kernel, "padding", p.pad_w);
+  k.stride_h = cudnn_int(kernel, "stride", p.stride_h);
+  k.stride_w = cudnn_int(kernel, "stride", p.stride_w);
+  k.dilation_h = 1;
+  k.dilation_w = 1;
+  k.groups = cudnn_int(kernel, "groups", p.groups);
   return k;
 }
 
-// 2 * N * K * OH * OW * (C / groups) * R * S for the convolution with output y, weight w.
-double conv_flops(const Tensor& y, const Tensor& w) {
-  return 2.0 * double(y.numel()) * double(w.size(1)) * double(w.size(2)) * double(w.size(3));
+// The problem in words, for errors.
+std::string describe(const ConvKey& k) {
+  auto dims = [](const int64_t* f, int n) {
+    std::string s = "(";
+    for (int i = 0; i < n; ++i) s += (i ? "," : "") + std::to_string(f[i]);
+    return s + ")";
+  };
+  return std::string(op_name(k.op)) + " " +
+         (k.dtype == int64_t(CUDNN_DATA_DOUBLE) ? "f64" : "f32") + " in " + dims(k.in, 4) +
+         " w " + dims(k.w, 4) + " out " + dims(k.out, 4) + " pad " + std::to_string(k.pad_h) +
+         "," + std::to_string(k.pad_w) + " stride " + std::to_string(k.stride_h) + "," +
+         std::to_string(k.stride_w) + " groups " + std::to_string(k.groups);
 }
+
+void set_tensor(cudnnTensorDescriptor_t d, cudnnDataType_t t, const int64_t* f) {
+  ST_CUDNN_CHECK(cudnnSetTensor4dDescriptorEx(d, t, int(f[0]), int(f[1]), int(f[2]), int(f[3]),
+                                              int(f[4]), int(f[5]), int(f[6]), int(f[7])));
+}
+
+// One problem's descriptors (made from its key), algorithm and workspace size.
+struct ConvPlan {
+  explicit ConvPlan(const ConvKey& k) {
+    const auto t = cudnnDataType_t(k.dtype);
+    set_tensor(in.get(), t, k.in);
+    set_tensor(out.get(), t, k.out);
+    ST_CUDNN_CHECK(cudnnSetFilter4dDescriptor(w.get(), t, CUDNN_TENSOR_NCHW, int(k.w[0]),
+                                              int(k.w[1]), int(k.w[2]), int(k.w[3])));
+    ST_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(
+        conv.get(), int(k.pad_h), int(k.pad_w), int(k.stride_h), int(k.stride_w),
+        int(k.dilation_h), int(k.dilation_w), CUDNN_CROSS_CORRELATION, t));
+    ST_CUDNN_CHECK(cudnnSetConvolutionGroupCount(conv.get(), int(k.groups)));
+    ST_CUDNN_CHECK(cudnnSetConvolutionMathType(conv.get(), cudnnMathType_t(k.math)));
+  }
+  TensorDescriptor in, out;
+  FilterDescriptor w;
+  ConvolutionDescriptor conv;
+  int algo = 0;                  // a cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t
+  size_t workspace_bytes = 0;    // what `algo` needs with the math type set on `conv`
+};
+
+// How many plans a device keeps: ST_CUDNN_PLAN_CACHE (a whole number >= 1), default 1024. A
+// frame size seen again after its plans were dropped only pays cuDNN's choice again (a full timed
+// search in benchmark mode).
+size_t plan_capacity() {
+  static const size_t n = [] {
+    const char* e = std::getenv("ST_CUDNN_PLAN_CACHE");
+    if (!e || !*e) return size_t(1024);
+    char* end = nullptr;
+    const long long v = std::strtoll(e, &end, 10);
+    ST_CHECK(*end == '\0' && v >= 1, "ST_CUDNN_PLAN_CACHE must be a whole number of plans >= 1, "
+             "got '", e, "'");
+    return size_t(v);
+  }();
+  return n;
+}
+
+}  // namespace
+
+// Most recently used first; `index` points into `lru` (a list: its iterators and elements stay
+// put while others are added, moved to the front or dropped).
+struct ConvPlans::Impl {
+  std::list<std::pair<ConvKey, ConvPlan>> lru;
+  std::unordered_map<ConvKey, std::list<std::pair<ConvKey, ConvPlan>>::iterator, ConvKeyHash>
+      index;
+
+  // The plan for `k`, now the most recently used; null when there is none.
+  ConvPlan* find(const ConvKey& k) {
+    auto it = index.find(k);
+    if (it == index.end()) return nullptr;
+    lru.splice(lru.begin(), lru, it->second);
+    return &it->second->second;
+  }
+  // Keeps `plan` for `k` (which has none), dropping the least recently used plans beyond the
+  // capacity first.
+  ConvPlan& insert(const ConvKey& k, ConvPlan&& plan) {
+    while (!lru.empty() && lru.size() >= plan_capacity()) {
+      index.erase(lru.back().first);
+      lru.pop_back();  // destroys its descriptors
+    }
+    lru.emplace_front(k, std::move(plan));
+    try {
+      index.emplace(k, lru.begin());
+    } catch (...) {
+      lru.pop_front();
+      throw;
+    }
+    return lru.front().second;
+  }
+};
+
+ConvPlans::ConvPlans() : impl_(std::make_unique<Impl>()) {}
+ConvPlans::~ConvPlans() = default;
+void ConvPlans::clear() noexcept {
+  impl_->index.clear();
+  impl_->lru.clear();
+}
+
+namespace {
 
 // Whether an algorithm computes through a transform (FFT or Winograd) rather than as sums of
 // products of the inputs.
@@ -96,18 +265,19 @@ bool transform_algo(cudnnConvolutionBwdFilterAlgo_t a) {
 }
 
 // The first algorithm (cuDNN's heuristic order, or measured order in benchmark mode) that
-// succeeds and fits the workspace limit (and, under ST_CUDNN_DIRECT_SUMS, is no transform), with
-// its math type. Results whose math converts f32 data down to f16 are skipped: the descriptor
-// never asks for that (TF32 at most, ST_CUDA_TF32).
+// succeeds and fits the key's workspace limit (and, under ST_CUDNN_DIRECT_SUMS, is no transform),
+// with its math type. Results whose math converts f32 data down to f16 are skipped: the
+// descriptor never asks for that (TF32 at most, ST_CUDA_TF32).
 template <class Perf>
-AlgoChoice pick(const Perf* perf, int n, const std::string& key) {
+AlgoChoice pick(const Perf* perf, int n, const ConvKey& key) {
+  const size_t limit = size_t(key.workspace_limit);
   for (int i = 0; i < n; ++i)
-    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= cudnn_workspace_limit() &&
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= limit &&
         perf[i].mathType != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION &&
         !(cudnn_direct_sums() && transform_algo(perf[i].algo)))
       return {int(perf[i].algo), perf[i].mathType};
-  throw Error("cuDNN has no algorithm for " + key + " within the workspace limit of " +
-              std::to_string(cudnn_workspace_limit()) + " bytes" +
+  throw Error("cuDNN has no algorithm for " + describe(key) + " within the workspace limit of " +
+              std::to_string(limit) + " bytes" +
               (cudnn_direct_sums() ? " (ST_CUDNN_DIRECT_SUMS: no FFT or Winograd)" : ""));
 }
 
@@ -121,7 +291,7 @@ struct SearchWorkspace {
   Context& ctx;
   void* ptr = nullptr;
   size_t bytes = 0;
-  explicit SearchWorkspace(Context& c) : ctx(c), bytes(cudnn_workspace_limit()) {
+  SearchWorkspace(Context& c, size_t limit) : ctx(c), bytes(limit) {
     if (bytes <= ctx.workspace_bytes) {  // the context's workspace is already large enough
       ptr = ctx.workspace;
       return;
@@ -149,23 +319,40 @@ struct SearchWorkspace {
   SearchWorkspace& operator=(const SearchWorkspace&) = delete;
 };
 
-// The algorithm (with its math type) for a problem: from the context's cache, else chosen by
-// cuDNN and cached: timed in benchmark mode (find(ws, ws_bytes, &n, perf) over SearchWorkspace),
-// from its heuristic otherwise (heuristic(&n, perf)); pick takes the first that qualifies.
-template <class Perf, int kCount, class Find, class Heuristic>
-const AlgoChoice& choose_algo(Context& ctx, const std::string& key, Find find,
-                              Heuristic heuristic) {
-  auto it = ctx.algo_cache.find(key);
-  if (it != ctx.algo_cache.end()) return it->second;
+// The plan for a problem: from the context's cache, else made and cached. The algorithm is
+// chosen by cuDNN on the plan's descriptors (set up with the key's math type): timed in benchmark
+// mode (find(plan, ws, ws_bytes, &n, perf) over SearchWorkspace), from its heuristic otherwise
+// (heuristic(plan, &n, perf)); pick takes the first that qualifies. Then the descriptor gets the
+// math type the search reported for it (an algorithm may have been measured, and its workspace
+// sized, with tensor-core math the descriptor's default would not give it; FMA math, once
+// requested, stays: the search's answer may not turn TF32 back on), and its workspace size is
+// asked for once (workspace_size(plan)). A throw on the way drops the half-made plan.
+template <class Perf, int kCount, class Find, class Heuristic, class WorkspaceSize>
+const ConvPlan& plan_for(Context& ctx, const ConvKey& key, Find find, Heuristic heuristic,
+                         WorkspaceSize workspace_size) {
+  ConvPlans::Impl& plans = ctx.conv_plans.impl();
+  if (const ConvPlan* hit = plans.find(key)) return *hit;
+  ConvPlan plan(key);
   Perf perf[kCount];
   int n = 0;
   if (cudnn_benchmark()) {
-    SearchWorkspace ws(ctx);
-    find(ws.ptr, ws.bytes, &n, perf);
+    SearchWorkspace ws(ctx, size_t(key.workspace_limit));
+    find(plan, ws.ptr, ws.bytes, &n, perf);
   } else {
-    heuristic(&n, perf);
+    heuristic(plan, &n, perf);
   }
-  return ctx.algo_cache.emplace(key, pick(perf, n, key)).first->second;
+  const AlgoChoice choice = pick(perf, n, key);
+  const auto requested = cudnnMathType_t(key.math);
+  plan.algo = choice.algo;
+  ST_CUDNN_CHECK(cudnnSetConvolutionMathType(
+      plan.conv.get(), requested == CUDNN_FMA_MATH ? requested : choice.math));
+  plan.workspace_bytes = workspace_size(plan);
+  return plans.insert(key, std::move(plan));
+}
+
+// 2 * N * K * OH * OW * (C / groups) * R * S for the convolution with output y, weight w.
+double conv_flops(const Tensor& y, const Tensor& w) {
+  return 2.0 * double(y.numel()) * double(w.size(1)) * double(w.size(2)) * double(w.size(3));
 }
 
 template <class T>
@@ -190,31 +377,32 @@ void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor*
   Context& ctx = op.ctx;
   dispatch_float("conv2d_forward", x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    const cudnnDataType_t t = cudnn_type<T>();
-    TensorDesc xd(t, x), yd(t, y);
-    FilterDesc wd(t, w);
-    ConvDesc cd(t, p);
+    using Perf = cudnnConvolutionFwdAlgoPerf_t;
     constexpr int kCount = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
-    const AlgoChoice& choice = choose_algo<cudnnConvolutionFwdAlgoPerf_t, kCount>(
-        ctx, problem_key("fwd", x.dtype(), x, w, y, p),
-        [&](void* ws, size_t ws_bytes, int* n, cudnnConvolutionFwdAlgoPerf_t* perf) {
+    const ConvPlan& plan = plan_for<Perf, kCount>(
+        ctx, conv_key(ConvOp::Forward, "conv2d_forward", cudnn_type<T>(), x, w, y, p),
+        [&](const ConvPlan& pl, void* ws, size_t ws_bytes, int* n, Perf* perf) {
           ST_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
-              ctx.cudnn, xd.d, x.raw_data(), wd.d, w.raw_data(), cd.d, yd.d, y.raw_data(), kCount,
-              n, perf, ws, ws_bytes));
+              ctx.cudnn, pl.in.get(), x.raw_data(), pl.w.get(), w.raw_data(), pl.conv.get(),
+              pl.out.get(), y.raw_data(), kCount, n, perf, ws, ws_bytes));
         },
-        [&](int* n, cudnnConvolutionFwdAlgoPerf_t* perf) {
-          ST_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(ctx.cudnn, xd.d, wd.d, cd.d, yd.d,
-                                                                kCount, n, perf));
+        [&](const ConvPlan& pl, int* n, Perf* perf) {
+          ST_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
+              ctx.cudnn, pl.in.get(), pl.w.get(), pl.conv.get(), pl.out.get(), kCount, n, perf));
+        },
+        [&](const ConvPlan& pl) {
+          size_t bytes = 0;
+          ST_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(
+              ctx.cudnn, pl.in.get(), pl.w.get(), pl.conv.get(), pl.out.get(),
+              cudnnConvolutionFwdAlgo_t(pl.algo), &bytes));
+          return bytes;
         });
-    cd.use(choice);
-    const auto algo = cudnnConvolutionFwdAlgo_t(choice.algo);
-    size_t ws_bytes = 0;
-    ST_CUDNN_CHECK(
-        cudnnGetConvolutionForwardWorkspaceSize(ctx.cudnn, xd.d, wd.d, cd.d, yd.d, algo, &ws_bytes));
-    void* ws = ctx.workspace_at_least(ws_bytes);
+    void* ws = ctx.workspace_at_least(plan.workspace_bytes);
     const T one = 1, zero = 0;
-    ST_CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn, &one, xd.d, x.raw_data(), wd.d, w.raw_data(),
-                                           cd.d, algo, ws, ws_bytes, &zero, yd.d, y.raw_data()));
+    ST_CUDNN_CHECK(cudnnConvolutionForward(
+        ctx.cudnn, &one, plan.in.get(), x.raw_data(), plan.w.get(), w.raw_data(), plan.conv.get(),
+        cudnnConvolutionFwdAlgo_t(plan.algo), ws, plan.workspace_bytes, &zero, plan.out.get(),
+        y.raw_data()));
     if (bias) add_bias<T>(ctx, y, *bias);
   });
   ST_CUDA_LAUNCHED(ctx);
@@ -223,33 +411,33 @@ void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor*
 // dx of the convolution x -> dy with weight w (also the transposed convolution's forward).
 template <class T>
 static void backward_data(Context& ctx, const Tensor& dy, const Tensor& w, const Conv2dParams& p,
-                          Tensor& dx, const char* kind) {
-  const cudnnDataType_t t = cudnn_type<T>();
-  TensorDesc dyd(t, dy), dxd(t, dx);
-  FilterDesc wd(t, w);
-  ConvDesc cd(t, p);
+                          Tensor& dx, const char* kernel) {
+  using Perf = cudnnConvolutionBwdDataAlgoPerf_t;
   constexpr int kCount = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
-  const AlgoChoice& choice = choose_algo<cudnnConvolutionBwdDataAlgoPerf_t, kCount>(
-      ctx, problem_key(kind, dx.dtype(), dx, w, dy, p),
-      [&](void* ws, size_t ws_bytes, int* n, cudnnConvolutionBwdDataAlgoPerf_t* perf) {
+  const ConvPlan& plan = plan_for<Perf, kCount>(
+      ctx, conv_key(ConvOp::BackwardData, kernel, cudnn_type<T>(), dx, w, dy, p),
+      [&](const ConvPlan& pl, void* ws, size_t ws_bytes, int* n, Perf* perf) {
         ST_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
-            ctx.cudnn, wd.d, w.raw_data(), dyd.d, dy.raw_data(), cd.d, dxd.d, dx.raw_data(),
-            kCount, n, perf, ws, ws_bytes));
+            ctx.cudnn, pl.w.get(), w.raw_data(), pl.out.get(), dy.raw_data(), pl.conv.get(),
+            pl.in.get(), dx.raw_data(), kCount, n, perf, ws, ws_bytes));
       },
-      [&](int* n, cudnnConvolutionBwdDataAlgoPerf_t* perf) {
-        ST_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(ctx.cudnn, wd.d, dyd.d, cd.d,
-                                                                   dxd.d, kCount, n, perf));
+      [&](const ConvPlan& pl, int* n, Perf* perf) {
+        ST_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
+            ctx.cudnn, pl.w.get(), pl.out.get(), pl.conv.get(), pl.in.get(), kCount, n, perf));
+      },
+      [&](const ConvPlan& pl) {
+        size_t bytes = 0;
+        ST_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
+            ctx.cudnn, pl.w.get(), pl.out.get(), pl.conv.get(), pl.in.get(),
+            cudnnConvolutionBwdDataAlgo_t(pl.algo), &bytes));
+        return bytes;
       });
-  cd.use(choice);
-  const auto algo = cudnnConvolutionBwdDataAlgo_t(choice.algo);
-  size_t ws_bytes = 0;
-  ST_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(ctx.cudnn, wd.d, dyd.d, cd.d, dxd.d,
-                                                              algo, &ws_bytes));
-  void* ws = ctx.workspace_at_least(ws_bytes);
+  void* ws = ctx.workspace_at_least(plan.workspace_bytes);
   const T one = 1, zero = 0;
-  ST_CUDNN_CHECK(cudnnConvolutionBackwardData(ctx.cudnn, &one, wd.d, w.raw_data(), dyd.d,
-                                              dy.raw_data(), cd.d, algo, ws, ws_bytes, &zero,
-                                              dxd.d, dx.raw_data()));
+  ST_CUDNN_CHECK(cudnnConvolutionBackwardData(
+      ctx.cudnn, &one, plan.w.get(), w.raw_data(), plan.out.get(), dy.raw_data(), plan.conv.get(),
+      cudnnConvolutionBwdDataAlgo_t(plan.algo), ws, plan.workspace_bytes, &zero, plan.in.get(),
+      dx.raw_data()));
 }
 
 void CudaBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dParams& p,
@@ -257,7 +445,7 @@ void CudaBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, const 
   if (gx.numel() == 0) return;
   Op op("conv2d_backward_data", gy.device().index, conv_flops(gy, w));
   dispatch_float("conv2d_backward_data", gy.dtype(), [&](auto tag) {
-    backward_data<decltype(tag)>(op.ctx, gy, w, p, gx, "bwd_data");
+    backward_data<decltype(tag)>(op.ctx, gy, w, p, gx, "conv2d_backward_data");
   });
   ST_CUDA_LAUNCHED(op.ctx);
 }
@@ -269,32 +457,33 @@ void CudaBackend::conv2d_backward_weight(const Tensor& gy, const Tensor& x, cons
   Context& ctx = op.ctx;
   dispatch_float("conv2d_backward_weight", gy.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    const cudnnDataType_t t = cudnn_type<T>();
-    TensorDesc xd(t, x), dyd(t, gy);
-    FilterDesc wd(t, gw);
-    ConvDesc cd(t, p);
+    using Perf = cudnnConvolutionBwdFilterAlgoPerf_t;
     constexpr int kCount = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
-    const AlgoChoice& choice = choose_algo<cudnnConvolutionBwdFilterAlgoPerf_t, kCount>(
-        ctx, problem_key("bwd_filter", x.dtype(), x, gw, gy, p),
-        [&](void* ws, size_t ws_bytes, int* n, cudnnConvolutionBwdFilterAlgoPerf_t* perf) {
+    const ConvPlan& plan = plan_for<Perf, kCount>(
+        ctx, conv_key(ConvOp::BackwardFilter, "conv2d_backward_weight", cudnn_type<T>(), x, gw, gy,
+                      p),
+        [&](const ConvPlan& pl, void* ws, size_t ws_bytes, int* n, Perf* perf) {
           ST_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
-              ctx.cudnn, xd.d, x.raw_data(), dyd.d, gy.raw_data(), cd.d, wd.d, gw.raw_data(),
-              kCount, n, perf, ws, ws_bytes));
+              ctx.cudnn, pl.in.get(), x.raw_data(), pl.out.get(), gy.raw_data(), pl.conv.get(),
+              pl.w.get(), gw.raw_data(), kCount, n, perf, ws, ws_bytes));
         },
-        [&](int* n, cudnnConvolutionBwdFilterAlgoPerf_t* perf) {
+        [&](const ConvPlan& pl, int* n, Perf* perf) {
           ST_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-              ctx.cudnn, xd.d, dyd.d, cd.d, wd.d, kCount, n, perf));
+              ctx.cudnn, pl.in.get(), pl.out.get(), pl.conv.get(), pl.w.get(), kCount, n, perf));
+        },
+        [&](const ConvPlan& pl) {
+          size_t bytes = 0;
+          ST_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
+              ctx.cudnn, pl.in.get(), pl.out.get(), pl.conv.get(), pl.w.get(),
+              cudnnConvolutionBwdFilterAlgo_t(pl.algo), &bytes));
+          return bytes;
         });
-    cd.use(choice);
-    const auto algo = cudnnConvolutionBwdFilterAlgo_t(choice.algo);
-    size_t ws_bytes = 0;
-    ST_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(ctx.cudnn, xd.d, dyd.d, cd.d,
-                                                                  wd.d, algo, &ws_bytes));
-    void* ws = ctx.workspace_at_least(ws_bytes);
+    void* ws = ctx.workspace_at_least(plan.workspace_bytes);
     const T one = 1, zero = 0;
-    ST_CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx.cudnn, &one, xd.d, x.raw_data(), dyd.d,
-                                                  gy.raw_data(), cd.d, algo, ws, ws_bytes, &zero,
-                                                  wd.d, gw.raw_data()));
+    ST_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
+        ctx.cudnn, &one, plan.in.get(), x.raw_data(), plan.out.get(), gy.raw_data(),
+        plan.conv.get(), cudnnConvolutionBwdFilterAlgo_t(plan.algo), ws, plan.workspace_bytes,
+        &zero, plan.w.get(), gw.raw_data()));
   });
   ST_CUDA_LAUNCHED(ctx);
 }
@@ -311,7 +500,7 @@ void CudaBackend::conv_transpose2d_forward(const Tensor& x, const Tensor& w, con
     using T = decltype(tag);
     // The convolution that maps y (C_out channels) to x (C_in), weight (C_in, C_out/g, kh, kw):
     // its input gradient for "dy" = x is the transposed convolution of x.
-    backward_data<T>(op.ctx, x, w, p, y, "convT");
+    backward_data<T>(op.ctx, x, w, p, y, "conv_transpose2d_forward");
     if (bias) add_bias<T>(op.ctx, y, *bias);
   });
   ST_CUDA_LAUNCHED(op.ctx);
