@@ -8,11 +8,13 @@
 #include <cudnn.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
 
 #include "kernels/cuda/entry_points.h"
+#include "kernels/cuda/strided_index.h"
 #include "tensor/backend.h"
 #include "tensor/half.h"
 
@@ -122,23 +124,22 @@ class Op {
 };
 
 // ---- strided tensors on the device ----
-constexpr int kMaxRank = 8;
-struct Strided {
-  int rank = 0;
-  int64_t size[kMaxRank] = {};
-  int64_t stride[kMaxRank] = {};
-};
+// Strided / Strided32, strided_offset, DivMod32, collapse_dims and fits_index32 are in
+// kernels/cuda/strided_index.h (host-testable). A strided kernel is launched in one of two
+// index widths: collapse the operands' dims (collapse_dims), then, when the element count and
+// every reachable offset fit in int32 (fits_index32 with reach()), pass Strided32 descriptors and
+// a uint32_t count (32-bit division by multiply-high, no 64-bit division), else Strided and an
+// int64_t count.
 Strided strided_of(const Tensor& t);  // throws for rank > 8
-
-// Element offset of the linear (row-major) index `i` over `s.size`.
-__device__ inline int64_t strided_offset(const Strided& s, int64_t i) {
-  int64_t off = 0;
-  for (int d = s.rank - 1; d >= 0; --d) {
-    const int64_t n = s.size[d];
-    off += (i % n) * s.stride[d];
-    i /= n;
-  }
-  return off;
+// ST_CUDA_INDEX64=1 sends every strided and per-channel kernel down its 64-bit index path. Read
+// at each launch (not once), so a test can run one shape through both paths in one process.
+inline bool force_index64() {
+  const char* e = std::getenv("ST_CUDA_INDEX64");
+  return e && *e && std::string(e) != "0";
+}
+// Whether to launch the 32-bit variant: fits_index32 and not forced to 64-bit.
+inline bool use_index32(int64_t numel, int64_t total_reach) {
+  return fits_index32(numel, total_reach) && !force_index64();
 }
 
 // ---- element conversions (f16 is storage: uint16_t bits) ----
@@ -182,6 +183,19 @@ inline unsigned blocks_for(int64_t n, int threads = 256) {
 #define ST_GRID_STRIDE(i, n)                                                              \
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n);              \
        i += int64_t(blockDim.x) * gridDim.x)
+// The same loop with index type I (uint32_t or int64_t). With I = uint32_t and n < 2^31 (the
+// 32-bit path's condition) it never wraps: the step blockDim.x * gridDim.x is at most
+// 1024 * 524280 < 2^30, so i + step < 2^31 + 2^30 < 2^32.
+#define ST_GRID_STRIDE_T(I, i, n)                                                         \
+  for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < (n);                    \
+       i += I(blockDim.x) * I(gridDim.x))
+// Calls f(desc...) with the views converted to Strided32 and a uint32_t count when `index32`,
+// else with the Strided views and an int64_t count; f launches the kernel for that index type.
+template <class F, class... V>
+void with_index_width(bool index32, int64_t n, F&& f, const V&... views) {
+  if (index32) f(uint32_t(n), to_strided32(views)...);
+  else f(n, views...);
+}
 
 // A device scratch buffer from the caching allocator, freed (to the cache) on scope exit.
 struct Scratch {

@@ -16,54 +16,203 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Splits per channel for the per-channel reductions: enough blocks to fill the device.
+// ---- batch norm: per-channel reductions ----
+// A block reduces one slice (split s of S) of one channel's count = N*H*W values; grid
+// (min(C, kChannelGridCap), S), channels beyond the cap taken by the same blocks in turn
+// (grid-stride over channels). Within a channel, element e < count is (n, i) = (e / P, e % P):
+// 32-bit division by multiply-high (DivMod32) when count < 2^31, 64-bit division otherwise;
+// element offsets are 64-bit (N*C*P may exceed 2^31).
+constexpr int64_t kChannelGridCap = 65535 * 8;
+// At most this many elements per thread (the float error bound below depends on it): the
+// count decides a lower bound on the splits.
+constexpr int64_t kMaxPerThread = 1024;
+
+// Splits per channel: enough blocks to fill the device, at most kMaxPerThread elements per
+// thread (while S <= 65535, the grid's y limit: count <= 65535 * 256 * 1024, about 1.7e10).
 int channel_splits(int64_t C, int64_t count) {
   int64_t s = std::max<int64_t>(1, std::min<int64_t>(count / (kThreads * 8), 4096 / std::max<int64_t>(C, 1)));
-  return int(std::max<int64_t>(1, s));
+  s = std::max(s, (count + kThreads * kMaxPerThread - 1) / (kThreads * kMaxPerThread));
+  return int(std::min<int64_t>(s, 65535));
+}
+dim3 channel_grid(int64_t C, int S) {
+  return dim3(unsigned(std::min(C, kChannelGridCap)), unsigned(S), 1u);
 }
 
-// partial[c * S + s] = sum over the s-th slice of channel c's N*P elements of
-//   x              (mode 0: for the mean)
-//   (x - mean)^2   (mode 1: for the variance)
-template <class T>
-__global__ void channel_sum_kernel(const T* x, int64_t N, int64_t C, int64_t P, int S, int mode,
+// Offset of element e of channel c (n = e / P, i = e - n * P) in NCHW x.
+template <class I>
+__device__ inline int64_t channel_element(I e, const DivMod32& dp, int64_t P, int64_t C, int64_t c) {
+  int64_t n;
+  if constexpr (std::is_same_v<I, uint32_t>) n = int64_t(dp.div(e));
+  else n = e / P;
+  return (n * C + c) * P + (int64_t(e) - n * P);
+}
+// Channel of the linear NCHW index i: (i / P) % C, in 32-bit when numel < 2^31.
+template <class I>
+__device__ inline int64_t channel_of(I i, const DivMod32& dp, const DivMod32& dc, int64_t P,
+                                     int64_t C) {
+  if constexpr (std::is_same_v<I, uint32_t>) {
+    const uint32_t q = dp.div(i);
+    return int64_t(q - dc.div(q) * dc.d);
+  } else {
+    return (i / P) % C;
+  }
+}
+// Launches kernel<I> with I = uint32_t when n < 2^31 (then P, C < 2^31 too) unless
+// ST_CUDA_INDEX64 is set, else int64_t.
+#define ST_BN_LAUNCH(KERNEL, T, n, grid, stream, ...)                                         \
+  do {                                                                                        \
+    if ((n) < kIndex32Limit && !force_index64())                                              \
+      KERNEL<T, uint32_t><<<grid, kThreads, 0, stream>>>(uint32_t(n), __VA_ARGS__);           \
+    else                                                                                      \
+      KERNEL<T, int64_t><<<grid, kThreads, 0, stream>>>(int64_t(n), __VA_ARGS__);             \
+  } while (0)
+
+// ---- float statistics ----
+// Float inputs: each thread accumulates its values as a compensated pair (hi, lo) with Knuth's
+// TwoSum (hi + lo + [the rounding error of the next addition] is exact), the pairs are merged
+// by a TwoSum tree across the block (warp shuffles, then the 8 warp results), and the block's
+// hi + lo goes to double for the O(C*S) combination across splits and the O(C) finalisation,
+// which stay in double. The per-element work is float only (FP64 runs at a small fraction of
+// the FP32 rate on Jetson Orin). The _rn intrinsics are never contracted into an FMA nor
+// reassociated (this file is also built with --fmad=false). Why not per-thread Welford with
+// Chan's merge: its error grows linearly with the values per thread (O(m u)); the compensated
+// sums' grows as (m u)^2, below u for m <= 1024, at the price of 4 more float adds per value.
+//
+// Error bound (u = 2^-24, round to nearest; sums over one channel, n = N*H*W values). In the
+// block's tree, every TwoSum error term e is added once into lo, and lo + hi equals the exact
+// sum of the block's inputs plus the rounding errors of those lo additions. A value goes
+// through at most m + 8 TwoSum nodes (m <= kMaxPerThread of its thread, 8 = log2(256) tree
+// levels) and its e terms through at most L = m + 16 lo additions, so with |e| <= u|a + b| at
+// each node and |a + b| <= (1 + L u) * (the sum of |inputs| below the node):
+//   |block result - exact block sum| <= gamma_L * u * L * (1 + L u) * sum |inputs|
+//   (gamma_k = ku/(1-ku); the sum of the |e| is at most u L (1 + L u) sum |inputs|),
+// and the double combination adds at most (S + 2) * 2^-53 * sum |inputs|. Hence
+//   |computed sum - exact sum| <= delta * sum |inputs|,
+//   delta = L^2 u^2 / (1 - L u)^2 + (S + 2) 2^-53 <= 0.07 u   (L <= 1040, S <= 65535),
+// whatever n (while n <= 1.7e10; beyond it m, hence L, grows). Naive float sums would give
+// (n / (S * 256) + 8) u. For the statistics, with A = sum |x| / n, mu the exact mean and
+// V = sum (x - mu)^2 / n the exact biased variance:
+//   mean (double, before rounding to T):   |mean_d - mu| <= delta * A              (<= 0.07 u A)
+//   pass 2 subtracts mu_f = float(mean_d): |mu_f - mu| <= eta = u |mu| + (1+u) delta A
+//     and each term fl(fl(x - mu_f)^2) is within gamma_3 (relative) of (x - mu_f)^2, whose
+//     exact sum is n (V + (mu_f - mu)^2):
+//   var_d = (V + e2) (1 + t), |t| <= gamma_3 + delta (1 + gamma_3) <= 3.08 u, 0 <= e2 <= eta^2
+//   invstd = 1/sqrt(var_d + eps) in double: relative error
+//     <= (3.08 u V + 1.01 eta^2) / (2 (V + eps)) + 2^-50 <= 1.55 u + 0.51 eta^2 / (V + eps).
+// The element-wise parity bound for y = x * scale + shift (scale = T(gamma invstd), shift =
+// T(beta - mean_d gamma invstd), as the CPU reference forms them from its double statistics):
+// the CPU model's float roundings of scale, shift, x * scale and the addition, plus what the
+// statistics add,
+//   |gamma| invstd ( |x_i - mu| (1.55 u + 0.51 eta^2 / (V + eps)) + 0.07 u A ) * (1 + 4u),
+// i.e. in units of u, independent of n: 1.55 |gamma| invstd |x_i - mu| + 0.07 |gamma| invstd A
+// (+ the eta^2 term, u^2-small unless |mu| >> sqrt(V + eps)); mean and invstd (saved in T) are
+// within 0.07 u A and (1.55 u + 0.51 eta^2/(V+eps)) of the exact values before their rounding
+// to T. The CPU reference's own error (double sums: about n 2^-53 relative to the sums of
+// magnitudes) adds to these in a CPU-vs-GPU comparison. f64 inputs: double sums, as before.
+__device__ inline void two_sum(float a, float b, float& s, float& e) {
+  s = __fadd_rn(a, b);
+  const float z = __fsub_rn(s, a);
+  e = __fadd_rn(__fsub_rn(a, __fsub_rn(s, z)), __fsub_rn(b, z));
+}
+struct CompSum {  // the value hi + lo
+  float hi = 0.0f, lo = 0.0f;
+  __device__ void add(float x) {
+    float e;
+    two_sum(hi, x, hi, e);
+    lo = __fadd_rn(lo, e);
+  }
+  __device__ void merge(float ohi, float olo) {
+    float e;
+    two_sum(hi, ohi, hi, e);
+    lo = __fadd_rn(__fadd_rn(lo, olo), e);
+  }
+};
+// Block-wide merge (blockDim.x a multiple of 32, <= 1024); valid in thread 0. Fixed tree:
+// deterministic for a fixed launch shape. Called by every thread of the block.
+__device__ inline CompSum block_comp_sum(CompSum v) {
+  __shared__ float warp_hi[32], warp_lo[32];
+  for (int o = 16; o > 0; o >>= 1) {
+    const float h = __shfl_down_sync(0xffffffffu, v.hi, o), l = __shfl_down_sync(0xffffffffu, v.lo, o);
+    v.merge(h, l);
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // the arrays may still be read by a previous call
+  if (lane == 0) warp_hi[warp] = v.hi, warp_lo[warp] = v.lo;
+  __syncthreads();
+  v = CompSum{};
+  if (threadIdx.x < (blockDim.x >> 5)) v.hi = warp_hi[threadIdx.x], v.lo = warp_lo[threadIdx.x];
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) {
+      const float h = __shfl_down_sync(0xffffffffu, v.hi, o), l = __shfl_down_sync(0xffffffffu, v.lo, o);
+      v.merge(h, l);
+    }
+  return v;
+}
+
+// partial[c * S + s] = sum over the s-th slice of channel c's count values of
+//   x              (mean == nullptr: for the mean)
+//   (x - mean)^2   (otherwise: for the variance)
+// float: compensated float sums (above); double: double sums.
+template <class T, class I>
+__global__ void channel_sum_kernel(I count, const T* x, int64_t C, int64_t P, DivMod32 dp, int S,
                                    const double* mean, double* partial) {
-  const int64_t c = blockIdx.x;
   const int s = int(blockIdx.y);
-  const int64_t count = N * P, chunk = (count + S - 1) / S;
-  const int64_t e0 = int64_t(s) * chunk, e1 = min(count, e0 + chunk);
-  const double mu = mode == 1 ? mean[c] : 0.0;
-  double acc = 0;
-  for (int64_t e = e0 + threadIdx.x; e < e1; e += blockDim.x) {
-    const int64_t n = e / P, i = e - n * P;
-    const double v = double(x[(n * C + c) * P + i]);
-    acc += mode == 1 ? (v - mu) * (v - mu) : v;
+  // With I = uint32_t: s * chunk < count + S and e1 + blockDim.x < 2^31 + 2^17, no wrap.
+  const I chunk = (count + I(S) - 1) / I(S);
+  const I e0 = I(s) * chunk, e1 = min(count, e0 + chunk);
+  // c depends on blockIdx.x only: every thread of the block runs the same iterations and
+  // reaches the block reduction's __syncthreads.
+  for (int64_t c = blockIdx.x; c < C; c += gridDim.x) {
+    if constexpr (std::is_same_v<T, float>) {
+      const float mu = mean ? float(mean[c]) : 0.0f;
+      CompSum acc;
+      for (I e = e0 + I(threadIdx.x); e < e1; e += I(blockDim.x)) {
+        const float v = x[channel_element(e, dp, P, C, c)];
+        if (mean) {
+          const float d = __fsub_rn(v, mu);
+          acc.add(__fmul_rn(d, d));
+        } else {
+          acc.add(v);
+        }
+      }
+      acc = block_comp_sum(acc);
+      if (threadIdx.x == 0) partial[c * S + s] = double(acc.hi) + double(acc.lo);
+    } else {
+      const double mu = mean ? mean[c] : 0.0;
+      double acc = 0;
+      for (I e = e0 + I(threadIdx.x); e < e1; e += I(blockDim.x)) {
+        const double v = double(x[channel_element(e, dp, P, C, c)]);
+        acc += mean ? (v - mu) * (v - mu) : v;
+      }
+      acc = block_sum(acc);
+      if (threadIdx.x == 0) partial[c * S + s] = acc;
+    }
   }
-  acc = block_sum(acc);
-  if (threadIdx.x == 0) partial[c * S + s] = acc;
 }
 
-// partial_g / partial_gx[c * S + s]: sums of gy and of gy * (x - mean[c]).
-template <class T>
-__global__ void channel_grad_sums_kernel(const T* gy, const T* x, const T* mean, int64_t N,
-                                         int64_t C, int64_t P, int S, double* pg, double* pgx) {
-  const int64_t c = blockIdx.x;
+// partial_g / partial_gx[c * S + s]: sums of gy and of gy * (x - mean[c]) (double).
+template <class T, class I>
+__global__ void channel_grad_sums_kernel(I count, const T* gy, const T* x, const T* mean,
+                                         int64_t C, int64_t P, DivMod32 dp, int S, double* pg,
+                                         double* pgx) {
   const int s = int(blockIdx.y);
-  const int64_t count = N * P, chunk = (count + S - 1) / S;
-  const int64_t e0 = int64_t(s) * chunk, e1 = min(count, e0 + chunk);
-  const double mu = double(mean[c]);
-  double a = 0, b = 0;
-  for (int64_t e = e0 + threadIdx.x; e < e1; e += blockDim.x) {
-    const int64_t n = e / P, i = e - n * P, k = (n * C + c) * P + i;
-    const double g = double(gy[k]);
-    a += g;
-    b += g * (double(x[k]) - mu);
-  }
-  a = block_sum(a);
-  b = block_sum(b);
-  if (threadIdx.x == 0) {
-    pg[c * S + s] = a;
-    pgx[c * S + s] = b;
+  const I chunk = (count + I(S) - 1) / I(S);
+  const I e0 = I(s) * chunk, e1 = min(count, e0 + chunk);
+  for (int64_t c = blockIdx.x; c < C; c += gridDim.x) {  // block-uniform (block_sum)
+    const double mu = double(mean[c]);
+    double a = 0, b = 0;
+    for (I e = e0 + I(threadIdx.x); e < e1; e += I(blockDim.x)) {
+      const int64_t k = channel_element(e, dp, P, C, c);
+      const double g = double(gy[k]);
+      a += g;
+      b += g * (double(x[k]) - mu);
+    }
+    a = block_sum(a);
+    b = block_sum(b);
+    if (threadIdx.x == 0) {
+      pg[c * S + s] = a;
+      pgx[c * S + s] = b;
+    }
   }
 }
 
@@ -93,11 +242,11 @@ __global__ void bn_stats_finalize_kernel(const double* sum, const double* ssq, i
   }
 }
 
-template <class T>
-__global__ void channel_affine_kernel(const T* x, const T* scale, const T* shift, T* y, int64_t n,
-                                      int64_t C, int64_t P) {
-  ST_GRID_STRIDE(i, n) {
-    const int64_t c = (i / P) % C;
+template <class T, class I>
+__global__ void channel_affine_kernel(I n, const T* x, const T* scale, const T* shift, T* y,
+                                      DivMod32 dp, DivMod32 dc, int64_t C, int64_t P) {
+  ST_GRID_STRIDE_T(I, i, n) {
+    const int64_t c = channel_of(i, dp, dc, P, C);
     y[i] = x[i] * scale[c] + shift[c];
   }
 }
@@ -107,35 +256,41 @@ __global__ void channel_affine_kernel(const T* x, const T* scale, const T* shift
 // ---------------- batch norm ----------------
 void CudaBackend::batch_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                      double eps, Tensor& y, Tensor& mean, Tensor& invstd) {
-  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), count = N * P;
   if (C == 0) return;
   Op op("batch_norm_forward", x.device().index);
   const int dev = x.device().index;
-  const int S = channel_splits(C, N * P);
+  const int S = channel_splits(C, count);
   Scratch partial(size_t(C * S) * sizeof(double), dev), sums(size_t(C) * sizeof(double), dev),
       ssq(size_t(C) * sizeof(double), dev), mean_d(size_t(C) * sizeof(double), dev);
+  // Dividers for the 32-bit paths (used only when the count, or numel, is below 2^31, where
+  // P and C are too).
+  const DivMod32 dp(count < kIndex32Limit ? uint32_t(P) : 1u);
+  const DivMod32 dc(x.numel() < kIndex32Limit ? uint32_t(C) : 1u);
   dispatch_float("batch_norm_forward", x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     Scratch scale(size_t(C) * sizeof(T), dev), shift(size_t(C) * sizeof(T), dev);
-    const dim3 grid{unsigned(C), unsigned(S), 1u};
+    const dim3 grid = channel_grid(C, S);
     cudaStream_t st = op.ctx.stream;
-    // Two passes in double, as the CPU reference: the mean, then the centred sum of squares.
-    channel_sum_kernel<<<grid, kThreads, 0, st>>>(x.data<T>(), N, C, P, S, 0, nullptr,
-                                                  partial.as<double>());
+    // Two passes, as the CPU reference: the mean, then the centred sum of squares (float
+    // inputs: compensated float sums, see the bound above; double inputs: double sums).
+    ST_BN_LAUNCH(channel_sum_kernel, T, count, grid, st, x.data<T>(), C, P, dp, S, nullptr,
+                 partial.as<double>());
     combine_kernel<<<blocks_for(C), kThreads, 0, st>>>(partial.as<double>(), S, C, sums.as<double>());
     bn_stats_finalize_kernel<T><<<blocks_for(C), kThreads, 0, st>>>(
-        sums.as<double>(), nullptr, C, double(N * P), eps, nullptr, nullptr, mean_d.as<double>(),
+        sums.as<double>(), nullptr, C, double(count), eps, nullptr, nullptr, mean_d.as<double>(),
         nullptr, nullptr, nullptr, nullptr);
-    channel_sum_kernel<<<grid, kThreads, 0, st>>>(x.data<T>(), N, C, P, S, 1, mean_d.as<double>(),
-                                                  partial.as<double>());
+    ST_BN_LAUNCH(channel_sum_kernel, T, count, grid, st, x.data<T>(), C, P, dp, S,
+                 mean_d.as<double>(), partial.as<double>());
     combine_kernel<<<blocks_for(C), kThreads, 0, st>>>(partial.as<double>(), S, C, ssq.as<double>());
     bn_stats_finalize_kernel<T><<<blocks_for(C), kThreads, 0, st>>>(
-        sums.as<double>(), ssq.as<double>(), C, double(N * P), eps, gamma.data<T>(),
+        sums.as<double>(), ssq.as<double>(), C, double(count), eps, gamma.data<T>(),
         beta.data<T>(), mean_d.as<double>(), mean.data<T>(), invstd.data<T>(), scale.as<T>(),
         shift.as<T>());
     const int64_t n = x.numel();
-    channel_affine_kernel<<<blocks_for(n), kThreads, 0, st>>>(x.data<T>(), scale.as<T>(),
-                                                              shift.as<T>(), y.data<T>(), n, C, P);
+    if (n > 0)
+      ST_BN_LAUNCH(channel_affine_kernel, T, n, blocks_for(n), st, x.data<T>(), scale.as<T>(),
+                   shift.as<T>(), y.data<T>(), dp, dc, C, P);
     ST_CUDA_LAUNCHED(op.ctx);
   });
 }
@@ -152,13 +307,13 @@ __global__ void bn_grad_finalize_kernel(const double* sg, double* sgx, const T* 
   }
 }
 
-template <class T>
-__global__ void bn_input_grad_kernel(bool batch_stats, const T* gy, const T* x, const T* gamma,
-                                     const T* mean, const T* invstd, const double* sg,
-                                     const double* sgx, double M, T* gx, int64_t n, int64_t C,
-                                     int64_t P) {
-  ST_GRID_STRIDE(i, n) {
-    const int64_t c = (i / P) % C;
+template <class T, class I>
+__global__ void bn_input_grad_kernel(I n, bool batch_stats, const T* gy, const T* x,
+                                     const T* gamma, const T* mean, const T* invstd,
+                                     const double* sg, const double* sgx, double M, T* gx,
+                                     DivMod32 dp, DivMod32 dc, int64_t C, int64_t P) {
+  ST_GRID_STRIDE_T(I, i, n) {
+    const int64_t c = channel_of(i, dp, dc, P, C);
     const double is = double(invstd[c]), k = double(gamma[c]) * is;
     if (batch_stats) {
       const T a = T(k), b = T(-k * sg[c] / M), cc = T(-k * sgx[c] * is / M), m = mean[c];
@@ -173,36 +328,38 @@ template <class T>
 void bn_backward(Context& ctx, bool batch_stats, const Tensor& gy, const Tensor& x,
                  const Tensor& gamma, const Tensor& mean, const Tensor& invstd, Tensor* gx,
                  Tensor* ggamma, Tensor* gbeta) {
-  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), count = N * P;
   const int dev = x.device().index;
   const bool need_sums = batch_stats ? (gx || ggamma || gbeta) : (ggamma || gbeta);
-  const int S = channel_splits(C, N * P);
+  const int S = channel_splits(C, count);
+  const DivMod32 dp(count < kIndex32Limit ? uint32_t(P) : 1u);
+  const DivMod32 dc(x.numel() < kIndex32Limit ? uint32_t(C) : 1u);
   Scratch pg(size_t(C * S) * sizeof(double), dev), pgx(size_t(C * S) * sizeof(double), dev),
       sg(size_t(C) * sizeof(double), dev), sgx(size_t(C) * sizeof(double), dev);
   cudaStream_t st = ctx.stream;
   if (need_sums) {
-    channel_grad_sums_kernel<<<dim3(unsigned(C), unsigned(S)), kThreads, 0, st>>>(
-        gy.data<T>(), x.data<T>(), mean.data<T>(), N, C, P, S, pg.as<double>(), pgx.as<double>());
+    ST_BN_LAUNCH(channel_grad_sums_kernel, T, count, channel_grid(C, S), st, gy.data<T>(),
+                 x.data<T>(), mean.data<T>(), C, P, dp, S, pg.as<double>(), pgx.as<double>());
     combine_kernel<<<blocks_for(C), kThreads, 0, st>>>(pg.as<double>(), S, C, sg.as<double>());
     combine_kernel<<<blocks_for(C), kThreads, 0, st>>>(pgx.as<double>(), S, C, sgx.as<double>());
     bn_grad_finalize_kernel<<<blocks_for(C), kThreads, 0, st>>>(
         sg.as<double>(), sgx.as<double>(), invstd.data<T>(), C,
         ggamma ? ggamma->data<T>() : nullptr, gbeta ? gbeta->data<T>() : nullptr);
   }
-  if (gx) {
-    const int64_t n = x.numel();
-    bn_input_grad_kernel<<<blocks_for(n), kThreads, 0, st>>>(
-        batch_stats, gy.data<T>(), x.data<T>(), gamma.data<T>(), mean.data<T>(), invstd.data<T>(),
-        sg.as<double>(), sgx.as<double>(), double(N * P), gx->data<T>(), n, C, P);
+  const int64_t n = x.numel();
+  if (gx && n > 0) {
+    ST_BN_LAUNCH(bn_input_grad_kernel, T, n, blocks_for(n), st, batch_stats, gy.data<T>(),
+                 x.data<T>(), gamma.data<T>(), mean.data<T>(), invstd.data<T>(), sg.as<double>(),
+                 sgx.as<double>(), double(count), gx->data<T>(), dp, dc, C, P);
   }
   ST_CUDA_LAUNCHED(ctx);
 }
 
-template <class T>
-__global__ void bn_frozen_kernel(const T* x, const T* g, const T* b, const T* m, const T* is, T* y,
-                                 int64_t n, int64_t C, int64_t P) {
-  ST_GRID_STRIDE(i, n) {
-    const int64_t c = (i / P) % C;
+template <class T, class I>
+__global__ void bn_frozen_kernel(I n, const T* x, const T* g, const T* b, const T* m, const T* is,
+                                 T* y, DivMod32 dp, DivMod32 dc, int64_t C, int64_t P) {
+  ST_GRID_STRIDE_T(I, i, n) {
+    const int64_t c = channel_of(i, dp, dc, P, C);
     const T scale = g[c] * is[c], shift = b[c] - m[c] * g[c] * is[c];
     y[i] = x[i] * scale + shift;
   }
@@ -225,11 +382,14 @@ void CudaBackend::batch_norm_frozen_forward(const Tensor& x, const Tensor& gamma
   const int64_t n = x.numel();
   if (n == 0) return;
   Op op("batch_norm_frozen_forward", x.device().index);
+  const int64_t C = x.size(1), P = x.size(2) * x.size(3);
+  // n > 0: C, P >= 1, and both < 2^31 when n is.
+  const DivMod32 dp(n < kIndex32Limit ? uint32_t(P) : 1u), dc(n < kIndex32Limit ? uint32_t(C) : 1u);
   dispatch_float("batch_norm_frozen_forward", x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    bn_frozen_kernel<<<blocks_for(n), kThreads, 0, op.ctx.stream>>>(
-        x.data<T>(), gamma.data<T>(), beta.data<T>(), mean.data<T>(), invstd.data<T>(),
-        y.data<T>(), n, x.size(1), x.size(2) * x.size(3));
+    ST_BN_LAUNCH(bn_frozen_kernel, T, n, blocks_for(n), op.ctx.stream, x.data<T>(),
+                 gamma.data<T>(), beta.data<T>(), mean.data<T>(), invstd.data<T>(), y.data<T>(),
+                 dp, dc, C, P);
   });
   ST_CUDA_LAUNCHED(op.ctx);
 }
@@ -244,6 +404,7 @@ void CudaBackend::batch_norm_frozen_backward(const Tensor& gy, const Tensor& x,
     bn_backward<decltype(tag)>(op.ctx, false, gy, x, gamma, mean, invstd, gx, ggamma, gbeta);
   });
 }
+#undef ST_BN_LAUNCH
 
 // ---------------- resampling ----------------
 namespace {
