@@ -41,12 +41,27 @@ struct AdamParams {
   int64_t step = 1;  // the step being taken (1-based), for bias correction
 };
 
-// What a backend's allocator has done (for tests and profiles). A caching allocator serves
-// steady-state requests from its cache: device_allocations stops growing.
+// What a backend's allocator holds and has done (for tests and profiles). A caching allocator
+// serves steady-state requests from its cache: device_allocations stops growing. The CPU backend
+// fills in only cached_bytes. The CUDA backend (one pool per GPU, kernels/common/block_pool.h)
+// sums over its devices; its sizes are block sizes (requests rounded up to 512 bytes, plus any
+// rest too small to split off).
 struct MemoryStats {
-  uint64_t device_allocations = 0;  // real allocations from the device (cudaMalloc, malloc)
+  uint64_t device_allocations = 0;  // real allocations from the device (cudaMalloc, malloc); the
+                                    // CUDA backend allocates segments that blocks are cut from
   uint64_t cache_hits = 0;          // requests served from the cache
-  size_t in_use_bytes = 0, peak_in_use_bytes = 0, cached_bytes = 0;
+  size_t in_use_bytes = 0;          // blocks handed out and not yet freed
+  size_t peak_in_use_bytes = 0;     // the most in_use_bytes has been
+  size_t cached_bytes = 0;          // free bytes held for reuse (CUDA: reserved - in use)
+  size_t reserved_bytes = 0;        // bytes held from the device: in use + cached (CUDA segments)
+  size_t segments = 0;              // segments held (CUDA)
+  size_t free_blocks = 0;           // free blocks the cached bytes form (CUDA; merged neighbours
+                                    // count once)
+  size_t largest_free_block = 0;    // the largest of them (CUDA: on any one device)
+  // 1 - largest free block / cached_bytes (with several devices: the sum of each device's largest
+  // free block): 0 when the cache is one block or empty, near 1 when it is scattered in pieces
+  // too small for most requests.
+  double fragmentation = 0;
 };
 
 // One value per kernel of tensor/kernels.def, named as the kernel.

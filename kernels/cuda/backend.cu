@@ -93,7 +93,7 @@ void after_launch(Context& ctx, const char* file, int line) {
 
 // ---------------- contexts ----------------
 namespace {
-constexpr int kMaxDevices = 16;
+constexpr int kMaxDevices = CudaBackend::kDevices;
 std::mutex g_ctx_mu;
 std::array<std::unique_ptr<Context>, kMaxDevices> g_ctx;
 
@@ -300,86 +300,103 @@ Scratch::Scratch(size_t n, int dev) : bytes(n), device(dev) { ptr = backend().al
 Scratch::~Scratch() { backend().deallocate(ptr, bytes, device); }
 
 // ---------------- caching allocator ----------------
-namespace {
-size_t round_size(size_t n) {
-  n = std::max<size_t>(n, 1);
-  constexpr size_t kMiB = size_t(1) << 20;
-  return n < kMiB ? (n + 511) / 512 * 512 : (n + kMiB - 1) / kMiB * kMiB;
+// The pool logic (size classes, best fit, splitting, merging) is kernels/common/block_pool.h,
+// tested on the CPU; here it gets its segments from cudaMalloc on its device.
+BlockPool& CudaBackend::pool_for(int device) {
+  auto& pool = pools_[size_t(device)];
+  if (!pool) {
+    BlockPool::Source source;
+    // cudaMalloc / cudaFree make the device current; the caller's current device is put back (an
+    // op in progress on one device may free or allocate on another: copy_between_devices).
+    source.obtain = [device](size_t n) -> void* {
+      int current = 0;
+      const bool restore = cudaGetDevice(&current) == cudaSuccess && current != device;
+      ST_CUDA_CHECK(cudaSetDevice(device));
+      void* p = nullptr;
+      const cudaError_t e = cudaMalloc(&p, n);
+      if (restore) cudaSetDevice(current);
+      if (e == cudaErrorMemoryAllocation) {
+        cudaGetLastError();  // not sticky: clear it so that the next call does not report it
+        return nullptr;
+      }
+      ST_CUDA_CHECK(e);
+      return p;
+    };
+    source.release = [device](void* p, size_t) {
+      int current = 0;
+      const bool restore = cudaGetDevice(&current) == cudaSuccess && current != device;
+      cudaSetDevice(device);
+      cudaFree(p);
+      if (restore) cudaSetDevice(current);
+    };
+    pool = std::make_unique<BlockPool>(std::move(source), caching_enabled());
+  }
+  return *pool;
 }
-}  // namespace
 
 void* CudaBackend::allocate(size_t nbytes, int device) {
-  const size_t n = round_size(nbytes);
-  {
-    std::lock_guard<std::mutex> l(alloc_mu_);
-    auto it = free_.find({device, n});
-    if (it != free_.end()) {
-      void* p = it->second;
-      free_.erase(it);
-      stats_.cached_bytes -= n;
-      stats_.cache_hits++;
-      stats_.in_use_bytes += n;
-      stats_.peak_in_use_bytes = std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
-      return p;
-    }
-  }
-  check_device(device);
-  ST_CUDA_CHECK(cudaSetDevice(device));
-  void* p = nullptr;
-  cudaError_t e = cudaMalloc(&p, n);
-  if (e == cudaErrorMemoryAllocation) {  // give the cache back to the driver and try again
-    cudaGetLastError();
-    empty_cache();
-    e = cudaMalloc(&p, n);
-  }
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    MemoryStats s = memory_stats();
+  std::unique_lock<std::mutex> l(alloc_mu_);
+  // A device that does not exist gets its own message, not "out of memory" (checked once: a
+  // device has a pool only after passing it).
+  if (device < 0 || device >= kDevices || !pools_[size_t(device)]) check_device(device);
+  BlockPool& pool = pool_for(device);
+  const size_t before = pool.in_use_bytes();
+  // On a failed cudaMalloc the pool hands its wholly free segments back and asks once more.
+  void* p = pool.allocate(nbytes);
+  if (!p) {
+    const BlockPoolStats s = pool.stats();
+    l.unlock();
     throw Error("cuda:" + std::to_string(device) + ": out of memory allocating " +
                 std::to_string(nbytes) + " bytes (" + std::to_string(s.in_use_bytes >> 20) +
-                " MiB in use by tensors; " + cudaGetErrorString(e) + ")");
+                " MiB in use by tensors, " + std::to_string(s.reserved_bytes >> 20) +
+                " MiB held by the allocator; " +
+                cudaGetErrorString(cudaErrorMemoryAllocation) + ")");
   }
-  std::lock_guard<std::mutex> l(alloc_mu_);
-  stats_.device_allocations++;
-  stats_.in_use_bytes += n;
-  stats_.peak_in_use_bytes = std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
+  in_use_all_ += pool.in_use_bytes() - before;
+  peak_in_use_all_ = std::max(peak_in_use_all_, in_use_all_);
   return p;
 }
 
 // Blocks go back to the cache, not the driver: all work runs on the device's one stream, so a
 // later kernel that reuses a block is ordered after every kernel that used it before.
 void CudaBackend::deallocate(void* p, size_t nbytes, int device) noexcept {
-  if (!p) return;
-  const size_t n = round_size(nbytes);
+  (void)nbytes;  // the pool knows each block's size
+  if (!p || device < 0 || device >= kDevices) return;
   std::lock_guard<std::mutex> l(alloc_mu_);
-  stats_.in_use_bytes -= std::min(stats_.in_use_bytes, n);
-  if (caching_enabled()) {
-    free_.emplace(std::make_pair(device, n), p);
-    stats_.cached_bytes += n;
-  } else {
-    cudaSetDevice(device);
-    cudaFree(p);
-  }
+  BlockPool* pool = pools_[size_t(device)].get();
+  if (!pool) return;
+  const size_t before = pool->in_use_bytes();
+  pool->deallocate(p);  // with ST_CUDA_CACHE=0: straight to cudaFree
+  in_use_all_ -= before - pool->in_use_bytes();
 }
 
 void CudaBackend::empty_cache() {
-  // The current device is put back after: allocate() retries its cudaMalloc after this, and an
-  // op in progress on one device may call it (conv.cu's SearchWorkspace).
-  int current = 0;
-  const bool restore = cudaGetDevice(&current) == cudaSuccess;
   std::lock_guard<std::mutex> l(alloc_mu_);
-  for (auto& [key, p] : free_) {
-    cudaSetDevice(key.first);
-    cudaFree(p);
-  }
-  free_.clear();
-  stats_.cached_bytes = 0;
-  if (restore) cudaSetDevice(current);
+  for (auto& pool : pools_)
+    if (pool) pool->release_cached();
 }
 
 MemoryStats CudaBackend::memory_stats() const {
   std::lock_guard<std::mutex> l(alloc_mu_);
-  return stats_;
+  MemoryStats m;
+  size_t largest_per_device = 0;
+  for (const auto& pool : pools_) {
+    if (!pool) continue;
+    const BlockPoolStats s = pool->stats();
+    m.device_allocations += s.segment_allocations;
+    m.cache_hits += s.cache_hits;
+    m.cached_bytes += s.cached_bytes;
+    m.reserved_bytes += s.reserved_bytes;
+    m.segments += s.segments;
+    m.free_blocks += s.free_blocks;
+    m.largest_free_block = std::max(m.largest_free_block, s.largest_free_block);
+    largest_per_device += s.largest_free_block;
+  }
+  m.in_use_bytes = in_use_all_;
+  m.peak_in_use_bytes = peak_in_use_all_;
+  m.fragmentation =
+      m.cached_bytes ? 1.0 - double(largest_per_device) / double(m.cached_bytes) : 0.0;
+  return m;
 }
 
 void CudaBackend::set_workspace_limit(size_t bytes) {
@@ -432,19 +449,159 @@ void CudaBackend::copy_between_devices(void* dst, int dst_device, const void* sr
     throw_error("copy between devices", __FILE__, __LINE__, cudaGetErrorString(e));
 }
 
+// ---------------- copies between host and device ----------------
+// Copies between a device and pageable host memory (CPU tensors come from malloc) from
+// kStagingThreshold up go through two pinned staging buffers per device, used in turn. Why: the
+// DMA engine reads and writes only pinned memory, so for pageable memory the driver bounces the
+// data through pinned buffers of its own, holding the host while it does (a 720p frame is ~11 MB
+// a copy). Here the bounce is ours and pipelined: the host memcpy of chunk k+1 into one buffer
+// runs while the DMA of chunk k from the other is in flight, and an event recorded after each
+// chunk's DMA says when its buffer may be filled again. Pinning the buffers once (lazily: pinning
+// is slow) and keeping them bounded (2 x kStagingChunk per device, whatever the tensor size)
+// avoids both pinning each tensor per copy (cudaHostRegister costs more than the copy) and
+// pinning every CPU tensor (page-locked memory is taken away from the rest of the system, which
+// matters on a Jetson). A host-to-device copy returns once the last chunk is in a staging buffer:
+// the source has been read and the caller may free it; the DMA runs on in stream order. A
+// device-to-host copy returns once the last chunk has been copied out, as before. Small copies
+// stay direct (the extra memcpy and events would cost more than they save), and if cudaHostAlloc
+// fails the copies stay direct too. (Not measured yet: the GPU benchmarks are to come,
+// docs/benchmarks.md.)
+namespace {
+constexpr size_t kStagingThreshold = size_t(64) << 10;
+constexpr size_t kStagingChunk = size_t(4) << 20;  // the size of each of the two buffers
+}  // namespace
+
+CudaBackend::Staging* CudaBackend::staging_for(Context& ctx) {
+  Staging& s = staging_[size_t(ctx.device)];
+  if (s.unavailable) return nullptr;
+  if (s.buffer[0]) return &s;
+  bool ok = true;
+  for (int i = 0; i < 2 && ok; ++i) {
+    // Portable: pinned for every device's context (each device has its own buffers anyway).
+    ok = cudaHostAlloc(&s.buffer[i], kStagingChunk, cudaHostAllocPortable) == cudaSuccess;
+    if (!ok) s.buffer[i] = nullptr;
+    if (ok) ok = cudaEventCreateWithFlags(&s.done[i], cudaEventDisableTiming) == cudaSuccess;
+    if (!ok) s.done[i] = nullptr;
+  }
+  if (ok) return &s;
+  cudaGetLastError();  // an allocation failure is not sticky; do not let a later check see it
+  for (int i = 0; i < 2; ++i) {
+    if (s.buffer[i]) cudaFreeHost(s.buffer[i]);
+    if (s.done[i]) cudaEventDestroy(s.done[i]);
+  }
+  s = Staging{};
+  s.unavailable = true;
+  return nullptr;
+}
+
+void CudaBackend::staged_to_device(Context& ctx, void* dst, const void* src, size_t n,
+                                   Staging& s) {
+  char* d = static_cast<char*>(dst);
+  const char* h = static_cast<const char*>(src);
+  int i = 0;
+  for (size_t off = 0; off < n; off += kStagingChunk, i ^= 1) {
+    const size_t len = std::min(kStagingChunk, n - off);
+    // The buffer's previous copy (two chunks ago, or an earlier call's) has read it. An event
+    // never recorded counts as completed.
+    ST_CUDA_CHECK(cudaEventSynchronize(s.done[i]));
+    std::memcpy(s.buffer[i], h + off, len);
+    ST_CUDA_CHECK(cudaMemcpyAsync(d + off, s.buffer[i], len, cudaMemcpyHostToDevice, ctx.stream));
+    ST_CUDA_CHECK(cudaEventRecord(s.done[i], ctx.stream));
+  }
+}
+
+void CudaBackend::staged_to_host(Context& ctx, void* dst, const void* src, size_t n,
+                                 Staging& s) {
+  char* h = static_cast<char*>(dst);
+  const char* d = static_cast<const char*>(src);
+  const size_t chunks = (n + kStagingChunk - 1) / kStagingChunk;
+  auto chunk_len = [&](size_t k) { return std::min(kStagingChunk, n - k * kStagingChunk); };
+  auto queue = [&](size_t k) {  // the DMA of chunk k into buffer k % 2
+    const int i = int(k & 1);
+    // Chunk k-2 was copied out of this buffer already; an earlier host-to-device copy may still
+    // be reading it.
+    ST_CUDA_CHECK(cudaEventSynchronize(s.done[i]));
+    ST_CUDA_CHECK(cudaMemcpyAsync(s.buffer[i], d + k * kStagingChunk, chunk_len(k),
+                                  cudaMemcpyDeviceToHost, ctx.stream));
+    ST_CUDA_CHECK(cudaEventRecord(s.done[i], ctx.stream));
+  };
+  queue(0);
+  for (size_t k = 0; k < chunks; ++k) {
+    if (k + 1 < chunks) queue(k + 1);  // in flight while chunk k is copied out
+    const int i = int(k & 1);
+    ST_CUDA_CHECK(cudaEventSynchronize(s.done[i]));
+    std::memcpy(h + k * kStagingChunk, s.buffer[i], chunk_len(k));
+  }
+  // The last chunk's event completed: so did everything queued on the stream before it.
+}
+
 void CudaBackend::memcpy(void* dst, Device dd, const void* src, Device sd, size_t n) {
   if (n == 0) return;
   if (dd.is_cuda() && sd.is_cuda() && dd.index != sd.index)
     return copy_between_devices(dst, dd.index, src, sd.index, n);
   const int dev = dd.is_cuda() ? dd.index : sd.index;
   Op op("memcpy", dev);
-  // Unified addressing: the runtime infers the direction (and handles peer copies).
-  ST_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDefault, op.ctx.stream));
-  // The host reads what it asked for right after: wait. (Host-to-device copies from pageable
-  // memory return once the source has been staged, so the caller may free it.)
-  if (dd.is_cpu()) ST_CUDA_CHECK(cudaStreamSynchronize(op.ctx.stream));
+  const bool to_host = dd.is_cpu(), from_host = sd.is_cpu();
+  Staging* staging =
+      to_host != from_host && n >= kStagingThreshold ? staging_for(op.ctx) : nullptr;
+  if (staging && from_host) {
+    staged_to_device(op.ctx, dst, src, n, *staging);
+  } else if (staging) {
+    staged_to_host(op.ctx, dst, src, n, *staging);
+  } else {
+    // Unified addressing: the runtime infers the direction. (Host-to-device copies from pageable
+    // memory return once the source has been staged, so the caller may free it.)
+    ST_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDefault, op.ctx.stream));
+    // The host reads what it asked for right after: wait.
+    if (to_host) ST_CUDA_CHECK(cudaStreamSynchronize(op.ctx.stream));
+  }
+  // Everything queued on the device has completed: report a bad cross-entropy target.
+  if (to_host) verify_target_check(op.ctx);
 }
 
+// ---------------- the deferred cross-entropy target check ----------------
+CudaBackend::TargetCheck& CudaBackend::target_check_for(Context& ctx) {
+  TargetCheck& t = target_checks_[size_t(ctx.device)];
+  if (t.device_record) return t;
+  constexpr size_t kBytes = 3 * sizeof(long long);
+  void* host = nullptr;
+  void* dev = nullptr;
+  ST_CUDA_CHECK(cudaHostAlloc(&host, kBytes, cudaHostAllocPortable));
+  cudaError_t e = cudaMalloc(&dev, kBytes);
+  // Pixel -1: no bad target yet (all bits set); ordered before any check on the stream.
+  if (e == cudaSuccess) e = cudaMemsetAsync(dev, 0xFF, kBytes, ctx.stream);
+  if (e != cudaSuccess) {
+    cudaFreeHost(host);
+    if (dev) cudaFree(dev);
+    ST_CUDA_CHECK(e);
+  }
+  t.host_record = static_cast<long long*>(host);
+  t.host_record[0] = -1;
+  t.device_record = static_cast<long long*>(dev);
+  return t;
+}
+
+void CudaBackend::verify_target_check(Context& ctx) {
+  TargetCheck& t = target_checks_[size_t(ctx.device)];
+  if (!t.pending) return;
+  t.pending = false;
+  const long long pixel = t.host_record[0], value = t.host_record[1], classes = t.host_record[2];
+  if (pixel < 0) return;
+  // Reported once: clear the record (on the stream, so before any later check) and its copy.
+  t.host_record[0] = -1;
+  int current = 0;
+  const bool restore = cudaGetDevice(&current) == cudaSuccess && current != ctx.device;
+  if (restore) cudaSetDevice(ctx.device);
+  const cudaError_t e = cudaMemsetAsync(t.device_record, 0xFF, sizeof(long long), ctx.stream);
+  if (restore) cudaSetDevice(current);
+  ST_CUDA_CHECK(e);
+  throw Error("weighted_cross_entropy: target value " + std::to_string(value) + " at pixel " +
+              std::to_string(pixel) + " is outside [0, " + std::to_string(classes) + ")");
+}
+
+// Waits for every device's stream; then reports a bad cross-entropy target found on it. Each
+// device's lock is held from the wait to the check, so that no forward queued by another thread
+// in between can be writing the record being read.
 void CudaBackend::synchronize() {
   for (int d = 0; d < kMaxDevices; ++d) {
     Context* c = nullptr;
@@ -452,7 +609,10 @@ void CudaBackend::synchronize() {
       std::lock_guard<std::mutex> l(g_ctx_mu);
       c = g_ctx[size_t(d)].get();
     }
-    if (c) ST_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    if (!c) continue;
+    std::lock_guard<std::recursive_mutex> l(c->mu);
+    ST_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    verify_target_check(*c);
   }
 }
 

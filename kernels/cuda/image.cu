@@ -691,6 +691,21 @@ void CudaBackend::softmax_channels_backward(const Tensor& gy, const Tensor& y, b
   ST_CUDA_LAUNCHED(op.ctx);
 }
 
+namespace {
+// After ce_fwd_kernel: when it found a bad target (*bad: the first such pixel) and the device's
+// record holds none yet (pixel -1), records {pixel, its target value, C}: the first bad target
+// since the host last checked. One thread.
+__global__ void ce_record_bad_target_kernel(const unsigned long long* bad, const int64_t* target,
+                                            int64_t C, long long* record) {
+  const unsigned long long first = *bad;
+  if (first != ~0ull && record[0] < 0) {
+    record[0] = (long long)first;
+    record[1] = (long long)target[first];
+    record[2] = (long long)C;
+  }
+}
+}  // namespace
+
 void CudaBackend::weighted_cross_entropy_forward(const Tensor& logits, const Tensor& target,
                                                  const Tensor& weight, Tensor& loss) {
   const int64_t N = logits.size(0), C = logits.size(1), P = logits.size(2) * logits.size(3);
@@ -710,17 +725,22 @@ void CudaBackend::weighted_cross_entropy_forward(const Tensor& logits, const Ten
                                                  loss.data<T>());
     ST_CUDA_LAUNCHED(op.ctx);
   });
-  // Targets are validated as on the CPU: the first bad pixel is named (one small read-back).
-  unsigned long long first = 0;
-  ST_CUDA_CHECK(cudaMemcpyAsync(&first, bad.ptr, sizeof first, cudaMemcpyDeviceToHost,
-                                op.ctx.stream));
-  ST_CUDA_CHECK(cudaStreamSynchronize(op.ctx.stream));
-  if (first != ~0ull) {
-    int64_t value = 0;
-    ST_CUDA_CHECK(cudaMemcpy(&value, target.data<int64_t>() + first, sizeof value,
-                             cudaMemcpyDeviceToHost));
-    throw Error("weighted_cross_entropy: target value " + std::to_string(value) + " at pixel " +
-                std::to_string(first) + " is outside [0, " + std::to_string(C) + ")");
+  // Targets are validated as on the CPU, with the same message naming the first bad pixel, but
+  // without holding the host here (a training step would wait for its queue on every loss): the
+  // check is queued (the bad target into the device's record, the record into pinned host
+  // memory) and read at the device's next synchronising point, a copy to the host or
+  // synchronize() (verify_target_check, backend.cu). The loss meanwhile leaves the bad pixels
+  // out. With ST_CUDA_SYNC=1 the error is reported here, by this call.
+  TargetCheck& check = target_check_for(op.ctx);
+  ce_record_bad_target_kernel<<<1, 1, 0, op.ctx.stream>>>(
+      bad.as<unsigned long long>(), target.data<int64_t>(), C, check.device_record);
+  ST_CUDA_LAUNCHED(op.ctx);
+  ST_CUDA_CHECK(cudaMemcpyAsync(check.host_record, check.device_record, 3 * sizeof(long long),
+                                cudaMemcpyDeviceToHost, op.ctx.stream));
+  check.pending = true;
+  if (debug_sync()) {
+    ST_CUDA_CHECK(cudaStreamSynchronize(op.ctx.stream));
+    verify_target_check(op.ctx);
   }
 }
 
