@@ -900,6 +900,37 @@ void view_cases(const Sides& s) {
          {{"x", randn({2, 3, 3, 2, 4, 5}, 88)}}, {"x"}, exact_rule());
 }
 
+
+// A bad target is named, value and pixel, as on the CPU (the first bad pixel in N*H*W order) by
+// the time the loss reaches the host: the CUDA backend may find it in the call or at the next
+// read of a result. The bad pixels lie past the first turn of the CUDA forward's grid-stride
+// loop (its grid covers 262144 pixels). The device is usable afterwards: a valid loss there
+// matches the CPU's within both sides' bounds.
+void ce_bad_target_cases(const Device& dev) {
+  const Tensor x = randn({kCeN, kCeC, kCeH, kCeW}, 40, 2.0);
+  const Tensor target = Tensor::uniform({kCeN, kCeH, kCeW}, 0, kCeC, 41).to(DType::I64);
+  const Tensor weight = Tensor::uniform({kCeN, kCeH, kCeW}, 0.5, 2, 42);
+  const int64_t P = kCeN * kCeH * kCeW, first = P - 1000, second = P - 17;
+  REQUIRE(first > 1024 * 256);
+  for (int64_t bad_value : {kCeC, int64_t(-1), int64_t(1000)}) {
+    Tensor bad = target.clone();
+    bad.data<int64_t>()[first] = bad_value;
+    bad.data<int64_t>()[second] = kCeC + 1;  // a later bad pixel: not the one named
+    const std::string value = "target value " + std::to_string(bad_value);
+    const std::string pixel = "pixel " + std::to_string(first);
+    for (DType dt : {DType::F32, DType::F64}) {
+      INFO(value << " at " << pixel << " on " << dev.str() << "/" << dtype_name(dt));
+      REQUIRE_THROWS_WITH(
+          weighted_cross_entropy(x.to(dt).to(dev), bad.to(dev), weight.to(dt).to(dev)).item(),
+          Contains(value) && Contains(pixel));
+      const double lc = weighted_cross_entropy(x.to(dt), target, weight.to(dt)).item();
+      const double ld =
+          weighted_cross_entropy(x.to(dt).to(dev), target.to(dev), weight.to(dt).to(dev)).item();
+      const Bounds b = test::weighted_ce_bounds(x, target, weight, 1.0, dt == DType::F32 ? kU32 : kU64, false);
+      REQUIRE(std::abs(ld - lc) <= 2 * b.at("loss").item());
+    }
+  }
+}
 }  // namespace
 
 // ---------------- the parity suite on the CPU alone: its bounds, checked ----------------
@@ -1257,6 +1288,7 @@ TEST_CASE("cuda parity bounds: the wide cases hold them on the CPU, float32 agai
   sum_to_cases(s);
   wide_batch_norm_cases(s);
   view_cases(s);
+  ce_bad_target_cases(Device::cpu());
 }
 
 TEST_CASE("cuda: cross-entropy over more pixels than its grid (the grid-stride loop wraps)", "[cuda]") {
@@ -1298,37 +1330,10 @@ TEST_CASE("cuda: float64 through every parity case", "[cuda]") {
   adam_cases(s);
 }
 
-// A bad target is named, value and pixel, as on the CPU (the first bad pixel in N*H*W order) by
-// the time the loss reaches the host: the CUDA backend may find it in the call or at the next
-// read of a result. Here the bad pixels lie past the first turn of the grid-stride loop (its
-// grid covers 262144 pixels). The backend is usable afterwards.
 TEST_CASE("cuda: an invalid cross-entropy target is named, value and pixel, by the time the loss is read",
           "[cuda][errors]") {
   REQUIRE_GPU();
-  const Tensor x = randn({kCeN, kCeC, kCeH, kCeW}, 40, 2.0);
-  const Tensor target = Tensor::uniform({kCeN, kCeH, kCeW}, 0, kCeC, 41).to(DType::I64);
-  const Tensor weight = Tensor::uniform({kCeN, kCeH, kCeW}, 0.5, 2, 42);
-  const int64_t P = kCeN * kCeH * kCeW, first = P - 1000, second = P - 17;
-  REQUIRE(first > 1024 * 256);
-  for (int64_t bad_value : {kCeC, int64_t(-1), int64_t(1000)}) {
-    Tensor bad = target.clone();
-    bad.data<int64_t>()[first] = bad_value;
-    bad.data<int64_t>()[second] = kCeC + 1;  // a later bad pixel: not the one named
-    const std::string value = "target value " + std::to_string(bad_value);
-    const std::string pixel = "pixel " + std::to_string(first);
-    INFO(value << " at " << pixel);
-    REQUIRE_THROWS_WITH(weighted_cross_entropy(x, bad, weight).item(), Contains(value) && Contains(pixel));
-    for (DType dt : {DType::F32, DType::F64}) {
-      REQUIRE_THROWS_WITH(
-          weighted_cross_entropy(gpu(x.to(dt)), gpu(bad), gpu(weight.to(dt))).item(),
-          Contains(value) && Contains(pixel));
-      // Usable afterwards: a valid loss on the GPU still matches the CPU's.
-      const double lc = weighted_cross_entropy(x.to(dt), target, weight.to(dt)).item();
-      const double lg = weighted_cross_entropy(gpu(x.to(dt)), gpu(target), gpu(weight.to(dt))).item();
-      const Bounds b = test::weighted_ce_bounds(x, target, weight, 1.0, dt == DType::F32 ? kU32 : kU64, false);
-      REQUIRE(std::abs(lg - lc) <= 2 * b.at("loss").item());
-    }
-  }
+  ce_bad_target_cases(kGpu);
 }
 
 // The CUDA backend plans a convolution per shape and parameters (cuDNN's algorithm choice,
