@@ -24,6 +24,12 @@
 // from the CPU's inputs and is held to its own bound, its gradients too, then Adam's step); and the
 // pretrained student and the seeded teacher run on the GPU against the float64 references with
 // the bounds of the CPU tests (test_student.cpp, test_teacher_backbone.cpp).
+// Those shared per-element formulas are checked against float64 references written from their
+// definitions in test_reference_f64.cpp (a formula error common to both backends shows there).
+// TF32, the production default for float32 convolutions, has a test of its own ([cuda-tf32],
+// hidden, run by the "cuda-tf32: ..." ctest entry in a process with TF32 on), held to a bound for
+// operands cut to TF32; CMakeLists.txt also runs the GPU tests once under ST_CUDNN_BENCHMARK=1 and
+// once under ST_CUDA_CACHE=0.
 // ST_BOUND_REPORT=1 prints the worst |err|/bound of every comparison.
 #include <algorithm>
 #include <cmath>
