@@ -24,6 +24,12 @@
 // from the CPU's inputs and is held to its own bound, its gradients too, then Adam's step); and the
 // pretrained student and the seeded teacher run on the GPU against the float64 references with
 // the bounds of the CPU tests (test_student.cpp, test_teacher_backbone.cpp).
+// Those shared per-element formulas are checked against float64 references written from their
+// definitions in test_reference_f64.cpp (a formula error common to both backends shows there).
+// TF32, the production default for float32 convolutions, has a test of its own ([cuda-tf32],
+// hidden, run by the "cuda-tf32: ..." ctest entry in a process with TF32 on), held to a bound for
+// operands cut to TF32; CMakeLists.txt also runs the GPU tests once under ST_CUDNN_BENCHMARK=1 and
+// once under ST_CUDA_CACHE=0.
 // ST_BOUND_REPORT=1 prints the worst |err|/bound of every comparison.
 #include <algorithm>
 #include <cmath>
@@ -786,6 +792,156 @@ void student_step_cases(const Sides& s) {
   }
 }
 
+
+// ---------------- wider cases: grid-stride wraps, many outputs, views, wide batch norm ----------------
+// Cross-entropy over more pixels than its forward kernel's grid has threads (the CUDA backend
+// caps it at 1024 blocks of 256: 262144 pixels), so the grid-stride loop turns more than once,
+// and the partial sums of every block meet in the final reduction.
+constexpr int64_t kCeN = 2, kCeC = 3, kCeH = 300, kCeW = 450;  // 270000 pixels
+void ce_wrap_cases(const Sides& s) {
+  REQUIRE(kCeN * kCeH * kCeW > 1024 * 256);
+  const Tensor target = Tensor::uniform({kCeN, kCeH, kCeW}, 0, kCeC, 31).to(DType::I64);
+  const Tensor weight = Tensor::uniform({kCeN, kCeH, kCeW}, 0.5, 2, 32);
+  parity(s, [](auto& v) { return weighted_cross_entropy(v[0], v[1], v[2]); },
+         {{"logits", randn({kCeN, kCeC, kCeH, kCeW}, 33, 2.0)}, {"target", target}, {"weight", weight}},
+         {"logits"}, weighted_ce_rule());
+}
+
+// sum_to (the reduction behind every broadcast gradient) through the backend interface, on a
+// view of `base` made on each side. Each output sums n = numel(x) / numel(out) elements; in any
+// order, in the format or wider, then rounded to the format, it is within gamma(n, u) * sum|x|
+// of the exact sum (n - 1 additions and the final rounding), so the two sides within the sum of
+// their bounds.
+void sum_to_case(const Sides& s, const Tensor& base, const std::function<Tensor(const Tensor&)>& view,
+                 const Shape& out_shape) {
+  const Tensor x64 = view(base.to(DType::F64));
+  INFO("sum_to " << shape_str(x64.shape()) << " (strides " << shape_str(x64.strides()) << ") -> "
+                 << shape_str(out_shape));
+  std::vector<Tensor> outs;
+  for (const Side* side : {&s.a, &s.b}) {
+    const Tensor x = view(base.to(side->dtype).to(side->device));
+    REQUIRE(x.shape() == x64.shape());
+    Tensor out = Tensor::empty(out_shape, side->dtype, side->device);
+    backend_for(side->device).sum_to(x, out);
+    outs.push_back(cpu(out));
+  }
+  Tensor abs_sum = Tensor::empty(out_shape, DType::F64);
+  backend_for(Device::cpu()).sum_to(test::abs_of(x64), abs_sum);
+  const double n = double(x64.numel()) / double(std::max<int64_t>(abs_sum.numel(), 1));
+  ST_REQUIRE_WITHIN(outs[1], outs[0], mul_scalar(abs_sum, test::gamma(n, s.a.u()) + test::gamma(n, s.b.u())));
+}
+
+void sum_to_cases(const Sides& s) {
+  auto same = [](const Tensor& t) { return t; };
+  auto tr = [](const Tensor& t) { return t.transpose(0, 1); };
+  // >= 1024 outputs with short and long rows, few outputs with long rows (split reductions),
+  // a reduction over the leading (strided) dim.
+  sum_to_case(s, randn({3000, 3}, 1), same, {3000, 1});
+  sum_to_case(s, randn({1500, 2000}, 2), same, {1500, 1});
+  sum_to_case(s, randn({3, 300000}, 3), same, {3, 1});
+  sum_to_case(s, randn({2, 500000}, 4), same, {1, 1});
+  sum_to_case(s, randn({5000, 1100}, 5), same, {1, 1100});
+  // Transposed: rows along the strided dim, or across it.
+  sum_to_case(s, randn({1200, 700}, 6), tr, {700, 1});
+  sum_to_case(s, randn({1200, 700}, 7), tr, {1, 1200});
+  // A permuted 4-D view, reduced over mixed dims, with few and many outputs.
+  auto perm = [](const Tensor& t) { return t.permute({2, 0, 3, 1}); };  // (6,7,40,50) -> (40,6,50,7)
+  const Tensor b4 = randn({6, 7, 40, 50}, 8);
+  sum_to_case(s, b4, perm, {40, 1, 1, 7});
+  sum_to_case(s, b4, perm, {1, 6, 50, 1});
+  sum_to_case(s, b4, perm, {40, 6, 50, 1});
+  sum_to_case(s, b4, perm, {1, 1, 1, 1});
+  // sum() of a permuted, stepped view: one output of n terms, the same bound.
+  const Tensor v64 = b4.to(DType::F64).permute({3, 1, 0, 2}).slice(0, 1, 50, 3);
+  std::vector<Tensor> sums;
+  for (const Side* side : {&s.a, &s.b})
+    sums.push_back(cpu(sum(b4.to(side->dtype).to(side->device).permute({3, 1, 0, 2}).slice(0, 1, 50, 3))));
+  const double n = double(v64.numel());
+  ST_REQUIRE_WITHIN(sums[1], sums[0],
+                    mul_scalar(sum(test::abs_of(v64)), test::gamma(n, s.a.u()) + test::gamma(n, s.b.u())));
+}
+
+// Batch norm over more channels than a block's worth (> 4096), with one pixel per channel and
+// with many; and few channels over a large N*H*W.
+void wide_batch_norm_cases(const Sides& s) {
+  const std::vector<std::string> diff = {"x", "weight", "bias"};
+  auto bn = [](auto& v) { return batch_norm(v[0], v[1], v[2], 1e-5); };
+  for (auto [x, C] : {std::pair{randn({1, 4100, 1, 1}, 70), int64_t(4100)},
+                      std::pair{randn({2, 4500, 9, 11}, 71, 2.0), int64_t(4500)},
+                      std::pair{randn({4, 5, 256, 256}, 72, 3.0), int64_t(5)}}) {
+    INFO("batch norm " << shape_str(x.shape()));
+    parity(s, bn, {{"x", x}, {"weight", randn({C}, 73)}, {"bias", randn({C}, 74)}}, diff,
+           batch_norm_rule(1e-5, false));
+  }
+  parity(s, [](auto& v) { return batch_norm_frozen(v[0], v[1], v[2], v[3], v[4], 1e-5); },
+         {{"x", randn({2, 5000, 3, 3}, 75)},
+          {"weight", randn({5000}, 76)},
+          {"bias", randn({5000}, 77)},
+          {"mean", randn({5000}, 78)},
+          {"var", Tensor::uniform({5000}, 0.5, 2.0, 79)}},
+         diff, batch_norm_rule(1e-5, true));
+}
+
+// Element-wise ops on non-contiguous views of several dims: permutations (no two dims merge),
+// slices of a contiguous tensor (the trailing dims merge), 5-D transposed and stepped views, a
+// broadcast (stride-0) dim in the middle. y: one rounding per product or sum; copies exact.
+void view_cases(const Sides& s) {
+  parity(s, [](auto& v) { return add(v[0].permute({0, 2, 1, 3}), v[1]); },
+         {{"a", randn({3, 5, 4, 6}, 80)}, {"b", randn({3, 4, 5, 6}, 81)}}, {"a", "b"},
+         linear_rule({{"y", 1}, {"ga", 0}, {"gb", 0}}));
+  parity(s, [](auto& v) { return relu(v[0].slice(0, 1, 3)); }, {{"x", randn({4, 3, 5, 7}, 82)}},
+         {"x"}, exact_rule());
+  parity(s, [](auto& v) { return relu(v[0].permute({4, 2, 0, 3, 1}).slice(1, 1, 4, 2)); },
+         {{"x", randn({2, 3, 5, 4, 6}, 83)}}, {"x"}, exact_rule());
+  parity(s, [](auto& v) { return mul(v[0].transpose(1, 3).slice(4, 1, 7, 2), v[1]); },
+         {{"a", randn({2, 3, 4, 5, 7}, 84)}, {"b", randn({2, 5, 4, 3, 3}, 85)}}, {"a", "b"},
+         linear_rule({{"y", 1}, {"ga", 1}, {"gb", 1}}));
+  // a (4, 1, 5) broadcast to (4, 3, 5) times a transposed (5, 3, 4): ga sums 3 products (one
+  // rounding each, 2 additions, a final rounding where summed wider): 4.
+  parity(s, [](auto& v) { return mul(v[0].expand({4, 3, 5}), v[1].transpose(0, 2)); },
+         {{"a", randn({4, 1, 5}, 86)}, {"b", randn({5, 3, 4}, 87)}}, {"a", "b"},
+         linear_rule({{"y", 1}, {"ga", 4}, {"gb", 1}}));
+  // The device-side copy of a 6-D view: exact.
+  parity(s, [](auto& v) { return v[0].permute({5, 3, 1, 0, 2, 4}).slice(2, 0, 3, 2).contiguous(); },
+         {{"x", randn({2, 3, 3, 2, 4, 5}, 88)}}, {"x"}, exact_rule());
+}
+
+
+// A bad target is named, value and pixel, as on the CPU (the first bad pixel in N*H*W order) by
+// the time the loss reaches the host: the CUDA backend may find it in the call or at the next
+// read of a result. The bad pixels lie past the first turn of the CUDA forward's grid-stride
+// loop (its grid covers 262144 pixels). The device is usable afterwards: a valid loss there
+// matches the CPU's within both sides' bounds.
+void ce_bad_target_cases(const Device& dev) {
+  const Tensor x = randn({kCeN, kCeC, kCeH, kCeW}, 40, 2.0);
+  const Tensor target = Tensor::uniform({kCeN, kCeH, kCeW}, 0, kCeC, 41).to(DType::I64);
+  const Tensor weight = Tensor::uniform({kCeN, kCeH, kCeW}, 0.5, 2, 42);
+  const int64_t P = kCeN * kCeH * kCeW, first = P - 1000, second = P - 17;
+  REQUIRE(first > 1024 * 256);
+  for (int64_t bad_value : {kCeC, int64_t(-1), int64_t(1000)}) {
+    Tensor bad = target.clone();
+    bad.data<int64_t>()[first] = bad_value;
+    bad.data<int64_t>()[second] = kCeC + 1;  // a later bad pixel: not the one named
+    const std::string value = "target value " + std::to_string(bad_value);
+    const std::string pixel = "pixel " + std::to_string(first);
+    for (DType dt : {DType::F32, DType::F64}) {
+      INFO(value << " at " << pixel << " on " << dev.str() << "/" << dtype_name(dt));
+      bool named = false;  // an st::Error (any other exception fails the test)
+      try {
+        (void)weighted_cross_entropy(x.to(dt).to(dev), bad.to(dev), weight.to(dt).to(dev)).item();
+      } catch (const Error& e) {
+        named = true;
+        REQUIRE_THAT(std::string(e.what()), Contains(value) && Contains(pixel));
+      }
+      REQUIRE(named);
+      const double lc = weighted_cross_entropy(x.to(dt), target, weight.to(dt)).item();
+      const double ld =
+          weighted_cross_entropy(x.to(dt).to(dev), target.to(dev), weight.to(dt).to(dev)).item();
+      const Bounds b = test::weighted_ce_bounds(x, target, weight, 1.0, dt == DType::F32 ? kU32 : kU64, false);
+      REQUIRE(std::abs(ld - lc) <= 2 * b.at("loss").item());
+    }
+  }
+}
 }  // namespace
 
 // ---------------- the parity suite on the CPU alone: its bounds, checked ----------------
@@ -1132,4 +1288,144 @@ TEST_CASE("cuda: the Mask R-CNN teacher end to end matches torchvision's model o
   if (!test::have_torchvision()) ST_SKIP("Debian's python3-torchvision is not installed (tools/bootstrap.sh --bench)");
   test::check_teacher_end_to_end(64, 96, kGpu);
   test::check_teacher_end_to_end(80, 120, kGpu);
+}
+
+// ---------------- wider GPU cases ----------------
+// The wider cases' bounds on the CPU alone (float32 against float64), as the suite's above.
+TEST_CASE("cuda parity bounds: the wide cases hold them on the CPU, float32 against float64 (no GPU needed)",
+          "[cuda]") {
+  const Sides s = f32_f64();
+  ce_wrap_cases(s);
+  sum_to_cases(s);
+  wide_batch_norm_cases(s);
+  view_cases(s);
+  ce_bad_target_cases(Device::cpu());
+}
+
+TEST_CASE("cuda: cross-entropy over more pixels than its grid (the grid-stride loop wraps)", "[cuda]") {
+  REQUIRE_GPU();
+  ce_wrap_cases(cpu_gpu());
+  ce_wrap_cases(cpu_gpu64());
+}
+
+TEST_CASE("cuda: sum_to with >= 1024 outputs, short and long rows, transposed and permuted views",
+          "[cuda]") {
+  REQUIRE_GPU();
+  sum_to_cases(cpu_gpu());
+  sum_to_cases(cpu_gpu64());
+}
+
+TEST_CASE("cuda: batch norm over > 4096 channels, one pixel or many, and over a large plane", "[cuda]") {
+  REQUIRE_GPU();
+  wide_batch_norm_cases(cpu_gpu());
+  wide_batch_norm_cases(cpu_gpu64());
+}
+
+TEST_CASE("cuda: element-wise ops on non-contiguous views of several dims (mergeable and not)", "[cuda]") {
+  REQUIRE_GPU();
+  view_cases(cpu_gpu());
+  view_cases(cpu_gpu64());
+}
+
+// float64 on the GPU (cuDNN's and cuBLAS's double paths, every kernel's double instantiation)
+// through the whole parity suite.
+TEST_CASE("cuda: float64 through every parity case", "[cuda]") {
+  REQUIRE_GPU();
+  const Sides s = cpu_gpu64();
+  conv_cases(s);
+  conv_transpose_cases(s);
+  batch_norm_cases(s);
+  resample_cases(s);
+  softmax_cases(s);
+  matmul_cases(s);
+  adam_cases(s);
+}
+
+TEST_CASE("cuda: an invalid cross-entropy target is named, value and pixel, by the time the loss is read",
+          "[cuda][errors]") {
+  REQUIRE_GPU();
+  ce_bad_target_cases(kGpu);
+}
+
+// The CUDA backend plans a convolution per shape and parameters (cuDNN's algorithm choice,
+// cached): convolutions that differ only in stride or padding get plans of their own, each
+// matches the CPU; run again, in another order, each gives the same bits as the first time; the
+// same shapes in float64 get their own plan.
+TEST_CASE("cuda: convolutions differing only in stride or padding each match the CPU, and repeats give the same bits",
+          "[cuda]") {
+  REQUIRE_GPU();
+  const Tensor x = randn({2, 8, 21, 19}, 100), w = randn({12, 8, 3, 3}, 101, 0.3), b = randn({12}, 102);
+  const std::vector<Conv2dParams> ps = {
+      {1, 1, 1, 1, 1}, {2, 2, 1, 1, 1}, {1, 1, 0, 0, 1}, {2, 1, 0, 1, 1}, {1, 2, 1, 0, 1}};
+  std::vector<std::vector<float>> first;
+  for (const Conv2dParams& p : ps) {
+    INFO("stride " << p.stride_h << "x" << p.stride_w << " pad " << p.pad_h << "x" << p.pad_w);
+    parity(cpu_gpu(), [&](auto& v) { return conv2d(v[0], v[1], v[2], p); },
+           {{"x", x}, {"w", w}, {"b", b}}, {"x", "w", "b"}, conv2d_rule(w.shape(), p, true));
+    first.push_back(cpu(conv2d(gpu(x), gpu(w), gpu(b), p)).to_vector<float>());
+  }
+  for (size_t i = ps.size(); i-- > 0;) {
+    INFO("repeat of case " << i);
+    REQUIRE(cpu(conv2d(gpu(x), gpu(w), gpu(b), ps[i])).to_vector<float>() == first[i]);
+  }
+  parity(cpu_gpu64(), [&](auto& v) { return conv2d(v[0], v[1], v[2], ps[1]); },
+         {{"x", x}, {"w", w}, {"b", b}}, {"x", "w", "b"}, conv2d_rule(w.shape(), ps[1], true));
+  REQUIRE(cpu(conv2d(gpu(x), gpu(w), gpu(b), ps[1])).to_vector<float>() == first[1]);
+}
+
+// ---------------- TF32 (the production default) ----------------
+// TF32 keeps 10 of float32's 23 fraction bits of each operand of a product (tensor cores read
+// float32 data and drop the rest, or the library rounds them): the relative error per operand is
+// below 2^-10 (2^-11 if rounded to nearest), per product below (1 + 2^-10)^2 - 1 = 2^-9 + 2^-20.
+// The products are accumulated in float32; without assuming round-to-nearest additions (each
+// within an ulp, 2u), a sum of K of them is within gamma(K + 1, 2u) of their sum. So each result
+// is within (2^-9 + 2^-20 + gamma(K + 2, 2u)) * sum|terms| of the exact result, and the float64
+// CPU reference within gamma(K, 2^-53) * sum|terms| of it. Such tests need TF32 on in their
+// process: hidden from the default runs ("[.]"), they run under their own ctest entry
+// (CMakeLists.txt: "cuda-tf32: ...").
+namespace {
+void tf32_parity(const Forward& f, const Named& in, const std::vector<std::string>& diff,
+                 const std::map<std::string, double>& K) {
+  const Side gpu_side{kGpu, DType::F32};
+  std::vector<Tensor> leaves = on_side(in, diff, gpu_side);
+  Tensor y = f(leaves);
+  const Tensor gy = Tensor::randn(y.shape(), 99);
+  const Bounds ref = test::propagate64(f, in, diff, false, gy);
+  const Bounds sums = test::abs_terms(f, in, diff, gy);
+  if (!diff.empty()) y.backward(gpu(gy));
+  std::map<std::string, Tensor> got{{"y", y}};
+  for (size_t i = 0; i < in.size(); ++i)
+    if (leaves[i].requires_grad()) got["g" + in[i].first] = leaves[i].grad();
+  for (auto& [role, t] : got) {
+    INFO("TF32 " << role << " against float64");
+    REQUIRE(K.count(role));
+    const double k = K.at(role);
+    const double rel = 0x1p-9 + 0x1p-20 + test::gamma(k + 2, 2 * kU32) + test::gamma(k, kU64);
+    ST_REQUIRE_WITHIN(cpu(t), ref.at(role), mul_scalar(sums.at(role), rel));
+  }
+}
+}  // namespace
+
+TEST_CASE("cuda-tf32: convolution and matmul with TF32 on, within the TF32 bound of float64",
+          "[.][cuda-tf32]") {
+  ST_REQUIRE_CUDA_GPU_WITH(test::CudaNumerics::Tf32);
+  for (const ConvCase& c : conv_cases()) {
+    INFO("conv " << shape_str(c.x) << " * " << shape_str(c.w));
+    const Tensor y0 = conv2d(Tensor::zeros(c.x), Tensor::zeros(c.w), Tensor(), c.p);  // its shape
+    tf32_parity([&](auto& v) { return conv2d(v[0], v[1], v[2], c.p); },
+                {{"x", randn(c.x, 120)}, {"w", randn(c.w, 121, 0.3)}, {"b", randn({c.w[0]}, 122)}},
+                {"x", "w", "b"}, test::conv2d_k(c.w, y0.shape(), c.p, true));
+  }
+  // A larger K: 64 channels of 3x3 (576 products per output).
+  const Conv2dParams p{1, 1, 1, 1, 1};
+  tf32_parity([&](auto& v) { return conv2d(v[0], v[1], v[2], p); },
+              {{"x", randn({2, 64, 20, 24}, 123)}, {"w", randn({32, 64, 3, 3}, 124, 0.1)}, {"b", randn({32}, 125)}},
+              {"x", "w", "b"}, test::conv2d_k({32, 64, 3, 3}, {2, 32, 20, 24}, p, true));
+  // matmul (M,K) @ (K,N): y sums K products, ga N, gb M; and transposed operands.
+  auto mm = [](auto& v) { return matmul(v[0], v[1]); };
+  tf32_parity(mm, {{"a", randn({130, 257}, 126)}, {"b", randn({257, 70}, 127)}}, {"a", "b"},
+              {{"y", 257}, {"ga", 70}, {"gb", 130}});
+  tf32_parity([](auto& v) { return matmul(v[0].transpose(0, 1), v[1].transpose(0, 1)); },
+              {{"a", randn({300, 65}, 128)}, {"b", randn({33, 300}, 129)}}, {"a", "b"},
+              {{"y", 300}, {"ga", 33}, {"gb", 65}});
 }

@@ -54,26 +54,44 @@ inline GpuGate cuda_gate() { return gpu_gate(cuda_status(), gpu_required()); }
 
 // The numerics of the CPU-vs-CUDA parity tests: full f32 products (ST_CUDA_TF32=0) and direct
 // sums (ST_CUDNN_DIRECT_SUMS=1: no FFT/Winograd), so each result has an element-wise error bound.
-// The backend reads them once, at the first convolution: call this before anything touches the
-// GPU (REQUIRE_GPU in the [cuda] test files does).
-inline void set_cuda_parity_numerics() {
-  static const bool once = [] {
-    ::setenv("ST_CUDA_TF32", "0", 1);
-    ::setenv("ST_CUDNN_DIRECT_SUMS", "1", 1);
-    return true;
-  }();
-  (void)once;
+// The TF32 tests ([cuda-tf32], their own ctest entry) want TF32 on (ST_CUDA_TF32=1), the
+// production default, with direct sums still. The backend reads these once, at the first
+// convolution, so a process has one set: the first test to ask chooses it (before anything
+// touches the GPU: ST_REQUIRE_CUDA_GPU asks first thing), and a test that finds the other set
+// chosen skips (the gate below) rather than run with numerics its bound does not cover. The other
+// switches the backend reads once (ST_CUDNN_BENCHMARK, ST_CUDA_CACHE, ...) are left as the
+// environment has them, so a ctest entry can run the parity tests under each.
+enum class CudaNumerics { Parity, Tf32 };
+inline const char* cuda_numerics_name(CudaNumerics n) {
+  return n == CudaNumerics::Parity ? "parity (ST_CUDA_TF32=0)" : "TF32 (ST_CUDA_TF32=1)";
 }
+inline CudaNumerics set_cuda_numerics(CudaNumerics want) {
+  static const CudaNumerics chosen = [want] {
+    ::setenv("ST_CUDA_TF32", want == CudaNumerics::Tf32 ? "1" : "0", 1);
+    ::setenv("ST_CUDNN_DIRECT_SUMS", "1", 1);
+    return want;
+  }();
+  return chosen;
+}
+inline void set_cuda_parity_numerics() { (void)set_cuda_numerics(CudaNumerics::Parity); }
 
 // The one way a [cuda] test says it needs a GPU: runs on; skips (ST_SKIP) without a usable one;
-// fails instead, naming why, under ST_REQUIRE_GPU=1. Sets the parity numerics first (above).
-#define ST_REQUIRE_CUDA_GPU()                                                 \
-  do {                                                                        \
-    ::st::test::set_cuda_parity_numerics();                                   \
-    const ::st::test::GpuGate st_gate_ = ::st::test::cuda_gate();             \
-    if (st_gate_.action == ::st::test::GpuGate::Fail) FAIL(st_gate_.message); \
-    if (st_gate_.action == ::st::test::GpuGate::Skip) ST_SKIP(st_gate_.message); \
+// fails instead, naming why, under ST_REQUIRE_GPU=1. Chooses the parity numerics first (above);
+// ST_REQUIRE_CUDA_GPU_WITH(CudaNumerics::Tf32) the TF32 ones. A process whose numerics another
+// test already chose skips the test (under ST_REQUIRE_GPU too: it is no GPU problem).
+#define ST_REQUIRE_CUDA_GPU_WITH(numerics_)                                                     \
+  do {                                                                                          \
+    const ::st::test::CudaNumerics st_want_ = (numerics_);                                      \
+    const ::st::test::CudaNumerics st_have_ = ::st::test::set_cuda_numerics(st_want_);          \
+    if (st_have_ != st_want_)                                                                   \
+      ST_SKIP(std::string("this process already runs the CUDA backend with the ") +             \
+              ::st::test::cuda_numerics_name(st_have_) + " numerics; this test needs " +        \
+              ::st::test::cuda_numerics_name(st_want_) + ": run it in a process of its own");   \
+    const ::st::test::GpuGate st_gate_ = ::st::test::cuda_gate();                               \
+    if (st_gate_.action == ::st::test::GpuGate::Fail) FAIL(st_gate_.message);                   \
+    if (st_gate_.action == ::st::test::GpuGate::Skip) ST_SKIP(st_gate_.message);                \
   } while (0)
+#define ST_REQUIRE_CUDA_GPU() ST_REQUIRE_CUDA_GPU_WITH(::st::test::CudaNumerics::Parity)
 
 inline std::filesystem::path source_dir() { return ST_SOURCE_DIR; }
 // The shared/ folder: ST_SHARED_DIR from the environment, else the configured path.

@@ -13,7 +13,9 @@
 # The tests run with ST_REQUIRE_GPU=1 (tests/README.md): a [cuda] test that finds no usable GPU
 # fails, naming why (absent, or a broken setup: driver too old, library not loading), instead of
 # skipping; and the check exits non-zero when no `cuda:` test passed, so "0 of N passed" is never
-# a success.
+# a success. Counted with them: the entries that run the GPU tests in a process of their own under
+# another backend setting (CMakeLists.txt: "cuda-benchmark:" ST_CUDNN_BENCHMARK=1, "cuda-nocache:"
+# ST_CUDA_CACHE=0, "cuda-tf32:" TF32 on), which ctest runs with the rest.
 # Needs nvcc, cuBLAS and cuDNN (headers + libraries; a pip cuDNN works: set CUDNN_ROOT to the
 # folder holding include/cudnn.h and lib/libcudnn.so*).
 set -uo pipefail
@@ -93,10 +95,22 @@ if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
   ST_REQUIRE_GPU=1 ctest --test-dir "$build" -j "$ctest_jobs" --output-on-failure \
     >"$out/ctest.log" 2>&1 || status=1
   log "- ctest (-j $ctest_jobs, ST_REQUIRE_GPU=1): $(grep -E 'tests passed|tests failed' "$out/ctest.log" | tail -1) ($(( $(date +%s) - t0 )) s)"
-  cuda_total=$(grep -cE 'Test +#[0-9]+: cuda:' "$out/ctest.log")
-  cuda_pass=$(grep -E 'Test +#[0-9]+: cuda:' "$out/ctest.log" | grep -c 'Passed')
+  # "cuda: ..." (one test each) and "cuda-<setting>: ..." (the GPU tests under another setting).
+  cuda_re='Test +#[0-9]+: cuda(-[a-z0-9]+)?:'
+  cuda_total=$(grep -cE "$cuda_re" "$out/ctest.log")
+  cuda_pass=$(grep -E "$cuda_re" "$out/ctest.log" | grep -c 'Passed')
   log "- CUDA parity tests: $cuda_pass of $cuda_total passed"
-  grep -E 'Test +#[0-9]+: cuda:' "$out/ctest.log" | grep -v Passed | sed 's/^/    /' | tee -a "$summary"
+  # The runs under another setting, each by name: one missing from ctest.log fails the check.
+  for setting in benchmark nocache tf32; do
+    line=$(grep -E "Test +#[0-9]+: cuda-$setting:" "$out/ctest.log" | sed -n 1p)
+    if [[ -n "$line" ]]; then
+      log "    cuda-$setting: $(sed -E 's/.*(Passed|Failed|Not Run|Skipped|\*\*\*[A-Za-z ]+).*/\1/' <<<"$line")"
+    else
+      log "    cuda-$setting: MISSING (no such ctest entry: see CMakeLists.txt)"
+      status=1
+    fi
+  done
+  grep -E "$cuda_re" "$out/ctest.log" | grep -v Passed | sed 's/^/    /' | tee -a "$summary"
   if [[ "$cuda_pass" -eq 0 ]]; then
     log "- FAILED: no cuda: test passed (the first failure's reason:)"
     grep -m 3 -E 'no usable CUDA GPU' "$out/ctest.log" | sed 's/^/    /' | tee -a "$summary"
