@@ -58,9 +58,9 @@ Detections box_inference(const Tensor& class_logits, const Tensor& box_deltas,
       ccls.push_back(cls);
     }
   }
-  const int64_t n = int64_t(cs.size());
-  auto keep = batched_nms(Tensor::from_vector(cb, {n, 4}), Tensor::from_vector(cs, {n}), ccls,
-                          cfg.nms_thresh);
+  // Per-class NMS on the device of the head's outputs: one upload, one launch and one read-back
+  // for all classes together (batched_nms).
+  auto keep = batched_nms(cb, cs, ccls, cfg.nms_thresh, class_logits.device());
   if (int64_t(keep.size()) > cfg.detections) keep.resize(size_t(cfg.detections));
   Detections out;
   std::vector<float> ob, os;

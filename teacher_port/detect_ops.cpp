@@ -15,26 +15,67 @@ std::vector<float> boxes_f32(const Tensor& t, const char* op, const char* what) 
   return t.to_vector<float>();
 }
 
-// NMS over the boxes `idx` (already in processing order), on `device`: the backend computes the
-// overlap bits of every pair, the greedy sweep runs here; appends the kept indices to `keep`.
-void nms_into(const std::vector<float>& b, const std::vector<int64_t>& idx, float thr,
-              std::vector<int64_t>& keep, Device device) {
-  const int64_t n = int64_t(idx.size());
-  if (n == 0) return;
-  std::vector<float> ordered(size_t(n * 4));
-  for (int64_t k = 0; k < n; ++k)
-    std::copy_n(&b[size_t(idx[size_t(k)]) * 4], 4, &ordered[size_t(k * 4)]);
-  const int64_t words = (n + 63) / 64;
-  Tensor boxes = Tensor::from_vector(ordered, {n, 4}).to(device);
-  Tensor mask = Tensor::empty({n, words}, DType::I64, device);
-  backend_for(device).nms_mask(boxes, double(thr), mask);
-  const auto bits = mask.to_vector<int64_t>();
-  std::vector<uint64_t> removed(size_t(words), 0);
-  for (int64_t i = 0; i < n; ++i) {
-    if ((removed[size_t(i / 64)] >> (i % 64)) & 1) continue;
-    keep.push_back(idx[size_t(i)]);
-    for (int64_t w = i / 64; w < words; ++w) removed[size_t(w)] |= uint64_t(bits[size_t(i * words + w)]);
+// Greedy NMS within groups on host data, the overlap mask computed on `device`; the kept
+// indices in processing order (group by group, by decreasing score inside a group).
+//
+// The round trips are the same whatever the number of groups: one upload of the ordered boxes,
+// one of their groups (both asynchronous host-to-device copies), one nms_mask launch that covers
+// every group, one read-back of the mask. (Earlier this uploaded, launched and read back once per
+// group: 80 classes in the box head.) No coordinate offsets separate the groups (torchvision's
+// trick): offsetting changes how the IoUs round; the kernel instead never compares boxes of
+// different groups, and a row's bits start at its own group's first box, so each group's part of
+// the mask is bit for bit the mask a separate NMS of that group gives.
+std::vector<int64_t> nms_groups(const std::vector<float>& b, const std::vector<float>& s,
+                                const std::vector<int64_t>& groups, float thr, Device device) {
+  const int64_t K = int64_t(s.size());
+  if (K == 0) return {};
+  // Processing order: a stable sort by decreasing score (ties: lower index first), then a
+  // stable one by group: group-major, and inside a group exactly the order a per-group NMS
+  // takes (the descending order of all scores, filtered to the group).
+  std::vector<int64_t> order(static_cast<size_t>(K));
+  std::iota(order.begin(), order.end(), int64_t(0));
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t c) { return s[size_t(a)] > s[size_t(c)]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t c) { return groups[size_t(a)] < groups[size_t(c)]; });
+  std::vector<float> ordered(static_cast<size_t>(K * 4));
+  std::vector<int64_t> g(static_cast<size_t>(K));
+  int64_t longest = 0;
+  for (int64_t k = 0, run = 0; k < K; ++k) {
+    std::copy_n(&b[size_t(order[size_t(k)]) * 4], 4, &ordered[size_t(k * 4)]);
+    g[size_t(k)] = groups[size_t(order[size_t(k)])];
+    run = k > 0 && g[size_t(k)] == g[size_t(k - 1)] ? run + 1 : 1;
+    longest = std::max(longest, run);
   }
+  const int64_t words = (longest + 63) / 64;  // a row spans its own group only
+  Tensor boxes = Tensor::from_vector(ordered, {K, 4}).to(device);
+  Tensor gt = Tensor::from_vector(g, {K}).to(device);
+  Tensor mask = Tensor::empty({K, words}, DType::I64, device);
+  backend_for(device).nms_mask(boxes, gt, double(thr), mask);
+  const auto bits = mask.to_vector<int64_t>();
+  // The greedy sweep, one group (one run of the order) at a time; bit r of a group's `removed`
+  // is its r-th box, as in the mask's rows.
+  std::vector<int64_t> keep;
+  std::vector<uint64_t> removed(static_cast<size_t>(words));
+  for (int64_t lo = 0, hi = 0; lo < K; lo = hi) {
+    while (hi < K && g[size_t(hi)] == g[size_t(lo)]) ++hi;
+    const int64_t n = hi - lo, nw = (n + 63) / 64;
+    std::fill_n(removed.begin(), nw, uint64_t(0));
+    for (int64_t r = 0; r < n; ++r) {
+      if ((removed[size_t(r / 64)] >> (r % 64)) & 1) continue;
+      keep.push_back(order[size_t(lo + r)]);
+      const int64_t* row = &bits[size_t((lo + r) * words)];
+      for (int64_t w = r / 64; w < nw; ++w) removed[size_t(w)] |= uint64_t(row[w]);
+    }
+  }
+  return keep;
+}
+
+// Kept indices of all groups merged by decreasing score (ties: lower index first).
+void merge_by_score(std::vector<int64_t>& keep, const std::vector<float>& s) {
+  std::stable_sort(keep.begin(), keep.end(), [&](int64_t a, int64_t c) {
+    return s[size_t(a)] > s[size_t(c)] || (s[size_t(a)] == s[size_t(c)] && a < c);
+  });
 }
 }  // namespace
 
@@ -97,9 +138,8 @@ std::vector<int64_t> nms(const Tensor& boxes, const Tensor& scores, double iou_t
   const auto b = boxes_f32(boxes, "nms", "boxes");
   ST_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "nms: scores must be (",
            boxes.size(0), "), got ", scores.shape());
-  std::vector<int64_t> keep;
-  nms_into(b, topk(scores, scores.size(0)), float(iou_threshold), keep, boxes.device());
-  return keep;
+  return nms_groups(b, scores.to_vector<float>(), std::vector<int64_t>(size_t(boxes.size(0)), 0),
+                    float(iou_threshold), boxes.device());
 }
 
 std::vector<int64_t> batched_nms(const Tensor& boxes, const Tensor& scores,
@@ -107,23 +147,18 @@ std::vector<int64_t> batched_nms(const Tensor& boxes, const Tensor& scores,
   const auto b = boxes_f32(boxes, "batched_nms", "boxes");
   ST_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "batched_nms: scores must be (",
            boxes.size(0), "), got ", scores.shape());
-  ST_CHECK(int64_t(groups.size()) == boxes.size(0), "batched_nms: ", groups.size(),
-           " group ids for ", boxes.size(0), " boxes");
-  const auto s = scores.to_vector<float>();
-  const auto order = topk(scores, scores.size(0));
-  std::vector<int64_t> ids(groups);
-  std::sort(ids.begin(), ids.end());
-  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-  std::vector<int64_t> keep;
-  for (int64_t gid : ids) {
-    std::vector<int64_t> idx;
-    for (int64_t k : order)
-      if (groups[size_t(k)] == gid) idx.push_back(k);
-    nms_into(b, idx, float(iou_threshold), keep, boxes.device());
-  }
-  std::stable_sort(keep.begin(), keep.end(), [&](int64_t a, int64_t c) {
-    return s[size_t(a)] > s[size_t(c)] || (s[size_t(a)] == s[size_t(c)] && a < c);
-  });
+  return batched_nms(b, scores.to_vector<float>(), groups, iou_threshold, boxes.device());
+}
+
+std::vector<int64_t> batched_nms(const std::vector<float>& boxes, const std::vector<float>& scores,
+                                 const std::vector<int64_t>& groups, double iou_threshold,
+                                 Device device) {
+  ST_CHECK(boxes.size() == scores.size() * 4, "batched_nms: ", boxes.size(),
+           " box coordinates for ", scores.size(), " scores (4 per box)");
+  ST_CHECK(groups.size() == scores.size(), "batched_nms: ", groups.size(), " group ids for ",
+           scores.size(), " boxes");
+  auto keep = nms_groups(boxes, scores, groups, float(iou_threshold), device);
+  merge_by_score(keep, scores);
   return keep;
 }
 

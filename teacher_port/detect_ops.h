@@ -33,12 +33,20 @@ inline void clip_box(float* b, int64_t h, int64_t w) {
 }
 
 // torchvision.ops.nms: indices kept, by decreasing score (ties: lower index first); a box is
-// suppressed by a kept one when IoU > iou_threshold (strict). boxes (K, 4), scores (K).
+// suppressed by a kept one when IoU > iou_threshold (strict). boxes (K, 4), scores (K). The
+// overlap mask is computed on the boxes' device, the greedy sweep on the host.
 std::vector<int64_t> nms(const Tensor& boxes, const Tensor& scores, double iou_threshold);
 // NMS independently within each group (groups[k] for box k), results merged by decreasing
-// score (ties: lower index first) — batched_nms without the coordinate-offset trick.
+// score (ties: lower index first) — batched_nms without the coordinate-offset trick. However
+// many groups: one upload, one nms_mask launch, one read-back on the boxes' device.
 std::vector<int64_t> batched_nms(const Tensor& boxes, const Tensor& scores,
                                  const std::vector<int64_t>& groups, double iou_threshold);
+// The same on host data (boxes K*4 floats x0, y0, x1, y1; scores K), the overlap mask computed
+// on `device`: for callers that already hold their candidates on the host (proposal selection,
+// box inference) but whose model runs on a GPU.
+std::vector<int64_t> batched_nms(const std::vector<float>& boxes, const std::vector<float>& scores,
+                                 const std::vector<int64_t>& groups, double iou_threshold,
+                                 Device device);
 // Indices of the k largest values of a 1-D tensor, in decreasing order (ties: lower index
 // first); k is clipped to the size.
 std::vector<int64_t> topk(const Tensor& scores, int64_t k);

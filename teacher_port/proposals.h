@@ -1,5 +1,6 @@
 // RPN proposal selection (MASKRCNN.md §4.4; Detectron2 find_top_rpn_proposals / torchvision
-// RegionProposalNetwork.filter_proposals, test mode), CPU float32.
+// RegionProposalNetwork.filter_proposals, test mode), float32: top-k, gather and the NMS masks on
+// the levels' device, with a fixed number of read-backs (proposals.cpp); the rest on the CPU.
 #pragma once
 #include <cstdint>
 #include <vector>

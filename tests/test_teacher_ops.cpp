@@ -12,12 +12,15 @@
 // accepted either way.
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <random>
 
 #include "error_bound.h"
+#include "kernels/common/detect_math.h"
 #include "teacher_port/box_inference.h"
 #include "teacher_port/detect_ops.h"
 #include "teacher_port/glue.h"
 #include "teacher_port/proposals.h"
+#include "tensor/backend.h"
 #include "tensor/safetensors.h"
 #include "test_util.h"
 
@@ -860,4 +863,220 @@ TEST_CASE("teacher: box-head inference in both conventions", "[teacher][golden][
                                              Tensor::zeros({3, 4}), 10, 10,
                                              teacher::Convention::Detectron2),
                       Contains("(3, 320)"));
+}
+
+// ---- NMS of all groups in one launch, proposal selection of all levels together ----
+// batched_nms computes the overlap bits of every group in one nms_mask call (a row covers only
+// its own group, from the group's first box) and select_proposals gathers every level's top-k
+// on the model's device before one read-back. Both are checked here against the plain
+// algorithms written out (group by group, level by level), on data made to hit the edge cases:
+// many groups with gaps between their ids, rows longer than one 64-bit word, ties in the scores,
+// identical boxes, empty levels and ties at the top-k cut.
+namespace {
+// Greedy NMS of the boxes `idx`: by decreasing score (ties: lower index first), each kept unless
+// a kept one overlaps it by IoU > thr. The IoU test is the kernels' (kernels/common/
+// detect_math.h, checked against torchvision above); what is checked here is everything around it.
+std::vector<int64_t> greedy_nms(const std::vector<float>& b, const std::vector<float>& s,
+                                std::vector<int64_t> idx, float thr) {
+  std::stable_sort(idx.begin(), idx.end(),
+                   [&](int64_t a, int64_t c) { return s[size_t(a)] > s[size_t(c)]; });
+  std::vector<int64_t> keep;
+  for (int64_t i : idx) {
+    bool gone = false;
+    for (int64_t k : keep) gone = gone || detect::iou_above(&b[size_t(k * 4)], &b[size_t(i * 4)], thr);
+    if (!gone) keep.push_back(i);
+  }
+  return keep;
+}
+// NMS group by group, the kept boxes merged by decreasing score (ties: lower index first).
+std::vector<int64_t> per_group_nms(const std::vector<float>& b, const std::vector<float>& s,
+                                   const std::vector<int64_t>& groups, float thr) {
+  std::vector<int64_t> ids(groups);
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  std::vector<int64_t> keep;
+  for (int64_t g : ids) {
+    std::vector<int64_t> idx;
+    for (size_t k = 0; k < groups.size(); ++k)
+      if (groups[k] == g) idx.push_back(int64_t(k));
+    for (int64_t k : greedy_nms(b, s, idx, thr)) keep.push_back(k);
+  }
+  std::stable_sort(keep.begin(), keep.end(), [&](int64_t a, int64_t c) {
+    return s[size_t(a)] > s[size_t(c)] || (s[size_t(a)] == s[size_t(c)] && a < c);
+  });
+  return keep;
+}
+
+struct GroupedBoxes {
+  std::vector<float> boxes, scores;
+  std::vector<int64_t> groups;
+};
+// Boxes in clusters (many overlaps on both sides of the thresholds, some identical), scores on
+// a 1/16 grid (ties), in groups of sizes 1 to 150 (rows of 1 to 3 words; 64 and 65 exactly)
+// whose ids have gaps and a negative one, interleaved in index order.
+GroupedBoxes grouped_boxes(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  const std::vector<int64_t> sizes = {150, 64, 65, 1, 2, 3, 0, 7, 30, 31, 33, 5, 0, 12, 90, 1, 4};
+  GroupedBoxes r;
+  for (size_t g = 0; g < sizes.size(); ++g)
+    for (int64_t k = 0; k < sizes[g]; ++k) r.groups.push_back(int64_t(g) * 3 - 5);  // -5, -2, 1, ...
+  std::shuffle(r.groups.begin(), r.groups.end(), rng);
+  for (size_t k = 0; k < r.groups.size(); ++k) {
+    if (k % 17 == 5) {  // a copy of the previous box
+      const std::vector<float> prev(r.boxes.end() - 4, r.boxes.end());
+      r.boxes.insert(r.boxes.end(), prev.begin(), prev.end());
+    } else {
+      const float cx = float(int(u(rng) * 6)) * 20 + u(rng) * 6, cy = float(int(u(rng) * 4)) * 20 + u(rng) * 6;
+      const float w = 6 + u(rng) * 14, h = 6 + u(rng) * 14;
+      r.boxes.insert(r.boxes.end(), {cx - w, cy - h, cx + w, cy + h});
+    }
+    r.scores.push_back(float(int(u(rng) * 16)) / 16.0f);
+  }
+  return r;
+}
+}  // namespace
+
+TEST_CASE("teacher ops: NMS of all groups in one launch is NMS group by group", "[teacher][portable]") {
+  for (uint64_t seed : {1, 2, 3}) {
+    const GroupedBoxes d = grouped_boxes(seed);
+    const int64_t K = int64_t(d.scores.size());
+    Tensor boxes = Tensor::from_vector(d.boxes, {K, 4}), scores = Tensor::from_vector(d.scores, {K});
+    for (float thr : {0.3f, 0.5f, 0.7f}) {
+      INFO("seed " << seed << ", threshold " << thr);
+      const auto ref = per_group_nms(d.boxes, d.scores, d.groups, thr);
+      REQUIRE(ref.size() < size_t(K));  // some were suppressed
+      REQUIRE(teacher::batched_nms(boxes, scores, d.groups, thr) == ref);
+      REQUIRE(teacher::batched_nms(d.boxes, d.scores, d.groups, thr, Device::cpu()) == ref);
+      std::vector<int64_t> all(static_cast<size_t>(K));
+      std::iota(all.begin(), all.end(), int64_t(0));
+      REQUIRE(teacher::nms(boxes, scores, thr) == greedy_nms(d.boxes, d.scores, all, thr));
+    }
+  }
+  // The kernel itself: boxes group-major, a mask one word wider than the longest group needs.
+  // Row i's bit b of word w is box s + 64w + b of its group (s its first box); nothing else set.
+  const GroupedBoxes d = grouped_boxes(4);
+  const int64_t K = int64_t(d.scores.size());
+  std::vector<int64_t> order(static_cast<size_t>(K));
+  std::iota(order.begin(), order.end(), int64_t(0));
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t c) { return d.groups[size_t(a)] < d.groups[size_t(c)]; });
+  std::vector<float> ob;
+  std::vector<int64_t> og;
+  for (int64_t k : order) {
+    ob.insert(ob.end(), d.boxes.begin() + k * 4, d.boxes.begin() + k * 4 + 4);
+    og.push_back(d.groups[size_t(k)]);
+  }
+  const int64_t words = (150 + 63) / 64 + 1;
+  Tensor mask = Tensor::full({K, words}, -1.0, DType::I64);
+  backend_for(Device::cpu()).nms_mask(Tensor::from_vector(ob, {K, 4}), Tensor::from_vector(og, {K}),
+                                      0.5, mask);
+  const auto bits = mask.to_vector<int64_t>();
+  int64_t set = 0;
+  for (int64_t i = 0; i < K; ++i) {
+    int64_t s = i;
+    while (s > 0 && og[size_t(s - 1)] == og[size_t(i)]) --s;
+    for (int64_t w = 0; w < words; ++w)
+      for (int64_t b = 0; b < 64; ++b) {
+        const int64_t j = s + w * 64 + b;
+        const bool want = j > i && j < K && og[size_t(j)] == og[size_t(i)] &&
+                          detect::iou_above(&ob[size_t(i * 4)], &ob[size_t(j * 4)], 0.5f);
+        const bool got = (uint64_t(bits[size_t(i * words + w)]) >> b) & 1;
+        if (want != got) FAIL("row " << i << " word " << w << " bit " << b << ": " << got);
+        set += got;
+      }
+  }
+  REQUIRE(set > 100);
+}
+
+namespace {
+// Proposal selection written level by level (MASKRCNN.md §4.4): each level's top k by logit
+// (stable: ties lower index first), decoded, clipped, filtered; NMS within each level; merged by
+// score; the first post_k.
+teacher::Proposals per_level_proposals(const std::vector<teacher::RpnLevel>& levels, int64_t H,
+                                       int64_t W, teacher::Convention c, int64_t pre_k,
+                                       int64_t post_k, double thr) {
+  const bool d2 = c == teacher::Convention::Detectron2;
+  std::vector<float> boxes, scores;
+  std::vector<int64_t> lvl;
+  for (size_t l = 0; l < levels.size(); ++l) {
+    const auto lg = levels[l].logits.to_vector<float>(), dl = levels[l].deltas.to_vector<float>(),
+               an = levels[l].anchors.to_vector<float>();
+    std::vector<int64_t> idx(lg.size());
+    std::iota(idx.begin(), idx.end(), int64_t(0));
+    std::stable_sort(idx.begin(), idx.end(),
+                     [&](int64_t a, int64_t b) { return lg[size_t(a)] > lg[size_t(b)]; });
+    idx.resize(std::min(idx.size(), size_t(pre_k)));
+    for (int64_t i : idx) {
+      Tensor one = teacher::decode_boxes(Tensor::from_vector(std::vector<float>(&dl[size_t(i * 4)], &dl[size_t(i * 4)] + 4), {1, 4}),
+                                         Tensor::from_vector(std::vector<float>(&an[size_t(i * 4)], &an[size_t(i * 4)] + 4), {1, 4}),
+                                         {1, 1, 1, 1});
+      auto b = one.to_vector<float>();
+      teacher::clip_box(b.data(), H, W);
+      const float w = b[2] - b[0], h = b[3] - b[1];
+      if (!(d2 ? (w > 0 && h > 0) : (w >= 1e-3f && h >= 1e-3f))) continue;
+      const float x = lg[size_t(i)];
+      boxes.insert(boxes.end(), b.begin(), b.end());
+      scores.push_back(d2 ? x : 1.0f / (1.0f + std::exp(-x)));
+      lvl.push_back(int64_t(l));
+    }
+  }
+  auto keep = per_group_nms(boxes, scores, lvl, float(thr));
+  keep.resize(std::min(keep.size(), size_t(post_k)));
+  teacher::Proposals p;
+  std::vector<float> ob, os;
+  for (int64_t i : keep) {
+    ob.insert(ob.end(), boxes.begin() + i * 4, boxes.begin() + i * 4 + 4);
+    os.push_back(scores[size_t(i)]);
+    p.level.push_back(lvl[size_t(i)]);
+  }
+  p.boxes = Tensor::from_vector(ob, {int64_t(keep.size()), 4});
+  p.scores = Tensor::from_vector(os, {int64_t(keep.size())});
+  return p;
+}
+}  // namespace
+
+TEST_CASE("teacher: proposal selection of all levels together is selection level by level",
+          "[teacher][portable]") {
+  const int64_t H = 90, W = 130;
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  // Levels of 0 to 1500 anchors: logits on a 1/4 grid (ties, at the top-k cut too), deltas up to
+  // +-3 (past the dw/dh clamp; boxes leave the image and some clip to nothing), anchors of the
+  // level's size on its grid; one level's deltas in float64.
+  std::vector<teacher::RpnLevel> levels;
+  const std::vector<int64_t> counts = {1500, 0, 420, 60, 7};
+  for (size_t l = 0; l < counts.size(); ++l) {
+    const int64_t n = counts[l];
+    const float size = float(8 << l), stride = float(4 << l);
+    std::vector<float> lg, dl, an;
+    for (int64_t i = 0; i < n; ++i) {
+      lg.push_back(float(int(u(rng) * 40) - 20) / 4.0f);
+      for (int q = 0; q < 4; ++q) dl.push_back((u(rng) * 2 - 1) * (q < 2 ? 1.0f : 3.0f));
+      const float cx = float(i % 37) * stride - 8, cy = float(i / 37 % 29) * stride - 8;
+      const float r = 0.5f + float(i % 3) * 0.5f;
+      an.insert(an.end(), {cx - size / 2, cy - size * r / 2, cx + size / 2, cy + size * r / 2});
+    }
+    Tensor deltas = Tensor::from_vector(dl, {n, 4});
+    if (l == 2) deltas = deltas.to(DType::F64);
+    levels.push_back({Tensor::from_vector(lg, {n}), deltas, Tensor::from_vector(an, {n, 4})});
+  }
+  for (auto conv : {teacher::Convention::Detectron2, teacher::Convention::Torchvision})
+    for (auto [pre_k, post_k, thr] : {std::tuple{int64_t(100), int64_t(150), 0.7},
+                                      std::tuple{int64_t(1000), int64_t(1000), 0.5},
+                                      std::tuple{int64_t(40), int64_t(5), 0.3}}) {
+      INFO("convention " << int(conv) << ", top " << pre_k << " / " << post_k << ", NMS " << thr);
+      const auto ref = per_level_proposals(levels, H, W, conv, pre_k, post_k, thr);
+      const auto p = teacher::select_proposals(levels, H, W, conv, pre_k, post_k, thr);
+      REQUIRE(ref.boxes.size(0) > 4);
+      REQUIRE(p.boxes.to_vector<float>() == ref.boxes.to_vector<float>());
+      REQUIRE(p.scores.to_vector<float>() == ref.scores.to_vector<float>());
+      REQUIRE(p.level == ref.level);
+    }
+  // Edge cases: no levels, levels with no anchors, top-k of 0.
+  REQUIRE(teacher::select_proposals({}, H, W, teacher::Convention::Detectron2).boxes.size(0) == 0);
+  REQUIRE(teacher::select_proposals({levels[1]}, H, W, teacher::Convention::Detectron2).boxes.size(0) == 0);
+  REQUIRE(teacher::select_proposals(levels, H, W, teacher::Convention::Detectron2, 0).boxes.size(0) == 0);
+  REQUIRE_THROWS_WITH(teacher::select_proposals(levels, H, W, teacher::Convention::Detectron2, -1),
+                      Contains("top-k sizes must be >= 0"));
 }

@@ -1,7 +1,7 @@
 // Per-element math of the detection kernels, shared by the CPU and CUDA backends (host and
-// device) so both give the same bits: the IoU test of NMS and the two mask pastes. float32 in
-// the reference implementations' operation order; on the device every product and sum is
-// rounded on its own (no fused multiply-add), as on the host.
+// device) so both give the same bits: the IoU test and the grouped overlap mask of NMS, and the
+// two mask pastes. float32 in the reference implementations' operation order; on the device
+// every product and sum is rounded on its own (no fused multiply-add), as on the host.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -32,6 +32,41 @@ ST_HD inline bool iou_above(const float* a, const float* b, float threshold) {
   const float dw = sub(xx2, xx1), dh = sub(yy2, yy1);
   const float inter = mul(dw > 0.0f ? dw : 0.0f, dh > 0.0f ? dh : 0.0f);
   return div(inter, sub(add(area_a, area_b), inter)) > threshold;
+}
+
+// Grouped NMS (kernels.def nms_mask): boxes come group-major (`groups` nondecreasing), so box
+// i's group is one run [lo, hi) of the processing order, found by two binary searches (log K
+// steps for a device thread; the CPU walks rows in order but uses the same function).
+struct GroupSpan {
+  int64_t lo, hi;
+};
+ST_HD inline GroupSpan group_span(const int64_t* groups, int64_t K, int64_t i) {
+  const int64_t g = groups[i];
+  int64_t a = 0, b = i;  // the first index of [0, i] whose group is g
+  while (a < b) {
+    const int64_t m = a + (b - a) / 2;
+    if (groups[m] < g) a = m + 1; else b = m;
+  }
+  int64_t c = i + 1, d = K;  // the first index after i whose group is past g
+  while (c < d) {
+    const int64_t m = c + (d - c) / 2;
+    if (groups[m] > g) d = m; else c = m + 1;
+  }
+  return {a, c};
+}
+// Word w of row i of the grouped mask: bit b for the box j = span.lo + 64 w + b, set when j is
+// a later box of i's group (i < j < span.hi) whose IoU with i is above the threshold. Bits are
+// counted from the group's first box, not from 0, so a row needs only ceil(group size / 64)
+// words and the per-group mask of the previous one-launch-per-group design is its exact copy.
+ST_HD inline uint64_t nms_mask_word(const float* boxes, GroupSpan s, int64_t i, int64_t w,
+                                    float threshold) {
+  const int64_t first = s.lo + w * 64;
+  const int64_t lo = first > i + 1 ? first : i + 1;
+  const int64_t hi = first + 64 < s.hi ? first + 64 : s.hi;
+  uint64_t bits = 0;
+  for (int64_t j = lo; j < hi; ++j)
+    if (iou_above(boxes + i * 4, boxes + j * 4, threshold)) bits |= uint64_t(1) << (j - first);
+  return bits;
 }
 
 // Detectron2's paste (grid_sample, align_corners=False, zero padding) of an M x M mask at image

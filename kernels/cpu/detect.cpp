@@ -1,6 +1,6 @@
-// CPU kernels of the detection ops (the Mask R-CNN teacher): ROIAlign, the NMS overlap mask,
-// the stable descending sort (top-k), mask paste. Per-element math shared with CUDA
-// (kernels/common/roi_align.h, kernels/common/detect_math.h).
+// CPU kernels of the detection ops (the Mask R-CNN teacher): ROIAlign, the grouped NMS overlap
+// mask, the stable descending sort (top-k), the row gather, mask paste. Per-element math shared
+// with CUDA (kernels/common/roi_align.h, kernels/common/detect_math.h).
 #include <algorithm>
 #include <numeric>
 
@@ -38,17 +38,19 @@ void CpuBackend::roi_align_forward(const Tensor& x, const Tensor& rois, double s
   });
 }
 
-void CpuBackend::nms_mask(const Tensor& boxes, double iou_threshold, Tensor& mask) {
+void CpuBackend::nms_mask(const Tensor& boxes, const Tensor& groups, double iou_threshold,
+                          Tensor& mask) {
   const int64_t K = boxes.size(0), words = mask.size(1);
   const float* b = boxes.data<float>();
+  const int64_t* g = groups.data<int64_t>();
   int64_t* m = mask.data<int64_t>();
   const float thr = float(iou_threshold);
 #pragma omp parallel for schedule(dynamic, 16) if (K > 256)
   for (int64_t i = 0; i < K; ++i) {
     uint64_t* row = reinterpret_cast<uint64_t*>(m + i * words);
-    std::fill_n(row, words, uint64_t(0));
-    for (int64_t j = i + 1; j < K; ++j)
-      if (detect::iou_above(b + i * 4, b + j * 4, thr)) row[j / 64] |= uint64_t(1) << (j % 64);
+    const detect::GroupSpan span = detect::group_span(g, K, i);
+    for (int64_t w = 0; w < words; ++w)
+      row[w] = w * 64 < span.hi - span.lo ? detect::nms_mask_word(b, span, i, w, thr) : 0;
   }
 }
 
@@ -58,6 +60,18 @@ void CpuBackend::sort_desc(const Tensor& scores, Tensor& order) {
   int64_t* o = order.data<int64_t>();
   std::iota(o, o + K, int64_t(0));
   std::stable_sort(o, o + K, [&](int64_t a, int64_t b) { return s[a] > s[b]; });
+}
+
+void CpuBackend::gather_rows(const Tensor& src, const Tensor& index, Tensor& out) {
+  const int64_t N = src.size(0), C = src.size(1), k = index.size(0);
+  const float* ps = src.data<float>();
+  const int64_t* pi = index.data<int64_t>();
+  float* po = out.data<float>();
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t r = pi[i];
+    ST_CHECK(r >= 0 && r < N, "gather_rows: index ", i, " is ", r, ", the source has ", N, " rows");
+    std::copy_n(ps + r * C, C, po + i * C);
+  }
 }
 
 void CpuBackend::paste_masks(const Tensor& masks, const Tensor& boxes, bool torchvision,

@@ -1,7 +1,7 @@
 // CUDA kernels of the detection ops (the Mask R-CNN teacher): ROIAlign (one thread per output
-// value), the NMS overlap mask (one thread per 64-box word), the stable descending sort (CUB's
-// radix sort), mask paste (one thread per pixel); the per-element math is the CPU path's
-// (kernels/common/roi_align.h, kernels/common/detect_math.h).
+// value), the grouped NMS overlap mask (one thread per 64-box word), the stable descending sort
+// (CUB's radix sort), the row gather, mask paste (one thread per pixel); the per-element math
+// is the CPU path's (kernels/common/roi_align.h, kernels/common/detect_math.h).
 #include <cub/device/device_radix_sort.cuh>
 
 #include "kernels/common/detect_math.h"
@@ -41,15 +41,24 @@ void CudaBackend::roi_align_forward(const Tensor& x, const Tensor& rois, double 
 }
 
 namespace {
-// One thread per (row i, 64-column word w): the overlap bits of box i with boxes 64w..64w+63.
-__global__ void nms_mask_kernel(const float* boxes, uint64_t* mask, int64_t K, int64_t words, float thr) {
+// One thread per (row i, word w) of the grouped mask: the overlap bits of box i with the boxes
+// 64w..64w+63 of its own group, counted from the group's first box (detect::nms_mask_word, the
+// CPU kernel's function); words past the group's end are 0.
+__global__ void nms_mask_kernel(const float* boxes, const int64_t* groups, uint64_t* mask,
+                                int64_t K, int64_t words, float thr) {
   ST_GRID_STRIDE(idx, K * words) {
     const int64_t i = idx / words, w = idx % words;
-    uint64_t bits = 0;
-    const int64_t j_end = (w + 1) * 64 < K ? (w + 1) * 64 : K;
-    for (int64_t j = w * 64 > i + 1 ? w * 64 : i + 1; j < j_end; ++j)
-      if (detect::iou_above(boxes + i * 4, boxes + j * 4, thr)) bits |= uint64_t(1) << (j % 64);
-    mask[idx] = bits;
+    const detect::GroupSpan span = detect::group_span(groups, K, i);
+    mask[idx] = w * 64 < span.hi - span.lo ? detect::nms_mask_word(boxes, span, i, w, thr) : 0;
+  }
+}
+
+// One thread per output element: out[i, c] = src[index[i], c].
+__global__ void gather_rows_kernel(const float* src, const int64_t* index, float* out, int64_t k,
+                                   int64_t C) {
+  ST_GRID_STRIDE(idx, k * C) {
+    const int64_t i = idx / C, c = idx % C;
+    out[idx] = src[index[i] * C + c];
   }
 }
 
@@ -79,13 +88,24 @@ __global__ void paste_kernel(const float* masks, const float* boxes, uint8_t* ou
 }
 }  // namespace
 
-void CudaBackend::nms_mask(const Tensor& boxes, double iou_threshold, Tensor& mask) {
+void CudaBackend::nms_mask(const Tensor& boxes, const Tensor& groups, double iou_threshold,
+                           Tensor& mask) {
   const int64_t K = boxes.size(0), words = mask.size(1);
-  if (K == 0) return;
+  if (K == 0 || words == 0) return;
   Op op("nms_mask", boxes.device().index);
   nms_mask_kernel<<<blocks_for(K * words), 256, 0, op.ctx.stream>>>(
-      boxes.data<float>(), reinterpret_cast<uint64_t*>(mask.data<int64_t>()), K, words,
-      float(iou_threshold));
+      boxes.data<float>(), groups.data<int64_t>(),
+      reinterpret_cast<uint64_t*>(mask.data<int64_t>()), K, words, float(iou_threshold));
+  ST_CUDA_LAUNCHED(op.ctx);
+}
+
+// Indices are not checked here (that would need a read-back): the op takes them from sort_desc.
+void CudaBackend::gather_rows(const Tensor& src, const Tensor& index, Tensor& out) {
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  Op op("gather_rows", src.device().index);
+  gather_rows_kernel<<<blocks_for(n), 256, 0, op.ctx.stream>>>(
+      src.data<float>(), index.data<int64_t>(), out.data<float>(), out.size(0), out.size(1));
   ST_CUDA_LAUNCHED(op.ctx);
 }
 
