@@ -278,7 +278,8 @@ inline Bounds weighted_ce_bounds(const Tensor& lt, const Tensor& target, const T
 // ---------------- batch norm ----------------
 // Over (N, H, W) per channel, M values each; y = (x - mean) * invstd * gamma + beta with
 // invstd = 1/sqrt(var + eps) (biased var; batch statistics or the frozen running ones).
-//  ours (cpu/image.cpp; cuda/image.cu the same, its sums split across blocks), batch
+//  ours (cpu/image.cpp; cuda/image.cu the same, its sums split across blocks, except that it
+//    sums float32 inputs in compensated float: float_stats below), batch
 //    statistics: mean = sum(x)/M and var = sum((x - mean)^2)/M in double, invstd =
 //    1/sqrt(var + eps) in double; scale = T(gamma*invstd), shift = T(beta - mean*gamma*invstd);
 //    y = x*scale + shift in T. mean and invstd are saved rounded to T. Backward: sg = sum(gy),
@@ -303,7 +304,12 @@ struct BnErrors {
   double ggamma = 0, gbeta = 0;
 };
 
-inline BnErrors bn_error_ours(const BnChannel& ch, bool frozen, double u) {
+// float_stats: the batch statistics of float32 inputs are compensated float sums (the CUDA
+// backend, kernels/cuda/image.cu, whose comment derives the bound used here): the double mean
+// is within delta * A of the exact mean (A = mean of |x|, delta = 0.07 u), and the double invstd
+// within a relative 1.55 u + 0.51 eta^2 / (V + eps) + 2^-50 of the exact one (V the exact biased
+// variance, eta = u |mean| + (1 + u) delta A); everything after them as in the double model.
+inline BnErrors bn_error_ours(const BnChannel& ch, bool frozen, double u, bool float_stats = false) {
   const size_t M = ch.x.size();
   const Bounded Md = constant(double(M), kU64), eps = constant(ch.eps, kU64);
   BnErrors out;
@@ -311,10 +317,20 @@ inline BnErrors bn_error_ours(const BnChannel& ch, bool frozen, double u) {
   std::vector<Bounded> xd(M), gd(M);
   for (size_t i = 0; i < M; ++i) xd[i] = exact(ch.x[i], kU64), gd[i] = exact(ch.gy[i], kU64);
   if (!frozen) {
-    const Bounded mu = sum(xd, kU64) / Md;
+    Bounded mu = sum(xd, kU64) / Md;
     std::vector<Bounded> sq(M);
     for (size_t i = 0; i < M; ++i) sq[i] = (xd[i] - mu) * (xd[i] - mu);
-    const Bounded is = constant(1, kU64) / sqrt(sum(sq, kU64) / Md + eps);
+    Bounded is = constant(1, kU64) / sqrt(sum(sq, kU64) / Md + eps);
+    if (float_stats) {
+      double abs_sum = 0, var = 0;
+      for (double x : ch.x) abs_sum += std::abs(x);
+      for (double x : ch.x) var += (x - mu.v) * (x - mu.v);
+      const double A = abs_sum / double(M), V = var / double(M), delta = 0.07 * kU32;
+      const double eta = kU32 * std::abs(mu.v) + (1 + kU32) * delta * A;
+      const double rel = 1.55 * kU32 + 0.51 * eta * eta / (V + ch.eps) + 0x1p-50;
+      mu = Bounded{mu.v, mu.e + delta * A, kU64};
+      is = Bounded{is.v, is.e + std::abs(is.v) * rel, kU64};
+    }
     const Bounded g = exact(ch.gamma, kU64), b = exact(ch.beta, kU64);
     const Bounded scale = to_format(g * is, u), shift = to_format(b - mu * g * is, u);
     for (size_t i = 0; i < M; ++i) out.y.push_back((exact(ch.x[i], u) * scale + shift).e);
@@ -389,7 +405,8 @@ inline BnChannel bn_channel(const std::vector<double>& x, const std::vector<doub
 // statistics (frozen; undefined otherwise). Ours in the format with unit roundoff u; torch in f64.
 inline Bounds batch_norm_bounds(const Tensor& xt, const Tensor& gyt, const Tensor& gamma,
                                 const Tensor& beta, double eps, bool frozen, const Tensor& mean,
-                                const Tensor& var, double u, bool torch) {
+                                const Tensor& var, double u, bool torch,
+                                bool float_stats = false) {
   const int64_t N = xt.size(0), C = xt.size(1), P = xt.size(2) * xt.size(3);
   const auto x = xt.to_vector<double>(), gy = gyt.to_vector<double>();
   const auto gv = gamma.to_vector<double>(), bv = beta.to_vector<double>();
@@ -399,7 +416,7 @@ inline Bounds batch_norm_bounds(const Tensor& xt, const Tensor& gyt, const Tenso
   for (int64_t k = 0; k < C; ++k) {
     const size_t kc = size_t(k);
     const BnChannel ch = bn_channel(x, gy, N, C, P, k, gv[kc], bv[kc], eps, mv[kc], vv[kc]);
-    const BnErrors e = torch ? bn_error_torch(ch, frozen) : bn_error_ours(ch, frozen, u);
+    const BnErrors e = torch ? bn_error_torch(ch, frozen) : bn_error_ours(ch, frozen, u, float_stats);
     size_t i = 0;
     for (int64_t n = 0; n < N; ++n)
       for (int64_t p = 0; p < P; ++p, ++i)

@@ -35,6 +35,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
 
 #include "bounds.h"
 #include "golden_checks.h"
@@ -42,6 +43,7 @@
 #include "nn/student.h"
 #include "teacher_port/detect_ops.h"
 #include "teacher_port/glue.h"
+#include "teacher_port/proposals.h"
 #include "test_util.h"
 
 using namespace st;
@@ -250,11 +252,15 @@ Rule bilinear_rule() {
     return test::bilinear_bounds(input(in, "x"), gy, s.u(), s.dtype == DType::F32);
   });
 }
+// Whether the side sums batch-norm statistics in compensated float (the CUDA backend on float32
+// inputs, kernels/cuda/image.cu) rather than in double (the CPU, and f64 anywhere).
+bool float_bn_stats(const Side& s) { return s.device.is_cuda() && s.dtype == DType::F32; }
 Rule batch_norm_rule(double eps, bool frozen) {
   return composite([eps, frozen](const Side& s, const Named& in, const Tensor& gy) {
     return test::batch_norm_bounds(input(in, "x"), gy, input(in, "weight"), input(in, "bias"), eps,
                                    frozen, frozen ? input(in, "mean") : Tensor(),
-                                   frozen ? input(in, "var") : Tensor(), s.u(), false);
+                                   frozen ? input(in, "var") : Tensor(), s.u(), false,
+                                   float_bn_stats(s));
   });
 }
 Rule weighted_ce_rule() {
@@ -676,7 +682,8 @@ void check_structural_zeros(const Side& side, const nn::Student& net, const Forc
                                         Plain::conv_params(wl.shape(), 1)));
   resize_bilinear(sum_out, X.size(2), X.size(3)).backward(on(G));
   // The bound, per channel.
-  const Bounds bnb = test::batch_norm_bounds(X, gyX, bw, bb, 1e-5, false, {}, {}, side.u(), false);
+  const Bounds bnb = test::batch_norm_bounds(X, gyX, bw, bb, 1e-5, false, {}, {}, side.u(), false,
+                                              float_bn_stats(side));
   const Tensor bn_gx = bnb.at("gx").slice(1, 0, C).contiguous();
   const Tensor bil = test::bilinear_bounds(Tensor::zeros(s_out.shape(), DType::F64), G, side.u(),
                                            side.dtype == DType::F32).at("gx");
@@ -1115,8 +1122,10 @@ TEST_CASE("cuda: softmax, log-softmax, weighted cross-entropy, argmax", "[cuda]"
   Tensor weight = Tensor::uniform({2, 7, 13}, 1, 5, 4);
   Tensor bad = target.clone();
   bad.data<int64_t>()[17] = 9;
+  // (The CUDA backend reports it at the next host read: the loss's .item().)
   REQUIRE_THROWS_WITH(weighted_cross_entropy(gpu(x.slice(2, 0, 7).slice(3, 0, 13).contiguous()),
-                                             gpu(bad), gpu(weight)),
+                                             gpu(bad), gpu(weight))
+                          .item(),
                       Contains("target value 9") && Contains("pixel 17"));
 }
 
@@ -1269,6 +1278,90 @@ TEST_CASE("cuda: NMS, top-k and mask paste (the teacher's glue ops) match the CP
     REQUIRE(g.device() == kGpu);
     REQUIRE(cpu(g).to_vector<uint8_t>() == c.to_vector<uint8_t>());
   }
+}
+
+// batched_nms's one launch over every group (nms_mask with groups), gather_rows and
+// select_proposals with the RPN's tensors on the GPU: bit for bit the CPU's answers, on data
+// that crosses their edges: groups over two words long (more than 128 boxes), a mask wider than
+// the longest group needs, ids with gaps, ties, identical boxes, an empty level, ties at the
+// top-k cut, a gather into a slice at an offset.
+TEST_CASE("cuda: grouped NMS in one launch, row gathers and proposal selection match the CPU bit for bit",
+          "[cuda][teacher]") {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(16);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  const std::vector<int64_t> sizes = {200, 1, 64, 65, 0, 3, 129, 17};
+  std::vector<int64_t> groups;  // group-major: the order nms_mask takes
+  for (size_t g = 0; g < sizes.size(); ++g)
+    for (int64_t k = 0; k < sizes[g]; ++k) groups.push_back(int64_t(g) * 4 - 7);
+  const int64_t K = int64_t(groups.size());
+  std::vector<float> bv, sv;
+  for (int64_t k = 0; k < K; ++k) {
+    if (k % 13 == 7) {
+      const std::vector<float> prev(bv.end() - 4, bv.end());
+      bv.insert(bv.end(), prev.begin(), prev.end());
+    } else {
+      const float cx = float(int(u(rng) * 5)) * 25 + u(rng) * 8, cy = float(int(u(rng) * 4)) * 25 + u(rng) * 8;
+      const float w = 5 + u(rng) * 15, h = 5 + u(rng) * 15;
+      bv.insert(bv.end(), {cx - w, cy - h, cx + w, cy + h});
+    }
+    sv.push_back(float(int(u(rng) * 16)) / 16.0f);
+  }
+  Tensor boxes = Tensor::from_vector(bv, {K, 4}), scores = Tensor::from_vector(sv, {K});
+  Tensor gids = Tensor::from_vector(groups, {K});
+  const int64_t words = (200 + 63) / 64 + 1;
+  for (double thr : {0.3, 0.5, 0.7}) {
+    INFO("threshold " << thr);
+    Tensor mc = Tensor::full({K, words}, -1.0, DType::I64);
+    backend_for(Device::cpu()).nms_mask(boxes, gids, thr, mc);
+    Tensor mg = Tensor::full({K, words}, -1.0, DType::I64, kGpu);
+    backend_for(kGpu).nms_mask(gpu(boxes), gpu(gids), thr, mg);
+    REQUIRE(cpu(mg).to_vector<int64_t>() == mc.to_vector<int64_t>());
+    // Shuffled groups through batched_nms, on GPU tensors and on host vectors sent to the GPU.
+    std::vector<int64_t> shuffled(groups);
+    std::shuffle(shuffled.begin(), shuffled.end(), rng);
+    const auto want = teacher::batched_nms(boxes, scores, shuffled, thr);
+    REQUIRE(want.size() < size_t(K));
+    REQUIRE(teacher::batched_nms(gpu(boxes), gpu(scores), shuffled, thr) == want);
+    REQUIRE(teacher::batched_nms(bv, sv, shuffled, thr, kGpu) == want);
+  }
+  // gather_rows into a slice of a larger tensor (an offset, rows of 4).
+  Tensor src = Tensor::uniform({300, 4}, -5, 5, 8);
+  std::vector<int64_t> pick;
+  for (int64_t i = 0; i < 97; ++i) pick.push_back((i * 61) % 300);
+  Tensor index = Tensor::from_vector(pick, {97});
+  Tensor oc = Tensor::zeros({120, 4}), og = Tensor::zeros({120, 4}, DType::F32, kGpu);
+  Tensor oc_slice = oc.narrow(0, 11, 97), og_slice = og.narrow(0, 11, 97);
+  backend_for(Device::cpu()).gather_rows(src, index, oc_slice);
+  backend_for(kGpu).gather_rows(gpu(src), gpu(index), og_slice);
+  REQUIRE(cpu(og).to_vector<float>() == oc.to_vector<float>());
+  // select_proposals: three levels (one empty), logits with ties at the cut, anchors on the
+  // host and on the GPU, both conventions.
+  std::vector<teacher::RpnLevel> levels;
+  for (int64_t n : {900, 0, 2500}) {
+    std::vector<float> lg, an;
+    for (int64_t i = 0; i < n; ++i) {
+      lg.push_back(float(int(u(rng) * 40)) / 8.0f - 2.5f);
+      const float cx = u(rng) * 300, cy = u(rng) * 200, w = 8 + u(rng) * 60, h = 8 + u(rng) * 60;
+      an.insert(an.end(), {cx - w, cy - h, cx + w, cy + h});
+    }
+    levels.push_back({Tensor::from_vector(lg, {n}), Tensor::uniform({n, 4}, -0.6, 0.6, uint64_t(n) + 1),
+                      Tensor::from_vector(an, {n, 4})});
+  }
+  for (auto conv : {teacher::Convention::Detectron2, teacher::Convention::Torchvision})
+    for (bool anchors_on_gpu : {false, true}) {
+      INFO((conv == teacher::Convention::Detectron2 ? "detectron2" : "torchvision")
+           << (anchors_on_gpu ? ", anchors on the GPU" : ", anchors on the host"));
+      std::vector<teacher::RpnLevel> on_gpu;
+      for (const auto& L : levels)
+        on_gpu.push_back({gpu(L.logits), gpu(L.deltas), anchors_on_gpu ? gpu(L.anchors) : L.anchors});
+      const auto c = teacher::select_proposals(levels, 200, 300, conv, 700, 500, 0.7);
+      const auto g = teacher::select_proposals(on_gpu, 200, 300, conv, 700, 500, 0.7);
+      REQUIRE(c.level == g.level);
+      REQUIRE(cpu(g.boxes).to_vector<float>() == c.boxes.to_vector<float>());
+      REQUIRE(cpu(g.scores).to_vector<float>() == c.scores.to_vector<float>());
+      REQUIRE(c.level.size() > 100);
+    }
 }
 
 // The teacher on the GPU against torchvision's float64 run of the same seeded model, with the

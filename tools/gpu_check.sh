@@ -15,7 +15,8 @@
 # skipping; and the check exits non-zero when no `cuda:` test passed, so "0 of N passed" is never
 # a success. Counted with them: the entries that run the GPU tests in a process of their own under
 # another backend setting (CMakeLists.txt: "cuda-benchmark:" ST_CUDNN_BENCHMARK=1, "cuda-nocache:"
-# ST_CUDA_CACHE=0, "cuda-tf32:" TF32 on), which ctest runs with the rest.
+# ST_CUDA_CACHE=0, "cuda-tf32:" TF32 on, "cuda-index64:" ST_CUDA_INDEX64=1, "cuda-plan1:"
+# ST_CUDNN_PLAN_CACHE=1), which ctest runs with the rest.
 # Needs nvcc, cuBLAS and cuDNN (headers + libraries; a pip cuDNN works: set CUDNN_ROOT to the
 # folder holding include/cudnn.h and lib/libcudnn.so*).
 set -uo pipefail
@@ -101,7 +102,7 @@ if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
   cuda_pass=$(grep -E "$cuda_re" "$out/ctest.log" | grep -c 'Passed')
   log "- CUDA parity tests: $cuda_pass of $cuda_total passed"
   # The runs under another setting, each by name: one missing from ctest.log fails the check.
-  for setting in benchmark nocache tf32; do
+  for setting in benchmark nocache tf32 index64 plan1; do
     line=$(grep -E "Test +#[0-9]+: cuda-$setting:" "$out/ctest.log" | sed -n 1p)
     if [[ -n "$line" ]]; then
       log "    cuda-$setting: $(sed -E 's/.*(Passed|Failed|Not Run|Skipped|\*\*\*[A-Za-z ]+).*/\1/' <<<"$line")"
