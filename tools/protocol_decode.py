@@ -315,6 +315,25 @@ def decode_paths(paths):
     return out
 
 
+def differences(ours, theirs):
+    """Lines naming each field where the two decodings of one file differ."""
+    def short(v):
+        t = json.dumps(v)
+        return t if len(t) <= 60 else t[:57] + "..."
+    out = []
+    if ours["outcome"] != theirs["outcome"]:
+        out.append(f"outcome: python {ours['outcome']}, C++ {theirs['outcome']}")
+    a, b = ours["messages"], theirs["messages"]
+    if len(a) != len(b):
+        out.append(f"messages: python {len(a)}, C++ {len(b)}")
+    for i, (x, y) in enumerate(zip(a, b)):
+        for k in sorted(set(x) | set(y)):
+            if x.get(k) != y.get(k):
+                out.append(f"message {i} ({x.get('type')}) {k}: python {short(x.get(k))}, "
+                           f"C++ {short(y.get(k))}")
+    return out
+
+
 def compare(st_tests, corpus):
     """Runs the C++ dump (st_tests' hidden "[.protocol-json]" case) and compares file by file."""
     ours = decode_paths([corpus])
@@ -337,8 +356,9 @@ def compare(st_tests, corpus):
             print(f"{f['file']}: missing from the C++ dump")
             diffs += 1
         elif other != f:
-            print(f"{f['file']}: differs\n  python: {json.dumps(f, sort_keys=True)}\n"
-                  f"  C++:    {json.dumps(other, sort_keys=True)}")
+            print(f"{f['file']}: differs")
+            for line in differences(f, other):
+                print("  " + line)
             diffs += 1
     for name in by_name:
         print(f"{name}: only in the C++ dump")
