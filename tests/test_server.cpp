@@ -301,8 +301,8 @@ TEST_CASE("server: clients vanishing mid-message or with a key frame in flight",
   srv.stop();
 }
 
-TEST_CASE("server: every UPDATE is Algorithm 1 and Algorithm 2 of the accuracy reached; simulate "
-          "gives the same key frames", "[server]") {
+TEST_CASE("server: every UPDATE is Algorithm 1 and Algorithm 2 of the accuracy reached, and "
+          "simulate gives the same key frames", "[server]") {
   Clip clip("alg", 48);
   server::Server srv(server_options(clip.labels));
   srv.start();

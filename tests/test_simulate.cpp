@@ -50,7 +50,8 @@ TEST_CASE("simulate: partial distillation schedule, bytes and accuracy", "[simul
   // ... and the trivial student that answers "background" everywhere, whose mIoU on a frame is
   // (1 - person share) / 2 (background IoU over two present classes). A student trained on
   // wrong targets (e.g. a cross-entropy gradient that reads the first block's labels for every
-  // block of pixels) learns little more than that.
+  // block of pixels) learns little more than that. (Measured when this check was added: 0.77
+  // here, 0.42 with that gradient bug, against 0.4375 for the trivial student.)
   double trivial = 0;
   {
     io::LabelSource truth(clip.labels);

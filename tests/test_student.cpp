@@ -84,7 +84,7 @@ Tensor abs_of(const Tensor& t) {
 }
 }  // namespace
 
-TEST_CASE("student: any input size gives SPEC §2's graph", "[student][portable]") {
+TEST_CASE("student: any input size gives the graph of SPEC section 2", "[student][portable]") {
   nn::Student s;
   NoGradGuard ng;
   for (auto [h, w] : {std::pair<int64_t, int64_t>{64, 64}, {37, 53}, {96, 128}, {33, 17}}) {
