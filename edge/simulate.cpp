@@ -130,6 +130,8 @@ SimResult simulate(const SimOptions& opt) {
         }
         r.step_histogram[size_t(o.steps)]++;
         stride = a.next_stride;
+        r.key_log.push_back({i, o.steps, o.acc_before, o.acc, a.next_stride,
+                             nn::weights_hash(server_student)});
         if (o.steps > 0) {
           pending = std::move(a.blob);
           r.bytes_down += int64_t(pending.size()) + kMessageHeaderBytes;

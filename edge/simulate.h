@@ -46,6 +46,16 @@ struct SimResult {
   std::string weights;                    // "pretrained: <path>" or "random init"
   std::string teacher;                    // which teacher ran: recorded labels or Mask R-CNN
   int64_t teacher_calls = 0;
+  // Per key frame, in order: Algorithm 1's outcome, Algorithm 2's answer and the hash
+  // (nn::weights_hash) of the server half's student after Algorithm 1 (tests replay these).
+  struct KeyFrameRecord {
+    int64_t frame = 0;
+    int steps = 0;
+    double acc_before = 0, acc = 0;
+    int next_stride = 0;
+    uint64_t weights_hash = 0;
+  };
+  std::vector<KeyFrameRecord> key_log;
 };
 
 SimResult simulate(const SimOptions& opt);

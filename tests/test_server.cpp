@@ -15,7 +15,9 @@
 #include <fstream>
 #include <thread>
 
+#include "algorithm_reference.h"
 #include "edge/client.h"
+#include "edge/simulate.h"
 #include "io/video.h"
 #include "nn/blob.h"
 #include "protocol/crc32c.h"
@@ -297,6 +299,85 @@ TEST_CASE("server: clients vanishing mid-message or with a key frame in flight",
   REQUIRE(test::wait_until([&] { return srv.stats().sessions_active == 0; }));
   REQUIRE(srv.stats().sessions_opened == 10);
   srv.stop();
+}
+
+TEST_CASE("server: every UPDATE is Algorithm 1 and Algorithm 2 of the accuracy reached, and "
+          "simulate gives the same key frames", "[server]") {
+  Clip clip("alg", 48);
+  server::Server srv(server_options(clip.labels));
+  srv.start();
+  std::vector<std::vector<uint8_t>> frames;  // raw BGR, as an edge sends them
+  {
+    auto src = io::open_video(clip.frames);
+    io::Frame f;
+    while (src->next(f)) frames.push_back(f.bgr.pixels);
+  }
+  REQUIRE(int64_t(frames.size()) == clip.count);
+  // A client that follows SPEC §6's schedule: key frame 0, then key + the UPDATE's stride.
+  std::vector<Update> got;
+  {
+    Raw r(srv.port());
+    r.send(encode_msg(good_hello()));
+    REQUIRE(r.read_one().is<Welcome>());
+    uint64_t seq = 1;
+    for (uint64_t key = 0; key < frames.size();) {
+      KeyFrame k = key_frame(key);
+      k.data = frames[size_t(key)];
+      r.send(encode_msg(k, seq++));
+      Message m = r.read_one();
+      REQUIRE(m.is<Update>());
+      got.push_back(m.as<Update>());
+      REQUIRE(got.back().key_frame == key);
+      key += got.back().next_stride;
+    }
+    r.send(encode_msg(Bye{}, seq++));
+    REQUIRE(r.read_until_closed().closed);
+  }
+  srv.stop();
+
+  // The same session replayed in this process by the reference (tests/algorithm_reference.h),
+  // from the server's base weights (nn::Student(init_seed 0)).
+  nn::Student ref_student(0);
+  auto ref = test::reference_schedule(clip.frames, clip.labels, ref_student, clip.count);
+  REQUIRE(got.size() == ref.size());
+  bool stride_tells = false;  // a key frame where the accuracy before training gives another
+                              // stride than the accuracy reached (else the check could not fail)
+  for (size_t k = 0; k < ref.size(); ++k) {
+    const Update& u = got[k];
+    const auto& want = ref[k];
+    INFO("key frame " << want.frame << ": steps " << want.outcome.steps << ", mIoU "
+                      << want.outcome.acc_before << " -> " << want.outcome.acc);
+    REQUIRE(int64_t(u.key_frame) == want.frame);
+    REQUIRE(int(u.steps) == want.outcome.steps);
+    REQUIRE(u.accuracy == float(want.outcome.acc));
+    REQUIRE(int(u.next_stride) == want.next_stride);
+    if (want.outcome.steps > 0) {
+      REQUIRE(u.blob_kind == st::BlobEncoding::F32);
+      REQUIRE(u.blob == want.blob);  // the trained tensors, bit for bit
+    } else {
+      REQUIRE(u.blob.empty());
+    }
+    stride_tells |= want.stride_from_before != want.next_stride;
+  }
+  REQUIRE(stride_tells);
+  REQUIRE(ref.size() >= 3);
+
+  // `shadowtutor simulate` on the same clip and recorded teacher runs the same server half
+  // (Student(0) is simulate's random init too): the same key frames, steps, accuracies, strides.
+  edge::SimOptions so;
+  so.video = clip.frames;
+  so.labels = clip.labels;
+  so.progress = false;
+  so.eval_every = clip.count;  // (only the key frames matter here)
+  edge::SimResult sim = edge::simulate(so);
+  REQUIRE(sim.key_log.size() == got.size());
+  for (size_t k = 0; k < got.size(); ++k) {
+    INFO("key frame " << k);
+    REQUIRE(sim.key_log[k].frame == int64_t(got[k].key_frame));
+    REQUIRE(sim.key_log[k].next_stride == int(got[k].next_stride));
+    REQUIRE(sim.key_log[k].steps == int(got[k].steps));
+    REQUIRE(float(sim.key_log[k].acc) == got[k].accuracy);
+  }
 }
 
 namespace {

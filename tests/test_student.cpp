@@ -1,6 +1,10 @@
 // The student network (SPEC §2): structure, loading the published checkpoint, golden logits
 // against PyTorch on two real frames, partial-distillation bookkeeping.
+#include <cmath>
+
 #include "nn/student.h"
+#include "tensor/autograd.h"
+#include "tensor/ops.h"
 #include "tensor/image.h"
 #include "golden_checks.h"
 #include "test_util.h"
@@ -38,12 +42,68 @@ TEST_CASE("student: the tensors each mode trains", "[student][portable]") {
   CHECK(nn::distillation_of(Mode::Wild) == nn::Distillation::None);
 }
 
-TEST_CASE("student: any input size works", "[student][portable]") {
+namespace {
+// SPEC §2's graph written out again from its text with the tensor ops (nothing of
+// nn/student.cpp's wiring): conv(k, s) pads k//2 per axis, BN normalises with the batch's own
+// statistics, `diff` and `same` blocks, `up` to the sizes named, `cat` in the order shown, and
+// out_conv3 AFTER the last upsample, as the SPEC writes it.
+Tensor spec_student_forward(const nn::Student& s, const Tensor& x, Tensor* before_out_conv3) {
+  auto P = [&](const std::string& n) { return s.parameter(n); };
+  auto conv = [&](const Tensor& in, const std::string& n, int64_t stride) {
+    const Tensor w = P(n + ".weight");
+    Conv2dParams p;
+    p.stride_h = p.stride_w = stride;
+    p.pad_h = w.size(2) / 2;
+    p.pad_w = w.size(3) / 2;
+    return conv2d(in, w, P(n + ".bias"), p);
+  };
+  auto block = [&](const Tensor& in, const std::string& n, int64_t stride, bool same) {
+    const Tensor p = relu(batch_norm(in, P(n + ".preact_path.0.weight"), P(n + ".preact_path.0.bias"), 1e-5));
+    const Tensor shortcut = same ? subsample(in, stride) : conv(p, n + ".short_path", stride);
+    const Tensor lp = conv(conv(relu(conv(p, n + ".long_path.0", stride)), n + ".long_path.2", 1),
+                           n + ".long_path.3", 1);
+    return add(shortcut, lp);
+  };
+  const Tensor x1 = conv(x, "in_conv1", 2);
+  const Tensor x2 = conv(x1, "in_conv2", 2);
+  const Tensor e1 = block(x2, "enc1", 2, false);
+  const Tensor e2 = block(e1, "enc2", 2, true);
+  const Tensor e3 = block(e2, "enc3", 2, false);
+  const Tensor d1 = resize_bilinear(block(e3, "dec1", 1, false), e2.size(2), e2.size(3));
+  const Tensor d2 = resize_bilinear(block(cat({d1, e2}, 1), "dec2", 1, false), e1.size(2), e1.size(3));
+  const Tensor d3 = resize_bilinear(block(cat({d2, e1}, 1), "dec3", 1, false), x1.size(2), x1.size(3));
+  const Tensor o = conv(conv(d3, "out_conv1", 1), "out_conv2", 1);
+  *before_out_conv3 = o;
+  return conv(resize_bilinear(o, x.size(2), x.size(3)), "out_conv3", 1);
+}
+
+Tensor abs_of(const Tensor& t) {
+  auto v = t.to_vector<float>();
+  for (float& e : v) e = std::abs(e);
+  return Tensor::from_vector(v, t.shape());
+}
+}  // namespace
+
+TEST_CASE("student: any input size gives the graph of SPEC section 2", "[student][portable]") {
   nn::Student s;
   NoGradGuard ng;
-  for (auto [h, w] : {std::pair<int64_t, int64_t>{64, 64}, {37, 53}, {96, 128}}) {
-    Tensor y = s.forward(Tensor::randn({1, 3, h, w}, 5) * 50.0);
+  for (auto [h, w] : {std::pair<int64_t, int64_t>{64, 64}, {37, 53}, {96, 128}, {33, 17}}) {
+    INFO(h << "x" << w);
+    const Tensor x = Tensor::randn({1, 3, h, w}, 5) * 50.0;
+    Tensor y = s.forward(x);
     REQUIRE(y.shape() == Shape{1, 9, h, w});
+    Tensor o;
+    const Tensor ref = spec_student_forward(s, x, &o);
+    REQUIRE(ref.shape() == y.shape());
+    // Up to out_conv3 both run the same ops on the same values; they differ only in the order of
+    // out_conv3 (1x1, K = 32 inputs and a bias) and the last upsample (4 taps, weights summing
+    // to 1 up to a few roundings), which commute exactly. Each order rounds the 1x1 sum
+    // (K + 1 terms) and the 4-tap sum and its weights, each at most gamma(K + 10) relative to
+    // the sum of magnitudes |b| + sum_k |W_k| up(|o_k|); the bound is twice that.
+    const Tensor w3 = s.parameter("out_conv3.weight"), b3 = s.parameter("out_conv3.bias");
+    const Tensor mag = conv2d(resize_bilinear(abs_of(o), h, w), abs_of(w3), abs_of(b3));
+    const Tensor bound = mul_scalar(mag, 2 * test::gamma(32 + 10));
+    ST_REQUIRE_WITHIN(y, ref, bound);
   }
 }
 
