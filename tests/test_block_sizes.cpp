@@ -357,6 +357,50 @@ TEST_CASE("block sizes: bilinear and nearest resize, planes and rows across thre
   }
 }
 
+// Max pool whose two directions differ in every parameter (kernel, stride, padding), small and
+// large enough for both the serial and the threaded path: a formula that mixes the directions
+// (a row offset from the column padding, ...) gives other windows. Exact: a max selects an input.
+TEST_CASE("block sizes: max pool with different kernel, stride and padding per direction",
+          "[block_sizes][portable]") {
+  fresh_cache();
+  struct Case {
+    int64_t N, C, H, W;
+  };
+  for (const Case c : {Case{1, 3, 11, 14}, Case{2, 8, 97, 83}}) {
+    Pool2dParams pp;
+    pp.kernel_h = 3, pp.kernel_w = 2, pp.stride_h = 2, pp.stride_w = 1, pp.pad_h = 1, pp.pad_w = 0;
+    const int64_t NC = c.N * c.C, H = c.H, W = c.W;
+    const int64_t OH = (H + 2 * pp.pad_h - pp.kernel_h) / pp.stride_h + 1;
+    const int64_t OW = (W + 2 * pp.pad_w - pp.kernel_w) / pp.stride_w + 1;
+    INFO(c.N << "x" << c.C << "x" << H << "x" << W);
+    const Tensor x = randn32({c.N, c.C, H, W}, 91 + uint64_t(H)), gy = randn32({c.N, c.C, OH, OW}, 92);
+    Tensor xi = x.clone();
+    xi.set_requires_grad(true);
+    Tensor y = max_pool2d(xi, pp);
+    REQUIRE(y.shape() == Shape{c.N, c.C, OH, OW});
+    y.backward(gy);
+    const auto xv = vals(x), gv = vals(gy);
+    std::vector<double> ry(gv.size()), rg(xv.size(), 0.0), absg(xv.size(), 0.0);
+    for (int64_t q = 0; q < NC; ++q)
+      for (int64_t i = 0; i < OH; ++i)
+        for (int64_t j = 0; j < OW; ++j) {
+          int64_t arg = -1;
+          for (int64_t r = i * pp.stride_h - pp.pad_h; r < i * pp.stride_h - pp.pad_h + pp.kernel_h; ++r)
+            for (int64_t k = j * pp.stride_w - pp.pad_w; k < j * pp.stride_w - pp.pad_w + pp.kernel_w; ++k)
+              if (r >= 0 && r < H && k >= 0 && k < W &&
+                  (arg < 0 || xv[size_t(q * H * W + r * W + k)] > xv[size_t(q * H * W + arg)]))
+                arg = r * W + k;  // the first maximum in window order
+          const size_t o = size_t((q * OH + i) * OW + j), src = size_t(q * H * W + arg);
+          ry[o] = xv[src];
+          rg[src] += gv[o], absg[src] += std::abs(gv[o]);
+        }
+    within("max_pool y (exact)", y, ry, std::vector<double>(ry.size(), 0.0));
+    // An input is in at most 2 windows down and 2 across: sums of at most 4 gy.
+    for (double& b : absg) b *= gamma(4, kU32) + gamma(4, kU64);
+    within("max_pool gx", xi.grad(), rg, absg);
+  }
+}
+
 TEST_CASE("block sizes: max pool and argmax, planes and pixels across threads",
           "[block_sizes][portable]") {
   fresh_cache();
