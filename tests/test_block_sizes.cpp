@@ -357,6 +357,28 @@ TEST_CASE("block sizes: bilinear and nearest resize, planes and rows across thre
   }
 }
 
+// Max pool in float64 from its definition over NC planes of H x W: ry the outputs (the first
+// maximum of each window in window order), rg the input gradient of gy (the scatter-sum), absg the
+// sums of |gy| each input gradient element receives.
+static void max_pool_reference(const std::vector<double>& xv, const std::vector<double>& gv, int64_t NC,
+                               int64_t H, int64_t W, const Pool2dParams& pp, int64_t OH, int64_t OW,
+                               std::vector<double>& ry, std::vector<double>& rg, std::vector<double>& absg) {
+  ry.assign(gv.size(), 0.0), rg.assign(xv.size(), 0.0), absg.assign(xv.size(), 0.0);
+  for (int64_t q = 0; q < NC; ++q)
+    for (int64_t i = 0; i < OH; ++i)
+      for (int64_t j = 0; j < OW; ++j) {
+        int64_t arg = -1;
+        for (int64_t r = i * pp.stride_h - pp.pad_h; r < i * pp.stride_h - pp.pad_h + pp.kernel_h; ++r)
+          for (int64_t k = j * pp.stride_w - pp.pad_w; k < j * pp.stride_w - pp.pad_w + pp.kernel_w; ++k)
+            if (r >= 0 && r < H && k >= 0 && k < W &&
+                (arg < 0 || xv[size_t(q * H * W + r * W + k)] > xv[size_t(q * H * W + arg)]))
+              arg = r * W + k;  // the first maximum in window order
+        const size_t o = size_t((q * OH + i) * OW + j), src = size_t(q * H * W + arg);
+        ry[o] = xv[src];
+        rg[src] += gv[o], absg[src] += std::abs(gv[o]);
+      }
+}
+
 // Max pool whose two directions differ in every parameter (kernel, stride, padding), small and
 // large enough for both the serial and the threaded path: a formula that mixes the directions
 // (a row offset from the column padding, ...) gives other windows. Exact: a max selects an input.
@@ -379,21 +401,8 @@ TEST_CASE("block sizes: max pool with different kernel, stride and padding per d
     Tensor y = max_pool2d(xi, pp);
     REQUIRE(y.shape() == Shape{c.N, c.C, OH, OW});
     y.backward(gy);
-    const auto xv = vals(x), gv = vals(gy);
-    std::vector<double> ry(gv.size()), rg(xv.size(), 0.0), absg(xv.size(), 0.0);
-    for (int64_t q = 0; q < NC; ++q)
-      for (int64_t i = 0; i < OH; ++i)
-        for (int64_t j = 0; j < OW; ++j) {
-          int64_t arg = -1;
-          for (int64_t r = i * pp.stride_h - pp.pad_h; r < i * pp.stride_h - pp.pad_h + pp.kernel_h; ++r)
-            for (int64_t k = j * pp.stride_w - pp.pad_w; k < j * pp.stride_w - pp.pad_w + pp.kernel_w; ++k)
-              if (r >= 0 && r < H && k >= 0 && k < W &&
-                  (arg < 0 || xv[size_t(q * H * W + r * W + k)] > xv[size_t(q * H * W + arg)]))
-                arg = r * W + k;  // the first maximum in window order
-          const size_t o = size_t((q * OH + i) * OW + j), src = size_t(q * H * W + arg);
-          ry[o] = xv[src];
-          rg[src] += gv[o], absg[src] += std::abs(gv[o]);
-        }
+    std::vector<double> ry, rg, absg;
+    max_pool_reference(vals(x), vals(gy), NC, H, W, pp, OH, OW, ry, rg, absg);
     within("max_pool y (exact)", y, ry, std::vector<double>(ry.size(), 0.0));
     // An input is in at most 2 windows down and 2 across: sums of at most 4 gy.
     for (double& b : absg) b *= gamma(4, kU32) + gamma(4, kU64);
@@ -415,21 +424,8 @@ TEST_CASE("block sizes: max pool and argmax, planes and pixels across threads",
     Tensor y = max_pool2d(xi, pp);
     REQUIRE(y.shape() == Shape{N, C, OH, OW});
     y.backward(gy);
-    const auto xv = vals(x), gv = vals(gy);
-    std::vector<double> ry(gv.size()), rg(xv.size(), 0.0), absg(xv.size(), 0.0);
-    for (int64_t q = 0; q < NC; ++q)
-      for (int64_t i = 0; i < OH; ++i)
-        for (int64_t j = 0; j < OW; ++j) {
-          int64_t arg = -1;
-          for (int64_t r = 2 * i - 1; r <= 2 * i + 1; ++r)
-            for (int64_t k = 2 * j - 1; k <= 2 * j + 1; ++k)
-              if (r >= 0 && r < H && k >= 0 && k < W &&
-                  (arg < 0 || xv[size_t(q * H * W + r * W + k)] > xv[size_t(q * H * W + arg)]))
-                arg = r * W + k;  // the first maximum in window order
-          const size_t o = size_t((q * OH + i) * OW + j), src = size_t(q * H * W + arg);
-          ry[o] = xv[src];
-          rg[src] += gv[o], absg[src] += std::abs(gv[o]);
-        }
+    std::vector<double> ry, rg, absg;
+    max_pool_reference(vals(x), vals(gy), NC, H, W, pp, OH, OW, ry, rg, absg);
     within("max_pool y (exact)", y, ry, std::vector<double>(ry.size(), 0.0));
     for (double& b : absg) b *= gamma(4, kU32) + gamma(4, kU64);  // at most 4 windows per input
     within("max_pool gx", xi.grad(), rg, absg);

@@ -108,6 +108,23 @@ void check_device(int device) {
 }
 }  // namespace
 
+namespace {
+// Calls f(context) for every device context created so far, holding that context's lock.
+template <class F>
+void for_each_context(F&& f) {
+  for (int d = 0; d < kMaxDevices; ++d) {
+    Context* c = nullptr;
+    {
+      std::lock_guard<std::mutex> l(g_ctx_mu);
+      c = g_ctx[size_t(d)].get();
+    }
+    if (!c) continue;
+    std::lock_guard<std::recursive_mutex> l(c->mu);
+    f(*c);
+  }
+}
+}  // namespace
+
 Context& context(int device) {
   std::lock_guard<std::mutex> l(g_ctx_mu);
   if (device >= 0 && device < kMaxDevices && g_ctx[size_t(device)]) return *g_ctx[size_t(device)];
@@ -401,17 +418,10 @@ MemoryStats CudaBackend::memory_stats() const {
 
 void CudaBackend::set_workspace_limit(size_t bytes) {
   g_workspace_limit.store(bytes);
-  for (int d = 0; d < kMaxDevices; ++d) {
-    Context* c = nullptr;
-    {
-      std::lock_guard<std::mutex> l(g_ctx_mu);
-      c = g_ctx[size_t(d)].get();
-    }
-    if (!c) continue;
-    std::lock_guard<std::recursive_mutex> l(c->mu);
-    c->conv_plans.clear();  // a plan made under a larger limit may need more than the new one
-    if (c->workspace_bytes > bytes) c->release_workspace();
-  }
+  for_each_context([bytes](Context& c) {
+    c.conv_plans.clear();  // a plan made under a larger limit may need more than the new one
+    if (c.workspace_bytes > bytes) c.release_workspace();
+  });
 }
 
 size_t CudaBackend::workspace_limit() const { return cudnn_workspace_limit(); }
@@ -603,17 +613,10 @@ void CudaBackend::verify_target_check(Context& ctx) {
 // device's lock is held from the wait to the check, so that no forward queued by another thread
 // in between can be writing the record being read.
 void CudaBackend::synchronize() {
-  for (int d = 0; d < kMaxDevices; ++d) {
-    Context* c = nullptr;
-    {
-      std::lock_guard<std::mutex> l(g_ctx_mu);
-      c = g_ctx[size_t(d)].get();
-    }
-    if (!c) continue;
-    std::lock_guard<std::recursive_mutex> l(c->mu);
-    ST_CUDA_CHECK(cudaStreamSynchronize(c->stream));
-    verify_target_check(*c);
-  }
+  for_each_context([this](Context& c) {
+    ST_CUDA_CHECK(cudaStreamSynchronize(c.stream));
+    verify_target_check(c);
+  });
 }
 
 CudaBackend& backend() {
