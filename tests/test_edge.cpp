@@ -17,9 +17,13 @@
 #include <fstream>
 #include <thread>
 
+#include <poll.h>
+
 #include "edge/client.h"
 #include "edge/token_bucket.h"
 #include "io/video.h"
+#include "nn/blob.h"
+#include "raw_client.h"
 #include "server/server.h"
 #include "synthetic_clip.h"
 #include "test_util.h"
@@ -708,4 +712,180 @@ TEST_CASE("edge: the demo's HTML report from real loopback runs (tools/report.py
                     (clip.dir / "nothing").string() + "' --out '" + (clip.dir / "x.html").string() +
                     "' 2>/dev/null";
   REQUIRE(std::system(bad.c_str()) != 0);
+}
+
+namespace {
+
+// A scripted server speaking the wire protocol itself (blocking sockets, one thread), for the
+// edge's side of rules that a real server never breaks. It takes one connection after another;
+// every HELLO gets a WELCOME (strides 2..64), every PING its PONG, and the n-th KEY_FRAME of
+// connection c (frame index k) gets the UPDATEs `answer(c, n, k)` returns, in order.
+struct ScriptedServer {
+  std::function<std::vector<protocol::Update>(int c, size_t n, uint64_t k)> answer;
+
+  int listen_fd = -1, port = 0;
+  std::atomic<bool> done{false};  // set by the test when the edge has finished
+  std::thread thread;
+  std::mutex mu;
+  std::vector<std::vector<uint64_t>> received;  // KEY_FRAME indices per connection
+  std::string failure;  // what went wrong in the thread (REQUIRE is main-thread only)
+
+  ScriptedServer() {
+    listen_fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(listen_fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(listen_fd, 4) == 0);
+    socklen_t len = sizeof a;
+    REQUIRE(::getsockname(listen_fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    port = ntohs(a.sin_port);
+  }
+  ~ScriptedServer() {
+    done = true;
+    if (thread.joinable()) thread.join();
+    ::close(listen_fd);
+  }
+  void start() { thread = std::thread([this] { run(); }); }
+  void finish() {
+    done = true;
+    thread.join();
+  }
+  void fail(const std::string& why) {
+    std::lock_guard<std::mutex> l(mu);
+    if (failure.empty()) failure = why;
+  }
+
+  void run() {
+    const auto deadline = test::hung_deadline();
+    for (int c = 0; !done && std::chrono::steady_clock::now() < deadline;) {
+      pollfd pl{listen_fd, POLLIN, 0};
+      if (::poll(&pl, 1, 50) != 1) continue;
+      const int fd = ::accept(listen_fd, nullptr, nullptr);
+      if (fd < 0) return fail("accept failed");
+      {
+        std::lock_guard<std::mutex> l(mu);
+        received.emplace_back();
+      }
+      serve(c++, fd);
+      ::close(fd);
+    }
+  }
+
+  void serve(int c, int fd) {
+    protocol::Decoder dec;
+    uint64_t seq = 0;
+    auto send = [&](protocol::Body b) {
+      auto bytes = protocol::encode(protocol::Message{seq++, protocol::kProtocolVersion, std::move(b)});
+      for (size_t off = 0; off < bytes.size();) {
+        const ssize_t n = ::send(fd, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
+        if (n <= 0) return;  // the edge closed: seen by the next recv
+        off += size_t(n);
+      }
+    };
+    uint8_t buf[65536];
+    size_t n_keys = 0;
+    try {
+      while (!done) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 50) != 1) continue;
+        const ssize_t got = ::recv(fd, buf, sizeof buf, 0);
+        if (got <= 0) return;  // the edge closed this connection
+        dec.feed(buf, size_t(got));
+        protocol::Message m;
+        while (dec.next(m)) {
+          if (m.is<protocol::Hello>()) {
+            protocol::Welcome w;
+            w.session_id = uint64_t(c) + 1;
+            w.mode = m.as<protocol::Hello>().mode;
+            w.min_stride = 2;
+            w.max_stride = 64;
+            send(w);
+          } else if (m.is<protocol::KeyFrame>()) {
+            const uint64_t k = m.as<protocol::KeyFrame>().frame_index;
+            {
+              std::lock_guard<std::mutex> l(mu);
+              received.back().push_back(k);
+            }
+            for (auto& u : answer(c, n_keys, k)) send(std::move(u));
+            ++n_keys;
+          } else if (m.is<protocol::Ping>()) {
+            send(protocol::Pong{m.as<protocol::Ping>().nonce});
+          }
+        }
+      }
+    } catch (const std::exception& ex) {
+      fail(std::string("the edge sent a bad message: ") + ex.what());
+    }
+  }
+};
+
+protocol::Update make_update(uint64_t key_frame, uint32_t next_stride, uint32_t steps,
+                             std::vector<uint8_t> blob = {}) {
+  protocol::Update u;
+  u.key_frame = key_frame;
+  u.next_stride = next_stride;
+  u.accuracy = 0.9f;
+  u.steps = steps;
+  u.blob_kind = blob.empty() ? BlobEncoding::None : BlobEncoding::F32;
+  u.blob = std::move(blob);
+  return u;
+}
+
+}  // namespace
+
+TEST_CASE("edge: an UPDATE for a key frame the edge is not waiting for is refused, never applied",
+          "[edge]") {
+  // docs/protocol.md §4: the server answers every KEY_FRAME, in order, with one UPDATE. Two
+  // decoys break that rule, each with a weight blob, a stride and a step count of its own:
+  //   connection 0: an UPDATE for frame k0 + 7, never sent, while key frame k0 waits;
+  //   connection 1: after the true answers to k1 and k1 + 5, a late repeat of the answer to k1.
+  // Each must end its session with a protocol error and change nothing: no weights, no stride,
+  // no step count. Applied, the first would make the next key frame k0 + 9 on the same
+  // connection; the second would send the edge's next key frame to k1 + 3, already past.
+  EdgeClip clip("decoy", 30);
+  ScriptedServer srv;
+  auto o = edge_opts(clip, srv.port);
+  o.initial_wait_s = test::kHungS;
+  o.loop = true;
+  const nn::Student mine(o.init_seed), other(o.init_seed + 1);
+  const auto decoy_blob = nn::pack_trained(other, nn::Distillation::Partial, BlobEncoding::F32);
+  REQUIRE(decoy_blob != nn::pack_trained(mine, nn::Distillation::Partial, BlobEncoding::F32));
+  srv.answer = [&](int c, size_t n, uint64_t k) -> std::vector<protocol::Update> {
+    if (c == 0) return {make_update(k + 7, 2, 100, decoy_blob)};
+    if (c == 1 && n == 0) return {make_update(k, 5, 1)};
+    if (c == 1 && n == 1) return {make_update(k, 4, 1), make_update(k - 5, 3, 100, decoy_blob)};
+    return {make_update(k, 64, 1)};
+  };
+  const auto deadline = test::hung_deadline();
+  o.on_frame = [&](const edge::EdgeProgress& p) {
+    // Three true answers, or (a bug) far more frames than the script needs.
+    return p.updates < 3 && p.frame < 200 && std::chrono::steady_clock::now() < deadline;
+  };
+  srv.start();
+  edge::EdgeResult r = edge::run_edge(o);
+  srv.finish();
+  INFO(edge::to_json(r));
+  std::lock_guard<std::mutex> l(srv.mu);
+  INFO(srv.failure);
+  REQUIRE(srv.failure.empty());
+  REQUIRE(srv.received.size() == 3);
+  REQUIRE(srv.received[0].size() == 1);  // the decoy ended connection 0 while k0 waited
+  REQUIRE(srv.received[1].size() == 2);
+  REQUIRE(srv.received[1][1] == srv.received[1][0] + 5);  // the true answer's stride
+  REQUIRE(srv.received[2].size() == 1);
+  REQUIRE(srv.received[2][0] > srv.received[1][1]);
+  REQUIRE(r.welcomes == 3);
+  REQUIRE(r.disconnects == 2);
+  REQUIRE(r.errors.size() == 2);
+  const std::string k0 = std::to_string(srv.received[0][0]), k1 = std::to_string(srv.received[1][0]);
+  CHECK(r.errors[0].find("UPDATE from the server: answers frame " + std::to_string(srv.received[0][0] + 7) +
+                         ", but the pending key frame is " + k0) != std::string::npos);
+  CHECK(r.errors[1].find("UPDATE from the server: answers frame " + k1 + ", but no key frame is pending") !=
+        std::string::npos);
+  REQUIRE(r.updates == 3);               // the true answers only
+  REQUIRE(r.steps_total == 3);           // 1 each; each decoy says 100
+  REQUIRE(r.updates_with_weights == 0);  // no decoy blob applied
+  REQUIRE(r.final_weights_hash == r.initial_weights_hash);
+  REQUIRE(r.final_stride == 64);
 }
