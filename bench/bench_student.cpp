@@ -35,6 +35,12 @@
 //                      [--modes forward,step-partial,step-full]   (which of ours to time)
 //                      [--device cpu|cuda] [--peak-gflops G]   (cuda: GPU timings, synchronised
 //                      per phase; the peer runs on the same GPU; G gives "% of peak")
+//                      [--profile FILE]   (the kernel profiler, tensor/profile.h: tables at
+//                      exit, Chrome trace to FILE)
+//
+// After the timed reps of a step, one more step runs under the kernel profiler and the time of
+// its backward kernels in the frozen front's modules (in_conv1 .. dec1) is printed: zero for a
+// partial step, by construction of partial backward.
 //        bench_student --rss forward|step-partial|step-full W H      (child mode)
 #include <omp.h>
 #include <sys/resource.h>
@@ -57,6 +63,7 @@
 #include "nn/student.h"
 #include "tensor/autograd.h"
 #include "tensor/ops.h"
+#include "tensor/profile.h"
 
 #ifndef ST_SOURCE_DIR
 #define ST_SOURCE_DIR "."
@@ -256,6 +263,9 @@ struct Timing {
   Phases phases;  // median per phase
   size_t trained = 0;
   std::string kernels;  // backward kernel counts of one step
+  double allocs_per_rep = 0;     // large blocks allocated from the system per timed rep
+  double front_bwd_ms = 0;       // backward kernel time in the frozen front's scopes (one step)
+  int64_t front_bwd_calls = 0;   // and their number
 };
 
 Timing measure(Student& s, int mode, const Size& sz, int reps) {
@@ -267,6 +277,7 @@ Timing measure(Student& s, int mode, const Size& sz, int reps) {
   for (auto& [k, n] : st::backward_kernel_counts())
     t.kernels += (t.kernels.empty() ? "" : " ") + k + "=" + std::to_string(n);
   std::vector<double> tot, f, b, a;
+  const uint64_t allocs0 = st::backend_for(g_dev).memory_stats().device_allocations;
   const double cpu0 = cpu_seconds();
   const auto wall0 = clk::now();
   for (int r = 0; r < reps; ++r) {
@@ -277,8 +288,30 @@ Timing measure(Student& s, int mode, const Size& sz, int reps) {
   }
   t.cores = (cpu_seconds() - cpu0) /
             std::max(1e-9, std::chrono::duration<double>(clk::now() - wall0).count());
+  t.allocs_per_rep =
+      double(st::backend_for(g_dev).memory_stats().device_allocations - allocs0) / double(reps);
   t.ms = median(tot);
   t.phases = {median(f), median(b), median(a)};
+  if (mode > 0) {  // one more step under the profiler: backward work in the frozen front
+    const bool was_on = st::profile::enabled();
+    if (!was_on) st::profile::start({"", false});
+    auto front_bwd = [](double& ms, int64_t& calls) {
+      ms = 0, calls = 0;
+      for (const auto& r : st::profile::scope_rows())
+        if (Student::front_scope(r.scope)) ms += r.backward_ms, calls += r.backward_calls;
+    };
+    double ms0 = 0, ms1 = 0;
+    int64_t c0 = 0, c1 = 0;
+    front_bwd(ms0, c0);
+    w.run();
+    front_bwd(ms1, c1);
+    t.front_bwd_ms = ms1 - ms0;
+    t.front_bwd_calls = c1 - c0;
+    if (!was_on) {
+      st::profile::stop();
+      st::profile::reset();
+    }
+  }
   return t;
 }
 
@@ -408,6 +441,8 @@ int main(int argc, char** argv) {
       rss = false;  // host RSS says little about a GPU run
     } else if (a == "--peak-gflops" && i + 1 < argc) {
       peak_gflops = std::atof(argv[++i]);
+    } else if (a == "--profile" && i + 1 < argc) {
+      st::profile::start({argv[++i], true});
     } else if (a == "--no-peer") {
       peer = false;
     } else if (a == "--no-rss") {
@@ -435,7 +470,7 @@ int main(int argc, char** argv) {
     } else if (a.rfind("--", 0) == 0) {
       std::fprintf(stderr,
                    "usage: bench_student [SOURCE_DIR] [--no-peer] [--no-rss] [--reps N] "
-                   "[--sizes WxH,...] [--modes forward,step-partial,step-full]\n       bench_student --rss forward|step-partial|step-full W H\n");
+                   "[--sizes WxH,...] [--modes forward,step-partial,step-full] [--profile FILE]\n       bench_student --rss forward|step-partial|step-full W H\n");
       return 2;
     } else {
       src_dir = a;
@@ -468,10 +503,16 @@ int main(int argc, char** argv) {
       const Timing t = measure(student, m, sz, reps);
       ours[size_str(sz) + " " + kModes[m]] = t;
       std::printf("  %-9s %-12s %9.1f ms  (fwd %.1f, loss+bwd %.1f, adam %.2f; %zu trained; "
-                  "%.2f cores busy)%s%s\n",
+                  "%.2f cores busy; %.1f system allocations per rep)%s%s\n",
                   size_str(sz).c_str(), kModes[m], t.ms, t.phases.fwd, t.phases.bwd,
-                  t.phases.adam, t.trained, t.cores, t.kernels.empty() ? "" : "  backward kernels: ",
+                  t.phases.adam, t.trained, t.cores, t.allocs_per_rep, t.kernels.empty() ? "" : "  backward kernels: ",
                   t.kernels.c_str());
+      if (m > 0)
+        std::printf("  %-9s %-12s frozen-front backward: %.3f ms in %lld kernel calls%s\n", "",
+                    "", t.front_bwd_ms, static_cast<long long>(t.front_bwd_calls),
+                    m == 1 ? (t.front_bwd_calls == 0 ? " (none, as partial backward must)"
+                                                     : " (A PARTIAL STEP MUST HAVE NONE)")
+                           : " (full: the front trains)");
       std::fflush(stdout);
     }
   }

@@ -8,6 +8,7 @@
 #include <system_error>
 
 #include "common/error.h"
+#include "tensor/profile.h"
 
 namespace st::cli {
 
@@ -282,12 +283,27 @@ bool read_token_file(const std::string& path, std::string& token) {
 
 // ---------------------------------------------------------------- shared tables
 
+void declare_profile_flag(Flags& flags, std::string& trace_path) {
+  flags.text("--profile", trace_path, "FILE",
+             "profile every kernel call: tables on stderr at exit, Chrome trace JSON in FILE");
+}
+
+void start_profile(const std::string& trace_path) {
+  if (trace_path.empty()) return;
+  profile::Options o;
+  o.trace_path = trace_path;
+  profile::start(o);
+}
+
 void declare_distill_flags(Flags& flags, nn::DistillConfig& cfg) {
   flags.number("--threshold", cfg.threshold, "T", "Algorithm 1/2 threshold (default 0.8)");
   flags.integer("--max-updates", cfg.max_updates, "U",
                 "distillation steps per key frame (default 8)");
   flags.integer("--min-stride", cfg.min_stride, "S", "key-frame stride limits of Algorithm 2");
   flags.integer("--max-stride", cfg.max_stride, "S", "(defaults 8 and 64)");
+  flags.action("--restore-weights-only", [&cfg] { cfg.rewind_optimizer = false; },
+               "Algorithm 1's best-restore keeps Adam's state (SPEC §4 as written);\n"
+               "default: Adam's state rewinds with the weights, as the authors' code does");
 }
 
 void warn_token_on_command_line(const Flags& flags) {

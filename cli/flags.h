@@ -124,8 +124,15 @@ bool read_token_file(const std::string& path, std::string& token);
 // ---- what two programs' tables share ----
 
 // Algorithm 1/2's settings (shadowtutor-server, shadowtutor simulate): --threshold,
-// --max-updates, --min-stride, --max-stride.
+// --max-updates, --min-stride, --max-stride, --restore-weights-only.
 void declare_distill_flags(Flags& flags, nn::DistillConfig& cfg);
+
+// --profile FILE (shadowtutor simulate, shadowtutor-edge, shadowtutor-server): the kernel
+// profiler (tensor/profile.h), tables per kernel and per module scope on stderr at exit and a
+// Chrome trace (chrome://tracing, ui.perfetto.dev) in FILE. start_profile() starts it when the
+// flag was given: call it once parse() succeeded.
+void declare_profile_flag(Flags& flags, std::string& trace_path);
+void start_profile(const std::string& trace_path);
 
 // The auth token (shadowtutor-server, shadowtutor-edge), declared by each program as
 // --token-file F or --token T. Right after parse, before any other complaint: a token given as

@@ -149,6 +149,8 @@ int main(int argc, char** argv) {
   flags.text("--json", json_out, "OUT", "write the JSON summary to OUT (default: stdout)");
   flags.action("--quiet", [&] { o.progress = false, o.net.log = false; },
                "no live progress line and no log lines");
+  std::string profile_path;
+  st::cli::declare_profile_flag(flags, profile_path);
   if (auto exit_code = flags.parse(argc, argv)) return *exit_code;
   st::cli::warn_token_on_command_line(flags);  // before any other complaint
   if (server.empty() || o.video.empty())
@@ -165,6 +167,7 @@ int main(int argc, char** argv) {
   o.stop = &g_stop;
   install_stop_handlers();
   try {
+    st::cli::start_profile(profile_path);
     st::edge::EdgeResult r = st::edge::run_edge(o);
     std::string json = st::edge::to_json(r);
     if (json_out.empty()) {

@@ -11,7 +11,8 @@
 namespace {
 
 // The flags of `shadowtutor simulate`, writing into `o` and `out` (the report's path).
-void declare_simulate_flags(st::cli::Flags& flags, st::edge::SimOptions& o, std::string& out) {
+void declare_simulate_flags(st::cli::Flags& flags, st::edge::SimOptions& o, std::string& out,
+                            std::string& profile_path) {
   flags.path("--video", o.video, "PATH",
              "a directory of frames (png/jpg) or a video file (decoded by ffmpeg)");
   flags.path("--labels", o.labels, "DIR",
@@ -39,6 +40,7 @@ void declare_simulate_flags(st::cli::Flags& flags, st::edge::SimOptions& o, std:
                [&o](const std::string& v) { o.encoding = st::parse_blob_encoding(v); });
   st::cli::declare_distill_flags(flags, o.distill);
   flags.text("--out", out, "FILE", "write the JSON report here (default: stdout)");
+  st::cli::declare_profile_flag(flags, profile_path);
   flags.path("--predictions", o.predictions_dir, "DIR", "write predicted label maps (PNG)");
   flags.path("--overlays", o.overlays_dir, "DIR", "write colour overlays (PNG)");
   flags.action("--quiet", [&o] { o.progress = false; }, "no live progress line");
@@ -69,11 +71,11 @@ int run_simulate(st::cli::Flags& flags, const st::edge::SimOptions& o, const std
 
 int main(int argc, char** argv) {
   st::edge::SimOptions o;
-  std::string out;
+  std::string out, profile_path;
   st::cli::Flags flags("shadowtutor",
                        "usage: shadowtutor simulate --video PATH (--labels DIR | --maskrcnn FILE) "
                        "[options]");
-  declare_simulate_flags(flags, o, out);
+  declare_simulate_flags(flags, o, out, profile_path);
   if (argc < 2) return flags.usage_error("missing subcommand");
   const std::string cmd = argv[1];
   if (cmd == "-h" || cmd == "--help") {
@@ -83,6 +85,7 @@ int main(int argc, char** argv) {
   if (cmd != "simulate") return flags.usage_error("unknown subcommand '" + cmd + "'");
   if (auto exit_code = flags.parse(argc, argv, 2)) return *exit_code;
   try {
+    st::cli::start_profile(profile_path);
     return run_simulate(flags, o, out);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "shadowtutor: error: %s\n", e.what());

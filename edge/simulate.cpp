@@ -50,6 +50,7 @@ SimResult simulate(const SimOptions& opt) {
   r.mode = mode_name(opt.mode);
   r.delay = opt.delay;
   r.step_histogram.assign(size_t(opt.distill.max_updates + 1), 0);
+  r.rewind_optimizer = opt.distill.rewind_optimizer;
 
   nn::Student edge_student, server_student;
   if (!opt.weights.empty()) {
@@ -129,6 +130,7 @@ SimResult simulate(const SimOptions& opt) {
           steps_total += o.steps;
         }
         r.step_histogram[size_t(o.steps)]++;
+        r.restores += o.restored ? 1 : 0;
         stride = a.next_stride;
         r.key_log.push_back({i, o.steps, o.acc_before, o.acc, a.next_stride,
                              nn::weights_hash(server_student)});
@@ -187,6 +189,8 @@ std::string to_json(const SimResult& r) {
   j["key_frame_ratio"] = r.frames ? double(r.key_frames) / double(r.frames) : 0.0;
   j["mean_miou"] = r.mean_miou;
   j["step_histogram"] = r.step_histogram;
+  j["best_restore"] = {{"restores", r.restores},
+                       {"rewinds_optimizer", r.rewind_optimizer}};
   j["bytes"] = {{"up_total", r.bytes_up},
                 {"down_total", r.bytes_down},
                 {"up_per_key_frame", r.key_frames ? r.bytes_up / r.key_frames : 0},

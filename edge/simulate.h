@@ -40,6 +40,8 @@ struct SimResult {
   std::vector<int64_t> miou_frames;       // the frames frame_miou is of (every frame if eval_every 1)
   double mean_miou = 0;
   std::vector<int64_t> step_histogram;    // key frames by number of steps 0..MAX_UPDATES
+  int64_t restores = 0;                   // key frames whose best copy Algorithm 1 restored
+  bool rewind_optimizer = true;           // ... with Adam's state (DistillConfig)
   int64_t bytes_up = 0, bytes_down = 0;   // totals
   int64_t naive_bytes_up = 0, naive_bytes_down = 0;
   double mean_student_ms = 0, mean_step_ms = 0, mean_teacher_ms = 0, wall_s = 0;

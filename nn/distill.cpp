@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "tensor/autograd.h"
 
@@ -173,6 +174,8 @@ DistillOutcome Distiller::distill(const Tensor& x_in, const Target& target_in, b
   if (!train || out.acc > cfg_.threshold) return out;
 
   std::vector<Tensor> best = snapshot(trained_);
+  std::optional<Adam::State> best_adam;
+  if (cfg_.rewind_optimizer) best_adam = adam_->state();
   double best_acc = out.acc;
   bool broke = false;
   for (int step = 1; step <= cfg_.max_updates; ++step) {
@@ -188,12 +191,15 @@ DistillOutcome Distiller::distill(const Tensor& x_in, const Target& target_in, b
     }
     if (out.acc > best_acc) {
       best = snapshot(trained_);
+      if (best_adam) best_adam = adam_->state();
       best_acc = out.acc;
     }
   }
   if (!broke && out.acc < best_acc) {
     restore(trained_, best);
+    if (best_adam) adam_->load_state(*best_adam);
     out.acc = best_acc;
+    out.restored = true;
   }
   adam_->zero_grad();
   return out;

@@ -40,6 +40,10 @@ struct DistillConfig {
   int min_stride = 8;      // MIN_STRIDE
   int max_stride = 64;     // MAX_STRIDE
   double lr = 0.01;        // Adam lr (betas 0.9, 0.999, eps 1e-8)
+  // When Algorithm 1 restores its best copy, the Adam state (moments, step counts) is rewound to
+  // that copy's too: the authors deep-copy the model wrapper that owns the optimizer (SPEC §4's
+  // note). false: the weights only, SPEC §4's pseudocode as written.
+  bool rewind_optimizer = true;
 };
 
 // Algorithm 2: next = clamp(int(ratio * current), MIN_STRIDE, MAX_STRIDE).
@@ -49,6 +53,7 @@ struct DistillOutcome {
   double acc_before = 0;  // mIoU of the student before any step
   double acc = 0;         // mIoU after (of the weights kept)
   int steps = 0;          // optimizer steps taken (0 when skipped)
+  bool restored = false;  // the best copy (an earlier step's, or the start's) was put back
 };
 
 // Algorithm 1 over a session: owns the Adam state for the trained tensors, which persists
@@ -62,6 +67,8 @@ class Distiller {
   const DistillConfig& config() const { return cfg_; }
   Distillation mode() const { return mode_; }
   const Student& student() const { return student_; }
+  // The optimizer over the trained tensors (nullptr in mode None).
+  const Adam* optimizer() const { return adam_.get(); }
 
  private:
   Student& student_;

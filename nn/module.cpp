@@ -126,13 +126,31 @@ Conv2d::Conv2d(int64_t in, int64_t out, int64_t kh, int64_t kw, int64_t stride) 
   params.pad_w = kw / 2;
 }
 
-Tensor Conv2d::forward(const Tensor& x) const { return conv2d(x, weight, bias, params); }
+void Module::name_scopes(const std::string& root) {
+  scope_ = profile::intern(root);
+  name_children("");
+}
+
+void Module::name_children(const std::string& prefix) {
+  for (auto& [name, child] : children_) {
+    child->scope_ = profile::intern(prefix + name);
+    child->name_children(prefix + name + ".");
+  }
+}
+
+Tensor Conv2d::forward(const Tensor& x) const {
+  profile::Scope in(scope());
+  return conv2d(x, weight, bias, params);
+}
 
 BatchNorm2d::BatchNorm2d(int64_t c, double e) : eps(e) {
   weight = register_parameter("weight", Tensor::full({c}, 1.0));
   bias = register_parameter("bias", Tensor::zeros({c}));
 }
 
-Tensor BatchNorm2d::forward(const Tensor& x) const { return batch_norm(x, weight, bias, eps); }
+Tensor BatchNorm2d::forward(const Tensor& x) const {
+  profile::Scope in(scope());
+  return batch_norm(x, weight, bias, eps);
+}
 
 }  // namespace st::nn

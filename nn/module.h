@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "tensor/ops.h"
+#include "tensor/profile.h"
 #include "tensor/safetensors.h"
 
 namespace st::nn {
@@ -49,6 +50,10 @@ class Module {
   // The device of the parameters (cpu for a module without any).
   Device device() const;
 
+  // The profiler's name for this module's work (tensor/profile.h): its dotted path in the tree
+  // ("dec2.long_path.0"), or the root's own name; "" before name_scopes() ran on the root.
+  const char* scope() const { return scope_; }
+
  protected:
   Tensor& register_parameter(const std::string& name, Tensor t);
   template <class M>
@@ -57,9 +62,14 @@ class Module {
     children_.emplace_back(name, std::move(m));
     return ref;
   }
+  // Names the profiler scopes of the whole tree: `root` for this module, dotted paths from here
+  // for its descendants. A root module's constructor calls it once the tree is built.
+  void name_scopes(const std::string& root);
 
  private:
   void collect(const std::string& prefix, NamedTensors& out) const;
+  void name_children(const std::string& prefix);
+  const char* scope_ = "";
   std::vector<std::pair<std::string, Tensor>> params_;
   std::vector<std::pair<std::string, std::unique_ptr<Module>>> children_;
 };

@@ -40,4 +40,31 @@ void Adam::step() {
   }
 }
 
+Adam::State Adam::state() const {
+  NoGradGuard ng;
+  State s;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    s.m.push_back(m_[i].clone());
+    s.v.push_back(v_[i].clone());
+  }
+  s.t = t_;
+  return s;
+}
+
+void Adam::load_state(const State& s) {
+  ST_CHECK(s.m.size() == params_.size() && s.v.size() == params_.size() &&
+               s.t.size() == params_.size(),
+           "Adam: a state of ", s.m.size(), " tensors for ", params_.size(), " parameters");
+  for (size_t i = 0; i < params_.size(); ++i)
+    ST_CHECK(s.m[i].shape() == m_[i].shape() && s.v[i].shape() == v_[i].shape(),
+             "Adam: state tensor ", i, " has shape ", s.m[i].shape(), ", the parameter ",
+             m_[i].shape());
+  NoGradGuard ng;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    m_[i].copy_(s.m[i]);
+    v_[i].copy_(s.v[i]);
+  }
+  t_ = s.t;
+}
+
 }  // namespace st::nn

@@ -29,6 +29,16 @@ class Adam {
   const Tensor& exp_avg_sq(size_t i) const { return v_[i]; }
   int64_t steps(size_t i) const { return t_[i]; }
 
+  // A copy of the whole state (moments and step counts), and putting one back: Algorithm 1's
+  // best-restore rewinds the optimizer with the weights (SPEC §4, the authors' deep copy).
+  struct State {
+    std::vector<Tensor> m, v;
+    std::vector<int64_t> t;
+  };
+  State state() const;
+  // Throws when `s` was not taken from an Adam over the same parameter shapes.
+  void load_state(const State& s);
+
  private:
   std::vector<Tensor> params_, m_, v_;
   std::vector<int64_t> t_;

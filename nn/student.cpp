@@ -2,6 +2,7 @@
 #include "nn/student.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "tensor/autograd.h"
 
@@ -19,6 +20,7 @@ StudentBlock::StudentBlock(int64_t in, int64_t out, int64_t stride, bool same)
 }
 
 Tensor StudentBlock::forward(const Tensor& x) const {
+  profile::Scope in(scope());
   Tensor p = relu(bn_->forward(x));
   Tensor s = same_ ? subsample(x, stride_) : short_->forward(p);
   Tensor l = long3_->forward(long2_->forward(relu(long0_->forward(p))));
@@ -57,11 +59,13 @@ Student::Student(uint64_t seed) {
   out_conv2_ = &register_module("out_conv2", std::make_unique<Conv2d>(32, 32, 3, 3));
   out_conv3_ = &register_module("out_conv3", std::make_unique<Conv2d>(32, kClasses, 1, 1));
   init_conv_uniform(seed);
+  name_scopes("student");
 }
 
 StudentFront Student::front(const Tensor& x) const {
   ST_CHECK(x.dim() == 4 && x.size(1) == 3, "student: input must be (N, 3, H, W), got ",
            x.shape());
+  profile::Scope in(scope());
   StudentFront f;
   f.h = x.size(2);
   f.w = x.size(3);
@@ -77,6 +81,7 @@ StudentFront Student::front(const Tensor& x) const {
 }
 
 Tensor Student::back(const StudentFront& f) const {
+  profile::Scope in(scope());
   Tensor d2 = resize_bilinear(dec2_->forward(cat({f.d1, f.e2}, 1)), f.e1.size(2), f.e1.size(3));
   Tensor d3 = resize_bilinear(dec3_->forward(cat({d2, f.e1}, 1)), f.x1_h, f.x1_w);
   Tensor o = out_conv2_->forward(out_conv1_->forward(d3));
@@ -107,6 +112,14 @@ std::vector<Tensor> Student::trained_parameters(Distillation mode) const {
   std::vector<Tensor> out;
   for (auto& n : trained_names(mode)) out.push_back(parameter(n));
   return out;
+}
+
+bool Student::front_scope(const std::string& scope) {
+  for (const char* m : {"in_conv1", "in_conv2", "enc1", "enc2", "enc3", "dec1"}) {
+    const size_t n = std::strlen(m);
+    if (scope.compare(0, n, m) == 0 && (scope.size() == n || scope[n] == '.')) return true;
+  }
+  return false;
 }
 
 Tensor Student::preprocess_bgr(const uint8_t* bgr, int64_t h, int64_t w) {

@@ -69,6 +69,10 @@ class Student : public Module {
   void configure(Distillation mode);
   std::vector<Tensor> trained_parameters(Distillation mode) const;
 
+  // Whether a profiler scope (tensor/profile.h) belongs to the frozen front: in_conv1 .. dec1
+  // and their submodules. A partial step must run no backward kernel in one.
+  static bool front_scope(const std::string& scope);
+
   // Converts an interleaved 8-bit BGR image (H, W, 3) to the normalised (1, 3, H, W) input.
   static Tensor preprocess_bgr(const uint8_t* bgr, int64_t h, int64_t w);
 

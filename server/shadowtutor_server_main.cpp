@@ -70,6 +70,8 @@ int main(int argc, char** argv) {
   flags.device("--device", o.device, "D",
                "cpu | cuda | cuda:N: where distillation runs (default cpu)");
   flags.action("--quiet", [&] { o.log = false; }, "no per-session log lines");
+  std::string profile_path;
+  st::cli::declare_profile_flag(flags, profile_path);
   if (auto exit_code = flags.parse(argc, argv)) return *exit_code;
   st::cli::warn_token_on_command_line(flags);  // before any other complaint
   if (!flags.given("--port")) return flags.usage_error("--port is required");
@@ -101,6 +103,7 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   try {
+    st::cli::start_profile(profile_path);
     st::server::Server server(o);
     server.start();
     std::printf("shadowtutor-server listening on %s:%d\n", o.host.c_str(), server.port());

@@ -39,6 +39,7 @@ void record(const std::shared_ptr<Node>& node, std::initializer_list<const Tenso
     }
     node->next.push_back(std::move(e));
   }
+  node->scope = profile::current_scope();  // nullptr unless profiling
   output.impl()->grad_fn = node;
   output.impl()->requires_grad = true;
 }
@@ -109,12 +110,14 @@ void run_backward(const Tensor& root, const Tensor& grad_in) {
     auto it = pending.find(node.get());
     Tensor g = it->second;
     pending.erase(it);
+    profile::BackwardScope in_node(node->name(), node->scope);
     std::vector<Tensor> grads = node->apply(g);
     node->release();
     node->released = true;
     g = Tensor();
     ST_CHECK(grads.size() == node->next.size(), "backward: node '", node->name(), "' returned ",
              grads.size(), " gradients for ", node->next.size(), " inputs");
+    if (profile::enabled()) profile::set_label("autograd.accumulate");
     for (size_t i = 0; i < grads.size(); ++i) {
       Node::Edge& e = node->next[i];
       if (!e.active()) continue;
@@ -142,6 +145,7 @@ void run_backward(const Tensor& root, const Tensor& grad_in) {
 }
 
 void count_backward_kernel(const char* kind) {
+  if (profile::enabled()) profile::count_kind(kind);  // names the kernels that follow
   std::lock_guard<std::mutex> lock(g_count_mutex);
   ++g_counts[kind];
 }

@@ -43,6 +43,7 @@ struct Node {
 
   std::vector<Edge> next;
   bool released = false;
+  const char* scope = nullptr;  // the module scope that recorded it, while profiling
 };
 
 // Grad mode: recording is on by default, per thread.
@@ -85,7 +86,8 @@ void run_backward(const Tensor& root, const Tensor& grad);
 
 // ---- backward-work counters (per backward kernel kind, process-wide) ----
 // Every backward kernel call goes through count_backward_kernel("<op>.<what>"), e.g.
-// "conv2d.grad_input", "conv2d.grad_weight". Tests and profiles read them.
+// "conv2d.grad_input", "conv2d.grad_weight". Tests and profiles read them; while the profiler
+// is on (tensor/profile.h) the kind also labels the kernel calls that follow it.
 void count_backward_kernel(const char* kind);
 std::map<std::string, int64_t> backward_kernel_counts();
 int64_t backward_kernel_count(const std::string& kind);  // 0 when never run

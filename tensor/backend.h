@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "tensor/profile.h"
 #include "tensor/tensor.h"
 
 namespace st {
@@ -66,7 +67,7 @@ struct MemoryStats {
 
 // One value per kernel of tensor/kernels.def, named as the kernel.
 enum class Kernel {
-#define ST_KERNEL(name, params) name,
+#define ST_KERNEL(name, params, args) name,
 #include "tensor/kernels.def"
 };
 // Every kernel, in tensor/kernels.def's order.
@@ -103,8 +104,18 @@ class Backend {
   virtual void set_workspace_limit(size_t bytes) { (void)bytes; }
   virtual size_t workspace_limit() const { return 0; }
 
+  // ---- profiling (tensor/profile.h) ----
+  // A timer for one kernel call on `device_index`, started now, for a backend whose kernels run
+  // asynchronously (CUDA: events on the device's stream). nullptr, the default: the profiler
+  // times the call on the host, which is right for a backend whose kernels finish before they
+  // return (CPU).
+  virtual std::unique_ptr<profile::DeviceTiming> start_timing(int device_index) {
+    (void)device_index;
+    return nullptr;
+  }
+
   // ---- kernels: one per entry of tensor/kernels.def, which states each one's contract ----
-#define ST_KERNEL(name, params) virtual void name params = 0;
+#define ST_KERNEL(name, params, args) virtual void name params = 0;
 #include "tensor/kernels.def"
 
   // The kernels this backend declines (ST_DECLINED_KERNELS, ST_DECLINE_KERNEL below): calling
@@ -119,7 +130,7 @@ class Backend {
 };
 
 // A backend class declares every kernel of tensor/kernels.def, and the ones it declines, with
-//   #define ST_KERNEL(name, params) void name params override;
+//   #define ST_KERNEL(name, params, args) void name params override;
 //   #include "tensor/kernels.def"
 //   ST_DECLINED_KERNELS(Kernel::nms_mask)     // or ST_DECLINED_KERNELS() for none
 // and defines each declined kernel with
@@ -150,7 +161,8 @@ constexpr bool kernel_listed(Kernel k, const std::array<Kernel, N>& list) {
 }
 
 // The backend that runs work for `device`. Throws st::Error when that backend was not built
-// or the device does not exist.
+// or the device does not exist. While the profiler is on (tensor/profile.h), a profiling backend
+// that records each kernel call and forwards it.
 Backend& backend_for(Device device);
 // Installs (or replaces) the backend of a device type (tests; the CUDA backend is installed by
 // the registry itself when its library is loaded).

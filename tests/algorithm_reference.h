@@ -115,9 +115,11 @@ struct RefOutcome {
 // before the step (test_distill.cpp checks the loss and its gradient there).
 class ReferenceDistiller {
  public:
+  // rewind_optimizer: the best-restore puts back Adam's moments and step counts of the best
+  // copy too (SPEC §4's note: the authors' deep copy holds the optimizer).
   explicit ReferenceDistiller(nn::Student& s, double threshold = 0.8, int max_updates = 8,
-                              double lr = 0.01)
-      : s_(s), threshold_(threshold), max_updates_(max_updates) {
+                              double lr = 0.01, bool rewind_optimizer = true)
+      : s_(s), threshold_(threshold), max_updates_(max_updates), rewind_(rewind_optimizer) {
     s_.configure(nn::Distillation::Partial);
     params_ = s_.trained_parameters(nn::Distillation::Partial);
     adam_ = std::make_unique<nn::Adam>(params_, nn::Adam::Options{lr, 0.9, 0.999, 1e-8});
@@ -137,6 +139,7 @@ class ReferenceDistiller {
     out.acc = out.acc_before = acc_of(logits);
     if (out.acc > threshold_) return out;
     std::vector<std::vector<float>> best = values();
+    AdamCopy best_adam = adam_copy();
     double best_acc = out.acc;
     bool broke = false;
     for (int step = 1; step <= max_updates_; ++step) {
@@ -155,12 +158,21 @@ class ReferenceDistiller {
         broke = true;
         break;
       }
-      if (out.acc > best_acc) best = values(), best_acc = out.acc;
+      if (out.acc > best_acc) best = values(), best_adam = adam_copy(), best_acc = out.acc;
     }
     if (!broke && out.acc < best_acc) {
       NoGradGuard ng;
       for (size_t i = 0; i < params_.size(); ++i)
         params_[i].copy_(Tensor::from_vector(best[i], params_[i].shape()));
+      if (rewind_) {
+        nn::Adam::State st;
+        for (size_t i = 0; i < params_.size(); ++i) {
+          st.m.push_back(Tensor::from_vector(best_adam.m[i], params_[i].shape()));
+          st.v.push_back(Tensor::from_vector(best_adam.v[i], params_[i].shape()));
+        }
+        st.t = best_adam.t;
+        adam_->load_state(st);
+      }
       out.acc = best_acc;
     }
     adam_->zero_grad();
@@ -171,6 +183,20 @@ class ReferenceDistiller {
   std::function<void(const Tensor& logits, const Tensor& labels, const Tensor& weight)> on_gradients;
 
  private:
+  // Adam's state as plain values (read through the optimizer's accessors).
+  struct AdamCopy {
+    std::vector<std::vector<float>> m, v;
+    std::vector<int64_t> t;
+  };
+  AdamCopy adam_copy() const {
+    AdamCopy c;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      c.m.push_back(adam_->exp_avg(i).to_vector<float>());
+      c.v.push_back(adam_->exp_avg_sq(i).to_vector<float>());
+      c.t.push_back(adam_->steps(i));
+    }
+    return c;
+  }
   std::vector<std::vector<float>> values() const {
     std::vector<std::vector<float>> v;
     for (auto& p : params_) v.push_back(p.to_vector<float>());
@@ -179,6 +205,7 @@ class ReferenceDistiller {
   nn::Student& s_;
   double threshold_;
   int max_updates_;
+  bool rewind_;
   std::vector<Tensor> params_;
   std::unique_ptr<nn::Adam> adam_;
 };

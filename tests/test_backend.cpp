@@ -40,8 +40,8 @@ void call_with_placeholders(Backend& b, void (Backend::*kernel)(Args...)) {
 // Calls kernel k of b with placeholder arguments: only for a kernel that b declines.
 void call_declined(Backend& b, Kernel k) {
   switch (k) {
-#define ST_KERNEL(name, params) \
-  case Kernel::name:            \
+#define ST_KERNEL(name, params, args) \
+  case Kernel::name:                  \
     return call_with_placeholders(b, &Backend::name);
 #include "tensor/kernels.def"
   }
@@ -75,17 +75,17 @@ class DecliningBackend final : public Backend {
   void* allocate(size_t, int) override { return nullptr; }
   void deallocate(void*, size_t, int) noexcept override {}
   void memcpy(void*, Device, const void*, Device, size_t) override {}
-#define ST_KERNEL(name, params) void name params override;
+#define ST_KERNEL(name, params, args) void name params override;
 #include "tensor/kernels.def"
   static constexpr std::array kDeclinedKernels = {
-#define ST_KERNEL(name, params) Kernel::name,
+#define ST_KERNEL(name, params, args) Kernel::name,
 #include "tensor/kernels.def"
   };
   std::vector<Kernel> declined_kernels() const override {
     return {kDeclinedKernels.begin(), kDeclinedKernels.end()};
   }
 };
-#define ST_KERNEL(name, params) ST_DECLINE_KERNEL(DecliningBackend, name, params)
+#define ST_KERNEL(name, params, args) ST_DECLINE_KERNEL(DecliningBackend, name, params)
 #include "tensor/kernels.def"
 
 }  // namespace
@@ -93,7 +93,7 @@ class DecliningBackend final : public Backend {
 TEST_CASE("backend: the kernel list names each kernel once, in the order of kernels.def",
           "[backend][portable]") {
   const std::vector<std::string> names = {
-#define ST_KERNEL(name, params) #name,
+#define ST_KERNEL(name, params, args) #name,
 #include "tensor/kernels.def"
   };
   const std::vector<Kernel>& kernels = all_kernels();

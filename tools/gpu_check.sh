@@ -133,12 +133,11 @@ ST_PEER_PYTHON="${ST_PEER_PYTHON:-$(command -v python3)}" \
   "$build/bench_teacher" . --device cuda --size 720x1280 --reps 5 2>&1 | tee "$out/bench_teacher_cuda.txt" | tee -a "$summary"
 log '```'
 log ""
-log "## Per-op profile of the partial step (ST_PROFILE=1)"
+log "## Per-kernel profile of the partial step (--profile: CUDA events, tensor/profile.h)"
 log '```'
-ST_PROFILE=1 ST_PROFILE_TRACE="$out/trace_partial.json" \
-  "$build/bench_student" . --device cuda --sizes 1280x720 --reps 3 --modes step-partial --no-peer \
-  >"$out/profile_stdout.txt" 2>"$out/profile.txt"
-head -30 "$out/profile.txt" | tee -a "$summary"
+"$build/bench_student" . --device cuda --sizes 1280x720 --reps 3 --modes step-partial --no-peer \
+  --profile "$out/trace_partial.json" >"$out/profile_stdout.txt" 2>"$out/profile.txt"
+head -40 "$out/profile.txt" | tee -a "$summary"
 log '```'
 log ""
 log "Outputs in $out: summary.md, ctest.log, bench_student_cuda.txt, bench_teacher_cuda.txt, profile.txt, trace_partial.json (chrome://tracing)."

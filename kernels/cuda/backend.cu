@@ -1,5 +1,6 @@
 // The CUDA backend's infrastructure: errors, runtime settings, per-device contexts, the caching
-// device allocator, copies, the op guard with NVTX ranges and the ST_PROFILE profiler, and the
+// device allocator, copies, the op guard with NVTX ranges, the event timing of the shared profiler
+// (tensor/profile.h), and the
 // backend object the registry (tensor/backend.cpp) hands out.
 #include <nvtx3/nvToolsExt.h>
 
@@ -157,143 +158,79 @@ void Context::release_workspace() {
   workspace_bytes = 0;
 }
 
-// ---------------- profiler (ST_PROFILE=1, ST_PROFILE_TRACE=file.json) ----------------
+// ---------------- profiling (tensor/profile.h) ----------------
+// One kernel call timed by two events on the device's stream. Times are given on the host's
+// profile clock: each device's first timing records a base event with the host time beside it
+// (the stream is usually idle then, so the base runs when recorded; the offset is approximate,
+// durations are exact).
 namespace {
-struct Profiler {
-  bool enabled = false;
-  std::string trace_path;
+struct TimeBase {
   std::mutex mu;
-  struct Pending {
-    const char* name;
-    int device;
-    cudaEvent_t start, end;
-    double flops;
-  };
-  std::vector<Pending> pending;
-  struct Agg {
-    uint64_t calls = 0;
-    double total_ms = 0, max_ms = 0, flops = 0;
-  };
-  std::map<std::string, Agg> agg;
-  struct TraceEvent {
-    const char* name;
-    int device;
-    double ts_us, dur_us;
-  };
-  std::vector<TraceEvent> trace;
-  std::map<int, cudaEvent_t> base;  // per device: time zero of the trace
-  bool at_exit_registered = false;
-
-  Profiler() {
-    enabled = env_flag("ST_PROFILE", false);
-    if (const char* t = std::getenv("ST_PROFILE_TRACE")) {
-      trace_path = t;
-      if (!trace_path.empty()) enabled = true;
-    }
-  }
-
-  void add(const char* name, int device, cudaEvent_t start, cudaEvent_t end, double flops) {
-    std::lock_guard<std::mutex> l(mu);
-    if (!at_exit_registered) {  // after the CUDA runtime's own exit handler: runs before it
-      at_exit_registered = true;
-      std::atexit([] { report(); });
-    }
-    if (!base.count(device)) {
-      cudaEvent_t b;
-      if (cudaEventCreate(&b) == cudaSuccess) {
-        cudaEventRecord(b, context(device).stream);
-        base[device] = b;
-      }
-    }
-    pending.push_back({name, device, start, end, flops});
-    if (pending.size() >= 4096) drain_locked();
-  }
-
-  void drain_locked() {
-    for (auto& p : pending) {
-      float ms = 0, t0 = 0;
-      if (cudaEventSynchronize(p.end) == cudaSuccess &&
-          cudaEventElapsedTime(&ms, p.start, p.end) == cudaSuccess) {
-        Agg& a = agg[p.name];
-        a.calls++;
-        a.total_ms += ms;
-        a.max_ms = std::max(a.max_ms, double(ms));
-        a.flops += p.flops;
-        if (!trace_path.empty() && base.count(p.device) &&
-            cudaEventElapsedTime(&t0, base[p.device], p.start) == cudaSuccess)
-          trace.push_back({p.name, p.device, double(t0) * 1e3, double(ms) * 1e3});
-      }
-      cudaEventDestroy(p.start);
-      cudaEventDestroy(p.end);
-    }
-    pending.clear();
-  }
-
-  static void report();
+  std::array<cudaEvent_t, CudaBackend::kDevices> event{};
+  std::array<double, CudaBackend::kDevices> host_us{};
 };
-
-Profiler& profiler() {
-  static Profiler* p = new Profiler;  // never destroyed: used from an atexit handler
-  return *p;
+TimeBase& time_base() {
+  static TimeBase* b = new TimeBase;  // never destroyed: read from an exit handler
+  return *b;
 }
 
-void Profiler::report() {
-  Profiler& p = profiler();
-  std::lock_guard<std::mutex> l(p.mu);
-  p.drain_locked();
-  std::vector<std::pair<std::string, Agg>> rows(p.agg.begin(), p.agg.end());
-  std::sort(rows.begin(), rows.end(),
-            [](const auto& a, const auto& b) { return a.second.total_ms > b.second.total_ms; });
-  double total = 0;
-  for (auto& r : rows) total += r.second.total_ms;
-  std::fprintf(stderr, "\n[ST_PROFILE] CUDA time per op (events on the device stream)\n");
-  std::fprintf(stderr, "%-34s %8s %11s %10s %10s %7s %9s\n", "op", "calls", "total ms", "mean ms",
-               "max ms", "share", "GFLOP/s");
-  for (auto& [name, a] : rows) {
-    char gf[32] = "";
-    if (a.flops > 0 && a.total_ms > 0) std::snprintf(gf, sizeof gf, "%.1f", a.flops / (a.total_ms * 1e6));
-    std::fprintf(stderr, "%-34s %8llu %11.3f %10.4f %10.4f %6.1f%% %9s\n", name.c_str(),
-                 (unsigned long long)a.calls, a.total_ms, a.total_ms / double(a.calls), a.max_ms,
-                 total > 0 ? 100.0 * a.total_ms / total : 0.0, gf);
-  }
-  std::fprintf(stderr, "%-34s %8s %11.3f\n", "total", "", total);
-  if (!p.trace_path.empty()) {
-    std::ofstream f(p.trace_path);
-    f << "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[";
-    for (size_t i = 0; i < p.trace.size(); ++i) {
-      const auto& e = p.trace[i];
-      f << (i ? ",\n" : "\n") << "{\"name\":\"" << e.name << "\",\"cat\":\"cuda\",\"ph\":\"X\",\"pid\":0"
-        << ",\"tid\":" << e.device << ",\"ts\":" << e.ts_us << ",\"dur\":" << e.dur_us << "}";
+class EventTiming final : public profile::DeviceTiming {
+ public:
+  EventTiming(int device, cudaStream_t stream) : device_(device), stream_(stream) {
+    TimeBase& b = time_base();
+    {
+      std::lock_guard<std::mutex> l(b.mu);
+      if (!b.event[size_t(device)] && cudaEventCreate(&b.event[size_t(device)]) == cudaSuccess) {
+        cudaEventRecord(b.event[size_t(device)], stream);
+        b.host_us[size_t(device)] = profile::now_us();
+      }
     }
-    f << "\n]}\n";
-    std::fprintf(stderr, "[ST_PROFILE] Chrome trace (%zu ops) written to %s\n", p.trace.size(),
-                 p.trace_path.c_str());
-  }
-}
-}  // namespace
-
-Op::Op(const char* name, int device, double flops)
-    : ctx(context(device)), lock_(ctx.mu), name_(name), flops_(flops) {
-  ST_CUDA_CHECK(cudaSetDevice(device));
-  nvtxRangePushA(name);
-  if (profiler().enabled) {
-    if (cudaEventCreate(&start_) == cudaSuccess) cudaEventRecord(start_, ctx.stream);
+    if (cudaEventCreate(&start_) == cudaSuccess) cudaEventRecord(start_, stream);
     else start_ = nullptr;
   }
+  ~EventTiming() override {
+    if (start_) cudaEventDestroy(start_);
+    if (end_) cudaEventDestroy(end_);
+  }
+  void stop() override {
+    if (start_ && cudaEventCreate(&end_) == cudaSuccess) cudaEventRecord(end_, stream_);
+    else end_ = nullptr;
+  }
+  bool elapsed(double& start_us, double& duration_us) override {
+    if (!start_ || !end_ || cudaEventSynchronize(end_) != cudaSuccess) return false;
+    float ms = 0, from_base = 0;
+    if (cudaEventElapsedTime(&ms, start_, end_) != cudaSuccess) return false;
+    TimeBase& b = time_base();
+    std::lock_guard<std::mutex> l(b.mu);
+    if (cudaEventElapsedTime(&from_base, b.event[size_t(device_)], start_) != cudaSuccess)
+      return false;
+    start_us = b.host_us[size_t(device_)] + double(from_base) * 1e3;
+    duration_us = double(ms) * 1e3;
+    return true;
+  }
+  std::string track() const override { return "cuda:" + std::to_string(device_) + " stream"; }
+
+ private:
+  int device_;
+  cudaStream_t stream_;
+  cudaEvent_t start_ = nullptr, end_ = nullptr;
+};
+}  // namespace
+
+std::unique_ptr<profile::DeviceTiming> CudaBackend::start_timing(int device) {
+  check_device(device);
+  Context& ctx = context(device);
+  std::lock_guard<std::recursive_mutex> l(ctx.mu);
+  ST_CUDA_CHECK(cudaSetDevice(device));
+  return std::make_unique<EventTiming>(device, ctx.stream);
 }
 
-Op::~Op() {
-  if (start_) {
-    cudaEvent_t end;
-    if (cudaEventCreate(&end) == cudaSuccess) {
-      cudaEventRecord(end, ctx.stream);
-      profiler().add(name_, ctx.device, start_, end, flops_);
-    } else {
-      cudaEventDestroy(start_);
-    }
-  }
-  nvtxRangePop();
+Op::Op(const char* name, int device) : ctx(context(device)), lock_(ctx.mu) {
+  ST_CUDA_CHECK(cudaSetDevice(device));
+  nvtxRangePushA(name);
 }
+
+Op::~Op() { nvtxRangePop(); }
 
 // ---------------- strided descriptors, scratch ----------------
 Strided strided_of(const Tensor& t) {

@@ -42,9 +42,11 @@ class CudaBackend final : public Backend {
   // frees to the cache any device's workspace larger than the new limit.
   void set_workspace_limit(size_t bytes) override;
   size_t workspace_limit() const override;
+  // Two events on the device's stream around the call (tensor/profile.h).
+  std::unique_ptr<profile::DeviceTiming> start_timing(int device) override;
 
   // Every kernel of tensor/kernels.def (their contracts are there). Declined: none.
-#define ST_KERNEL(name, params) void name params override;
+#define ST_KERNEL(name, params, args) void name params override;
 #include "tensor/kernels.def"
   ST_DECLINED_KERNELS()
 

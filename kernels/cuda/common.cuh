@@ -106,11 +106,11 @@ struct Context {
 Context& context(int device);  // created on first use
 
 // The op guard every backend entry point opens: locks the device's context, makes the device
-// current, opens an NVTX range named after the op, and when ST_PROFILE=1 times the op with
-// CUDA events (flops > 0 adds GFLOP/s to the table).
+// current and opens an NVTX range named after the op (Nsight Systems shows it). Timing is the
+// shared profiler's (tensor/profile.h), through CudaBackend::start_timing.
 class Op {
  public:
-  Op(const char* name, int device, double flops = 0);
+  Op(const char* name, int device);
   ~Op();
   Op(const Op&) = delete;
   Op& operator=(const Op&) = delete;
@@ -118,9 +118,6 @@ class Op {
 
  private:
   std::lock_guard<std::recursive_mutex> lock_;
-  const char* name_;
-  double flops_;
-  cudaEvent_t start_ = nullptr;
 };
 
 // ---- strided tensors on the device ----

@@ -350,11 +350,6 @@ const ConvPlan& plan_for(Context& ctx, const ConvKey& key, Find find, Heuristic 
   return plans.insert(key, std::move(plan));
 }
 
-// 2 * N * K * OH * OW * (C / groups) * R * S for the convolution with output y, weight w.
-double conv_flops(const Tensor& y, const Tensor& w) {
-  return 2.0 * double(y.numel()) * double(w.size(1)) * double(w.size(2)) * double(w.size(3));
-}
-
 template <class T>
 __global__ void add_bias_kernel(T* y, const T* b, int64_t n, int64_t C, int64_t P) {
   ST_GRID_STRIDE(i, n) y[i] += b[(i / P) % C];
@@ -373,7 +368,7 @@ void add_bias(Context& ctx, Tensor& y, const Tensor& bias) {
 void CudaBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias,
                                  const Conv2dParams& p, Tensor& y) {
   if (y.numel() == 0) return;
-  Op op("conv2d_forward", x.device().index, conv_flops(y, w));
+  Op op("conv2d_forward", x.device().index);
   Context& ctx = op.ctx;
   dispatch_float("conv2d_forward", x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -443,7 +438,7 @@ static void backward_data(Context& ctx, const Tensor& dy, const Tensor& w, const
 void CudaBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, const Conv2dParams& p,
                                        Tensor& gx) {
   if (gx.numel() == 0) return;
-  Op op("conv2d_backward_data", gy.device().index, conv_flops(gy, w));
+  Op op("conv2d_backward_data", gy.device().index);
   dispatch_float("conv2d_backward_data", gy.dtype(), [&](auto tag) {
     backward_data<decltype(tag)>(op.ctx, gy, w, p, gx, "conv2d_backward_data");
   });
@@ -453,7 +448,7 @@ void CudaBackend::conv2d_backward_data(const Tensor& gy, const Tensor& w, const 
 void CudaBackend::conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dParams& p,
                                          Tensor& gw) {
   if (gw.numel() == 0) return;
-  Op op("conv2d_backward_weight", gy.device().index, conv_flops(gy, gw));
+  Op op("conv2d_backward_weight", gy.device().index);
   Context& ctx = op.ctx;
   dispatch_float("conv2d_backward_weight", gy.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -495,7 +490,7 @@ void CudaBackend::conv2d_backward_bias(const Tensor& gy, Tensor& gb) {
 void CudaBackend::conv_transpose2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias,
                                            const Conv2dParams& p, Tensor& y) {
   if (y.numel() == 0) return;
-  Op op("conv_transpose2d_forward", x.device().index, conv_flops(x, w));
+  Op op("conv_transpose2d_forward", x.device().index);
   dispatch_float("conv_transpose2d_forward", x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     // The convolution that maps y (C_out channels) to x (C_in), weight (C_in, C_out/g, kh, kw):

@@ -38,7 +38,7 @@ void CudaBackend::matmul(const Tensor& a_in, const Tensor& b_in, Tensor& out) {
     fill(out, 0.0);
     return;
   }
-  Op op("matmul", out.device().index, 2.0 * double(M) * double(N) * double(K));
+  Op op("matmul", out.device().index);
   GemmView va = gemm_view(a_in), vb = gemm_view(b_in);
   Tensor a = va.ok ? a_in : a_in.contiguous(), b = vb.ok ? b_in : b_in.contiguous();
   if (!va.ok) va = gemm_view(a);
