@@ -79,8 +79,8 @@ TEST_CASE("backend memory: a loop whose working set exceeds 256 MB stops allocat
   // cache held at most before) allocated, then freed smallest-last, per iteration: the shape of
   // a training step at 1280x720. Under a fixed 256 MB bound the blocks freed after the cache is
   // full go back to the system and the next iteration allocates (and page-faults) them again;
-  // the bound is the peak in use, so from the second iteration on every block comes from the
-  // cache. (The blocks are never written: no memory is touched.)
+  // the bound follows the peak in use, so from the second iteration on every block comes from
+  // the cache. (The blocks are never written: no memory is touched.)
   const char* mb = std::getenv("ST_CPU_CACHE_MB");
   if (mb && *mb) ST_SKIP("ST_CPU_CACHE_MB is set: the cache has a fixed bound");
   Backend& b = backend_for(Device::cpu());
@@ -101,8 +101,8 @@ TEST_CASE("backend memory: a loop whose working set exceeds 256 MB stops allocat
   REQUIRE(s.device_allocations == after_first);  // iterations 2..4 came from the cache
   REQUIRE(s.cache_hits >= 3 * sizes.size());
   REQUIRE(s.peak_in_use_bytes >= total);
-  // What is held is bounded by the peak in use (and 256 MB), never more.
-  REQUIRE(s.cached_bytes <= std::max(s.peak_in_use_bytes, size_t(256) << 20));
+  // What is held is bounded by twice the peak in use (or 256 MB), never more.
+  REQUIRE(s.cached_bytes <= std::max(2 * s.peak_in_use_bytes, size_t(256) << 20));
   b.empty_cache();
   REQUIRE(b.memory_stats().cached_bytes == 0);
 }

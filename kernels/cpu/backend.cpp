@@ -15,12 +15,13 @@ namespace st::cpu {
 // Large blocks are cached by exact (rounded) size: a video pipeline allocates the same
 // activation sizes every frame, and handing them back to the OS (glibc unmaps big blocks on
 // free) makes every frame page-fault its whole working set again. The cache holds at most the
-// larger of 256 MB and the peak of large blocks in use so far, evicting the least recently freed
-// blocks to make room: a loop never needs more cached than its own working set (everything it
-// frees it allocates again, and what it stopped using is evicted first), so a training step
-// whose working set exceeds 256 MB (the student at 1280x720) stops page-faulting after its first
-// steps, while an edge running inference (a working set well under 256 MB) stays within 256 MB.
-// ST_CPU_CACHE_MB=N sets a fixed bound instead, so an edge device's memory stays predictable.
+// larger of 256 MB and twice the peak of large blocks in use so far, evicting the least recently
+// freed blocks to make room. A loop's working set is its peak; with exact sizes the cache must
+// also hold blocks freed early and allocated again late while other sizes are in use, which can
+// exceed the peak (the full student step at 1280x720 evicted and re-faulted one 33 MB block per
+// step with a bound of one peak; none with two). Peak RSS did not move (docs/benchmarks.md:
+// 246 / 324 / 348 MB for 720p inference / partial / full step). ST_CPU_CACHE_MB=N sets a fixed
+// bound instead, so an edge device's memory stays predictable.
 namespace {
 constexpr size_t kCacheMin = 256 * 1024;  // smaller blocks go straight to malloc
 constexpr size_t kDefaultCacheLimit = size_t(256) << 20;
@@ -70,7 +71,7 @@ void CpuBackend::deallocate(void* p, size_t nbytes, int) noexcept {
     std::lock_guard<std::mutex> lock(cache_mutex_);
     in_use_ -= n;
     const size_t fixed = fixed_cache_limit();
-    const size_t limit = fixed != SIZE_MAX ? fixed : std::max(kDefaultCacheLimit, peak_in_use_);
+    const size_t limit = fixed != SIZE_MAX ? fixed : std::max(kDefaultCacheLimit, 2 * peak_in_use_);
     if (n <= limit) {
       while (cached_bytes_ + n > limit) {  // evict the least recently freed
         const Cached old = lru_.front();
