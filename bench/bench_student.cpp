@@ -37,6 +37,8 @@
 //                      per phase; the peer runs on the same GPU; G gives "% of peak")
 //                      [--profile FILE]   (the kernel profiler, tensor/profile.h: tables at
 //                      exit, Chrome trace to FILE)
+//                      [--train-from BLOCK] [--train all|bias]   (what the partial step trains:
+//                      BLOCK in_conv2 .. out_conv3, default dec2; bias: biases and BN affine only)
 //
 // After the timed reps of a step, one more step runs under the kernel profiler and the time of
 // its backward kernels in the frozen front's modules (in_conv1 .. dec1) is printed: zero for a
@@ -203,6 +205,11 @@ class Workload {
     }
   }
   size_t trained_count() const { return trained_.size(); }
+  int64_t trained_params() const {
+    int64_t n = 0;
+    for (const Tensor& t : trained_) n += t.numel();
+    return n;
+  }
 
   Phases run() {
     Phases p;
@@ -262,6 +269,7 @@ struct Timing {
   double cores = 0;  // CPU time / wall time over the timed reps: < threads means contention
   Phases phases;  // median per phase
   size_t trained = 0;
+  int64_t trained_params = 0;  // scalars in the trained tensors
   std::string kernels;  // backward kernel counts of one step
   double allocs_per_rep = 0;     // large blocks allocated from the system per timed rep
   double front_bwd_ms = 0;       // backward kernel time in the frozen front's scopes (one step)
@@ -274,6 +282,7 @@ Timing measure(Student& s, int mode, const Size& sz, int reps) {
   w.run();  // warm-up
   Timing t;
   t.trained = w.trained_count();
+  t.trained_params = w.trained_params();
   for (auto& [k, n] : st::backward_kernel_counts())
     t.kernels += (t.kernels.empty() ? "" : " ") + k + "=" + std::to_string(n);
   std::vector<double> tot, f, b, a;
@@ -295,10 +304,10 @@ Timing measure(Student& s, int mode, const Size& sz, int reps) {
   if (mode > 0) {  // one more step under the profiler: backward work in the frozen front
     const bool was_on = st::profile::enabled();
     if (!was_on) st::profile::start({"", false});
-    auto front_bwd = [](double& ms, int64_t& calls) {
+    auto front_bwd = [&s](double& ms, int64_t& calls) {
       ms = 0, calls = 0;
       for (const auto& r : st::profile::scope_rows())
-        if (Student::front_scope(r.scope)) ms += r.backward_ms, calls += r.backward_calls;
+        if (s.front_scope(r.scope)) ms += r.backward_ms, calls += r.backward_calls;
     };
     double ms0 = 0, ms1 = 0;
     int64_t c0 = 0, c1 = 0;
@@ -427,6 +436,7 @@ int main(int argc, char** argv) {
   int reps = 3;
   double peak_gflops = 0;  // the device's peak (GFLOP/s), for "% of peak"
   std::vector<Size> sizes = {{1280, 720}, {768, 576}};
+  st::nn::PartialSplit split;  // the paper's: dec2 .. out_conv3, every tensor
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--rss" && i + 3 < argc) {
@@ -441,6 +451,10 @@ int main(int argc, char** argv) {
       rss = false;  // host RSS says little about a GPU run
     } else if (a == "--peak-gflops" && i + 1 < argc) {
       peak_gflops = std::atof(argv[++i]);
+    } else if (a == "--train-from" && i + 1 < argc) {  // the partial step's split
+      split.first = st::nn::student_block(argv[++i]);
+    } else if (a == "--train" && i + 1 < argc) {  // all | bias
+      split.bias_only = std::string(argv[++i]) == "bias";
     } else if (a == "--profile" && i + 1 < argc) {
       st::profile::start({argv[++i], true});
     } else if (a == "--no-peer") {
@@ -470,7 +484,8 @@ int main(int argc, char** argv) {
     } else if (a.rfind("--", 0) == 0) {
       std::fprintf(stderr,
                    "usage: bench_student [SOURCE_DIR] [--no-peer] [--no-rss] [--reps N] "
-                   "[--sizes WxH,...] [--modes forward,step-partial,step-full] [--profile FILE]\n       bench_student --rss forward|step-partial|step-full W H\n");
+                   "[--sizes WxH,...] [--modes forward,step-partial,step-full] [--profile FILE]\n"
+                   "       [--train-from BLOCK] [--train all|bias]\n       bench_student --rss forward|step-partial|step-full W H\n");
       return 2;
     } else {
       src_dir = a;
@@ -478,6 +493,7 @@ int main(int argc, char** argv) {
   }
 
   Student student;
+  student.set_partial_split(split);
   const std::string weights = load_weights(student);
   if (g_dev.is_cuda()) {
     if (!st::device_available(st::DeviceType::CUDA)) {
@@ -493,6 +509,10 @@ int main(int argc, char** argv) {
   }
   std::printf("load average at start: %s; warm-up then median of %d reps\n", loadavg().c_str(),
               reps);
+  std::printf("partial split: %s%s\n", st::nn::split_name(split).c_str(),
+              split == st::nn::PartialSplit{} ? " (the paper's)"
+                                              : " (the peer's step-partial keeps the paper's dec2 "
+                                                "split: its ratio compares different work)");
   std::fflush(stdout);
 
   std::map<std::string, Timing> ours;
@@ -507,6 +527,11 @@ int main(int argc, char** argv) {
                   size_str(sz).c_str(), kModes[m], t.ms, t.phases.fwd, t.phases.bwd,
                   t.phases.adam, t.trained, t.cores, t.allocs_per_rep, t.kernels.empty() ? "" : "  backward kernels: ",
                   t.kernels.c_str());
+      if (m > 0)
+        std::printf("  %-9s %-12s trained: %zu tensors, %lld of %lld parameters (%.1f%%)\n", "",
+                    "", t.trained, static_cast<long long>(t.trained_params),
+                    static_cast<long long>(student.parameter_count()),
+                    100.0 * double(t.trained_params) / double(student.parameter_count()));
       if (m > 0)
         std::printf("  %-9s %-12s frozen-front backward: %.3f ms in %lld kernel calls%s\n", "",
                     "", t.front_bwd_ms, static_cast<long long>(t.front_bwd_calls),

@@ -283,6 +283,26 @@ bool read_token_file(const std::string& path, std::string& token) {
 
 // ---------------------------------------------------------------- shared tables
 
+void declare_split_flags(Flags& flags, nn::PartialSplit& split) {
+  flags.custom("--train-from", "BLOCK",
+               "partial distillation trains BLOCK and every block after it: in_conv2 ..\n"
+               "out_conv3 (default dec2, the paper's)",
+               [&split](const std::string& v) {
+                 const int first = nn::student_block(v);
+                 if (first == 0)
+                   throw Error("--train-from in_conv1 trains every block: that is --mode full");
+                 split.first = first;
+               });
+  flags.custom("--train", "WHAT",
+               "all | bias: of the blocks trained, every tensor (default) or only the\n"
+               "biases and batch-norm affine parameters",
+               [&split](const std::string& v) {
+                 if (v != "all" && v != "bias")
+                   throw Error("--train takes all or bias, not '" + v + "'");
+                 split.bias_only = v == "bias";
+               });
+}
+
 void declare_profile_flag(Flags& flags, std::string& trace_path) {
   flags.text("--profile", trace_path, "FILE",
              "profile every kernel call: tables on stderr at exit, Chrome trace JSON in FILE");

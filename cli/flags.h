@@ -127,6 +127,10 @@ bool read_token_file(const std::string& path, std::string& token);
 // --max-updates, --min-stride, --max-stride, --restore-weights-only.
 void declare_distill_flags(Flags& flags, nn::DistillConfig& cfg);
 
+// What partial distillation trains (shadowtutor simulate): --train-from BLOCK (in_conv2 ..
+// out_conv3, default dec2) and --train all|bias (bias: biases and batch-norm affine only).
+void declare_split_flags(Flags& flags, nn::PartialSplit& split);
+
 // --profile FILE (shadowtutor simulate, shadowtutor-edge, shadowtutor-server): the kernel
 // profiler (tensor/profile.h), tables per kernel and per module scope on stderr at exit and a
 // Chrome trace (chrome://tracing, ui.perfetto.dev) in FILE. start_profile() starts it when the

@@ -39,6 +39,7 @@ void declare_simulate_flags(st::cli::Flags& flags, st::edge::SimOptions& o, std:
   flags.custom("--encoding", "E", "fp32 | fp16 blob encoding               (default fp32)",
                [&o](const std::string& v) { o.encoding = st::parse_blob_encoding(v); });
   st::cli::declare_distill_flags(flags, o.distill);
+  st::cli::declare_split_flags(flags, o.split);
   flags.text("--out", out, "FILE", "write the JSON report here (default: stdout)");
   st::cli::declare_profile_flag(flags, profile_path);
   flags.path("--predictions", o.predictions_dir, "DIR", "write predicted label maps (PNG)");
@@ -60,6 +61,11 @@ int run_simulate(st::cli::Flags& flags, const st::edge::SimOptions& o, const std
   }
   std::string run = r.mode == "partial" || r.mode == "full" ? r.mode + " P-" + std::to_string(r.delay) : r.mode;
   std::fprintf(stderr, "teacher: %s (%lld calls)\n", r.teacher.c_str(), (long long)r.teacher_calls);
+  if (r.trained_tensors > 0)
+    std::fprintf(stderr, "trained: %s, %lld tensors, %lld of %lld parameters (%.1f%%)\n",
+                 r.mode == "full" ? "every block" : r.split.c_str(), (long long)r.trained_tensors,
+                 (long long)r.trained_parameters, (long long)r.parameters,
+                 100.0 * double(r.trained_parameters) / double(r.parameters));
   std::fprintf(stderr, "%s: %lld frames, mean mIoU %.4f, key frames %lld (%.2f%%), traffic %.2f%% of naive\n",
                run.c_str(), (long long)r.frames, r.mean_miou, (long long)r.key_frames,
                100.0 * double(r.key_frames) / double(r.frames),

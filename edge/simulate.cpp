@@ -60,7 +60,15 @@ SimResult simulate(const SimOptions& opt) {
     r.weights = "random init";
   }
   server_student.load_state(edge_student.named_parameters(), "edge student");
+  edge_student.set_partial_split(opt.split);  // both halves agree on what a blob holds
+  server_student.set_partial_split(opt.split);
   const nn::Distillation dmode = nn::distillation_of(opt.mode);
+  r.split = nn::split_name(opt.split);
+  r.parameters = server_student.parameter_count();
+  for (const Tensor& t : server_student.trained_parameters(dmode)) {
+    ++r.trained_tensors;
+    r.trained_parameters += t.numel();
+  }
   std::unique_ptr<nn::Distiller> distiller;
   if (dmode != nn::Distillation::None)  // partial, full: the server half distils
     distiller = std::make_unique<nn::Distiller>(server_student, dmode, opt.distill);
@@ -189,6 +197,10 @@ std::string to_json(const SimResult& r) {
   j["key_frame_ratio"] = r.frames ? double(r.key_frames) / double(r.frames) : 0.0;
   j["mean_miou"] = r.mean_miou;
   j["step_histogram"] = r.step_histogram;
+  j["trained"] = {{"split", r.split},
+                  {"tensors", r.trained_tensors},
+                  {"parameters", r.trained_parameters},
+                  {"share", r.parameters ? double(r.trained_parameters) / double(r.parameters) : 0.0}};
   j["best_restore"] = {{"restores", r.restores},
                        {"rewinds_optimizer", r.rewind_optimizer}};
   j["bytes"] = {{"up_total", r.bytes_up},

@@ -26,6 +26,7 @@ struct SimOptions {
   int delay = 1;                          // update applied after this many frames (1..MIN_STRIDE)
   int64_t max_frames = -1;                // -1 = all
   nn::DistillConfig distill;
+  nn::PartialSplit split;                 // what partial distillation trains (default dec2..)
   BlobEncoding encoding = BlobEncoding::F32;  // F32 or F16
   std::filesystem::path predictions_dir;  // optional: label PNGs
   std::filesystem::path overlays_dir;     // optional: overlay PNGs
@@ -41,6 +42,8 @@ struct SimResult {
   double mean_miou = 0;
   std::vector<int64_t> step_histogram;    // key frames by number of steps 0..MAX_UPDATES
   int64_t restores = 0;                   // key frames whose best copy Algorithm 1 restored
+  std::string split;                      // nn::split_name of the partial split
+  int64_t trained_tensors = 0, trained_parameters = 0, parameters = 0;  // of the mode
   bool rewind_optimizer = true;           // ... with Adam's state (DistillConfig)
   int64_t bytes_up = 0, bytes_down = 0;   // totals
   int64_t naive_bytes_up = 0, naive_bytes_down = 0;

@@ -62,43 +62,121 @@ Student::Student(uint64_t seed) {
   name_scopes("student");
 }
 
-StudentFront Student::front(const Tensor& x) const {
+namespace {
+constexpr const char* kBlockNames[kStudentBlocks] = {"in_conv1", "in_conv2", "enc1",      "enc2",
+                                                     "enc3",     "dec1",     "dec2",      "dec3",
+                                                     "out_conv1", "out_conv2", "out_conv3"};
+
+// The activations a block boundary can cut, each with the block that makes it (-1: the input)
+// and the last block that reads it: alive between the two.
+struct Slot {
+  Tensor StudentFront::*t;
+  int made_by, last_read;
+};
+constexpr Slot kSlots[] = {{&StudentFront::x, -1, 0},  {&StudentFront::x1, 0, 1},
+                           {&StudentFront::x2, 1, 2},  {&StudentFront::e1, 2, 7},
+                           {&StudentFront::e2, 3, 6},  {&StudentFront::e3, 4, 5},
+                           {&StudentFront::d1, 5, 6},  {&StudentFront::d2, 6, 7},
+                           {&StudentFront::d3, 7, 8},  {&StudentFront::o1, 8, 9},
+                           {&StudentFront::o2, 9, 10}};
+}  // namespace
+
+const char* student_block_name(int block) {
+  ST_CHECK(block >= 0 && block < kStudentBlocks, "student: no block ", block, " (0 .. ",
+           kStudentBlocks - 1, ")");
+  return kBlockNames[block];
+}
+
+int student_block(const std::string& name) {
+  std::string all;
+  for (int b = 0; b < kStudentBlocks; ++b) {
+    if (name == kBlockNames[b]) return b;
+    all += (b ? ", " : "") + std::string(kBlockNames[b]);
+  }
+  throw Error("student: no block named '" + name + "' (blocks: " + all + ")");
+}
+
+std::string split_name(const PartialSplit& s) {
+  return std::string(student_block_name(s.first)) +
+         (s.bias_only ? " (biases and BN affine only)" : "");
+}
+
+void Student::set_partial_split(const PartialSplit& s) {
+  ST_CHECK(s.first >= 1 && s.first < kStudentBlocks,
+           "student: partial training starts at a block from in_conv2 to out_conv3, not ",
+           s.first >= 0 && s.first < kStudentBlocks ? kBlockNames[s.first] : "that");
+  split_ = s;
+}
+
+// Runs blocks [from, to) on f's activations, dropping each one after its last reader.
+void Student::run_blocks(StudentFront& f, int from, int to) const {
+  for (int b = from; b < to; ++b) {
+    switch (b) {
+      case 0:
+        f.x1 = in_conv1_->forward(f.x);
+        f.x1_h = f.x1.size(2);
+        f.x1_w = f.x1.size(3);
+        break;
+      case 1: f.x2 = in_conv2_->forward(f.x1); break;
+      case 2: f.e1 = enc1_->forward(f.x2); break;
+      case 3: f.e2 = enc2_->forward(f.e1); break;
+      case 4: f.e3 = enc3_->forward(f.e2); break;
+      case 5: f.d1 = resize_bilinear(dec1_->forward(f.e3), f.e2.size(2), f.e2.size(3)); break;
+      case 6:
+        f.d2 = resize_bilinear(dec2_->forward(cat({f.d1, f.e2}, 1)), f.e1.size(2), f.e1.size(3));
+        break;
+      case 7: f.d3 = resize_bilinear(dec3_->forward(cat({f.d2, f.e1}, 1)), f.x1_h, f.x1_w); break;
+      case 8: f.o1 = out_conv1_->forward(f.d3); break;
+      case 9: f.o2 = out_conv2_->forward(f.o1); break;
+      // out_conv3 (1x1) is linear per pixel and bilinear resize is a per-channel linear map
+      // whose weights sum to 1, so they commute exactly: apply the 1x1 conv at half resolution
+      // on 32 channels, then upsample 9 channels (bias passes through since the weights sum
+      // to 1). Its result is the back's return value, not a slot.
+      default: break;
+    }
+    for (const Slot& sl : kSlots)
+      if (sl.last_read == b) f.*sl.t = Tensor();
+  }
+}
+
+StudentFront Student::front(const Tensor& x, int split) const {
   ST_CHECK(x.dim() == 4 && x.size(1) == 3, "student: input must be (N, 3, H, W), got ",
            x.shape());
+  ST_CHECK(split >= 0 && split < kStudentBlocks, "student: no block ", split, " to split at");
   profile::Scope in(scope());
   StudentFront f;
+  f.split = split;
   f.h = x.size(2);
   f.w = x.size(3);
-  Tensor x1 = in_conv1_->forward(x);
-  f.x1_h = x1.size(2);
-  f.x1_w = x1.size(3);
-  Tensor x2 = in_conv2_->forward(x1);
-  f.e1 = enc1_->forward(x2);
-  f.e2 = enc2_->forward(f.e1);
-  Tensor e3 = enc3_->forward(f.e2);
-  f.d1 = resize_bilinear(dec1_->forward(e3), f.e2.size(2), f.e2.size(3));
+  f.x = x;
+  run_blocks(f, 0, split);
   return f;
 }
 
-Tensor Student::back(const StudentFront& f) const {
+Tensor Student::back(const StudentFront& front) const {
   profile::Scope in(scope());
-  Tensor d2 = resize_bilinear(dec2_->forward(cat({f.d1, f.e2}, 1)), f.e1.size(2), f.e1.size(3));
-  Tensor d3 = resize_bilinear(dec3_->forward(cat({d2, f.e1}, 1)), f.x1_h, f.x1_w);
-  Tensor o = out_conv2_->forward(out_conv1_->forward(d3));
-  // out_conv3 (1x1) is linear per pixel and bilinear resize is a per-channel linear map whose
-  // weights sum to 1, so they commute exactly: apply the 1x1 conv at half resolution on 32
-  // channels, then upsample 9 channels (bias passes through since the weights sum to 1).
-  return resize_bilinear(out_conv3_->forward(o), f.h, f.w);
+  StudentFront f = front;  // handles: the caller's cached activations stay
+  run_blocks(f, f.split, kStudentBlocks - 1);
+  Tensor o2 = f.o2;
+  f = StudentFront();  // nothing else is read from here on
+  return resize_bilinear(out_conv3_->forward(o2), front.h, front.w);
 }
 
 std::vector<std::string> Student::trained_names(Distillation mode) const {
   std::vector<std::string> out;
   if (mode == Distillation::None) return out;
-  static const char* kBack[] = {"dec2.", "dec3.", "out_conv1.", "out_conv2.", "out_conv3."};
   for (auto& [n, t] : named_parameters()) {
-    bool in_back = std::any_of(std::begin(kBack), std::end(kBack),
-                               [&](const char* p) { return n.rfind(p, 0) == 0; });
-    if (mode == Distillation::Full || in_back) out.push_back(n);
+    if (mode == Distillation::Full) {
+      out.push_back(n);
+      continue;
+    }
+    bool in_back = false;
+    for (int b = split_.first; b < kStudentBlocks && !in_back; ++b)
+      in_back = n.rfind(std::string(kBlockNames[b]) + ".", 0) == 0;
+    // bias_only: conv biases, and batch norm's weight and bias (the blocks' preact_path.0)
+    const bool affine = n.size() >= 5 && (n.compare(n.size() - 5, 5, ".bias") == 0 ||
+                                          n.find(".preact_path.") != std::string::npos);
+    if (in_back && (!split_.bias_only || affine)) out.push_back(n);
   }
   return out;
 }
@@ -114,10 +192,11 @@ std::vector<Tensor> Student::trained_parameters(Distillation mode) const {
   return out;
 }
 
-bool Student::front_scope(const std::string& scope) {
-  for (const char* m : {"in_conv1", "in_conv2", "enc1", "enc2", "enc3", "dec1"}) {
-    const size_t n = std::strlen(m);
-    if (scope.compare(0, n, m) == 0 && (scope.size() == n || scope[n] == '.')) return true;
+bool Student::front_scope(const std::string& scope) const {
+  for (int b = 0; b < split_.first; ++b) {
+    const size_t n = std::strlen(kBlockNames[b]);
+    if (scope.compare(0, n, kBlockNames[b]) == 0 && (scope.size() == n || scope[n] == '.'))
+      return true;
   }
   return false;
 }
