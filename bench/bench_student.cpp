@@ -37,8 +37,9 @@
 //                      per phase; the peer runs on the same GPU; G gives "% of peak")
 //                      [--profile FILE]   (the kernel profiler, tensor/profile.h: tables at
 //                      exit, Chrome trace to FILE)
-//                      [--train-from BLOCK] [--train all|bias]   (what the partial step trains:
-//                      BLOCK in_conv2 .. out_conv3, default dec2; bias: biases and BN affine only)
+//                      [--train-from BLOCK | --train-last K] [--train all|bias]   (what the
+//                      partial step trains: BLOCK in_conv2 .. out_conv3, default dec2, or the
+//                      last K blocks; bias: biases and BN affine only)
 //
 // After the timed reps of a step, one more step runs under the kernel profiler and the time of
 // its backward kernels in the frozen front's modules (in_conv1 .. dec1) is printed: zero for a
@@ -452,7 +453,14 @@ int main(int argc, char** argv) {
     } else if (a == "--peak-gflops" && i + 1 < argc) {
       peak_gflops = std::atof(argv[++i]);
     } else if (a == "--train-from" && i + 1 < argc) {  // the partial step's split
-      split.first = st::nn::student_block(argv[++i]);
+      try {
+        split.first = st::nn::student_block(argv[++i]);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench_student: %s\n", e.what());
+        return 2;
+      }
+    } else if (a == "--train-last" && i + 1 < argc) {  // the last K blocks
+      split.first = st::nn::kStudentBlocks - std::atoi(argv[++i]);
     } else if (a == "--train" && i + 1 < argc) {  // all | bias
       split.bias_only = std::string(argv[++i]) == "bias";
     } else if (a == "--profile" && i + 1 < argc) {
@@ -485,7 +493,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: bench_student [SOURCE_DIR] [--no-peer] [--no-rss] [--reps N] "
                    "[--sizes WxH,...] [--modes forward,step-partial,step-full] [--profile FILE]\n"
-                   "       [--train-from BLOCK] [--train all|bias]\n       bench_student --rss forward|step-partial|step-full W H\n");
+                   "       [--train-from BLOCK | --train-last K] [--train all|bias]\n       bench_student --rss forward|step-partial|step-full W H\n");
       return 2;
     } else {
       src_dir = a;
@@ -493,7 +501,12 @@ int main(int argc, char** argv) {
   }
 
   Student student;
-  student.set_partial_split(split);
+  try {
+    student.set_partial_split(split);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_student: %s\n", e.what());
+    return 2;
+  }
   const std::string weights = load_weights(student);
   if (g_dev.is_cuda()) {
     if (!st::device_available(st::DeviceType::CUDA)) {

@@ -293,6 +293,16 @@ void declare_split_flags(Flags& flags, nn::PartialSplit& split) {
                    throw Error("--train-from in_conv1 trains every block: that is --mode full");
                  split.first = first;
                });
+  flags.custom("--train-last", "K",
+               "partial distillation trains the last K blocks (1 .. 10): --train-from\n"
+               "counted from the end (out_conv3 is the last block, dec2 the 5th from the end)",
+               [&split](const std::string& v) {
+                 const long long k = Flags::parse_signed(v);
+                 if (k < 1 || k > nn::kStudentBlocks - 1)
+                   throw Error("--train-last takes 1 .. " + std::to_string(nn::kStudentBlocks - 1) +
+                               ", not " + v);
+                 split.first = nn::kStudentBlocks - int(k);
+               });
   flags.custom("--train", "WHAT",
                "all | bias: of the blocks trained, every tensor (default) or only the\n"
                "biases and batch-norm affine parameters",

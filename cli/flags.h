@@ -128,7 +128,8 @@ bool read_token_file(const std::string& path, std::string& token);
 void declare_distill_flags(Flags& flags, nn::DistillConfig& cfg);
 
 // What partial distillation trains (shadowtutor simulate): --train-from BLOCK (in_conv2 ..
-// out_conv3, default dec2) and --train all|bias (bias: biases and batch-norm affine only).
+// out_conv3, default dec2) or --train-last K (the same, counted from the end), and
+// --train all|bias (bias: biases and batch-norm affine only).
 void declare_split_flags(Flags& flags, nn::PartialSplit& split);
 
 // --profile FILE (shadowtutor simulate, shadowtutor-edge, shadowtutor-server): the kernel

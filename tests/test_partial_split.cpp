@@ -5,6 +5,7 @@
 // split it is given and says how much of the student that is.
 #include <set>
 
+#include "cli/flags.h"
 #include "edge/simulate.h"
 #include "nn/blob.h"
 #include "nn/distill.h"
@@ -171,4 +172,35 @@ TEST_CASE("partial split: simulate trains the split it is given and reports its 
   // every update is that split's blob (or a header-only "no change")
   REQUIRE(r.bytes_down == trained_frames * (24 + 4 * r.trained_parameters + edge::kMessageHeaderBytes) +
                               r.step_histogram[0] * edge::kMessageHeaderBytes);
+}
+
+TEST_CASE("partial split: the command-line flags", "[student][portable]") {
+  auto parse = [](std::vector<std::string> args, PartialSplit& sp) {
+    cli::Flags f("prog", "usage");
+    cli::declare_split_flags(f, sp);
+    std::vector<char*> argv{const_cast<char*>("prog")};
+    for (auto& a : args) argv.push_back(a.data());
+    const auto rc = f.parse(int(argv.size()), argv.data());
+    return std::make_pair(rc, f.error());
+  };
+  PartialSplit sp;
+  REQUIRE(!parse({"--train-from", "enc3", "--train", "bias"}, sp).first);
+  REQUIRE(sp == PartialSplit{4, true});
+  sp = {};
+  REQUIRE(!parse({"--train-last", "5"}, sp).first);
+  REQUIRE(sp.first == student_block("dec2"));  // the paper's split: the last five blocks
+  REQUIRE(!parse({"--train-last", "1"}, sp).first);
+  REQUIRE(sp.first == student_block("out_conv3"));
+  for (auto bad : std::vector<std::vector<std::string>>{{"--train-from", "in_conv1"},
+                                                        {"--train-from", "dec9"},
+                                                        {"--train-last", "0"},
+                                                        {"--train-last", "11"},
+                                                        {"--train", "weights"}}) {
+    PartialSplit untouched;
+    const auto [rc, err] = parse(bad, untouched);
+    INFO(bad[0] << " " << bad[1] << ": " << err);
+    REQUIRE(rc == 2);
+    REQUIRE(!err.empty());
+    REQUIRE(untouched == PartialSplit{});
+  }
 }
