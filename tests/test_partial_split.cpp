@@ -134,7 +134,7 @@ TEST_CASE("partial split: a step of another split runs no backward kernel in its
   REQUIRE(values(s.parameter("enc3.long_path.0.weight")) != back_before);
 }
 
-TEST_CASE("partial split: a blob holds the split's tensors; another split's student refuses it",
+TEST_CASE("partial split: a blob holds the split's tensors, and a student of another split refuses it",
           "[blob][portable]") {
   Student server(1), edge(2), other(2);
   const PartialSplit sp{student_block("out_conv1"), true};
