@@ -56,6 +56,7 @@ const char* error_code_name(ErrorCode c) {
     case ErrorCode::Timeout: return "Timeout";
     case ErrorCode::ShuttingDown: return "ShuttingDown";
     case ErrorCode::Overflow: return "Overflow";
+    case ErrorCode::SplitMismatch: return "SplitMismatch";
   }
   return "Unknown";
 }
@@ -249,6 +250,9 @@ void validate_one(const Hello& m) {
 void validate_one(const Welcome& m) {
   const char* n = "WELCOME";
   if (m.version < 1) bad(n, "version", "0 is not a protocol version");
+  if (m.version > kVersionMax)
+    bad(n, "version", std::to_string(m.version) + " is not a version this library speaks (1.." +
+                          std::to_string(kVersionMax) + ")");
   check_mode(n, m.mode);
   check_stride(n, "min_stride", m.min_stride);
   check_stride(n, "max_stride", m.max_stride);
@@ -263,6 +267,21 @@ void validate_one(const Welcome& m) {
   if (uint8_t(m.scope) > uint8_t(WeightsScope::Full))
     bad(n, "scope", "unknown value " + std::to_string(int(m.scope)));
   check_blob(n, m.blob_kind, m.blob.size());
+  if (uint8_t(m.train) > uint8_t(TrainedTensors::BiasOnly))
+    bad(n, "train", "unknown value " + std::to_string(int(m.train)) + " (0 all, 1 bias only)");
+  if (m.mode == Mode::Partial) {
+    if (m.train_from < kMinTrainFrom || m.train_from > kMaxTrainFrom)
+      bad(n, "train_from", std::to_string(m.train_from) + " is outside [" +
+                               std::to_string(kMinTrainFrom) + ", " +
+                               std::to_string(kMaxTrainFrom) + "] in mode Partial");
+  } else if (m.train_from != 0 || m.train != TrainedTensors::All) {
+    bad(n, "train_from", "mode " + std::to_string(int(m.mode)) +
+                             " has no partial split: train_from and train must be 0");
+  }
+  if (m.version < 2 && (m.train_from != implied_train_from(m.mode) ||
+                        m.train != TrainedTensors::All))
+    bad(n, "train_from", "a version-1 WELCOME cannot carry a split other than the paper's (dec2, "
+                         "all tensors): it needs version 2");
 }
 void validate_one(const KeyFrame& m) {
   const char* n = "KEY_FRAME";
@@ -329,6 +348,10 @@ void write_body(Writer& w, const Welcome& m) {
   w.f32(m.threshold);
   w.u8(uint8_t(m.scope));
   w.u8(uint8_t(m.blob_kind));
+  if (m.version >= 2) {
+    w.u8(m.train_from);
+    w.u8(uint8_t(m.train));
+  }
   w.bytes32(m.blob);
 }
 void write_body(Writer& w, const KeyFrame& m) {
@@ -386,6 +409,13 @@ Welcome read_welcome(Reader& r) {
   m.threshold = r.f32("threshold");
   m.scope = WeightsScope(r.u8("scope"));
   m.blob_kind = BlobEncoding(r.u8("blob_kind"));
+  if (m.version >= 2) {  // the layout follows the payload's own version field
+    m.train_from = r.u8("train_from");
+    m.train = TrainedTensors(r.u8("train"));
+  } else {
+    m.train_from = implied_train_from(m.mode);
+    m.train = TrainedTensors::All;
+  }
   m.blob = r.bytes32("blob");
   return m;
 }

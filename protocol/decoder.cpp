@@ -171,6 +171,11 @@ bool Decoder::next(Message& out) {
   } catch (const ProtocolError& e) {
     fail(e.code(), e.text());
   }
+  // WELCOME is sent under the version it announces (docs/protocol.md §5).
+  if (const Welcome* w = std::get_if<Welcome>(&body); w && w->version != hdr_.version)
+    fail(ErrorCode::Malformed, "WELCOME.version " + std::to_string(w->version) +
+                                   " but sent under header version " +
+                                   std::to_string(hdr_.version));
   out.seq = hdr_.seq;
   out.version = hdr_.version;
   out.body = std::move(body);

@@ -104,6 +104,11 @@ Body scripted(MessageType t, uint8_t p, uint8_t q) {
       w.blob_kind = st::BlobEncoding((p >> 2) % 3);
       if (w.blob_kind != st::BlobEncoding::None) w.blob = {1, 2};
       w.accept_frames = uint8_t(kAcceptRawBgr | ((q >> 1) & 6));
+      w.train_from = implied_train_from(w.mode);
+      if (w.version >= 2 && w.mode == st::Mode::Partial) {  // any split version 2 can carry
+        w.train_from = uint8_t(kMinTrainFrom + (q >> 4) % (kMaxTrainFrom - kMinTrainFrom + 1));
+        w.train = TrainedTensors((q >> 3) & 1);
+      }
       return w;
     }
     case MessageType::KeyFrame: {

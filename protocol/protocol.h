@@ -26,9 +26,10 @@ namespace st::protocol {
 // ---- constants (docs/protocol.md "Limits") ----
 inline constexpr uint8_t kMagic[4] = {'S', 'T', 'W', '1'};
 inline constexpr size_t kHeaderSize = 32;
-// Protocol versions this library speaks.
+// Protocol versions this library speaks. Version 2 added WELCOME's partial split (train_from,
+// train) and the error code SplitMismatch; everything else is version 1's.
 inline constexpr uint16_t kVersionMin = 1;
-inline constexpr uint16_t kVersionMax = 1;
+inline constexpr uint16_t kVersionMax = 2;
 inline constexpr uint16_t kProtocolVersion = kVersionMax;
 // Default cap on one message, header included: a 1280x720 raw BGR key frame is 2,764,800 B,
 // a full fp32 student blob 1.94 MB.
@@ -39,6 +40,12 @@ inline constexpr size_t kMaxEdgeName = 256;         // bytes
 inline constexpr size_t kMaxErrorText = 4096;       // bytes
 inline constexpr uint32_t kMaxStride = 1u << 20;    // any stride on the wire
 inline constexpr uint32_t kMaxSteps = 1u << 16;     // UPDATE.steps
+// WELCOME.train_from (version 2): the first block partial distillation trains, counted in the
+// student's forward order (SPEC's student: 0 in_conv1, 1 in_conv2, ..., 6 dec2, ..., 10
+// out_conv3; nn/student.h). 0 = no partial split (modes Full and Naive).
+inline constexpr uint8_t kMinTrainFrom = 1;   // in_conv2: everything but the first block
+inline constexpr uint8_t kMaxTrainFrom = 10;  // out_conv3: the last block alone
+inline constexpr uint8_t kPaperTrainFrom = 6;  // dec2 (SPEC §4); what a version-1 WELCOME means
 
 enum class MessageType : uint16_t {
   Hello = 1,
@@ -78,6 +85,7 @@ enum class ErrorCode : uint16_t {
   Timeout = 38,            // the peer was silent for too long
   ShuttingDown = 39,       // the sender is stopping
   Overflow = 40,           // the peer does not read: the sender's outgoing queue is over its cap
+  SplitMismatch = 41,      // (version 2) edge: WELCOME's partial split is not the one it requires
 };
 const char* error_code_name(ErrorCode c);  // "BadMagic", ...; "Unknown" for other values
 
@@ -100,6 +108,9 @@ enum class FrameEncoding : uint8_t { RawBgr = 0, Png = 1, Jpeg = 2 };
 // = no blob ("no change"), F32 1, F16 2.
 // Which tensors WELCOME's blob holds: the trained part of the mode, or the full student.
 enum class WeightsScope : uint8_t { Trained = 0, Full = 1 };
+// Of the blocks partial distillation trains (WELCOME.train, version 2): every tensor, or only
+// the biases and batch-norm affine parameters.
+enum class TrainedTensors : uint8_t { All = 0, BiasOnly = 1 };
 
 // HELLO.accept_blobs bits (blob encodings the edge can apply).
 inline constexpr uint8_t kAcceptF32 = 1u << 0;
@@ -137,9 +148,16 @@ struct Welcome {
   uint8_t accept_frames = kAcceptRawBgr;    // kAcceptRawBgr | kAcceptPng | kAcceptJpeg
   WeightsScope scope = WeightsScope::Trained;
   BlobEncoding blob_kind = BlobEncoding::None;  // None <=> blob empty
+  // The partial split in force (mode Partial): the first block trained and which of its tensors.
+  // Modes Full and Naive: train_from 0, train All. On the wire from version 2 on; a version-1
+  // WELCOME means the paper's split, and the encoder refuses one that says otherwise.
+  uint8_t train_from = kPaperTrainFrom;
+  TrainedTensors train = TrainedTensors::All;
   std::vector<uint8_t> blob;            // nn/blob.h parameter blob, opaque here
   bool operator==(const Welcome&) const = default;
 };
+// The split a version-1 WELCOME of this mode implies: the paper's for Partial, none otherwise.
+inline uint8_t implied_train_from(Mode m) { return m == Mode::Partial ? kPaperTrainFrom : 0; }
 
 // Edge -> server: a key frame.
 struct KeyFrame {

@@ -60,9 +60,10 @@ std::vector<Body> sample_bodies() {
   w.accept_frames = kAcceptRawBgr | kAcceptPng | kAcceptJpeg;
   w.scope = WeightsScope::Full;
   w.blob_kind = st::BlobEncoding::F32;
+  w.train_from = 0;  // mode Full: no partial split
   w.blob = pattern(100, 1);
   v.push_back(w);
-  Welcome w2;  // no blob
+  Welcome w2;  // no blob; version 2, the paper's split on the wire
   v.push_back(w2);
 
   for (auto enc : {FrameEncoding::RawBgr, FrameEncoding::Png, FrameEncoding::Jpeg}) {
@@ -99,7 +100,12 @@ std::vector<Body> sample_bodies() {
   return v;
 }
 
-Message msg(Body b, uint64_t seq = 0) { return Message{seq, kProtocolVersion, std::move(b)}; }
+// Under the library's version; a WELCOME under the version it announces (docs/protocol.md §5).
+Message msg(Body b, uint64_t seq = 0) {
+  const Welcome* w = std::get_if<Welcome>(&b);
+  const uint16_t version = w ? w->version : kProtocolVersion;
+  return Message{seq, version, std::move(b)};
+}
 
 // A raw frame with correct CRCs around an arbitrary payload (for crafting malformed input).
 Bytes frame(uint16_t type, const Bytes& payload, uint64_t seq = 0, uint16_t version = 1,
@@ -224,7 +230,7 @@ TEST_CASE("protocol: header layout is the documented 32 bytes", "[protocol][port
   Bytes b = encode(msg(Ping{0x1122334455667788ull}, 0x0102030405060708ull));
   REQUIRE(b.size() == 32 + 8);
   CHECK(std::memcmp(b.data(), "STW1", 4) == 0);
-  CHECK(b[4] == 1);  // version u16 LE
+  CHECK(b[4] == kProtocolVersion);  // version u16 LE
   CHECK(b[5] == 0);
   CHECK(b[6] == uint8_t(MessageType::Ping));  // type u16 LE
   CHECK(b[7] == 0);
@@ -322,6 +328,8 @@ TEST_CASE("protocol: several messages back to back, any chunking", "[protocol][p
   Bytes stream;
   std::vector<Message> sent;
   for (auto& b : sample_bodies()) {
+    // One encoder speaks one version: its WELCOME announces that version.
+    if (auto* w = std::get_if<Welcome>(&b)) w->version = enc.version();
     sent.push_back(Message{enc.next_seq(), enc.version(), b});
     enc.encode_to(b, stream);
   }
@@ -366,7 +374,8 @@ TEST_CASE("protocol: big messages in 64 KiB and random chunks", "[protocol][port
   Bytes stream = enc.encode(k);
   CHECK(stream.size() == 32 + 21 + 2764800);
   enc.encode_to(u, stream);
-  const std::vector<Message> want = {Message{0, 1, k}, Message{1, 1, u}};
+  const std::vector<Message> want = {Message{0, kProtocolVersion, k},
+                                     Message{1, kProtocolVersion, u}};
 
   auto decode = [&](auto chunk_size) {
     Decoder d;
@@ -444,9 +453,9 @@ TEST_CASE("protocol: malformed framing gives the specific error", "[protocol][po
     expect_code(b, ErrorCode::BadHeaderCrc);
   }
   SECTION("unsupported version") {
-    CHECK_THAT(expect_code(frame(uint16_t(MessageType::Ping), Bytes(8), 0, 2),
+    CHECK_THAT(expect_code(frame(uint16_t(MessageType::Ping), Bytes(8), 0, kVersionMax + 1),
                            ErrorCode::UnsupportedVersion),
-               Catch::Contains("version 2"));
+               Catch::Contains("version " + std::to_string(kVersionMax + 1)));
     expect_code(frame(uint16_t(MessageType::Ping), Bytes(8), 0, 0), ErrorCode::UnsupportedVersion);
     // HELLO and ERROR are readable under any version >= 1 (their layout never changes) ...
     Bytes err = encode_payload(ErrorMessage{ErrorCode::UnsupportedVersion, "speak 1..1"});
@@ -656,6 +665,10 @@ TEST_CASE("protocol: malformed payloads name the field", "[protocol][portable]")
     w = encode_payload(bodies[2]);
     w[11] = kAcceptPng;  // no raw BGR
     expect_code(frame(MessageType::Welcome, w), ErrorCode::Malformed);
+    // WELCOME goes under the version it announces: a version-2 payload under header version 1.
+    CHECK_THAT(expect_code(frame(uint16_t(MessageType::Welcome), encode_payload(bodies[3]), 0, 1),
+                           ErrorCode::Malformed),
+               Catch::Contains("sent under header version 1"));
     w = encode_payload(bodies[2]);
     w[25] = uint8_t(st::BlobEncoding::None);  // None with a 100-byte blob
     CHECK_THAT(expect_code(frame(MessageType::Welcome, w), ErrorCode::Malformed),
@@ -806,7 +819,7 @@ TEST_CASE("protocol: conversation rules", "[protocol][portable]") {
     s.on_receive(msg(h));
     expect_unexpected(s, false, h, "already");
     Welcome w3 = w;
-    w3.version = 2;
+    w3.version = kVersionMax + 1;
     expect_unexpected(s, true, w3, "outside HELLO");
     Welcome wf16 = w;
     wf16.blob_kind = st::BlobEncoding::F16;
@@ -910,6 +923,15 @@ TEST_CASE("protocol: regenerate the seed corpus", "[.protocol-corpus-gen]") {
   REQUIRE(std::size(names) == bodies.size());
   for (size_t i = 0; i < bodies.size(); ++i)
     write(std::string("ok_") + names[i] + ".bin", encode(msg(bodies[i])));
+  {  // Version 2's split: training from enc3, biases and BN affine only, an fp16 blob.
+    Welcome w;
+    w.session_id = 3;
+    w.train_from = 4;
+    w.train = TrainedTensors::BiasOnly;
+    w.blob_kind = st::BlobEncoding::F16;
+    w.blob = pattern(6, 4);
+    write("ok_welcome_split_bias.bin", encode(msg(w)));
+  }
   // Conversations, one direction each.
   Encoder e;
   Bytes edge = e.encode(bodies[0]);
@@ -919,7 +941,9 @@ TEST_CASE("protocol: regenerate the seed corpus", "[.protocol-corpus-gen]") {
   e.encode_to(Bye{}, edge);
   write("ok_stream_edge.bin", edge);
   Encoder s;
-  Bytes server = s.encode(bodies[2]);
+  Welcome welcome = std::get<Welcome>(bodies[2]);
+  welcome.version = s.version();  // the encoder's version, which WELCOME announces
+  Bytes server = s.encode(welcome);
   s.encode_to(bodies[8], server);
   s.encode_to(bodies[7], server);
   s.encode_to(Ping{4}, server);
@@ -934,7 +958,8 @@ TEST_CASE("protocol: regenerate the seed corpus", "[.protocol-corpus-gen]") {
   b = ping;
   b[20] ^= 1;
   write("err_BadHeaderCrc_size.bin", b);
-  write("err_UnsupportedVersion_ping_v2.bin", frame(uint16_t(MessageType::Ping), Bytes(8), 0, 2));
+  write("err_UnsupportedVersion_ping_v3.bin",
+        frame(uint16_t(MessageType::Ping), Bytes(8), 0, kVersionMax + 1));
   write("err_UnknownType_10.bin", frame(uint16_t(10), Bytes(8)));
   write("err_BadFlags_ping.bin", frame(uint16_t(MessageType::Ping), Bytes(8), 0, 1, 1));
   {

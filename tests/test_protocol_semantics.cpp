@@ -235,6 +235,57 @@ const Bytes kWelcomeC = {
     0x02, 0x00, 0x00, 0x00, 0x3c, 0x00,              // 26 blob, 2 bytes
 };
 
+// WELCOME, version 2: mode Partial, raw | JPEG, strides 4..32, threshold 0.5, the trained part
+// as an fp16 blob of 2 bytes, and the split: training from block 4 (enc3), biases and BN affine
+// only.
+const Bytes kWelcomeSplit = {
+    0x53, 0x54, 0x57, 0x31,                          // magic
+    0x02, 0x00,                                      // version 2
+    0x02, 0x00,                                      // type 2 WELCOME
+    0x00, 0x00, 0x00, 0x00,                          // flags
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // seq 0
+    0x22, 0x00, 0x00, 0x00,                          // payload_size 34 = 32 + 2
+    0x2e, 0x28, 0xa4, 0x77,                          // payload_crc
+    0xc6, 0x5b, 0x59, 0x0e,                          // header_crc
+    0x02, 0x00,                                      // 0  version 2
+    0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // 2  session_id 5
+    0x00,                                            // 10 mode 0 Partial
+    0x05,                                            // 11 accept_frames raw | JPEG
+    0x04, 0x00, 0x00, 0x00,                          // 12 min_stride 4
+    0x20, 0x00, 0x00, 0x00,                          // 16 max_stride 32
+    0x00, 0x00, 0x00, 0x3f,                          // 20 threshold 0.5f
+    0x00,                                            // 24 scope 0 trained part
+    0x02,                                            // 25 blob_kind 2 fp16
+    0x04,                                            // 26 train_from 4 (enc3)
+    0x01,                                            // 27 train 1 biases and BN affine only
+    0x02, 0x00, 0x00, 0x00, 0x00, 0x3c,              // 28 blob, 2 bytes
+};
+
+// WELCOME, version 2: mode Full (no split: train_from 0, train 0), raw only, strides 8..64,
+// threshold 0.8, scope full student, no blob: the minimum version-2 payload of 32 bytes.
+const Bytes kWelcomeFullV2 = {
+    0x53, 0x54, 0x57, 0x31,                          // magic
+    0x02, 0x00,                                      // version 2
+    0x02, 0x00,                                      // type 2 WELCOME
+    0x00, 0x00, 0x00, 0x00,                          // flags
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // seq 0
+    0x20, 0x00, 0x00, 0x00,                          // payload_size 32
+    0x91, 0xdb, 0xad, 0xb7,                          // payload_crc
+    0x51, 0xda, 0x35, 0x65,                          // header_crc
+    0x02, 0x00,                                      // 0  version 2
+    0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // 2  session_id 9
+    0x01,                                            // 10 mode 1 Full
+    0x01,                                            // 11 accept_frames raw
+    0x08, 0x00, 0x00, 0x00,                          // 12 min_stride 8
+    0x40, 0x00, 0x00, 0x00,                          // 16 max_stride 64
+    0xcd, 0xcc, 0x4c, 0x3f,                          // 20 threshold 0.8f
+    0x01,                                            // 24 scope 1 full student
+    0x00,                                            // 25 blob_kind 0 none
+    0x00,                                            // 26 train_from 0 (no split)
+    0x00,                                            // 27 train 0
+    0x00, 0x00, 0x00, 0x00,                          // 28 blob, empty
+};
+
 // KEY_FRAME, raw BGR 2 wide and 1 high: exactly 2*1*3 = 6 bytes of data.
 const Bytes kKeyFrameRaw = {
     0x53, 0x54, 0x57, 0x31,                          // magic
@@ -501,7 +552,7 @@ TEST_CASE("protocol semantics: the goldens' CRC fields are CRC32C of what they c
   // A check of the goldens themselves (their CRCs came from the Python CRC32C), so a typo in a
   // golden shows here rather than as a puzzling BadHeaderCrc below.
   for (const Bytes* g : {&kHelloA, &kHelloB, &kHelloMax, &kWelcomeA, &kWelcomeB, &kWelcomeC,
-                         &kKeyFrameRaw, &kKeyFramePng, &kKeyFrameJpeg, &kUpdateNone, &kUpdateF32,
+                         &kWelcomeSplit, &kWelcomeFullV2, &kKeyFrameRaw, &kKeyFramePng, &kKeyFrameJpeg, &kUpdateNone, &kUpdateF32,
                          &kUpdateF16, &kLabels, &kLabelsWide, &kErrorAuth, &kErrorUnknown,
                          &kErrorMax, &kErrorV7, &kPing, &kPingZero, &kPong, &kBye}) {
     REQUIRE(g->size() >= kHeaderSize);
@@ -624,7 +675,9 @@ TEST_CASE("protocol semantics: WELCOME golden bytes", "[protocol][portable]") {
     want.threshold = 0.8f;
     want.scope = WeightsScope::Full;
     want.blob_kind = st::BlobEncoding::F32;
+    want.train_from = 0;  // what version 1 means in mode Full: no split
     want.blob = {0xaa, 0xbb, 0xcc};
+    CHECK(w == want);
     check_encodes(kWelcomeA, 0, 1, want);
   }
   SECTION("Partial, raw only, strides 2^20, 0, trained part, no blob") {
@@ -650,6 +703,9 @@ TEST_CASE("protocol semantics: WELCOME golden bytes", "[protocol][portable]") {
     want.threshold = 0.f;
     want.scope = WeightsScope::Trained;
     want.blob_kind = st::BlobEncoding::None;
+    CHECK(w.train_from == kPaperTrainFrom);  // version 1 in mode Partial: the paper's split
+    CHECK(w.train == TrainedTensors::All);
+    CHECK(w == want);
     check_encodes(kWelcomeB, 0, 1, want);
   }
   SECTION("Naive, raw | PNG, strides 1, 1.0, fp16") {
@@ -674,8 +730,66 @@ TEST_CASE("protocol semantics: WELCOME golden bytes", "[protocol][portable]") {
     want.threshold = 1.f;
     want.scope = WeightsScope::Trained;
     want.blob_kind = st::BlobEncoding::F16;
+    want.train_from = 0;
     want.blob = {0x3c, 0x00};
+    CHECK(w == want);
     check_encodes(kWelcomeC, 0, 1, want);
+  }
+  SECTION("version 2: Partial, split at enc3, biases and BN affine only, fp16") {
+    const Message got = decode_one(kWelcomeSplit);
+    const Welcome& w = got.as<Welcome>();
+    CHECK(got.version == 2);
+    CHECK(w.version == 2);
+    CHECK(w.session_id == 5);
+    CHECK(w.mode == st::Mode::Partial);
+    CHECK(w.accept_frames == (kAcceptRawBgr | kAcceptJpeg));
+    CHECK(w.min_stride == 4);
+    CHECK(w.max_stride == 32);
+    CHECK(w.threshold == 0.5f);
+    CHECK(w.scope == WeightsScope::Trained);
+    CHECK(w.blob_kind == st::BlobEncoding::F16);
+    CHECK(w.train_from == 4);
+    CHECK(w.train == TrainedTensors::BiasOnly);
+    CHECK(w.blob == Bytes{0x00, 0x3c});
+    Welcome want;
+    want.version = 2;
+    want.session_id = 5;
+    want.mode = st::Mode::Partial;
+    want.accept_frames = 5;
+    want.min_stride = 4;
+    want.max_stride = 32;
+    want.threshold = 0.5f;
+    want.scope = WeightsScope::Trained;
+    want.blob_kind = st::BlobEncoding::F16;
+    want.train_from = 4;
+    want.train = TrainedTensors::BiasOnly;
+    want.blob = {0x00, 0x3c};
+    CHECK(w == want);
+    check_encodes(kWelcomeSplit, 0, 2, want);
+    // Version 1 cannot say this: the encoder refuses rather than send the paper's split.
+    Welcome v1 = want;
+    v1.version = 1;
+    CHECK_THROWS_WITH(encode_payload(v1), Catch::Contains("version 2"));
+  }
+  SECTION("version 2: Full, no split, no blob") {
+    const Message got = decode_one(kWelcomeFullV2);
+    const Welcome& w = got.as<Welcome>();
+    CHECK(w.version == 2);
+    CHECK(w.session_id == 9);
+    CHECK(w.mode == st::Mode::Full);
+    CHECK(w.scope == WeightsScope::Full);
+    CHECK(w.blob_kind == st::BlobEncoding::None);
+    CHECK(w.train_from == 0);
+    CHECK(w.train == TrainedTensors::All);
+    CHECK(w.blob.empty());
+    Welcome want;
+    want.version = 2;
+    want.session_id = 9;
+    want.mode = st::Mode::Full;
+    want.scope = WeightsScope::Full;
+    want.train_from = 0;
+    CHECK(w == want);
+    check_encodes(kWelcomeFullV2, 0, 2, want);
   }
 }
 
@@ -869,6 +983,15 @@ TEST_CASE("protocol semantics: a field just outside its documented range is refu
       {"WELCOME.blob_kind 3", MT::Welcome, &kWelcomeA, 25, {3}, M},
       {"WELCOME.blob_kind none with a blob", MT::Welcome, &kWelcomeA, 25, {0}, M},
       {"WELCOME.blob_kind fp32 without a blob", MT::Welcome, &kWelcomeB, 25, {1}, M},
+      {"WELCOME.version 3 (not a version this library speaks)", MT::Welcome, &kWelcomeSplit, 0,
+       {3, 0}, M},
+      {"WELCOME v2 Partial, train_from 0", MT::Welcome, &kWelcomeSplit, 26, {0}, M},
+      {"WELCOME v2 Partial, train_from 11", MT::Welcome, &kWelcomeSplit, 26, {11}, M},
+      {"WELCOME v2 train 2", MT::Welcome, &kWelcomeSplit, 27, {2}, M},
+      {"WELCOME v2 Full with train_from 6", MT::Welcome, &kWelcomeFullV2, 26, {6}, M},
+      {"WELCOME v2 Full with train 1", MT::Welcome, &kWelcomeFullV2, 27, {1}, M},
+      {"WELCOME v2 read as version 1 (the blob length runs past the end)", MT::Welcome,
+       &kWelcomeSplit, 0, {1, 0}, T},
       {"KEY_FRAME.encoding 3", MT::KeyFrame, &kKeyFrameRaw, 8, {3}, M},
       {"KEY_FRAME.width 0", MT::KeyFrame, &kKeyFramePng, 9, {0, 0, 0, 0}, M},
       {"KEY_FRAME.width 16385", MT::KeyFrame, &kKeyFramePng, 9, {0x01, 0x40, 0, 0}, M},
@@ -894,8 +1017,8 @@ TEST_CASE("protocol semantics: a field just outside its documented range is refu
     CHECK(payload_error(c.type, patched(*c.golden, c.off, c.with)) == c.want);
   }
   // Every payload ends after its last field.
-  for (const Bytes* g : {&kHelloA, &kWelcomeA, &kKeyFrameJpeg, &kUpdateF16, &kLabels, &kErrorAuth,
-                         &kPing, &kPong, &kBye}) {
+  for (const Bytes* g : {&kHelloA, &kWelcomeA, &kWelcomeSplit, &kKeyFrameJpeg, &kUpdateF16,
+                         &kLabels, &kErrorAuth, &kPing, &kPong, &kBye}) {
     Bytes p(g->begin() + kHeaderSize, g->end());
     p.push_back(0);
     const MT t = MT(uint16_t((*g)[6]));
@@ -961,6 +1084,8 @@ void body_fields(const Body& body, Fields& f) {
     f.add("threshold", flt(w->threshold));
     f.add("scope", num(uint8_t(w->scope)));
     f.add("blob_kind", num(uint8_t(w->blob_kind)));
+    f.add("train_from", num(w->train_from));
+    f.add("train", num(uint8_t(w->train)));
     f.add("blob", hex(w->blob));
   } else if (auto* k = std::get_if<KeyFrame>(&body)) {
     f.add("frame_index", num(k->frame_index));

@@ -4,7 +4,7 @@
 Reads byte streams (by default every file of tests/protocol_corpus/) and prints, as JSON, each
 file's messages field by field and its outcome: "ok", or the name of the error code (§6) at
 which decoding stopped. It decodes as the C++ protocol::Decoder does with its default options
-(§8: 16 MiB message limit, header versions 1..1, sequence numbers checked, every type accepted),
+(§8: 16 MiB message limit, header versions 1..2, sequence numbers checked, every type accepted),
 following the order of checks of §7, so both must agree on every file.
 
   tools/protocol_decode.py [FILE_OR_DIR ...]          # prints the JSON
@@ -46,7 +46,7 @@ assert crc32c(b"123456789") == 0xE3069283  # the check value §2 gives
 MAGIC = b"STW1"
 HEADER = 32
 MAX_MESSAGE = 16 << 20  # §8, the default limit
-VERSION_MIN, VERSION_MAX = 1, 1  # this document is version 1 (§5)
+VERSION_MIN, VERSION_MAX = 1, 2  # this document is version 2 and describes 1 too (§5)
 
 # §6
 CODE_NAMES = {
@@ -54,7 +54,7 @@ CODE_NAMES = {
     5: "BadHeaderCrc", 6: "BadCrc", 7: "BadFlags", 8: "BadSequence", 9: "Truncated",
     10: "Malformed", 11: "TrailingBytes", 16: "UnexpectedMessage", 32: "AuthFailed",
     33: "LayoutMismatch", 34: "BadFrame", 35: "UnsupportedMode", 36: "Busy", 37: "Internal",
-    38: "Timeout", 39: "ShuttingDown", 40: "Overflow",
+    38: "Timeout", 39: "ShuttingDown", 40: "Overflow", 41: "SplitMismatch",
 }
 
 # §3: type -> (name, min payload, max payload or None)
@@ -162,9 +162,16 @@ def parse_welcome(p):
     m = {"version": p.u16("version"), "session_id": p.u64("session_id"), "mode": p.u8("mode"),
          "accept_frames": p.u8("accept_frames"), "min_stride": p.u32("min_stride"),
          "max_stride": p.u32("max_stride"), "threshold": p.f32("threshold"),
-         "scope": p.u8("scope"), "blob_kind": p.u8("blob_kind"), "blob": p.bytes32("blob")}
+         "scope": p.u8("scope"), "blob_kind": p.u8("blob_kind")}
+    if m["version"] >= 2:  # §3: the layout follows the payload's own version field
+        m["train_from"] = p.u8("train_from")
+        m["train"] = p.u8("train")
+    else:  # a version-1 WELCOME means the paper's split (dec2, all tensors) in mode Partial
+        m["train_from"] = 6 if m["mode"] == 0 else 0
+        m["train"] = 0
+    m["blob"] = p.bytes32("blob")
     p.finish()
-    if m["version"] < 1:
+    if m["version"] < 1 or m["version"] > VERSION_MAX:
         bad("version")
     if m["mode"] > 2:
         bad("mode")
@@ -178,6 +185,13 @@ def parse_welcome(p):
     if m["scope"] > 1:
         bad("scope")
     check_blob(m["blob_kind"], m["blob"])
+    if m["train"] > 1:
+        bad("train")
+    if m["mode"] == 0:
+        if not 1 <= m["train_from"] <= 10:
+            bad("train_from")
+    elif m["train_from"] != 0 or m["train"] != 0:
+        bad("train_from without mode Partial")
     return m
 
 
@@ -288,6 +302,8 @@ def decode_stream(data):
             if crc32c(payload) != pcrc:
                 raise DecodeError("BadCrc", "")
             fields = PARSERS[mtype](Payload(payload))
+            if mtype == 2 and fields["version"] != version:  # §5: sent under the version it names
+                raise DecodeError("Malformed", "WELCOME.version differs from the header's")
             m = {"type": name, "version": version, "seq": hseq, "payload_size": size,
                  "payload_crc": pcrc}
             m.update({k: to_json_value(v) for k, v in fields.items()})
