@@ -283,10 +283,13 @@ bool read_token_file(const std::string& path, std::string& token) {
 
 // ---------------------------------------------------------------- shared tables
 
-void declare_split_flags(Flags& flags, nn::PartialSplit& split) {
+void declare_split_flags(Flags& flags, nn::PartialSplit& split, bool edge) {
+  // The edge trains nothing: its flags state what it requires of the server's split.
   flags.custom("--train-from", "BLOCK",
-               "partial distillation trains BLOCK and every block after it: in_conv2 ..\n"
-               "out_conv3 (default dec2, the paper's)",
+               edge ? "require the server's partial split to start at BLOCK: in_conv2 ..\n"
+                      "out_conv3 (dec2 is the paper's)"
+                    : "partial distillation trains BLOCK and every block after it: in_conv2 ..\n"
+                      "out_conv3 (default dec2, the paper's)",
                [&split](const std::string& v) {
                  const int first = nn::student_block(v);
                  if (first == 0)
@@ -294,8 +297,10 @@ void declare_split_flags(Flags& flags, nn::PartialSplit& split) {
                  split.first = first;
                });
   flags.custom("--train-last", "K",
-               "partial distillation trains the last K blocks (1 .. 10): --train-from\n"
-               "counted from the end (out_conv3 is the last block, dec2 the 5th from the end)",
+               std::string(edge ? "require the server's partial split to be the last K blocks"
+                                : "partial distillation trains the last K blocks") +
+                   " (1 .. 10):\n--train-from counted from the end (out_conv3 is the last block, "
+                   "dec2 the 5th\nfrom the end)",
                [&split](const std::string& v) {
                  const long long k = Flags::parse_signed(v);
                  if (k < 1 || k > nn::kStudentBlocks - 1)
@@ -305,7 +310,8 @@ void declare_split_flags(Flags& flags, nn::PartialSplit& split) {
                });
   flags.custom("--train", "WHAT",
                "all | bias: of the blocks trained, every tensor (default) or only the\n"
-               "biases and batch-norm affine parameters",
+               "biases and batch-norm affine parameters" +
+                   std::string(edge ? " (a requirement, as above)" : ""),
                [&split](const std::string& v) {
                  if (v != "all" && v != "bias")
                    throw Error("--train takes all or bias, not '" + v + "'");

@@ -127,10 +127,11 @@ bool read_token_file(const std::string& path, std::string& token);
 // --max-updates, --min-stride, --max-stride, --restore-weights-only.
 void declare_distill_flags(Flags& flags, nn::DistillConfig& cfg);
 
-// What partial distillation trains (shadowtutor simulate): --train-from BLOCK (in_conv2 ..
-// out_conv3, default dec2) or --train-last K (the same, counted from the end), and
-// --train all|bias (bias: biases and batch-norm affine only).
-void declare_split_flags(Flags& flags, nn::PartialSplit& split);
+// What partial distillation trains: --train-from BLOCK (in_conv2 .. out_conv3, default dec2) or
+// --train-last K (the same, counted from the end), and --train all|bias (bias: biases and
+// batch-norm affine only). simulate and bench_student run that split, the server announces it to
+// partial sessions, the edge requires it.
+void declare_split_flags(Flags& flags, nn::PartialSplit& split, bool edge = false);
 
 // --profile FILE (shadowtutor simulate, shadowtutor-edge, shadowtutor-server): the kernel
 // profiler (tensor/profile.h), tables per kernel and per module scope on stderr at exit and a

@@ -21,6 +21,10 @@
 
 namespace st::edge {
 
+// WELCOME.train_from counts the student's blocks as nn/student.h does.
+static_assert(protocol::kMaxTrainFrom == nn::kStudentBlocks - 1);
+static_assert(protocol::kPaperTrainFrom == nn::kDefaultSplit);
+
 using namespace st::protocol;
 using Clock = std::chrono::steady_clock;
 
@@ -246,6 +250,22 @@ void EdgeSession::on_connected(uint64_t epoch) {
 
 void EdgeSession::on_welcome(uint64_t epoch, Welcome& w) {
   if (epoch != hello_epoch_) return;
+  // Partial: the trained part is what the server's split says (the codec has checked its range).
+  if (opt_.mode == Mode::Partial) {
+    const nn::PartialSplit split{w.train_from, w.train == protocol::TrainedTensors::BiasOnly};
+    if (opt_.require_split && split != *opt_.require_split) {
+      const std::string why = "the server trains from " + nn::split_name(split) +
+                              ", this edge requires " + nn::split_name(*opt_.require_split);
+      r_.errors.push_back("WELCOME refused: " + why);
+      net_.drop(epoch, why, ErrorMessage{ErrorCode::SplitMismatch, why});
+      return;
+    }
+    if (split != active_->partial_split()) {  // what a trained-part blob holds from now on
+      active_->set_partial_split(split);
+      spare_->set_partial_split(split);
+    }
+    r_.split = nn::split_name(split);
+  }
   try {
     if (w.blob_kind != BlobEncoding::None) {
       apply_blob(w.scope == WeightsScope::Full ? nn::Distillation::Full : dmode_, w.blob);
@@ -596,6 +616,7 @@ std::string to_json(const EdgeResult& r) {
   j["labels_received"] = r.labels;
   j["sessions"] = r.welcomes;
   j["full_weight_syncs"] = r.full_weight_syncs;
+  if (!r.split.empty()) j["split"] = r.split;
   j["disconnects"] = r.disconnects;
   j["bytes"] = {{"up_total", r.bytes_up},
                 {"down_total", r.bytes_down},

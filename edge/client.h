@@ -36,10 +36,12 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/mode.h"
+#include "nn/student.h"
 #include "edge/net_client.h"
 #include "protocol/protocol.h"
 #include "tensor/dtype.h"
@@ -101,6 +103,11 @@ struct EdgeOptions {
   std::filesystem::path reference_dir;
   std::filesystem::path frame_log;        // optional JSON-lines log, one object per frame
   uint8_t accept_blobs = protocol::kAcceptF32 | protocol::kAcceptF16;
+  // Partial mode: the edge trains nothing itself; it applies the split the server announces in
+  // WELCOME (protocol version 2; version 1 means the paper's). When set, the edge requires this
+  // split: a WELCOME with another one is answered ERROR(SplitMismatch), the connection dropped
+  // (and retried after the backoff) while the edge goes on with the weights it holds.
+  std::optional<nn::PartialSplit> require_split;
   std::string edge_name = "shadowtutor-edge";
   // No answer this long after the edge needed it (partial/full: from the frame key +
   // MIN_STRIDE on, whether blocked or running stale; naive: blocked on a frame's labels): drop
@@ -143,6 +150,7 @@ struct EdgeResult {
   double miou_mean = 0;                  // mean per-frame mIoU against the reference
   int64_t key_bytes = 0;                 // KEY_FRAME image bytes sent (after encoding)
   int64_t final_stride = 0;
+  std::string split;                     // partial: the split of the last WELCOME ("dec2", ...)
   uint64_t initial_weights_hash = 0, final_weights_hash = 0;
   std::vector<std::string> errors;       // why connections ended, ERRORs received
 };

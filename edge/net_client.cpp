@@ -361,7 +361,10 @@ struct NetClient::Impl {
           }
           break;
         case Cmd::Drop:
-          if (c && c->epoch == cmd.epoch) m->fail(c, cmd.why);
+          if (c && c->epoch == cmd.epoch) {
+            if (cmd.body && c->connected && !c->closing) m->try_send_now(c, std::move(*cmd.body));
+            m->fail(c, cmd.why);
+          }
           break;
         case Cmd::Stop:
           m->stopping = true;
@@ -425,8 +428,11 @@ void NetClient::send(uint64_t epoch, Body body) {
   impl_->command(Impl::Cmd{Impl::Cmd::Send, epoch, std::move(body), {}});
 }
 
-void NetClient::drop(uint64_t epoch, const std::string& why) {
-  impl_->command(Impl::Cmd{Impl::Cmd::Drop, epoch, std::nullopt, why});
+void NetClient::drop(uint64_t epoch, const std::string& why,
+                     std::optional<protocol::ErrorMessage> error) {
+  std::optional<protocol::Body> body;
+  if (error) body = std::move(*error);
+  impl_->command(Impl::Cmd{Impl::Cmd::Drop, epoch, std::move(body), why});
 }
 
 bool NetClient::poll(Event& e) {

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "protocol/protocol.h"
@@ -45,8 +46,10 @@ class NetClient {
   void stop();
   // Queues a message on connection `epoch`; dropped when that connection is gone.
   void send(uint64_t epoch, protocol::Body body);
-  // Drops connection `epoch` (if current) and reconnects after the backoff.
-  void drop(uint64_t epoch, const std::string& why);
+  // Drops connection `epoch` (if current) and reconnects after the backoff; with `error`, first
+  // tells the server why (best effort: an ERROR message, when it can go out at once).
+  void drop(uint64_t epoch, const std::string& why,
+            std::optional<protocol::ErrorMessage> error = std::nullopt);
   bool poll(Event& e);                        // non-blocking
   bool wait(Event& e, double timeout_s);      // false on timeout
   int64_t bytes_up() const { return bytes_up_; }

@@ -150,8 +150,15 @@ int main(int argc, char** argv) {
   flags.action("--quiet", [&] { o.progress = false, o.net.log = false; },
                "no live progress line and no log lines");
   std::string profile_path;
+  st::nn::PartialSplit split;
+  st::cli::declare_split_flags(flags, split, /*edge=*/true);
   st::cli::declare_profile_flag(flags, profile_path);
   if (auto exit_code = flags.parse(argc, argv)) return *exit_code;
+  if (flags.given("--train-from") || flags.given("--train-last") || flags.given("--train")) {
+    if (o.mode != st::Mode::Partial)
+      return flags.usage_error("--train-from, --train-last and --train apply to --mode partial");
+    o.require_split = split;  // the server chooses the split; this edge insists on this one
+  }
   st::cli::warn_token_on_command_line(flags);  // before any other complaint
   if (server.empty() || o.video.empty())
     return flags.usage_error("--server and --video are required");

@@ -25,6 +25,10 @@
 
 namespace st::server {
 
+// WELCOME.train_from counts the student's blocks as nn/student.h does.
+static_assert(protocol::kMaxTrainFrom == nn::kStudentBlocks - 1);
+static_assert(protocol::kPaperTrainFrom == nn::kDefaultSplit);
+
 using namespace st::protocol;
 
 namespace {
@@ -306,6 +310,7 @@ void work(uv_work_t* r) {
     if (!s.student) {
       s.student = std::make_unique<nn::Student>(opt.init_seed);
       s.student->load_state(s.srv->base->named_parameters(), "server base weights");
+      s.student->set_partial_split(opt.split);  // what the distiller trains and blobs hold
       s.student->to(opt.device);  // training runs there (the distiller moves frame and target)
       s.distiller = std::make_unique<nn::Distiller>(*s.student, s.dmode, opt.distill);
     }
@@ -393,6 +398,13 @@ void handle_hello(Session& s, const Hello& h) {
   if (!offered)
     throw ProtocolError(ErrorCode::UnsupportedMode,
                         "HELLO.mode " + std::to_string(int(h.mode)) + " is not offered");
+  const bool paper_split = opt.split == nn::PartialSplit{};
+  if (h.mode == Mode::Partial && !paper_split && *v < 2)
+    throw ProtocolError(ErrorCode::UnsupportedVersion,
+                        "this server trains partial sessions from " + nn::split_name(opt.split) +
+                            "; a version-1 WELCOME cannot announce that split (HELLO offers " +
+                            std::to_string(h.min_version) + ".." +
+                            std::to_string(h.max_version) + ", the split needs version 2)");
   size_t active = 0;
   for (auto& [p, sp] : srv.sessions)
     if (sp->welcomed && !sp->closing) ++active;
@@ -422,6 +434,11 @@ void handle_hello(Session& s, const Hello& h) {
   w.max_stride = uint32_t(opt.distill.max_stride);
   w.threshold = float(opt.distill.threshold);
   w.accept_frames = kAcceptRawBgr | kAcceptPng | kAcceptJpeg;
+  w.train_from = implied_train_from(h.mode);  // version 1: the paper's split (checked above)
+  if (*v >= 2 && h.mode == Mode::Partial) {
+    w.train_from = uint8_t(opt.split.first);
+    w.train = opt.split.bias_only ? TrainedTensors::BiasOnly : TrainedTensors::All;
+  }
   if (h.weights_hash != srv.base_hash) {
     // The edge's weights are not the server's base: send the full student.
     w.scope = WeightsScope::Full;
@@ -432,8 +449,8 @@ void handle_hello(Session& s, const Hello& h) {
     w.blob_kind = BlobEncoding::None;
   }
   const bool full = w.scope == WeightsScope::Full;
+  s.enc.set_version(*v);  // WELCOME already goes under the version it announces
   send(s, std::move(w));
-  s.enc.set_version(*v);
   s.dec.set_versions(*v, *v);
   // From now on any type, up to the largest key frame of this frame size (a PNG or JPEG of
   // noise can be larger than the raw pixels, never twice as large).
@@ -450,6 +467,7 @@ void handle_hello(Session& s, const Hello& h) {
   srv.log(s.name() + ": WELCOME " + net::peer_text(h.edge_name) + " mode " +
           std::to_string(int(h.mode)) +
           " " + std::to_string(h.frame_width) + "x" + std::to_string(h.frame_height) +
+          (h.mode == Mode::Partial ? ", training from " + nn::split_name(opt.split) : "") +
           (full ? ", sent the full student" : ", weights in sync"));
 }
 
@@ -646,6 +664,10 @@ void Server::start() {
   ST_CHECK(m.opt.max_queued_bytes >= kHeaderSize, "server: max_queued_bytes below one message");
   ST_CHECK(m.opt.encoding == BlobEncoding::F32 || m.opt.encoding == BlobEncoding::F16,
            "server: the blob encoding must be fp32 or fp16");
+  ST_CHECK(m.opt.split.first >= protocol::kMinTrainFrom &&
+               m.opt.split.first <= protocol::kMaxTrainFrom,
+           "server: partial training starts at a block from in_conv2 to out_conv3, not block ",
+           m.opt.split.first);
   net::ignore_sigpipe();
   if (!m.base) {
     m.base = std::make_unique<nn::Student>(m.opt.init_seed);

@@ -32,6 +32,10 @@ struct ServerOptions {
   std::filesystem::path weights;      // base student weights; empty = Student(init_seed)
   uint64_t init_seed = 0;
   nn::DistillConfig distill;          // threshold, max updates, strides, lr
+  // What partial sessions train (--train-from, --train-last, --train): announced in WELCOME
+  // (protocol version 2). An edge that speaks only version 1 is refused any split but the
+  // paper's (ERROR UnsupportedVersion).
+  nn::PartialSplit split;
   BlobEncoding encoding = BlobEncoding::F32;  // preferred (F32, F16); the other if HELLO refuses it
   size_t max_message_bytes = protocol::kDefaultMaxMessageSize;
   size_t max_sessions = 64;

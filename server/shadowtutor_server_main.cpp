@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
   flags.custom("--encoding", "E", "preferred blob encoding fp32 | fp16 (default fp32)",
                [&](const std::string& v) { o.encoding = st::parse_blob_encoding(v); });
   st::cli::declare_distill_flags(flags, o.distill);
+  st::cli::declare_split_flags(flags, o.split);
   flags.integer("--max-message-bytes", o.max_message_bytes, "N",
                 "largest message accepted (default 16 MiB)");
   flags.integer("--max-sessions", o.max_sessions, "N", "concurrent sessions (default 64)");

@@ -114,7 +114,9 @@ inline Hello good_hello(const std::string& token = "sesame", int64_t width = 64,
   return h;
 }
 
-inline std::vector<uint8_t> encode_msg(Body b, uint64_t seq = 0, uint16_t version = 1) {
+// Under the library's protocol version, which the server picks for good_hello()'s range.
+inline std::vector<uint8_t> encode_msg(Body b, uint64_t seq = 0,
+                                       uint16_t version = kProtocolVersion) {
   return encode(Message{seq, version, std::move(b)});
 }
 

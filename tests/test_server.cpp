@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "algorithm_reference.h"
@@ -580,5 +581,133 @@ TEST_CASE("server: undecodable PNG / JPEG key frames get ERROR(BadFrame)", "[ser
   auto e3 = attempt(FrameEncoding::Jpeg, image::encode_jpeg(big, 80));
   REQUIRE(e3.code == ErrorCode::BadFrame);
   REQUIRE_THAT(e3.text, Catch::Contains("JPEG header says 128x96"));
+  srv.stop();
+}
+
+TEST_CASE("server: its partial split is announced in WELCOME, its UPDATE blobs hold exactly that "
+          "split's tensors, and an edge of protocol version 1 is refused any other split",
+          "[server]") {
+  Clip clip("split", 16);
+  server::ServerOptions so = server_options(clip.labels);
+  const nn::PartialSplit split{nn::student_block("enc3"), true};  // biases and BN affine only
+  so.split = split;
+  std::mutex log_mu;
+  std::vector<std::string> log;
+  so.log = true;
+  so.log_sink = [&](const std::string& line) {
+    std::lock_guard<std::mutex> lock(log_mu);
+    log.push_back(line);
+  };
+  server::Server srv(so);
+  srv.start();
+  std::vector<uint8_t> frame0;
+  {
+    auto src = io::open_video(clip.frames);
+    io::Frame f;
+    REQUIRE(src->next(f));
+    frame0 = f.bgr.pixels;
+  }
+
+  SECTION("WELCOME (version 2) names the split; the UPDATE's blob is that split's") {
+    Raw r(srv.port());
+    r.send(encode_msg(good_hello()));
+    const Message m = r.read_one();
+    REQUIRE(m.is<Welcome>());
+    const Welcome& w = m.as<Welcome>();
+    CHECK(m.version == 2);
+    CHECK(w.version == 2);
+    CHECK(int(w.train_from) == split.first);
+    CHECK(w.train == TrainedTensors::BiasOnly);
+    KeyFrame k = key_frame(0);
+    k.data = frame0;
+    r.send(encode_msg(k, 1));
+    const Message um = r.read_one();
+    REQUIRE(um.is<Update>());
+    const Update& u = um.as<Update>();
+    REQUIRE(u.steps > 0);  // a random student is far below the threshold on frame 0
+    REQUIRE(u.blob_kind == st::BlobEncoding::F32);
+    nn::Student base(0), paper(0), mine(0);
+    mine.set_partial_split(split);
+    REQUIRE_THROWS(nn::unpack_trained(paper, nn::Distillation::Partial, u.blob.data(),
+                                      u.blob.size()));
+    nn::unpack_trained(mine, nn::Distillation::Partial, u.blob.data(), u.blob.size());
+    const auto trained = mine.trained_names(nn::Distillation::Partial);
+    const auto after = mine.named_parameters(), before = base.named_parameters();
+    REQUIRE(after.size() == before.size());
+    size_t changed = 0;
+    for (size_t i = 0; i < after.size(); ++i) {
+      const std::string& name = after[i].first;
+      const bool same =
+          after[i].second.to_vector<float>() == before[i].second.to_vector<float>();
+      const bool is_trained = std::find(trained.begin(), trained.end(), name) != trained.end();
+      INFO(name);
+      if (!is_trained) REQUIRE(same);  // nothing outside the split moves
+      changed += same ? 0 : 1;
+      if (is_trained) {  // and the split is what it says: enc3 on, biases and BN affine (1-D)
+        REQUIRE(nn::student_block(name.substr(0, name.find('.'))) >= split.first);
+        REQUIRE(after[i].second.dim() == 1);
+      }
+    }
+    REQUIRE(changed > 0);
+    r.send(encode_msg(Bye{}, 2));
+    REQUIRE(r.read_until_closed().closed);
+  }
+  SECTION("an edge of version 1 only: refused in mode Partial, welcome in mode Full") {
+    Raw r(srv.port());
+    Hello h = good_hello();
+    h.max_version = 1;
+    r.send(encode_msg(h, 0, 1));
+    const auto g = r.read_until_closed();
+    REQUIRE(g.closed);
+    REQUIRE(g.msgs.size() == 1);
+    REQUIRE(g.msgs[0].is<ErrorMessage>());
+    CHECK(g.msgs[0].as<ErrorMessage>().code == ErrorCode::UnsupportedVersion);
+    CHECK_THAT(g.msgs[0].as<ErrorMessage>().text, Catch::Contains("enc3") &&
+                                                      Catch::Contains("version 2"));
+    Raw full(srv.port());
+    h.mode = st::Mode::Full;
+    full.send(encode_msg(h, 0, 1));
+    const Message m = full.read_one();
+    REQUIRE(m.is<Welcome>());
+    CHECK(m.as<Welcome>().version == 1);
+    CHECK(m.as<Welcome>().train_from == 0);
+  }
+  SECTION("edges: one adopts the server's split, one that requires the paper's refuses it") {
+    auto o = edge_options(clip, srv.port());
+    const edge::EdgeResult r = edge::run_edge(o);
+    INFO(edge::to_json(r));
+    REQUIRE(r.frames == clip.count);
+    REQUIRE(r.split == nn::split_name(split));
+    REQUIRE(r.updates_with_weights >= 1);
+    REQUIRE(r.final_weights_hash != r.initial_weights_hash);
+    REQUIRE(r.errors.empty());
+
+    // The one that insists on dec2 keeps segmenting with its own weights, tells the server why
+    // (ERROR SplitMismatch) and retries; it stops once the server has seen two refusals.
+    auto refused = [&] {
+      std::lock_guard<std::mutex> lock(log_mu);
+      return std::count_if(log.begin(), log.end(), [](const std::string& l) {
+        return l.find("peer sent ERROR SplitMismatch") != std::string::npos;
+      });
+    };
+    auto o2 = edge_options(clip, srv.port());
+    o2.require_split = nn::PartialSplit{};
+    o2.initial_wait_s = 0;
+    o2.loop = true;
+    const auto t0 = std::chrono::steady_clock::now();
+    o2.on_frame = [&](const edge::EdgeProgress&) {
+      return refused() < 2 && std::chrono::steady_clock::now() - t0 <
+                                  std::chrono::duration<double>(test::kHungS);
+    };
+    const edge::EdgeResult r2 = edge::run_edge(o2);
+    INFO(edge::to_json(r2));
+    REQUIRE(refused() >= 2);
+    REQUIRE(r2.welcomes == 0);
+    REQUIRE(r2.updates == 0);
+    REQUIRE(r2.final_weights_hash == r2.initial_weights_hash);
+    REQUIRE_FALSE(r2.errors.empty());
+    CHECK_THAT(r2.errors.front(),
+               Catch::Contains("trains from enc3") && Catch::Contains("requires dec2"));
+  }
   srv.stop();
 }
