@@ -319,6 +319,29 @@ void declare_split_flags(Flags& flags, nn::PartialSplit& split, bool edge) {
                });
 }
 
+void declare_key_encoding_flag(Flags& flags, FrameEncoding& enc, int& jpeg_quality) {
+  flags.custom("--key-encoding", "E",
+               "key frames as raw | png | jpeg[:QUALITY]  (default raw; jpeg = quality 90)",
+               [&enc, &jpeg_quality](const std::string& v) {
+                 if (v == "raw") {
+                   enc = FrameEncoding::RawBgr;
+                 } else if (v == "png") {
+                   enc = FrameEncoding::Png;
+                 } else if (v == "jpeg") {
+                   enc = FrameEncoding::Jpeg;
+                   jpeg_quality = 90;
+                 } else if (v.rfind("jpeg:", 0) == 0) {
+                   const long long q = v.size() > 5 ? Flags::parse_signed(v.substr(5)) : 0;
+                   if (q < 1 || q > 100)
+                     throw Error("JPEG quality must be 1..100, not '" + v + "'");
+                   enc = FrameEncoding::Jpeg;
+                   jpeg_quality = int(q);
+                 } else {
+                   throw Error("raw, png, jpeg or jpeg:QUALITY, not '" + v + "'");
+                 }
+               });
+}
+
 void declare_profile_flag(Flags& flags, std::string& trace_path) {
   flags.text("--profile", trace_path, "FILE",
              "profile every kernel call: tables on stderr at exit, Chrome trace JSON in FILE");

@@ -23,6 +23,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/frame_encoding.h"
 #include "nn/distill.h"
 #include "tensor/dtype.h"
 
@@ -132,6 +133,10 @@ void declare_distill_flags(Flags& flags, nn::DistillConfig& cfg);
 // batch-norm affine only). simulate and bench_student run that split, the server announces it to
 // partial sessions, the edge requires it.
 void declare_split_flags(Flags& flags, nn::PartialSplit& split, bool edge = false);
+
+// --key-encoding raw | png | jpeg[:QUALITY] (shadowtutor-edge, shadowtutor simulate): how key
+// frames go up; "jpeg" alone is quality 90.
+void declare_key_encoding_flag(Flags& flags, FrameEncoding& enc, int& jpeg_quality);
 
 // --profile FILE (shadowtutor simulate, shadowtutor-edge, shadowtutor-server): the kernel
 // profiler (tensor/profile.h), tables per kernel and per module scope on stderr at exit and a

@@ -12,6 +12,7 @@
 #include <optional>
 #include <thread>
 
+#include "io/frame_encoder.h"
 #include "io/video.h"
 #include "nn/blob.h"
 #include "nn/distill.h"
@@ -415,10 +416,7 @@ KeyFrame EdgeSession::make_key_frame(const io::Frame& f) {
   FrameEncoding enc = opt_.key_encoding;
   if ((welcome_.accept_frames & (1u << uint8_t(enc))) == 0) enc = FrameEncoding::RawBgr;
   k.encoding = enc;
-  if (enc == FrameEncoding::Png) k.data = image::encode_png(image::bgr_to_rgb(f.bgr));
-  else if (enc == FrameEncoding::Jpeg)
-    k.data = image::encode_jpeg(image::bgr_to_rgb(f.bgr), opt_.jpeg_quality);
-  else k.data = f.bgr.pixels;
+  k.data = io::encode_key_frame(f.bgr, enc, opt_.jpeg_quality);
   r_.key_bytes += int64_t(k.data.size());
   return k;
 }

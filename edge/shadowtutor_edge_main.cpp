@@ -33,25 +33,6 @@ void install_stop_handlers() {
   sigaction(SIGTERM, &sa, nullptr);
 }
 
-// --key-encoding raw | png | jpeg[:QUALITY]
-void parse_key_encoding(const std::string& v, st::edge::EdgeOptions& o) {
-  using st::protocol::FrameEncoding;
-  if (v == "raw") {
-    o.key_encoding = FrameEncoding::RawBgr;
-  } else if (v == "png") {
-    o.key_encoding = FrameEncoding::Png;
-  } else if (v == "jpeg") {
-    o.key_encoding = FrameEncoding::Jpeg;
-  } else if (v.rfind("jpeg:", 0) == 0) {
-    const long long q = v.size() > 5 ? st::cli::Flags::parse_signed(v.substr(5)) : 0;
-    if (q < 1 || q > 100) throw st::Error("JPEG quality must be 1..100, not '" + v + "'");
-    o.key_encoding = FrameEncoding::Jpeg;
-    o.jpeg_quality = int(q);
-  } else {
-    throw st::Error("raw, png, jpeg or jpeg:QUALITY, not '" + v + "'");
-  }
-}
-
 // --max-wait S | Nf | inf: S seconds (inf: unbounded) or N frame times. A number first ("inf"
 // ends in 'f' too), then N followed by 'f'.
 void parse_max_wait(const std::string& v, st::edge::EdgeOptions& o) {
@@ -118,9 +99,7 @@ int main(int argc, char** argv) {
   flags.boolean("--overlay-jpeg", o.overlay_jpeg, "overlays as JPEG (%06d.jpg), not PNG");
   flags.number("--link-mbps", o.net.link_mbps, "R",
                "limit the link to R Mbit/s per direction (token bucket)");
-  flags.custom("--key-encoding", "E",
-               "key frames as raw | png | jpeg[:QUALITY]  (default raw; jpeg = quality 90)",
-               [&](const std::string& v) { parse_key_encoding(v, o); });
+  st::cli::declare_key_encoding_flag(flags, o.key_encoding, o.jpeg_quality);
   flags.path("--reference", o.reference_dir, "DIR",
              "reference label maps DIR/%06d.png: per-frame mIoU in the log and summary");
   flags.path("--frame-log", o.frame_log, "FILE",

@@ -38,8 +38,14 @@ void declare_simulate_flags(st::cli::Flags& flags, st::edge::SimOptions& o, std:
   flags.integer("--frames", o.max_frames, "N", "stop after N frames");
   flags.custom("--encoding", "E", "fp32 | fp16 blob encoding               (default fp32)",
                [&o](const std::string& v) { o.encoding = st::parse_blob_encoding(v); });
+  flags.custom("--update", "CODEC",
+               "compact updates: fp32 | fp16 | int8 | int8:topP, each optionally +zstd\n"
+               "(int8: a delta against the edge's weights; topP: the P% largest entries of\n"
+               "each tensor; default: plain blobs in --encoding)",
+               [&o](const std::string& v) { o.update = st::nn::parse_update_codec(v); });
   st::cli::declare_distill_flags(flags, o.distill);
   st::cli::declare_split_flags(flags, o.split);
+  st::cli::declare_key_encoding_flag(flags, o.key_encoding, o.jpeg_quality);
   flags.text("--out", out, "FILE", "write the JSON report here (default: stdout)");
   st::cli::declare_profile_flag(flags, profile_path);
   flags.path("--predictions", o.predictions_dir, "DIR", "write predicted label maps (PNG)");

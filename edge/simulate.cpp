@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "io/frame_decoder.h"
+#include "io/frame_encoder.h"
 #include "io/video.h"
 #include "nn/key_frame.h"
 #include "teacher/teacher.h"
@@ -33,6 +35,8 @@ SimResult simulate(const SimOptions& opt) {
   ST_CHECK(opt.labels.empty() != opt.maskrcnn.empty(),
            "simulate: give exactly one teacher (recorded labels or Mask R-CNN weights)");
   ST_CHECK(opt.eval_every >= 1, "simulate: eval_every must be >= 1, got ", opt.eval_every);
+  ST_CHECK(opt.jpeg_quality >= 1 && opt.jpeg_quality <= 100, "simulate: JPEG quality ",
+           opt.jpeg_quality, " is not within 1..100");
   auto source = io::open_video(opt.video);
   std::unique_ptr<teachers::Teacher> teacher;
   SimResult r;
@@ -48,6 +52,10 @@ SimResult simulate(const SimOptions& opt) {
   const int64_t H = source->height(), W = source->width();
 
   r.mode = mode_name(opt.mode);
+  r.key_encoding = frame_encoding_name(opt.key_encoding);
+  if (opt.key_encoding == FrameEncoding::Jpeg) r.key_encoding += ":" + std::to_string(opt.jpeg_quality);
+  const bool live_teacher = !opt.maskrcnn.empty();  // recorded labels ignore the pixels
+  const bool raw_keys = opt.key_encoding == FrameEncoding::RawBgr;
   r.delay = opt.delay;
   r.step_histogram.assign(size_t(opt.distill.max_updates + 1), 0);
   r.rewind_optimizer = opt.distill.rewind_optimizer;
@@ -73,6 +81,11 @@ SimResult simulate(const SimOptions& opt) {
   if (dmode != nn::Distillation::None)  // partial, full: the server half distils
     distiller = std::make_unique<nn::Distiller>(server_student, dmode, opt.distill);
   edge_student.configure(nn::Distillation::None);  // the edge never trains
+  // Compact updates: the server half's mirror of the edge half's weights.
+  std::unique_ptr<nn::UpdateEncoder> updater;
+  if (opt.update && distiller)
+    updater = std::make_unique<nn::UpdateEncoder>(edge_student, dmode, *opt.update);
+  r.update = opt.update ? opt.update->name() : blob_encoding_name(opt.encoding);
 
   if (!opt.predictions_dir.empty()) std::filesystem::create_directories(opt.predictions_dir);
   if (!opt.overlays_dir.empty()) std::filesystem::create_directories(opt.overlays_dir);
@@ -81,6 +94,7 @@ SimResult simulate(const SimOptions& opt) {
   int64_t next_key = 0, stride = opt.distill.min_stride;
   // A pending update: the blob (empty = "no change") and the frame before which it applies.
   std::vector<uint8_t> pending;
+  uint64_t pending_hash = 0;  // compact updates: what the edge half must hold after `pending`
   int64_t apply_at = -1;
   double student_ms = 0, step_ms = 0, teacher_ms = 0;
   int64_t steps_total = 0, teacher_calls = 0;
@@ -91,28 +105,48 @@ SimResult simulate(const SimOptions& opt) {
     const int64_t i = f.index;
     ST_CHECK(f.bgr.height == H && f.bgr.width == W, "simulate: frame ", i, " changed size");
     if (apply_at == i) {  // swap between frames, never during one
-      if (!pending.empty())
-        nn::unpack_trained(edge_student, dmode, pending.data(), pending.size());
+      if (!pending.empty()) {
+        nn::apply_update(edge_student, dmode, pending.data(), pending.size());
+        ST_CHECK(!updater || nn::weights_hash(edge_student) == pending_hash,
+                 "simulate: after the update of frame ", i - opt.delay, " the edge half's weights "
+                 "differ from the server half's mirror of them");
+      }
       apply_at = -1;
     }
     const bool key = distiller && i == next_key;
     const bool evaluate = i % opt.eval_every == 0;
-    teachers::TeacherOutput truth;
-    if (key || evaluate || opt.mode == Mode::Naive) {
+    const bool offload = key || opt.mode == Mode::Naive;  // this frame goes up
+    auto run_teacher = [&](const uint8_t* bgr) {
       auto t0 = Clock::now();
-      truth = teacher->run(uint64_t(i), f.bgr.pixels.data(), H, W);
+      teachers::TeacherOutput out = teacher->run(uint64_t(i), bgr, H, W);
       teacher_ms += ms_since(t0);
       ++teacher_calls;
-      ST_CHECK(truth.height == H && truth.width == W && int64_t(truth.labels.size()) == H * W,
-               "simulate: the teacher answered frame ", i, " with ", truth.width, "x", truth.height,
+      ST_CHECK(out.height == H && out.width == W && int64_t(out.labels.size()) == H * W,
+               "simulate: the teacher answered frame ", i, " with ", out.width, "x", out.height,
                " labels for a ", W, "x", H, " frame");
+      return out;
+    };
+    // What goes up: the frame in the key-frame encoding; the server half gets what it decodes.
+    int64_t up_bytes = frame_bytes;
+    std::vector<uint8_t> decoded;  // empty: raw, the server has the frame itself
+    if (offload && !raw_keys) {
+      const std::vector<uint8_t> data = io::encode_key_frame(f.bgr, opt.key_encoding, opt.jpeg_quality);
+      up_bytes = int64_t(data.size());
+      decoded = io::decode_key_frame_bgr(data.data(), data.size(), opt.key_encoding, W, H);
     }
+    const bool server_sees_other = !decoded.empty() && live_teacher;
+    // The teacher on the raw frame: the reference of every evaluated frame, and the server's
+    // target unless a live teacher must see the decoded frame instead.
+    teachers::TeacherOutput truth, server_truth;
+    if (evaluate || (offload && !server_sees_other)) truth = run_teacher(f.bgr.pixels.data());
+    if (server_sees_other) server_truth = run_teacher(decoded.data());
+    const teachers::TeacherOutput& target = server_sees_other ? server_truth : truth;
 
     std::vector<uint8_t> pred;
     if (opt.mode == Mode::Naive) {
       // Every frame goes up; the client waits for the teacher's label map.
-      pred = truth.labels;
-      r.bytes_up += frame_bytes + kMessageHeaderBytes;
+      pred = target.labels;
+      r.bytes_up += up_bytes + kMessageHeaderBytes;
       r.bytes_down += label_bytes + kMessageHeaderBytes;
     } else {
       Tensor x = nn::Student::preprocess_bgr(f.bgr.pixels.data(), H, W);
@@ -128,10 +162,11 @@ SimResult simulate(const SimOptions& opt) {
       if (key) {
         // Key frame: the frame goes up; the server distils and answers (SPEC §6).
         ++r.key_frames;
-        r.bytes_up += frame_bytes + kMessageHeaderBytes;
+        r.bytes_up += up_bytes + kMessageHeaderBytes;
+        const Tensor xs = decoded.empty() ? x : nn::Student::preprocess_bgr(decoded.data(), H, W);
         nn::KeyFrameAnswer a =
-            nn::answer_key_frame(*distiller, x, truth.labels, H, W,
-                                 truth.boxes ? &*truth.boxes : nullptr, int(stride), opt.encoding);
+            nn::answer_key_frame(*distiller, xs, target.labels, H, W,
+                                 target.boxes ? &*target.boxes : nullptr, int(stride), opt.encoding);
         const nn::DistillOutcome& o = a.outcome;
         if (o.steps > 0) {  // the whole Algorithm 1 run, per step taken
           step_ms += a.distill_ms;
@@ -143,7 +178,8 @@ SimResult simulate(const SimOptions& opt) {
         r.key_log.push_back({i, o.steps, o.acc_before, o.acc, a.next_stride,
                              nn::weights_hash(server_student)});
         if (o.steps > 0) {
-          pending = std::move(a.blob);
+          pending = updater ? updater->encode(server_student) : std::move(a.blob);
+          if (updater) pending_hash = updater->mirror_hash();
           r.bytes_down += int64_t(pending.size()) + kMessageHeaderBytes;
         } else {
           pending.clear();  // "no change"
@@ -189,6 +225,8 @@ std::string to_json(const SimResult& r) {
   nlohmann::json j;
   j["mode"] = r.mode;
   j["delay"] = r.delay;
+  j["key_encoding"] = r.key_encoding;
+  j["update"] = r.update;
   j["weights"] = r.weights;
   j["teacher"] = r.teacher;
   j["teacher_calls"] = r.teacher_calls;

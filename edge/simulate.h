@@ -4,12 +4,15 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "common/frame_encoding.h"
 #include "common/mode.h"
 #include "nn/blob.h"
 #include "nn/distill.h"
+#include "nn/update.h"
 
 namespace st::edge {
 
@@ -27,7 +30,18 @@ struct SimOptions {
   int64_t max_frames = -1;                // -1 = all
   nn::DistillConfig distill;
   nn::PartialSplit split;                 // what partial distillation trains (default dec2..)
-  BlobEncoding encoding = BlobEncoding::F32;  // F32 or F16
+  BlobEncoding encoding = BlobEncoding::F32;  // F32 or F16: plain blobs (nn/blob.h)
+  // Compact updates (nn/update.h) instead of plain blobs, when set: the server half keeps a
+  // mirror of the edge half's weights and sends what the codec makes of the difference; the edge
+  // half checks the mirror's hash after applying each update.
+  std::optional<nn::UpdateCodec> update;
+  // Key frames up: raw BGR, PNG or JPEG (quality 1..100). The server half trains on the frame it
+  // decodes (io/frame_decoder.h, the server's decoder); a live teacher (Mask R-CNN) labels that
+  // decoded frame too, while recorded labels (made on the raw frames) stay as they are. The edge
+  // half runs on its raw frames, and the per-frame mIoU is always against the teacher's labels of
+  // the raw frame.
+  FrameEncoding key_encoding = FrameEncoding::RawBgr;
+  int jpeg_quality = 90;
   std::filesystem::path predictions_dir;  // optional: label PNGs
   std::filesystem::path overlays_dir;     // optional: overlay PNGs
   bool progress = true;                   // live progress line on stderr
@@ -42,6 +56,8 @@ struct SimResult {
   double mean_miou = 0;
   std::vector<int64_t> step_histogram;    // key frames by number of steps 0..MAX_UPDATES
   int64_t restores = 0;                   // key frames whose best copy Algorithm 1 restored
+  std::string key_encoding;               // "raw", "png", "jpeg:90"
+  std::string update;                     // "fp32" (plain), "int8:top10+zstd", ... (UpdateCodec)
   std::string split;                      // nn::split_name of the partial split
   int64_t trained_tensors = 0, trained_parameters = 0, parameters = 0;  // of the mode
   bool rewind_optimizer = true;           // ... with Adam's state (DistillConfig)

@@ -19,6 +19,7 @@
 
 #include "common/blob_encoding.h"
 #include "common/error.h"
+#include "common/frame_encoding.h"
 #include "common/mode.h"
 
 namespace st::protocol {
@@ -101,7 +102,7 @@ class ProtocolError : public st::Error {
   std::string text_;
 };
 
-enum class FrameEncoding : uint8_t { RawBgr = 0, Png = 1, Jpeg = 2 };
+using FrameEncoding = st::FrameEncoding;  // KEY_FRAME.encoding (common/frame_encoding.h)
 // A session's mode is st::Mode (common/mode.h): Partial 0, Full 1 or Naive 2 on the wire (Wild
 // is not a session mode: the codec refuses it as it refuses any unknown value). What a parameter
 // blob (nn/blob.h) in WELCOME/UPDATE holds is st::BlobEncoding (common/blob_encoding.h): None 0

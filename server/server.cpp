@@ -19,7 +19,7 @@
 #include "protocol/conversation.h"
 #include "protocol/decoder.h"
 #include "net/net.h"
-#include "server/frame_decoder.h"
+#include "io/frame_decoder.h"
 #include "tensor/autograd.h"
 #include "tensor/image.h"
 
@@ -279,8 +279,8 @@ void work(uv_work_t* r) {
   const int64_t H = j.kf.height, W = j.kf.width;
   if (j.kf.encoding != FrameEncoding::RawBgr) {  // PNG / JPEG: decode here, off the loop
     try {
-      // TurboJPEG / libspng, the header's size checked first (server/frame_decoder.h).
-      j.kf.data = decode_key_frame_bgr(j.kf.data.data(), j.kf.data.size(), j.kf.encoding, W, H);
+      // TurboJPEG / libspng, the header's size checked first (io/frame_decoder.h).
+      j.kf.data = io::decode_key_frame_bgr(j.kf.data.data(), j.kf.data.size(), j.kf.encoding, W, H);
       j.kf.encoding = FrameEncoding::RawBgr;
     } catch (const std::exception& e) {
       j.error = ErrorMessage{ErrorCode::BadFrame, e.what()};

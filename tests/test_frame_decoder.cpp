@@ -1,4 +1,4 @@
-// Key frames from the network (server/frame_decoder.h): PNG and JPEG decoded to BGR by libspng
+// Key frames from the network (io/frame_decoder.h): PNG and JPEG decoded to BGR by libspng
 // and TurboJPEG, the header's size checked against the announced one before any pixel buffer,
 // hostile inputs (size lies, truncation, corruption, stb's Huffman-table overflow, zlib bombs)
 // refused with a clear st::Error, and the seed corpus of tools/fuzz_image.sh replayed.
@@ -14,13 +14,13 @@
 #include <string>
 #include <vector>
 
-#include "server/frame_decoder.h"
+#include "io/frame_decoder.h"
 #include "tensor/image.h"
 #include "tensor/tensor.h"
 #include "test_util.h"
 
-using st::protocol::FrameEncoding;
-using st::server::decode_key_frame_bgr;
+using st::FrameEncoding;
+using st::io::decode_key_frame_bgr;
 using Bytes = std::vector<uint8_t>;
 namespace image = st::image;
 
@@ -147,7 +147,7 @@ TEST_CASE("frame decoder: PNG decodes to the exact BGR pixels", "[server][image]
   REQUIRE(bp.size() > (size_t(1) << 20));
   REQUIRE(decode_key_frame_bgr(bp.data(), bp.size(), FrameEncoding::Png, 800, 600) ==
           swap_rb(big.pixels));
-  REQUIRE(st::server::png_decoder_peak_bytes() <= st::server::png_decoder_memory_limit(800));
+  REQUIRE(st::io::png_decoder_peak_bytes() <= st::io::png_decoder_memory_limit(800));
 }
 
 TEST_CASE("frame decoder: JPEG decodes to BGR within the bound of its rounding",
@@ -214,7 +214,7 @@ TEST_CASE("frame decoder: a header size other than the announced one is refused 
   // ... even when HELLO announced the same width (libspng never starts: no allocation at all).
   REQUIRE(decode_error(huge, FrameEncoding::Png, 60000, 48) ==
           "key frame: PNG header says 60000x60000, HELLO announced 60000x48");
-  REQUIRE(st::server::png_decoder_peak_bytes() == 0);
+  REQUIRE(st::io::png_decoder_peak_bytes() == 0);
   // JPEG: a valid 40x24 baseline JPEG whose frame header is patched to 60000x50000.
   Bytes jpg = image::encode_jpeg(noise(24, 40, 3), 90);
   Bytes lie = jpg;
@@ -236,9 +236,9 @@ TEST_CASE("frame decoder: a header size other than the announced one is refused 
   CHECK(max_rss_kib() - rss0 < 64 * 1024);  // a 60000x60000 RGB buffer would be 10 GiB
   // The header peek used by the fuzzer and the corpus replay reads the same sizes.
   int64_t w = 0, h = 0;
-  REQUIRE(st::server::key_frame_header_size(lie.data(), lie.size(), FrameEncoding::Jpeg, &w, &h));
+  REQUIRE(st::io::key_frame_header_size(lie.data(), lie.size(), FrameEncoding::Jpeg, &w, &h));
   REQUIRE((w == 60000 && h == 50000));
-  REQUIRE(st::server::key_frame_header_size(huge.data(), huge.size(), FrameEncoding::Png, &w, &h));
+  REQUIRE(st::io::key_frame_header_size(huge.data(), huge.size(), FrameEncoding::Png, &w, &h));
   REQUIRE((w == 60000 && h == 60000));
 }
 
@@ -314,7 +314,7 @@ TEST_CASE("frame decoder: PNG decompression bombs cost neither memory nor time",
   // Announced 64x48: refused from its header, nothing inflated.
   CHECK(decode_error(black, FrameEncoding::Png, 64, 48) ==
         "key frame: PNG header says 2048x1024, HELLO announced 64x48");
-  CHECK(st::server::png_decoder_peak_bytes() == 0);
+  CHECK(st::io::png_decoder_peak_bytes() == 0);
   // The same zlib stream behind a 64x48 header: libspng inflates what 48 rows need and stops;
   // the rest is never inflated (whether the excess is then an error is libspng's choice: either
   // way the answer is clean and quick).
@@ -326,7 +326,7 @@ TEST_CASE("frame decoder: PNG decompression bombs cost neither memory nor time",
   } else {
     CHECK_THAT(e, Catch::StartsWith("key frame: PNG"));
   }
-  CHECK(st::server::png_decoder_peak_bytes() <= st::server::png_decoder_memory_limit(64));
+  CHECK(st::io::png_decoder_peak_bytes() <= st::io::png_decoder_memory_limit(64));
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   CHECK(s < 1.0);
   CHECK(max_rss_kib() - rss0 < 64 * 1024);
@@ -355,7 +355,7 @@ TEST_CASE("frame decoder: image corpus replay", "[server][image][portable]") {
     const Bytes b = read_file(path);
     const FrameEncoding enc = (!b.empty() && b[0] == 0x89) ? FrameEncoding::Png : FrameEncoding::Jpeg;
     int64_t w = 64, h = 48;
-    if (!st::server::key_frame_header_size(b.data(), b.size(), enc, &w, &h) || w < 1 || h < 1 ||
+    if (!st::io::key_frame_header_size(b.data(), b.size(), enc, &w, &h) || w < 1 || h < 1 ||
         w > 1024 || h > 1024)
       w = 64, h = 48;
     const std::string e = decode_error(b, enc, w, h);

@@ -17,7 +17,7 @@
 
 #include "edge/client.h"
 #include "raw_client.h"
-#include "server/frame_decoder.h"
+#include "io/frame_decoder.h"
 #include "server/server.h"
 #include "synthetic_clip.h"
 #include "test_util.h"
@@ -408,7 +408,7 @@ TEST_CASE("hostile: hostile images as key frames get ERROR(BadFrame), memory sta
     const bool png = f.extension() == ".png";
     const auto enc = png ? FrameEncoding::Png : FrameEncoding::Jpeg;
     int64_t w = 64, h = 48;
-    server::key_frame_header_size(bytes.data(), bytes.size(), enc, &w, &h);
+    io::key_frame_header_size(bytes.data(), bytes.size(), enc, &w, &h);
     if (w * h > 1920 * 1080) w = 64, h = 48;  // a header over the budget: announce 64x48
     Raw r(a.srv->port());
     r.send(encode_msg(good_hello("sesame", w, h)));

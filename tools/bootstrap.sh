@@ -15,7 +15,7 @@
 # Options may be combined (tools/bootstrap.sh --bench --aarch64).
 set -euo pipefail
 
-pkgs=(cmake g++ make catch2 libuv1-dev libstb-dev libturbojpeg0-dev libspng-dev nlohmann-json3-dev ffmpeg
+pkgs=(cmake g++ make catch2 libuv1-dev libstb-dev libturbojpeg0-dev libspng-dev libzstd-dev nlohmann-json3-dev ffmpeg
       python3-torchvision libopenblas0-pthread)
 arm64=0
 for opt in "$@"; do
@@ -30,7 +30,7 @@ for opt in "$@"; do
       arm64=1
       # libgomp for the target comes with the cross compiler (libgomp1-arm64-cross).
       pkgs+=(g++-aarch64-linux-gnu qemu-user libuv1-dev:arm64 libstb-dev:arm64
-             libturbojpeg0-dev:arm64 libspng-dev:arm64)
+             libturbojpeg0-dev:arm64 libspng-dev:arm64 libzstd-dev:arm64)
       ;;
     *) echo "usage: tools/bootstrap.sh [--bench] [--demo] [--aarch64]" >&2; exit 2 ;;
   esac

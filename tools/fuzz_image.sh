@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the decoding of untrusted key frames (server/fuzz_frame_decoder.cc: libspng and
-# TurboJPEG behind the header checks of server/frame_decoder.cpp) with libFuzzer + ASan + UBSan,
+# Fuzzes the decoding of untrusted key frames (io/fuzz_frame_decoder.cc: libspng and
+# TurboJPEG behind the header checks of io/frame_decoder.cpp) with libFuzzer + ASan + UBSan,
 # starting from the seed corpus tests/image_corpus/ (which st_tests replays on every run).
 #   tools/fuzz_image.sh              60 seconds
 #   tools/fuzz_image.sh 300          300 seconds
@@ -15,7 +15,7 @@ seconds="${1:-60}"
 jobs="${JOBS:-1}"
 name=fuzz_image
 bin_name=fuzz_frame_decoder
-srcs=(server/fuzz_frame_decoder.cc server/frame_decoder.cpp)
+srcs=(io/fuzz_frame_decoder.cc io/frame_decoder.cpp)
 libs=(-lturbojpeg -lspng)
 need=(libturbojpeg0-dev:/usr/include/turbojpeg.h libspng-dev:/usr/include/spng.h)
 seeds=tests/image_corpus

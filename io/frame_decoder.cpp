@@ -20,7 +20,7 @@
 //    costs O(n + W*H) time; its memory beyond the output is a few rows of blocks, or for a
 //    multi-scan sequential image the whole-image coefficients (2 bytes a sample, bounded by the
 //    announced size). TJFLAG_LIMITSCANS is set as well (it only limits progressive scans).
-#include "server/frame_decoder.h"
+#include "io/frame_decoder.h"
 
 #include <spng.h>
 #include <turbojpeg.h>
@@ -35,9 +35,7 @@
 
 #include "tensor/tensor.h"
 
-namespace st::server {
-
-using protocol::FrameEncoding;
+namespace st::io {
 
 namespace {
 
@@ -262,4 +260,4 @@ std::vector<uint8_t> decode_key_frame_bgr(const uint8_t* data, size_t size, Fram
   detail::fail("key frame: encoding ", int(enc), " is not PNG or JPEG");
 }
 
-}  // namespace st::server
+}  // namespace st::io

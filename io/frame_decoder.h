@@ -11,21 +11,21 @@
 #include <cstdint>
 #include <vector>
 
-#include "protocol/protocol.h"
+#include "common/frame_encoding.h"
 
-namespace st::server {
+namespace st::io {
 
 // Decodes a PNG or JPEG key frame of exactly width x height pixels into interleaved BGR,
 // (height, width, 3) row-major. Throws st::Error starting "key frame: " when the bytes are not a
 // well-formed image of that size (header size differs, truncated, corrupt, a JPEG process or
 // colour space we do not take), or when `enc` is RawBgr (nothing to decode).
 std::vector<uint8_t> decode_key_frame_bgr(const uint8_t* data, size_t size,
-                                          protocol::FrameEncoding enc, int64_t width,
+                                          FrameEncoding enc, int64_t width,
                                           int64_t height);
 
 // The size an image's header claims (PNG: IHDR; JPEG: the frame header), read without decoding;
 // false when the header is not there. For tools and tests: decode_key_frame_bgr checks it itself.
-bool key_frame_header_size(const uint8_t* data, size_t size, protocol::FrameEncoding enc,
+bool key_frame_header_size(const uint8_t* data, size_t size, FrameEncoding enc,
                            int64_t* width, int64_t* height);
 
 // What the PNG decoder may allocate besides the output buffer, for an image `width` pixels wide:
@@ -37,4 +37,4 @@ size_t png_decoder_memory_limit(int64_t width);
 // The most bytes libspng held at once during the calling thread's last PNG decode (tests).
 size_t png_decoder_peak_bytes();
 
-}  // namespace st::server
+}  // namespace st::io

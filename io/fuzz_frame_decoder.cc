@@ -1,6 +1,6 @@
-// libFuzzer target for the decoding of untrusted key frames (server/frame_decoder.h), as the
+// libFuzzer target for the decoding of untrusted key frames (io/frame_decoder.h), as the
 // server uses it. Built by tools/fuzz_image.sh with clang++ -fsanitize=fuzzer,address,undefined
-// (a .cc file, so the main build's server/*.cpp glob does not compile it into st_app). libspng
+// (a .cc file, so the main build's io/*.cpp glob does not compile it into st_app). libspng
 // and libjpeg-turbo are Debian's shared libraries, not instrumented: ASan sees their reads and
 // writes of our buffers only through its interceptors (memcpy, memset ...); both are fuzzed
 // instrumented upstream (OSS-Fuzz).
@@ -16,10 +16,10 @@
 #include <cstdlib>
 #include <vector>
 
-#include "server/frame_decoder.h"
+#include "io/frame_decoder.h"
 #include "tensor/tensor.h"
 
-using st::protocol::FrameEncoding;
+using st::FrameEncoding;
 
 namespace {
 
@@ -31,7 +31,7 @@ namespace {
 // True when it decodes; false on st::Error; aborts on anything else.
 bool decodes(const uint8_t* data, size_t size, FrameEncoding enc, int64_t w, int64_t h) {
   try {
-    std::vector<uint8_t> px = st::server::decode_key_frame_bgr(data, size, enc, w, h);
+    std::vector<uint8_t> px = st::io::decode_key_frame_bgr(data, size, enc, w, h);
     if (px.size() != size_t(w * h * 3)) broken("output of the wrong size");
     return true;
   } catch (const st::Error&) {
@@ -44,7 +44,7 @@ bool decodes(const uint8_t* data, size_t size, FrameEncoding enc, int64_t w, int
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (FrameEncoding enc : {FrameEncoding::Png, FrameEncoding::Jpeg}) {
     int64_t w = 0, h = 0;
-    const bool has = st::server::key_frame_header_size(data, size, enc, &w, &h);
+    const bool has = st::io::key_frame_header_size(data, size, enc, &w, &h);
     if (!has || w < 1 || h < 1 || w > 1024 || h > 1024) {
       if (decodes(data, size, enc, 64, 48) && !(has && w == 64 && h == 48))
         broken("decoded at a size its header does not say");

@@ -1,0 +1,88 @@
+// Compact updates: what the server sends after distilling a key frame, smaller than the fp32
+// trained part (nn/blob.h) it replaces.
+//
+// The server keeps an exact mirror of the weights the edge holds (UpdateEncoder). An update is
+// either the trained tensors themselves (fp32 or fp16, as nn/blob.h, optionally entropy-coded) or
+// an int8 *delta* against the mirror: per output channel (per tensor for 1-D tensors) a float
+// scale and one int8 per entry, optionally only the largest entries of each tensor (top-k: their
+// indices travel as LEB128 gaps), optionally zstd-compressed. The mirror is advanced by applying
+// the update blob itself, with the edge's own code (apply_update), so it equals what the edge
+// holds bit for bit whatever was lost to quantisation; what was not sent stays in the next delta
+// (error feedback: the server's own student keeps training from its unquantised weights).
+//
+// Update blob layout ("STPU", little-endian), 24-byte header then the body:
+//   0  u32 magic 'STPU' (0x55505453)       4  u16 version (1)
+//   6  u8  values: 0 fp32, 1 fp16 (the trained tensors), 2 int8 delta
+//   7  u8  flags: bit 0 sparse (int8 delta only), bit 1 zstd; no other bits
+//   8  u64 layout hash (nn::layout_hash of the mode's trained tensors)
+//   16 u32 tensor count                    20 u32 body bytes (before zstd)
+//   24 body: per trained tensor, in model order,
+//        fp32 / fp16: its n values, 4 or 2 bytes each
+//        int8 delta, dense:  S f32 scales, then n int8 (-127..127)
+//        int8 delta, sparse: u32 k (1..n), S f32 scales, k LEB128 gaps (index - previous - 1;
+//                            the first is the index), k int8
+//      S = the tensor's size(0) for tensors of 2 or more dimensions, else 1. Entry i of output
+//      channel c becomes fmaf(q, scale[c], w) (one rounding, the same on every machine).
+//   With zstd the body is one zstd frame whose content size is in its header and must equal
+//   `body bytes`, which must not exceed max_update_body(): nothing larger is ever allocated.
+// apply_update validates everything before touching a weight: on any error the student is
+// unchanged.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nn/blob.h"
+#include "nn/student.h"
+
+namespace st::nn {
+
+struct UpdateCodec {
+  enum class Values : uint8_t { F32 = 0, F16 = 1, Int8Delta = 2 };
+  Values values = Values::F32;
+  double keep = 1.0;  // int8 delta: the fraction (0, 1] of each tensor's entries sent
+  bool zstd = false;  // entropy-code the body
+  // "fp32", "fp16+zstd", "int8", "int8:top10+zstd" (keep as a percentage), ...
+  std::string name() const;
+  bool operator==(const UpdateCodec&) const = default;
+};
+// Parses name()'s forms: fp32 | fp16 | int8 | int8:topP (0 < P <= 100, percent), each optionally
+// followed by +zstd. Throws st::Error naming `s` otherwise.
+UpdateCodec parse_update_codec(const std::string& s);
+
+// The zstd level of update bodies.
+inline constexpr int kUpdateZstdLevel = 9;
+
+// The largest body any well-formed update of this student and mode can have (the cap a decoder
+// holds `body bytes` to before it allocates).
+size_t max_update_body(const Student& s, Distillation mode);
+
+// Applies an update blob to `s`: an "STPU" blob (above) or a plain "STPB" parameter blob
+// (nn/blob.h). Throws st::Error naming the problem and leaves `s` untouched.
+void apply_update(Student& s, Distillation mode, const uint8_t* data, size_t size);
+
+// The server's side of one edge: the mirror of the edge's weights and the codec.
+class UpdateEncoder {
+ public:
+  // `edge_weights`: what the edge holds now (the session's base, or the full student sent).
+  UpdateEncoder(const Student& edge_weights, Distillation mode, UpdateCodec codec);
+  ~UpdateEncoder();
+  // The update that moves the edge towards `trained`'s trained tensors; the mirror becomes what
+  // the edge holds once it has applied it.
+  std::vector<uint8_t> encode(const Student& trained);
+  // The edge's weights are `edge_weights` again (a full resync).
+  void reset(const Student& edge_weights);
+  // nn::weights_hash of the mirror: what the edge must hold after the last update.
+  uint64_t mirror_hash() const;
+  const Student& mirror() const { return *mirror_; }
+  const UpdateCodec& codec() const { return codec_; }
+
+ private:
+  std::unique_ptr<Student> mirror_;
+  Distillation mode_;
+  UpdateCodec codec_;
+};
+
+}  // namespace st::nn
