@@ -126,7 +126,11 @@ void unpack_trained(Student& s, Distillation mode, const uint8_t* data, size_t s
   for (size_t i = 0; i < params.size(); ++i) params[i].copy_(decoded[i].to(params[i].device()));
 }
 
-uint64_t weights_hash(const Student& s) {
+namespace {
+// FNV-1a 64 over every parameter in model order: name, shape, float32 bytes; `values_of(i, t)`
+// gives parameter i's values (nullptr: the tensor's own).
+template <class Values>
+uint64_t hash_parameters(const Student& s, Values values_of) {
   uint64_t h = 0xcbf29ce484222325ull;
   auto mix = [&](const void* p, size_t n) {
     const unsigned char* c = static_cast<const unsigned char*>(p);
@@ -135,14 +139,38 @@ uint64_t weights_hash(const Student& s) {
       h *= 0x100000001b3ull;
     }
   };
+  size_t i = 0;
   for (auto& [name, t] : s.named_parameters()) {
     mix(name.data(), name.size());
     for (int64_t d : t.shape()) mix(&d, sizeof d);
+    if (const std::vector<float>* v = values_of(i++, name)) {
+      mix(v->data(), v->size() * sizeof(float));
+      continue;
+    }
     Tensor c = t.device().is_cpu() ? t.contiguous() : t.to(Device::cpu());
     ST_CHECK(c.dtype() == DType::F32, "weights_hash: parameter ", name, " is not float32");
     mix(c.data<float>(), size_t(c.numel()) * sizeof(float));
   }
   return h;
+}
+}  // namespace
+
+uint64_t weights_hash(const Student& s) {
+  return hash_parameters(s, [](size_t, const std::string&) -> const std::vector<float>* {
+    return nullptr;
+  });
+}
+
+uint64_t weights_hash_with(const Student& s, Distillation mode,
+                           const std::vector<std::vector<float>>& trained) {
+  const std::vector<std::string> names = s.trained_names(mode);
+  ST_CHECK(trained.size() == names.size(), "weights_hash_with: ", trained.size(),
+           " tensors for ", names.size(), " trained ones");
+  size_t next = 0;  // trained names are in model order too
+  return hash_parameters(s, [&](size_t, const std::string& name) -> const std::vector<float>* {
+    if (next < names.size() && names[next] == name) return &trained[next++];
+    return nullptr;
+  });
 }
 
 }  // namespace st::nn

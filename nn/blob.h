@@ -32,5 +32,9 @@ size_t blob_size(const Student& s, Distillation mode, BlobEncoding enc);
 // float32 bytes. HELLO.weights_hash; the server compares it with the hash of its base weights
 // and sends the full student when they differ.
 uint64_t weights_hash(const Student& s);
+// weights_hash of `s` with the trained tensors of `mode` holding `trained` instead (in the order
+// of trained_names, each tensor's values row-major): what s would hash to after an update.
+uint64_t weights_hash_with(const Student& s, Distillation mode,
+                           const std::vector<std::vector<float>>& trained);
 
 }  // namespace st::nn

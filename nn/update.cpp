@@ -18,7 +18,7 @@ namespace {
 constexpr uint32_t kMagic = 0x55505453;      // "STPU"
 constexpr uint32_t kPlainMagic = 0x42505453;  // "STPB", nn/blob.h
 constexpr uint16_t kVersion = 1;
-constexpr size_t kHeader = 24;
+constexpr size_t kHeader = 32;
 constexpr uint8_t kSparse = 1, kZstd = 2;
 
 template <class T>
@@ -128,12 +128,12 @@ size_t max_update_body(const Student& s, Distillation mode) {
   return total;
 }
 
-void apply_update(Student& s, Distillation mode, const uint8_t* data, size_t size) {
-  ST_CHECK(size >= 4, "update blob: ", size, " bytes, too short for a magic number");
-  if (get<uint32_t>(data) == kPlainMagic) {
-    unpack_trained(s, mode, data, size);
-    return;
-  }
+namespace {
+// Parses and checks an STPU blob against `s` and returns the trained tensors' values after it
+// (nothing is assigned); `after_hash` gets the header's hash.
+std::vector<std::vector<float>> decode_values(const Student& s, Distillation mode,
+                                              const uint8_t* data, size_t size,
+                                              uint64_t* after_hash) {
   ST_CHECK(size >= kHeader, "update blob: ", size, " bytes, shorter than its ", kHeader,
            "-byte header");
   ST_CHECK(get<uint32_t>(data) == kMagic, "update blob: bad magic");
@@ -150,6 +150,7 @@ void apply_update(Student& s, Distillation mode, const uint8_t* data, size_t siz
   ST_CHECK(get<uint32_t>(data + 16) == params.size(), "update blob: ", get<uint32_t>(data + 16),
            " tensors, expected ", params.size());
   const size_t body_bytes = get<uint32_t>(data + 20);
+  *after_hash = get<uint64_t>(data + 24);
   const size_t cap = max_update_body(s, mode);
   ST_CHECK(body_bytes <= cap, "update blob: a body of ", body_bytes, " bytes, more than any ",
            "update of this student can hold (", cap, ")");
@@ -229,9 +230,31 @@ void apply_update(Student& s, Distillation mode, const uint8_t* data, size_t siz
     decoded.push_back(std::move(v));
   }
   ST_CHECK(r.at == body_bytes, "update blob: ", body_bytes - r.at, " bytes after the last tensor");
+  return decoded;
+}
+
+void assign(Student& s, Distillation mode, const std::vector<std::vector<float>>& values) {
+  std::vector<Tensor> params = s.trained_parameters(mode);
   NoGradGuard ng;
   for (size_t t = 0; t < params.size(); ++t)
-    params[t].copy_(Tensor::from_vector(decoded[t], params[t].shape()).to(params[t].device()));
+    params[t].copy_(Tensor::from_vector(values[t], params[t].shape()).to(params[t].device()));
+}
+}  // namespace
+
+void apply_update(Student& s, Distillation mode, const uint8_t* data, size_t size) {
+  ST_CHECK(size >= 4, "update blob: ", size, " bytes, too short for a magic number");
+  if (get<uint32_t>(data) == kPlainMagic) {
+    unpack_trained(s, mode, data, size);
+    return;
+  }
+  uint64_t want = 0;
+  const std::vector<std::vector<float>> values = decode_values(s, mode, data, size, &want);
+  const uint64_t got = weights_hash_with(s, mode, values);
+  if (got != want)
+    throw WeightsMismatch("update blob: the weights after it hash to " + std::to_string(got) +
+                          ", the sender's mirror of them to " + std::to_string(want) +
+                          ": the weights it was made against are not these (resync)");
+  assign(s, mode, values);
 }
 
 UpdateEncoder::UpdateEncoder(const Student& edge_weights, Distillation mode, UpdateCodec codec)
@@ -327,6 +350,7 @@ std::vector<uint8_t> UpdateEncoder::encode(const Student& trained) {
   put<uint64_t>(blob, layout_hash(*mirror_, mode_));
   put<uint32_t>(blob, uint32_t(want.size()));
   put<uint32_t>(blob, uint32_t(body.size()));
+  put<uint64_t>(blob, 0);  // the hash after it, filled in below
   if (codec_.zstd) {
     std::vector<uint8_t> z(ZSTD_compressBound(body.size()));
     const size_t got = ZSTD_compress(z.data(), z.size(), body.data(), body.size(), kUpdateZstdLevel);
@@ -335,8 +359,12 @@ std::vector<uint8_t> UpdateEncoder::encode(const Student& trained) {
   } else {
     blob.insert(blob.end(), body.begin(), body.end());
   }
-  // The edge will apply exactly this: so does the mirror, with the edge's code.
-  apply_update(*mirror_, mode_, blob.data(), blob.size());
+  // The weights the edge will hold: this blob decoded by the edge's code against the mirror.
+  uint64_t unused = 0;
+  const auto after = decode_values(*mirror_, mode_, blob.data(), blob.size(), &unused);
+  const uint64_t h = weights_hash_with(*mirror_, mode_, after);
+  std::memcpy(blob.data() + 24, &h, 8);
+  assign(*mirror_, mode_, after);
   return blob;
 }
 

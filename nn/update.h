@@ -16,7 +16,8 @@
 //   7  u8  flags: bit 0 sparse (int8 delta only), bit 1 zstd; no other bits
 //   8  u64 layout hash (nn::layout_hash of the mode's trained tensors)
 //   16 u32 tensor count                    20 u32 body bytes (before zstd)
-//   24 body: per trained tensor, in model order,
+//   24 u64 the nn::weights_hash of the whole student after applying (the server's mirror)
+//   32 body: per trained tensor, in model order,
 //        fp32 / fp16: its n values, 4 or 2 bytes each
 //        int8 delta, dense:  S f32 scales, then n int8 (-127..127)
 //        int8 delta, sparse: u32 k (1..n), S f32 scales, k LEB128 gaps (index - previous - 1;
@@ -25,8 +26,9 @@
 //      channel c becomes fmaf(q, scale[c], w) (one rounding, the same on every machine).
 //   With zstd the body is one zstd frame whose content size is in its header and must equal
 //   `body bytes`, which must not exceed max_update_body(): nothing larger is ever allocated.
-// apply_update validates everything before touching a weight: on any error the student is
-// unchanged.
+// apply_update validates everything before touching a weight, the hash of the result included:
+// on any error the student is unchanged. A hash that differs (WeightsMismatch) means the edge
+// did not hold what the server's mirror holds: the blob is well-formed, the edge must resync.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -59,8 +61,16 @@ inline constexpr int kUpdateZstdLevel = 9;
 // holds `body bytes` to before it allocates).
 size_t max_update_body(const Student& s, Distillation mode);
 
+// The update is well-formed, but the weights it leads to are not the ones the sender's mirror
+// holds (the receiver's weights differed before it).
+class WeightsMismatch : public Error {
+ public:
+  using Error::Error;
+};
+
 // Applies an update blob to `s`: an "STPU" blob (above) or a plain "STPB" parameter blob
-// (nn/blob.h). Throws st::Error naming the problem and leaves `s` untouched.
+// (nn/blob.h; it carries no hash). Throws WeightsMismatch as above, st::Error naming the problem
+// for a malformed blob; either way `s` is untouched.
 void apply_update(Student& s, Distillation mode, const uint8_t* data, size_t size);
 
 // The server's side of one edge: the mirror of the edge's weights and the codec.

@@ -135,7 +135,7 @@ TEST_CASE("update: int8 delta: the edge equals the mirror bit for bit, and every
     size_t body = 0;
     for (const Tensor& p : trained.trained_parameters(mode))
       body += 4 * size_t(p.dim() >= 2 ? p.size(0) : 1) + size_t(p.numel());
-    REQUIRE(blob.size() == 24 + body);
+    REQUIRE(blob.size() == 32 + body);
     apply_update(edge, mode, blob.data(), blob.size());
     REQUIRE(weights_hash(edge) == enc.mirror_hash());
     REQUIRE(max_diff(edge, enc.mirror(), mode) == 0);
@@ -282,7 +282,7 @@ TEST_CASE("update: malformed blobs and decompression bombs are refused, naming t
   UpdateEncoder sparse(base, Distillation::Partial, parse_update_codec("int8:top10"));
   const auto d = dense.encode(trained), s = sparse.encode(trained);
   const uint64_t h0 = weights_hash(edge);
-  const std::vector<uint8_t> header(d.begin(), d.begin() + 24), body(d.begin() + 24, d.end());
+  const std::vector<uint8_t> header(d.begin(), d.begin() + 32), body(d.begin() + 32, d.end());
   const size_t cap = max_update_body(edge, Distillation::Partial);
   REQUIRE(cap >= body.size());
   auto refused = [&](const std::vector<uint8_t>& b, const std::string& why) {
@@ -291,7 +291,7 @@ TEST_CASE("update: malformed blobs and decompression bombs are refused, naming t
                         Contains("update blob") && Contains(why));
     REQUIRE(weights_hash(edge) == h0);
   };
-  refused({d.begin(), d.begin() + 20}, "shorter than its 24-byte header");
+  refused({d.begin(), d.begin() + 30}, "shorter than its 32-byte header");
   refused(with(d, 0, {'X'}), "bad magic");
   refused(with(d, 4, {2, 0}), "version 2");
   refused(with(d, 6, {3}), "unknown value type 3");
@@ -315,31 +315,46 @@ TEST_CASE("update: malformed blobs and decompression bombs are refused, naming t
     z = zstd_blob(zh, body, true);
     z.push_back(0);
     refused(z, "bytes after the zstd frame");
-    refused(with(zh, 24, {}) /* header only */, "not a zstd frame");
+    refused(zh /* the header alone */, "not a zstd frame");
   }
   // Values: an int8 of -128, a negative or non-finite scale, an index past the tensor, k of 0.
   {
     auto b = d;
-    b[24 + 4] = 0x80;  // the first tensor (dec2.preact_path.0.weight, 1-D: one scale): int8 0
+    b[32 + 4] = 0x80;  // the first tensor (dec2.preact_path.0.weight, 1-D: one scale): int8 0
     refused(b, "-128 is not a delta");
-    refused(with(d, 24, {0, 0, 0x80, 0xbf}), "a scale of -1");
-    refused(with(d, 24, {0, 0, 0x80, 0x7f}), "a scale of inf");
+    refused(with(d, 32, {0, 0, 0x80, 0xbf}), "a scale of -1");
+    refused(with(d, 32, {0, 0, 0x80, 0x7f}), "a scale of inf");
   }
   {
     // sparse: u32 k, then scales, then gaps: make k 0, then k larger than the tensor
-    refused(with(s, 24, le32(0)), "0 entries of");
-    refused(with(s, 24, le32(1u << 30)), "entries of");
+    refused(with(s, 32, le32(0)), "0 entries of");
+    refused(with(s, 32, le32(1u << 30)), "entries of");
     // the first gap (after k and the first tensor's one scale) pointing past the tensor
-    const size_t gap = 24 + 4 + 4;
+    const size_t gap = 32 + 4 + 4;
     size_t len = 1;
     while (s[gap + len - 1] & 0x80) ++len;  // the varint it replaces
     std::vector<uint8_t> b(s.begin(), s.begin() + ptrdiff_t(gap));
     b.insert(b.end(), {0xff, 0xff, 0xff, 0x7f});  // gap 2^28 - 1
     b.insert(b.end(), s.begin() + ptrdiff_t(gap + len), s.end());
-    b = with(b, 20, le32(uint32_t(b.size() - 24)));
+    b = with(b, 20, le32(uint32_t(b.size() - 32)));
     refused(b, "an index past");
   }
   refused(with(d, 20, le32(uint32_t(body.size() - 1))), "bytes of body, the header says");
+  // Well-formed, but made against other weights than these, or with another hash: the result
+  // is not the mirror's, which the edge must learn (resync), not apply.
+  {
+    Student other(1);
+    perturb(other, Distillation::Partial, 1e-3, 17);
+    const uint64_t ho = weights_hash(other);
+    REQUIRE_THROWS_AS(apply_update(other, Distillation::Partial, d.data(), d.size()),
+                      WeightsMismatch);
+    REQUIRE(weights_hash(other) == ho);
+    auto b = d;
+    b[24] ^= 1;
+    REQUIRE_THROWS_AS(apply_update(edge, Distillation::Partial, b.data(), b.size()),
+                      WeightsMismatch);
+    REQUIRE(weights_hash(edge) == h0);
+  }
   // And the good ones still apply.
   apply_update(edge, Distillation::Partial, d.data(), d.size());
   REQUIRE(weights_hash(edge) == dense.mirror_hash());
@@ -370,4 +385,16 @@ TEST_CASE("update: simulate with compact updates and compressed key frames", "[s
   INFO("mean mIoU: plain " << plain.mean_miou << ", compact " << compact.mean_miou << ", wild "
                            << wild.mean_miou);
   REQUIRE(compact.mean_miou > wild.mean_miou);
+}
+
+TEST_CASE("update: weights_hash_with of the current values is weights_hash", "[update][portable]") {
+  Student s(3);
+  s.set_partial_split({student_block("enc3"), true});
+  for (Distillation mode : {Distillation::Partial, Distillation::Full}) {
+    std::vector<std::vector<float>> now;
+    for (const Tensor& t : s.trained_parameters(mode)) now.push_back(values(t));
+    REQUIRE(weights_hash_with(s, mode, now) == weights_hash(s));
+    now.back()[0] += 1;
+    REQUIRE(weights_hash_with(s, mode, now) != weights_hash(s));
+  }
 }
