@@ -10,7 +10,9 @@
 
 namespace st {
 
-enum class BlobEncoding : uint8_t { None = 0, F32 = 1, F16 = 2 };
+// Update (3, protocol version 2, UPDATE only): an nn/update.h update blob, fp32 / fp16 / int8
+// delta, sparse or not, zstd or not, as its own header says; it carries the weights hash after it.
+enum class BlobEncoding : uint8_t { None = 0, F32 = 1, F16 = 2, Update = 3 };
 
 // "none", "fp32", "fp16"; "unknown" for a value outside the enum.
 inline const char* blob_encoding_name(BlobEncoding e) {
@@ -18,6 +20,7 @@ inline const char* blob_encoding_name(BlobEncoding e) {
     case BlobEncoding::None: return "none";
     case BlobEncoding::F32: return "fp32";
     case BlobEncoding::F16: return "fp16";
+    case BlobEncoding::Update: return "update";
   }
   return "unknown";
 }

@@ -29,6 +29,8 @@ const char* message_type_name(MessageType t) {
     case MessageType::Ping: return "PING";
     case MessageType::Pong: return "PONG";
     case MessageType::Bye: return "BYE";
+    case MessageType::Resync: return "RESYNC";
+    case MessageType::Weights: return "WEIGHTS";
   }
   return "UNKNOWN";
 }
@@ -210,8 +212,9 @@ void check_u32_size(const char* msg, const char* field, size_t size) {
   if (size > std::numeric_limits<uint32_t>::max())
     bad(msg, field, std::to_string(size) + " bytes does not fit a u32 length");
 }
-void check_blob(const char* msg, BlobEncoding kind, size_t size) {
-  if (uint8_t(kind) > uint8_t(BlobEncoding::F16))
+void check_blob(const char* msg, BlobEncoding kind, size_t size,
+                BlobEncoding highest = BlobEncoding::F16) {
+  if (uint8_t(kind) > uint8_t(highest))
     bad(msg, "blob_kind", "unknown value " + std::to_string(int(kind)));
   if (kind == BlobEncoding::None && size != 0)
     bad(msg, "blob", "blob_kind None but the blob has " + std::to_string(size) + " bytes");
@@ -305,7 +308,7 @@ void validate_one(const Update& m) {
   check_unit(n, "accuracy", m.accuracy);
   if (m.steps > kMaxSteps)
     bad(n, "steps", std::to_string(m.steps) + " exceeds " + std::to_string(kMaxSteps));
-  check_blob(n, m.blob_kind, m.blob.size());
+  check_blob(n, m.blob_kind, m.blob.size(), BlobEncoding::Update);
 }
 void validate_one(const Labels& m) {
   const char* n = "LABELS";
@@ -324,6 +327,12 @@ void validate_one(const ErrorMessage& m) {
 void validate_one(const Ping&) {}
 void validate_one(const Pong&) {}
 void validate_one(const Bye&) {}
+void validate_one(const Resync&) {}
+void validate_one(const Weights& m) {
+  if (m.blob_kind == BlobEncoding::None)
+    bad("WEIGHTS", "blob_kind", "None: WEIGHTS always carries the student (fp32 1, fp16 2)");
+  check_blob("WEIGHTS", m.blob_kind, m.blob.size());
+}
 
 // ---- payload writers ----
 void write_body(Writer& w, const Hello& m) {
@@ -382,6 +391,11 @@ void write_body(Writer& w, const ErrorMessage& m) {
 void write_body(Writer& w, const Ping& m) { w.u64(m.nonce); }
 void write_body(Writer& w, const Pong& m) { w.u64(m.nonce); }
 void write_body(Writer&, const Bye&) {}
+void write_body(Writer& w, const Resync& m) { w.u64(m.weights_hash); }
+void write_body(Writer& w, const Weights& m) {
+  w.u8(uint8_t(m.blob_kind));
+  w.bytes32(m.blob);
+}
 
 // ---- payload readers (structure only; values are checked by validate_one) ----
 Hello read_hello(Reader& r) {
@@ -492,6 +506,8 @@ PayloadBounds payload_bounds(MessageType t) {
     case MessageType::Ping: return {8, 8};
     case MessageType::Pong: return {8, 8};
     case MessageType::Bye: return {0, 0};
+    case MessageType::Resync: return {8, 8};
+    case MessageType::Weights: return {5, kAny};
   }
   return {0, 0};
 }
@@ -551,6 +567,14 @@ Body decode_payload(MessageType t, const uint8_t* data, size_t size) {
     case MessageType::Ping: body = Ping{r.u64("nonce")}; break;
     case MessageType::Pong: body = Pong{r.u64("nonce")}; break;
     case MessageType::Bye: body = Bye{}; break;
+    case MessageType::Resync: body = Resync{r.u64("weights_hash")}; break;
+    case MessageType::Weights: {
+      Weights m;
+      m.blob_kind = BlobEncoding(r.u8("blob_kind"));
+      m.blob = r.bytes32("blob");
+      body = std::move(m);
+      break;
+    }
     default: fail(ErrorCode::UnknownType, "message type " + std::to_string(uint16_t(t)));
   }
   r.finish();

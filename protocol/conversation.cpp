@@ -92,8 +92,12 @@ void Conversation::check(Role from, const Message& m) {
                                   " is outside WELCOME's [" +
                                   std::to_string(welcome_->min_stride) + ", " +
                                   std::to_string(welcome_->max_stride) + "]");
-        if (!blob_accepted(hello_->accept_blobs, u.blob_kind))
+        if (u.blob_kind == BlobEncoding::Update) {
+          if (welcome_->version < 2)
+            unexpected(from, t, "an update blob (blob_kind 3) needs protocol version 2");
+        } else if (!blob_accepted(hello_->accept_blobs, u.blob_kind)) {
           unexpected(from, t, "blob encoding not in HELLO.accept_blobs");
+        }
       } else {
         const Labels& l = m.as<Labels>();
         if (l.width != hello_->frame_width || l.height != hello_->frame_height)
@@ -115,6 +119,22 @@ void Conversation::check(Role from, const Message& m) {
       if (q.empty() || q.front() != nonce)
         unexpected(from, t, "nonce " + std::to_string(nonce) + " does not answer the oldest PING");
       q.pop_front();
+      break;
+    }
+    case MessageType::Resync: {
+      if (!edge) unexpected(from, t, "only the edge sends RESYNC");
+      if (welcome_->version < 2) unexpected(from, t, "RESYNC needs protocol version 2");
+      if (welcome_->mode == Mode::Naive) unexpected(from, t, "a Naive session has no weights");
+      if (resync_pending_) unexpected(from, t, "the previous RESYNC is not answered yet");
+      resync_pending_ = true;
+      break;
+    }
+    case MessageType::Weights: {
+      if (edge) unexpected(from, t, "only the server sends WEIGHTS");
+      if (!resync_pending_) unexpected(from, t, "no RESYNC to answer");
+      if (!blob_accepted(hello_->accept_blobs, m.as<Weights>().blob_kind))
+        unexpected(from, t, "blob encoding not in HELLO.accept_blobs");
+      resync_pending_ = false;
       break;
     }
     case MessageType::Error: error_seen_ = true; done_[size_t(from)] = true; break;

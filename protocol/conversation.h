@@ -1,8 +1,9 @@
 // The conversation rules of docs/protocol.md "State machine", as a checker both programs run
 // over every message they send and receive on one connection:
-//   edge:   HELLO, then (after WELCOME) KEY_FRAME*, PING/PONG*, then BYE or ERROR
+//   edge:   HELLO, then (after WELCOME) KEY_FRAME*, PING/PONG*, RESYNC* (version 2, one at a
+//           time), then BYE or ERROR
 //   server: WELCOME (or ERROR) after HELLO, then one UPDATE (Partial/Full) or LABELS (Naive)
-//           per KEY_FRAME in order, PING/PONG*, then BYE or ERROR
+//           per KEY_FRAME in order, one WEIGHTS per RESYNC, PING/PONG*, then BYE or ERROR
 // A violation throws ProtocolError(UnexpectedMessage) naming the rule; the program then sends
 // ERROR(UnexpectedMessage) (when the violation was the peer's) and closes.
 #pragma once
@@ -46,6 +47,7 @@ class Conversation {
   bool error_seen_ = false;
   bool done_[2] = {false, false};
   std::optional<uint64_t> last_key_frame_;
+  bool resync_pending_ = false;  // a RESYNC the server has not answered with WEIGHTS
   std::deque<uint64_t> key_frames_;  // sent, not yet answered, oldest first
   std::deque<uint64_t> pings_[2];    // nonces of PINGs sent by each role, not yet answered
 };

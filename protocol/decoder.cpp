@@ -116,8 +116,10 @@ void Decoder::check_header() {
          "header version " + std::to_string(h.version) + " (type " + std::to_string(h.type) +
              ") is outside the accepted range [" + std::to_string(opt_.min_version) + ", " +
              std::to_string(opt_.max_version) + "]");
-  if (h.type < 1 || h.type > kMaxMessageType)
-    fail(ErrorCode::UnknownType, "header type " + std::to_string(h.type) + " is not a message type");
+  if (h.type < 1 || h.type > max_message_type(h.version))
+    fail(ErrorCode::UnknownType, "header type " + std::to_string(h.type) +
+                                     " is not a message type of version " +
+                                     std::to_string(h.version));
   const MessageType type = MessageType(h.type);
   const char* name = message_type_name(type);
   if ((opt_.accepted_types & (1u << h.type)) == 0)

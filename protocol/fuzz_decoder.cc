@@ -124,7 +124,7 @@ Body scripted(MessageType t, uint8_t p, uint8_t q) {
       Update u;
       u.key_frame = p;
       u.next_stride = uint32_t(1 + q % 80);
-      u.blob_kind = st::BlobEncoding((q >> 6) % 3);
+      u.blob_kind = st::BlobEncoding((q >> 6) % 4);  // 3: an update blob (version 2)
       if (u.blob_kind != st::BlobEncoding::None) u.blob = {3};
       return u;
     }
@@ -140,6 +140,8 @@ Body scripted(MessageType t, uint8_t p, uint8_t q) {
     case MessageType::Ping: return Ping{uint64_t(p % 4)};
     case MessageType::Pong: return Pong{uint64_t(p % 4)};
     case MessageType::Bye: return Bye{};
+    case MessageType::Resync: return Resync{p};
+    case MessageType::Weights: return Weights{st::BlobEncoding(1 + q % 2), {1, 2}};
   }
   return Bye{};
 }

@@ -58,8 +58,13 @@ enum class MessageType : uint16_t {
   Ping = 7,
   Pong = 8,
   Bye = 9,
+  Resync = 10,   // version 2
+  Weights = 11,  // version 2
 };
-inline constexpr uint16_t kMaxMessageType = 9;
+inline constexpr uint16_t kMaxMessageType = 11;
+// The highest message type of a protocol version (1: 9, from 2 on: 11); a header of that
+// version with a higher type is UnknownType.
+inline constexpr uint16_t max_message_type(uint16_t version) { return version >= 2 ? 11 : 9; }
 const char* message_type_name(MessageType t);  // "HELLO", ...; "UNKNOWN" otherwise
 
 // One code space for what the decoder detects (1..15), what the conversation checker detects
@@ -170,6 +175,8 @@ struct KeyFrame {
 };
 
 // Server -> edge: the answer to one KEY_FRAME in Partial / Full mode.
+// blob_kind Update (version 2) is an nn/update.h blob: every edge of version 2 applies it (it is
+// not in HELLO.accept_blobs); it names the weights hash the edge must hold after it.
 struct Update {
   uint64_t key_frame = 0;     // the frame_index of the KEY_FRAME it answers
   uint32_t next_stride = 8;   // next key frame = key_frame + next_stride
@@ -208,8 +215,24 @@ struct Bye {
   bool operator==(const Bye&) const = default;
 };
 
+// Edge -> server (version 2, modes Partial and Full): an UPDATE's weights hash was not what the
+// edge's weights hash to after applying it; the edge kept its weights and asks for all of them.
+struct Resync {
+  uint64_t weights_hash = 0;  // nn::weights_hash of what the edge holds
+  bool operator==(const Resync&) const = default;
+};
+
+// Server -> edge (version 2): the answer to RESYNC, the whole student as a plain fp32 or fp16
+// blob (nn/blob.h, Distillation::Full); the server's mirror of the edge is that from now on.
+struct Weights {
+  BlobEncoding blob_kind = BlobEncoding::F32;  // F32 or F16
+  std::vector<uint8_t> blob;                   // non-empty
+  bool operator==(const Weights&) const = default;
+};
+
 // The alternatives are in MessageType order: index() + 1 == type.
-using Body = std::variant<Hello, Welcome, KeyFrame, Update, Labels, ErrorMessage, Ping, Pong, Bye>;
+using Body = std::variant<Hello, Welcome, KeyFrame, Update, Labels, ErrorMessage, Ping, Pong, Bye,
+                          Resync, Weights>;
 
 struct Message {
   uint64_t seq = 0;                     // per-direction sequence number: 0, 1, 2, ...

@@ -97,6 +97,8 @@ std::vector<Body> sample_bodies() {
   v.push_back(Ping{0xDEADBEEFCAFEull});
   v.push_back(Pong{0xDEADBEEFCAFEull});
   v.push_back(Bye{});
+  v.push_back(Resync{0x0123456789ABCDEFull});              // version 2
+  v.push_back(Weights{st::BlobEncoding::F16, pattern(12, 5)});  // version 2
   return v;
 }
 
@@ -580,7 +582,7 @@ TEST_CASE("protocol: malformed payloads name the field", "[protocol][portable]")
     CHECK_THAT(expect_code(frame(MessageType::Hello, b), ErrorCode::Malformed),
                Catch::Contains("accept_blobs"));
     Bytes u = encode_payload(bodies[7]);  // UPDATE, blob None; blob_kind at 20
-    u[20] = 3;
+    u[20] = 4;
     CHECK_THAT(expect_code(frame(MessageType::Update, u), ErrorCode::Malformed),
                Catch::Contains("UPDATE.blob_kind"));
     Bytes w = encode_payload(bodies[3]);  // WELCOME; scope at 24
@@ -919,7 +921,7 @@ TEST_CASE("protocol: regenerate the seed corpus", "[.protocol-corpus-gen]") {
   const char* names[] = {"hello",      "hello_naive", "welcome_f32", "welcome_none",
                          "keyframe_raw", "keyframe_png", "keyframe_jpeg", "update_none",
                          "update_f32", "update_f16", "labels", "error", "error_newcode",
-                         "ping", "pong", "bye"};
+                         "ping", "pong", "bye", "resync", "weights"};
   REQUIRE(std::size(names) == bodies.size());
   for (size_t i = 0; i < bodies.size(); ++i)
     write(std::string("ok_") + names[i] + ".bin", encode(msg(bodies[i])));
@@ -960,7 +962,8 @@ TEST_CASE("protocol: regenerate the seed corpus", "[.protocol-corpus-gen]") {
   write("err_BadHeaderCrc_size.bin", b);
   write("err_UnsupportedVersion_ping_v3.bin",
         frame(uint16_t(MessageType::Ping), Bytes(8), 0, kVersionMax + 1));
-  write("err_UnknownType_10.bin", frame(uint16_t(10), Bytes(8)));
+  write("err_UnknownType_10.bin", frame(uint16_t(10), Bytes(8)));  // RESYNC is version 2's
+  write("err_UnknownType_12_v2.bin", frame(uint16_t(12), Bytes(8), 0, 2));
   write("err_BadFlags_ping.bin", frame(uint16_t(MessageType::Ping), Bytes(8), 0, 1, 1));
   {
     Bytes h(32);

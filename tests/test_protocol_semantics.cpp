@@ -539,6 +539,52 @@ const Bytes kBye = {
     0xe3, 0xb6, 0xf5, 0x06,                          // header_crc
 };
 
+// RESYNC (version 2): the edge holds weights hashing to 0x0102030405060708.
+const Bytes kResync = {
+    0x53, 0x54, 0x57, 0x31,                          // magic
+    0x02, 0x00,                                      // version 2
+    0x0a, 0x00,                                      // type 10 RESYNC
+    0x00, 0x00, 0x00, 0x00,                          // flags
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // seq 0
+    0x08, 0x00, 0x00, 0x00,                          // payload_size 8
+    0x1c, 0x02, 0xf9, 0x26,                          // payload_crc
+    0x24, 0x1d, 0x91, 0x8c,                          // header_crc
+    0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,  // 0 weights_hash
+};
+
+// WEIGHTS (version 2): an fp16 student blob of 3 (opaque) bytes.
+const Bytes kWeights = {
+    0x53, 0x54, 0x57, 0x31,                          // magic
+    0x02, 0x00,                                      // version 2
+    0x0b, 0x00,                                      // type 11 WEIGHTS
+    0x00, 0x00, 0x00, 0x00,                          // flags
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // seq 0
+    0x08, 0x00, 0x00, 0x00,                          // payload_size 8
+    0x4c, 0xb7, 0xb8, 0x27,                          // payload_crc
+    0x83, 0x07, 0xc6, 0xad,                          // header_crc
+    0x02,                                            // 0 blob_kind 2 fp16
+    0x03, 0x00, 0x00, 0x00, 0xaa, 0xbb, 0xcc,        // 1 blob, 3 bytes
+};
+
+// UPDATE (version 2) with an update blob: key frame 16, next stride 8, accuracy 0.5, 2 steps,
+// blob_kind 3, 2 (opaque) bytes.
+const Bytes kUpdateBlob = {
+    0x53, 0x54, 0x57, 0x31,                          // magic
+    0x02, 0x00,                                      // version 2
+    0x04, 0x00,                                      // type 4 UPDATE
+    0x00, 0x00, 0x00, 0x00,                          // flags
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // seq 0
+    0x1b, 0x00, 0x00, 0x00,                          // payload_size 27
+    0xa3, 0x9e, 0xd6, 0xd5,                          // payload_crc
+    0x3f, 0x48, 0x27, 0x53,                          // header_crc
+    0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // 0  key_frame 16
+    0x08, 0x00, 0x00, 0x00,                          // 8  next_stride 8
+    0x00, 0x00, 0x00, 0x3f,                          // 12 accuracy 0.5f
+    0x02, 0x00, 0x00, 0x00,                          // 16 steps 2
+    0x03,                                            // 20 blob_kind 3 update blob
+    0x02, 0x00, 0x00, 0x00, 0x53, 0x54,              // 21 blob, 2 bytes
+};
+
 uint32_t f32_bits(float f) {
   uint32_t b;
   std::memcpy(&b, &f, 4);
@@ -554,7 +600,8 @@ TEST_CASE("protocol semantics: the goldens' CRC fields are CRC32C of what they c
   for (const Bytes* g : {&kHelloA, &kHelloB, &kHelloMax, &kWelcomeA, &kWelcomeB, &kWelcomeC,
                          &kWelcomeSplit, &kWelcomeFullV2, &kKeyFrameRaw, &kKeyFramePng, &kKeyFrameJpeg, &kUpdateNone, &kUpdateF32,
                          &kUpdateF16, &kLabels, &kLabelsWide, &kErrorAuth, &kErrorUnknown,
-                         &kErrorMax, &kErrorV7, &kPing, &kPingZero, &kPong, &kBye}) {
+                         &kErrorMax, &kErrorV7, &kPing, &kPingZero, &kPong, &kBye, &kResync,
+                         &kWeights, &kUpdateBlob}) {
     REQUIRE(g->size() >= kHeaderSize);
     auto le32 = [&](size_t o) {
       return uint32_t((*g)[o]) | uint32_t((*g)[o + 1]) << 8 | uint32_t((*g)[o + 2]) << 16 |
@@ -891,6 +938,50 @@ TEST_CASE("protocol semantics: LABELS golden bytes", "[protocol][portable]") {
   }
 }
 
+TEST_CASE("protocol semantics: version 2's RESYNC, WEIGHTS and update blobs, golden bytes",
+          "[protocol][portable]") {
+  SECTION("RESYNC") {
+    const Message m = decode_one(kResync);
+    CHECK(m.version == 2);
+    CHECK(m.as<Resync>().weights_hash == 0x0102030405060708ull);
+    check_encodes(kResync, 0, 2, Resync{0x0102030405060708ull});
+  }
+  SECTION("WEIGHTS") {
+    const Message m = decode_one(kWeights);
+    CHECK(m.as<Weights>().blob_kind == st::BlobEncoding::F16);
+    CHECK(m.as<Weights>().blob == Bytes{0xaa, 0xbb, 0xcc});
+    check_encodes(kWeights, 0, 2, Weights{st::BlobEncoding::F16, {0xaa, 0xbb, 0xcc}});
+  }
+  SECTION("UPDATE with an update blob") {
+    const Message m = decode_one(kUpdateBlob);
+    const Update& u = m.as<Update>();
+    CHECK(u.key_frame == 16);
+    CHECK(u.next_stride == 8);
+    CHECK(u.accuracy == 0.5f);
+    CHECK(u.steps == 2);
+    CHECK(u.blob_kind == st::BlobEncoding::Update);
+    CHECK(u.blob == Bytes{0x53, 0x54});
+    check_encodes(kUpdateBlob, 0, 2, Update{16, 8, 0.5f, 2, st::BlobEncoding::Update, {0x53, 0x54}});
+  }
+  SECTION("types 10 and 11 do not exist in version 1") {
+    for (const Bytes* g : {&kResync, &kWeights}) {
+      Bytes v1 = *g;
+      v1[4] = 1;
+      const uint32_t hc = st::protocol::crc32c(v1.data(), 28);
+      std::memcpy(v1.data() + 28, &hc, 4);
+      Decoder d;
+      Message m;
+      try {  // the header alone decides it: feed() already refuses
+        d.feed(v1);
+        d.next(m);
+        FAIL("type " << int(v1[6]) << " accepted under version 1");
+      } catch (const ProtocolError& e) {
+        CHECK(e.code() == ErrorCode::UnknownType);
+      }
+    }
+  }
+}
+
 TEST_CASE("protocol semantics: ERROR, PING, PONG and BYE golden bytes", "[protocol][portable]") {
   SECTION("ERROR AuthFailed") {
     const Message got = decode_one(kErrorAuth);
@@ -1003,7 +1094,11 @@ TEST_CASE("protocol semantics: a field just outside its documented range is refu
       {"UPDATE.accuracy NaN", MT::Update, &kUpdateNone, 12, {0, 0, 0xc0, 0x7f}, M},
       {"UPDATE.accuracy just above 1", MT::Update, &kUpdateF32, 12, {1, 0, 0x80, 0x3f}, M},
       {"UPDATE.steps 65537", MT::Update, &kUpdateF32, 16, {1, 0, 1, 0}, M},
-      {"UPDATE.blob_kind 3", MT::Update, &kUpdateF32, 20, {3}, M},
+      {"UPDATE.blob_kind 4", MT::Update, &kUpdateF32, 20, {4}, M},
+      {"UPDATE.blob_kind 3 without a blob", MT::Update, &kUpdateNone, 20, {3}, M},
+      {"WEIGHTS.blob_kind 0", MT::Weights, &kWeights, 0, {0}, M},
+      {"WEIGHTS.blob_kind 3 (update blobs are UPDATE's)", MT::Weights, &kWeights, 0, {3}, M},
+      {"WEIGHTS.blob past the end", MT::Weights, &kWeights, 1, {4, 0, 0, 0}, T},
       {"UPDATE.blob_kind none with a blob", MT::Update, &kUpdateF32, 20, {0}, M},
       {"UPDATE.blob_kind fp16 without a blob", MT::Update, &kUpdateNone, 20, {2}, M},
       {"LABELS.width 0", MT::Labels, &kLabels, 8, {0, 0, 0, 0}, M},
@@ -1018,7 +1113,7 @@ TEST_CASE("protocol semantics: a field just outside its documented range is refu
   }
   // Every payload ends after its last field.
   for (const Bytes* g : {&kHelloA, &kWelcomeA, &kWelcomeSplit, &kKeyFrameJpeg, &kUpdateF16,
-                         &kLabels, &kErrorAuth, &kPing, &kPong, &kBye}) {
+                         &kLabels, &kErrorAuth, &kPing, &kPong, &kBye, &kResync, &kWeights}) {
     Bytes p(g->begin() + kHeaderSize, g->end());
     p.push_back(0);
     const MT t = MT(uint16_t((*g)[6]));
@@ -1113,6 +1208,11 @@ void body_fields(const Body& body, Fields& f) {
     f.add("nonce", num(p->nonce));
   } else if (auto* q = std::get_if<Pong>(&body)) {
     f.add("nonce", num(q->nonce));
+  } else if (auto* r = std::get_if<Resync>(&body)) {
+    f.add("weights_hash", num(r->weights_hash));
+  } else if (auto* w = std::get_if<Weights>(&body)) {
+    f.add("blob_kind", num(uint8_t(w->blob_kind)));
+    f.add("blob", hex(w->blob));
   }
 }
 

@@ -68,6 +68,8 @@ TYPES = {
     7: ("PING", 8, 8),
     8: ("PONG", 8, 8),
     9: ("BYE", 0, 0),
+    10: ("RESYNC", 8, 8),     # version 2
+    11: ("WEIGHTS", 5, None),  # version 2
 }
 MAX_DIM = 16384
 MAX_STRIDE = 1 << 20
@@ -133,8 +135,8 @@ def check_unit(name, v):
         bad(f"{name} = {v}")
 
 
-def check_blob(kind, blob):
-    if kind > 2:
+def check_blob(kind, blob, highest=2):
+    if kind > highest:
         bad(f"blob_kind = {kind}")
     if (kind == 0) != (len(blob) == 0):
         bad(f"blob of {len(blob)} bytes with blob_kind {kind}")
@@ -219,7 +221,7 @@ def parse_update(p):
     check_unit("accuracy", m["accuracy"])
     if m["steps"] > MAX_STEPS:
         bad("steps")
-    check_blob(m["blob_kind"], m["blob"])
+    check_blob(m["blob_kind"], m["blob"], highest=3)  # 3: an update blob (version 2)
     return m
 
 
@@ -254,8 +256,24 @@ def parse_bye(p):
     return {}
 
 
+def parse_resync(p):
+    m = {"weights_hash": p.u64("weights_hash")}
+    p.finish()
+    return m
+
+
+def parse_weights(p):
+    m = {"blob_kind": p.u8("blob_kind"), "blob": p.bytes32("blob")}
+    p.finish()
+    if m["blob_kind"] == 0:
+        bad("WEIGHTS.blob_kind 0")
+    check_blob(m["blob_kind"], m["blob"])
+    return m
+
+
 PARSERS = {1: parse_hello, 2: parse_welcome, 3: parse_key_frame, 4: parse_update,
-           5: parse_labels, 6: parse_error, 7: parse_nonce, 8: parse_nonce, 9: parse_bye}
+           5: parse_labels, 6: parse_error, 7: parse_nonce, 8: parse_nonce, 9: parse_bye,
+           10: parse_resync, 11: parse_weights}
 
 
 def to_json_value(v):
@@ -283,7 +301,7 @@ def decode_stream(data):
                 raise DecodeError("BadHeaderCrc", "")
             if version == 0 or (mtype not in (1, 6) and not VERSION_MIN <= version <= VERSION_MAX):
                 raise DecodeError("UnsupportedVersion", f"version {version}")
-            if mtype not in TYPES:
+            if mtype not in TYPES or (mtype > 9 and version < 2):  # §3: 10, 11 from version 2
                 raise DecodeError("UnknownType", f"type {mtype}")
             name, lo, hi = TYPES[mtype]
             if flags != 0:
