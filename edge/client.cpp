@@ -15,6 +15,7 @@
 #include "io/frame_encoder.h"
 #include "io/video.h"
 #include "nn/blob.h"
+#include "nn/update.h"
 #include "nn/distill.h"
 #include "net/net.h"
 #include "tensor/autograd.h"
@@ -84,6 +85,7 @@ class EdgeSession {
   void on_welcome(uint64_t epoch, Welcome& w);
   void on_update(uint64_t epoch, const Update& u);
   void on_labels(uint64_t epoch, Labels& l);
+  void on_weights(uint64_t epoch, const Weights& w);  // the answer to our RESYNC
   // Unpacks a blob into the spare copy and swaps the copies (between two frames).
   void apply_blob(nn::Distillation scope, const std::vector<uint8_t>& blob);
   bool stop_requested() const { return opt_.stop && opt_.stop->load(std::memory_order_relaxed); }
@@ -141,6 +143,7 @@ class EdgeSession {
   int64_t next_key_ = 0, stride_ = 0;
   std::optional<int64_t> outstanding_;  // key frame sent, answer not here yet
   std::optional<Labels> labels_;        // naive: the answer to the outstanding frame
+  bool resync_pending_ = false;         // RESYNC sent, WEIGHTS not here yet
   int64_t frame_i_ = 0;
   bool applied_ = false;     // an update was swapped in before this frame
   double last_acc_ = -1;     // the server's mIoU for the last update applied
@@ -208,7 +211,9 @@ EdgeSession::EdgeSession(const EdgeOptions& opt)
 // ---- network events
 
 void EdgeSession::apply_blob(nn::Distillation scope, const std::vector<uint8_t>& blob) {
-  nn::unpack_trained(*spare_, scope, blob.data(), blob.size());  // validates first
+  // A plain blob or a compact update (nn/update.h), validated (its hash too) before anything
+  // changes: on an error the spare copy is untouched.
+  nn::apply_update(*spare_, scope, blob.data(), blob.size());
   std::swap(active_, spare_);
   spare_->load_state(active_->named_parameters(), "edge weights");
   cur_hash_ = nn::weights_hash(*active_);
@@ -230,6 +235,7 @@ void EdgeSession::handle(NetClient::Event& e) {
       if (m.is<Welcome>()) on_welcome(e.epoch, m.as<Welcome>());
       else if (m.is<Update>()) on_update(e.epoch, m.as<Update>());
       else if (m.is<Labels>()) on_labels(e.epoch, m.as<Labels>());
+      else if (m.is<Weights>()) on_weights(e.epoch, m.as<Weights>());
       break;
     }
   }
@@ -284,6 +290,7 @@ void EdgeSession::on_welcome(uint64_t epoch, Welcome& w) {
   stride_ = w.min_stride;
   outstanding_.reset();
   labels_.reset();
+  resync_pending_ = false;
   ++r_.welcomes;
   if (opt_.net.log)
     net::log_line("edge", "session " + std::to_string(w.session_id) + " (stride " +
@@ -294,10 +301,18 @@ void EdgeSession::on_welcome(uint64_t epoch, Welcome& w) {
 void EdgeSession::on_update(uint64_t epoch, const Update& u) {
   if (!session_ || epoch != epoch_ || !outstanding_ || int64_t(u.key_frame) != *outstanding_)
     return;
-  if (u.blob_kind != BlobEncoding::None) {
+  if (u.blob_kind != BlobEncoding::None && resync_pending_) {
+    // Made against the server's old mirror of these weights: WEIGHTS will bring them all.
+  } else if (u.blob_kind != BlobEncoding::None) {
     try {
       apply_blob(dmode_, u.blob);
       ++r_.updates_with_weights;
+    } catch (const nn::WeightsMismatch& ex) {
+      // Well-formed, but made for other weights than these: keep them and ask for the student.
+      r_.errors.push_back(std::string("UPDATE for other weights: ") + ex.what());
+      net_.send(epoch, Resync{cur_hash_});
+      resync_pending_ = true;
+      ++r_.resyncs;
     } catch (const std::exception& ex) {
       r_.errors.push_back(std::string("UPDATE blob refused: ") + ex.what());
       net_.drop(epoch, "bad UPDATE blob");
@@ -314,6 +329,21 @@ void EdgeSession::on_update(uint64_t epoch, const Update& u) {
   stride_ = u.next_stride;
   next_key_ = int64_t(u.key_frame) + stride_;
   outstanding_.reset();
+}
+
+void EdgeSession::on_weights(uint64_t epoch, const Weights& w) {
+  if (!session_ || epoch != epoch_ || !resync_pending_) return;
+  try {
+    apply_blob(nn::Distillation::Full, w.blob);
+  } catch (const std::exception& ex) {
+    r_.errors.push_back(std::string("WEIGHTS blob refused: ") + ex.what());
+    net_.drop(epoch, "bad WEIGHTS blob");
+    session_ = false;
+    outstanding_.reset();
+    return;
+  }
+  resync_pending_ = false;
+  ++r_.full_weight_syncs;
 }
 
 void EdgeSession::on_labels(uint64_t epoch, Labels& l) {
@@ -614,6 +644,7 @@ std::string to_json(const EdgeResult& r) {
   j["labels_received"] = r.labels;
   j["sessions"] = r.welcomes;
   j["full_weight_syncs"] = r.full_weight_syncs;
+  j["resyncs"] = r.resyncs;
   if (!r.split.empty()) j["split"] = r.split;
   j["disconnects"] = r.disconnects;
   j["bytes"] = {{"up_total", r.bytes_up},

@@ -25,7 +25,10 @@
 // paper's behaviour: bandwidth experiments use it). Naive mode has no student updates to wait
 // for: it blocks for each frame's labels, up to update_timeout_s.
 // When the server is unreachable the edge keeps segmenting with its local student and
-// resynchronises from the next WELCOME.
+// resynchronises from the next WELCOME. Compact updates (protocol version 2, nn/update.h) are
+// deltas against what the server believes the edge holds, and name the hash of the result: one
+// that does not match is not applied; the edge sends RESYNC and the server answers with the
+// whole student (WEIGHTS), its updates meanwhile ignored.
 //
 // Driving a run: EdgeOptions::on_frame sees the running counters after every frame and may end
 // the run there (wait for a WELCOME or an update instead of guessing how many frames that
@@ -141,6 +144,9 @@ struct EdgeResult {
   int64_t frames = 0, key_frames = 0;
   int64_t updates = 0, updates_with_weights = 0, steps_total = 0, labels = 0;
   int64_t welcomes = 0, full_weight_syncs = 0, disconnects = 0;
+  // RESYNCs sent: an update's weights hash was not what the edge's weights became (each is
+  // answered by WEIGHTS, counted in full_weight_syncs with the WELCOMEs that sent the student)
+  int64_t resyncs = 0;
   int64_t bytes_up = 0, bytes_down = 0;  // measured at the socket
   double wall_s = 0, fps = 0, blocked_s = 0;
   double max_blocked_s = 0;              // the longest single wait for an answer

@@ -266,7 +266,8 @@ struct NetClient::Impl {
         break;
       }
       case MessageType::Update:
-      case MessageType::Labels: {
+      case MessageType::Labels:
+      case MessageType::Weights: {
           Event e = event(Event::Message, c->epoch);
           e.message = std::move(msg);
           post(std::move(e));

@@ -103,7 +103,8 @@ struct Session {
   BlobEncoding blob_enc = BlobEncoding::F32;
   uint32_t width = 0, height = 0;
 
-  // Used only by the (single) worker job in flight.
+  // Used only by the (single) worker job in flight, and by the loop thread while none is.
+  std::unique_ptr<nn::UpdateEncoder> updater;  // compact updates: the mirror of the edge
   std::unique_ptr<nn::Student> student;
   std::unique_ptr<nn::Distiller> distiller;
   std::unique_ptr<teachers::Teacher> teacher;
@@ -111,6 +112,7 @@ struct Session {
 
   // Loop thread state.
   bool welcomed = false, busy = false, bye_received = false, closing = false;
+  bool resync_pending = false;  // RESYNC received while a job was in flight: WEIGHTS after it
   uint64_t last_rx_ms = 0;  // uv_now when the last whole message arrived (or WELCOME was sent)
   bool ping_out = false;    // an idle PING is unanswered
   uint64_t ping_nonce = 0;
@@ -269,6 +271,20 @@ void on_idle_timer(uv_timer_t* t) {
   }
 }
 
+// What an edge holds after `full_blob` (a plain Distillation::Full blob), or the base weights
+// when it is empty, with the server's split: where a mirror of that edge starts.
+std::unique_ptr<nn::Student> edge_weights_after(Server::Impl& srv,
+                                                const std::vector<uint8_t>& full_blob) {
+  auto e = std::make_unique<nn::Student>(srv.opt.init_seed);
+  e->set_partial_split(srv.opt.split);
+  e->load_state(srv.base->named_parameters(), "server base weights");
+  if (!full_blob.empty())
+    nn::unpack_trained(*e, nn::Distillation::Full, full_blob.data(), full_blob.size());
+  return e;
+}
+
+void answer_resync(Session& s);
+
 // ---- worker side ----
 
 void work(uv_work_t* r) {
@@ -326,7 +342,10 @@ void work(uv_work_t* r) {
     u.accuracy = std::clamp(float(a.outcome.acc), 0.f, 1.f);
     if (!std::isfinite(u.accuracy)) u.accuracy = 0.f;
     u.steps = uint32_t(a.outcome.steps);
-    if (a.outcome.steps > 0) {
+    if (a.outcome.steps > 0 && s.updater) {  // against the mirror of the edge's weights
+      u.blob_kind = BlobEncoding::Update;
+      u.blob = s.updater->encode(*s.student);
+    } else if (a.outcome.steps > 0) {
       u.blob_kind = s.blob_enc;
       u.blob = std::move(a.blob);
     }
@@ -357,6 +376,7 @@ void after_work(uv_work_t* r, int status) {
                  ", next stride " + std::to_string(u->next_stride));
     send(s, std::move(*j->answer));
     s.srv->count([](ServerStats& st) { st.updates++; });
+    if (s.resync_pending) answer_resync(s);
     if (s.bye_received) {
       send(s, Bye{});
       close_session(s, std::nullopt);
@@ -369,6 +389,20 @@ void after_work(uv_work_t* r, int status) {
 }
 
 // ---- loop side: messages ----
+
+// The edge's weights are not what the mirror says: send it the whole student (the session's, or
+// the base before its first key frame) and make the mirror that.
+void answer_resync(Session& s) {
+  Server::Impl& srv = *s.srv;
+  s.resync_pending = false;
+  const nn::Student& now = s.student ? *s.student : *srv.base;
+  Weights w;
+  w.blob_kind = s.blob_enc;
+  w.blob = nn::pack_trained(now, nn::Distillation::Full, s.blob_enc);
+  if (s.updater) s.updater->reset(*edge_weights_after(srv, w.blob));
+  send(s, std::move(w));
+  srv.log(s.name() + ": RESYNC answered with the whole student");
+}
 
 void handle_hello(Session& s, const Hello& h) {
   Server::Impl& srv = *s.srv;
@@ -399,6 +433,12 @@ void handle_hello(Session& s, const Hello& h) {
     throw ProtocolError(ErrorCode::UnsupportedMode,
                         "HELLO.mode " + std::to_string(int(h.mode)) + " is not offered");
   const bool paper_split = opt.split == nn::PartialSplit{};
+  if (opt.update && h.mode != Mode::Naive && *v < 2)
+    throw ProtocolError(ErrorCode::UnsupportedVersion,
+                        "this server sends compact updates (" + opt.update->name() +
+                            "), which a version-1 UPDATE cannot carry (HELLO offers " +
+                            std::to_string(h.min_version) + ".." +
+                            std::to_string(h.max_version) + ", they need version 2)");
   if (h.mode == Mode::Partial && !paper_split && *v < 2)
     throw ProtocolError(ErrorCode::UnsupportedVersion,
                         "this server trains partial sessions from " + nn::split_name(opt.split) +
@@ -449,6 +489,9 @@ void handle_hello(Session& s, const Hello& h) {
     w.blob_kind = BlobEncoding::None;
   }
   const bool full = w.scope == WeightsScope::Full;
+  if (opt.update && h.mode != Mode::Naive)  // the mirror starts at what the edge holds now
+    s.updater = std::make_unique<nn::UpdateEncoder>(*edge_weights_after(srv, w.blob), s.dmode,
+                                                    *opt.update);
   s.enc.set_version(*v);  // WELCOME already goes under the version it announces
   send(s, std::move(w));
   s.dec.set_versions(*v, *v);
@@ -490,6 +533,12 @@ void handle_message(Session& s, Message& m) {
       }
       break;
     }
+    case MessageType::Resync:  // (the conversation checker has held it to its rules)
+      s.srv->log(s.name() + ": RESYNC: the edge holds weights hashing to " +
+                 std::to_string(m.as<Resync>().weights_hash));
+      if (s.busy) s.resync_pending = true;  // after the UPDATE in flight (made for the old mirror)
+      else answer_resync(s);
+      break;
     case MessageType::Ping: send(s, Pong{m.as<Ping>().nonce}); break;
     case MessageType::Pong: s.ping_out = false; break;
     case MessageType::Bye:

@@ -16,10 +16,12 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "nn/blob.h"
 #include "nn/distill.h"
+#include "nn/update.h"
 #include "protocol/protocol.h"
 #include "teacher/teacher.h"
 
@@ -36,6 +38,12 @@ struct ServerOptions {
   // (protocol version 2). An edge that speaks only version 1 is refused any split but the
   // paper's (ERROR UnsupportedVersion).
   nn::PartialSplit split;
+  // Compact updates (nn/update.h) for sessions of protocol version 2 in modes Partial and Full:
+  // the server keeps a mirror of each edge's weights and sends what the codec makes of the
+  // difference (UPDATE blob_kind 3, with the weights hash after it; RESYNC gets the whole student).
+  // An edge that speaks only version 1 is then refused (ERROR UnsupportedVersion). Unset: plain
+  // blobs in `encoding`.
+  std::optional<nn::UpdateCodec> update;
   BlobEncoding encoding = BlobEncoding::F32;  // preferred (F32, F16); the other if HELLO refuses it
   size_t max_message_bytes = protocol::kDefaultMaxMessageSize;
   size_t max_sessions = 64;

@@ -23,6 +23,7 @@
 #include "edge/token_bucket.h"
 #include "io/video.h"
 #include "nn/blob.h"
+#include "nn/update.h"
 #include "raw_client.h"
 #include "server/server.h"
 #include "synthetic_clip.h"
@@ -722,6 +723,9 @@ namespace {
 // connection c (frame index k) gets the UPDATEs `answer(c, n, k)` returns, in order.
 struct ScriptedServer {
   std::function<std::vector<protocol::Update>(int c, size_t n, uint64_t k)> answer;
+  // A RESYNC on connection c gets the WEIGHTS this returns (unset: the test fails).
+  std::function<protocol::Weights(int c, const protocol::Resync&)> on_resync;
+  size_t resyncs = 0;
 
   int listen_fd = -1, port = 0;
   std::atomic<bool> done{false};  // set by the test when the edge has finished
@@ -811,6 +815,13 @@ struct ScriptedServer {
             ++n_keys;
           } else if (m.is<protocol::Ping>()) {
             send(protocol::Pong{m.as<protocol::Ping>().nonce});
+          } else if (m.is<protocol::Resync>()) {
+            if (!on_resync) return fail("an unexpected RESYNC");
+            {
+              std::lock_guard<std::mutex> l(mu);
+              ++resyncs;
+            }
+            send(on_resync(c, m.as<protocol::Resync>()));
           }
         }
       }
@@ -888,4 +899,57 @@ TEST_CASE("edge: an UPDATE for a key frame the edge is not waiting for is refuse
   REQUIRE(r.updates_with_weights == 0);  // no decoy blob applied
   REQUIRE(r.final_weights_hash == r.initial_weights_hash);
   REQUIRE(r.final_stride == 64);
+}
+
+TEST_CASE("edge: an update made for other weights than the edge's is not applied: RESYNC, the "
+          "whole student in WEIGHTS, then updates apply again", "[edge]") {
+  // The scripted server's mirror of the edge starts wrong (another seed's weights), as after a
+  // lost update or a server that mixed up two edges. Its first compact update names a weights
+  // hash the edge cannot reach: the edge keeps its weights and sends RESYNC with what it holds;
+  // WEIGHTS brings the server's student and resets the mirror; the next update applies.
+  EdgeClip clip("resync", 30);
+  ScriptedServer srv;
+  auto o = edge_opts(clip, srv.port);
+  o.initial_wait_s = test::kHungS;
+  o.loop = true;
+  const nn::Student edge_start(o.init_seed);
+  nn::Student wrong(o.init_seed + 1), server_student(o.init_seed + 2);
+  nn::UpdateEncoder mirror(wrong, nn::Distillation::Partial, nn::parse_update_codec("int8+zstd"));
+  uint64_t resync_hash = 0;
+  srv.answer = [&](int, size_t n, uint64_t k) -> std::vector<protocol::Update> {
+    protocol::Update u = make_update(k, 4, 1);
+    u.blob_kind = BlobEncoding::Update;
+    u.blob = mirror.encode(server_student);
+    (void)n;
+    return {u};
+  };
+  srv.on_resync = [&](int, const protocol::Resync& r) {
+    resync_hash = r.weights_hash;
+    protocol::Weights w;
+    w.blob_kind = BlobEncoding::F32;
+    w.blob = nn::pack_trained(server_student, nn::Distillation::Full, BlobEncoding::F32);
+    mirror.reset(server_student);
+    return w;
+  };
+  const auto deadline = test::hung_deadline();
+  o.on_frame = [&](const edge::EdgeProgress& p) {
+    return p.updates < 3 && p.frame < 200 && std::chrono::steady_clock::now() < deadline;
+  };
+  srv.start();
+  edge::EdgeResult r = edge::run_edge(o);
+  srv.finish();
+  INFO(edge::to_json(r));
+  std::lock_guard<std::mutex> l(srv.mu);
+  INFO(srv.failure);
+  REQUIRE(srv.failure.empty());
+  REQUIRE(srv.resyncs == 1);
+  REQUIRE(r.resyncs == 1);
+  REQUIRE(resync_hash == nn::weights_hash(edge_start));  // it kept its weights and said so
+  REQUIRE(r.welcomes == 1);                               // all on one connection
+  REQUIRE(r.disconnects == 0);
+  REQUIRE(r.full_weight_syncs == 1);                      // the WEIGHTS
+  REQUIRE(r.updates == 3);
+  REQUIRE(r.updates_with_weights == 2);                   // the ones after WEIGHTS
+  REQUIRE(r.final_weights_hash == mirror.mirror_hash());  // the edge holds the mirror's weights
+  REQUIRE(r.final_weights_hash != nn::weights_hash(edge_start));
 }

@@ -711,3 +711,52 @@ TEST_CASE("server: its partial split is announced in WELCOME, its UPDATE blobs h
   }
   srv.stop();
 }
+
+TEST_CASE("server: compact updates: int8 deltas against its mirror of each edge, applied and "
+          "checked by hash; an edge of version 1 only is refused", "[server]") {
+  Clip clip("compact", 24);
+  server::ServerOptions so = server_options(clip.labels);
+  so.update = nn::parse_update_codec("int8:top10+zstd");
+  server::Server srv(so);
+  srv.start();
+  {
+    Raw r(srv.port());
+    Hello h = good_hello();
+    h.max_version = 1;
+    r.send(encode_msg(h, 0, 1));
+    const auto g = r.read_until_closed();
+    REQUIRE(g.closed);
+    REQUIRE(g.msgs.size() == 1);
+    REQUIRE(g.msgs[0].is<ErrorMessage>());
+    CHECK(g.msgs[0].as<ErrorMessage>().code == ErrorCode::UnsupportedVersion);
+    CHECK_THAT(g.msgs[0].as<ErrorMessage>().text,
+               Catch::Contains("compact updates") && Catch::Contains("version 2"));
+  }
+  // Two edges: one with the server's base weights, one with others (it gets the full student
+  // in fp16, so the mirror starts from fp16-rounded weights).
+  std::vector<edge::EdgeResult> res(2);
+  std::vector<std::thread> ts;
+  for (int c = 0; c < 2; ++c)
+    ts.emplace_back([&, c] {
+      auto o = edge_options(clip, srv.port());
+      if (c == 1) {
+        o.init_seed = 7;
+        o.accept_blobs = kAcceptF16;
+      }
+      res[size_t(c)] = edge::run_edge(o);
+    });
+  for (auto& t : ts) t.join();
+  for (const auto& r : res) {
+    INFO(edge::to_json(r));
+    REQUIRE(r.frames == clip.count);
+    REQUIRE(r.errors.empty());  // no hash ever differed
+    REQUIRE(r.resyncs == 0);
+    REQUIRE(r.updates_with_weights >= 1);
+    REQUIRE(r.final_weights_hash != r.initial_weights_hash);
+    // every update well under a tenth of the 413,884-byte fp32 trained part
+    REQUIRE(r.bytes_down < int64_t(r.updates) * 41388 + 2 * 1000000);
+  }
+  REQUIRE(res[1].full_weight_syncs == 1);
+  REQUIRE(test::wait_until([&] { return srv.stats().sessions_active == 0; }));
+  srv.stop();
+}
