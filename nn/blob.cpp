@@ -40,24 +40,17 @@ BlobEncoding from_header_code(uint8_t code) {
 size_t bytes_per_value(BlobEncoding enc) { return header_code(enc) == 0 ? 4 : 2; }
 }  // namespace
 
-uint64_t layout_hash(const Student& s, Distillation mode) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  auto mix = [&](const std::string& str) {
-    for (unsigned char c : str) {
-      h ^= c;
-      h *= 0x100000001b3ull;
-    }
-  };
+std::vector<TensorSpec> trained_specs(const Student& s, Distillation mode) {
+  std::vector<TensorSpec> specs;
   for (auto& n : s.trained_names(mode)) {
-    std::string item = n + ":";
     const Shape& sh = s.parameter(n).shape();
-    for (size_t i = 0; i < sh.size(); ++i) {
-      if (i) item += ',';
-      item += std::to_string(sh[i]);
-    }
-    mix(item + ";");
+    specs.push_back({n, std::vector<int64_t>(sh.begin(), sh.end())});
   }
-  return h;
+  return specs;
+}
+
+uint64_t layout_hash(const Student& s, Distillation mode) {
+  return layout_hash(trained_specs(s, mode));
 }
 
 size_t blob_size(const Student& s, Distillation mode, BlobEncoding enc) {

@@ -16,9 +16,13 @@
 
 #include "common/blob_encoding.h"
 #include "nn/student.h"
+#include "nn/update_codec.h"
 
 namespace st::nn {
 
+// The names and shapes of the tensors `mode` trains, in model order.
+std::vector<TensorSpec> trained_specs(const Student& s, Distillation mode);
+// nn::layout_hash of trained_specs (update_codec.h defines the hash).
 uint64_t layout_hash(const Student& s, Distillation mode);
 // `enc`: F32 or F16 (st::BlobEncoding, common/blob_encoding.h; None is no blob and throws).
 std::vector<uint8_t> pack_trained(const Student& s, Distillation mode, BlobEncoding enc);

@@ -10,7 +10,8 @@
 // holds bit for bit whatever was lost to quantisation; what was not sent stays in the next delta
 // (error feedback: the server's own student keeps training from its unquantised weights).
 //
-// Update blob layout ("STPU", little-endian), 24-byte header then the body:
+// Update blob layout ("STPU", little-endian), 32-byte header then the body (the format on plain
+// values, std-only and fuzzed: nn/update_codec.h):
 //   0  u32 magic 'STPU' (0x55505453)       4  u16 version (1)
 //   6  u8  values: 0 fp32, 1 fp16 (the trained tensors), 2 int8 delta
 //   7  u8  flags: bit 0 sparse (int8 delta only), bit 1 zstd; no other bits
@@ -38,24 +39,9 @@
 
 #include "nn/blob.h"
 #include "nn/student.h"
+#include "nn/update_codec.h"
 
 namespace st::nn {
-
-struct UpdateCodec {
-  enum class Values : uint8_t { F32 = 0, F16 = 1, Int8Delta = 2 };
-  Values values = Values::F32;
-  double keep = 1.0;  // int8 delta: the fraction (0, 1] of each tensor's entries sent
-  bool zstd = false;  // entropy-code the body
-  // "fp32", "fp16+zstd", "int8", "int8:top10+zstd" (keep as a percentage), ...
-  std::string name() const;
-  bool operator==(const UpdateCodec&) const = default;
-};
-// Parses name()'s forms: fp32 | fp16 | int8 | int8:topP (0 < P <= 100, percent), each optionally
-// followed by +zstd. Throws st::Error naming `s` otherwise.
-UpdateCodec parse_update_codec(const std::string& s);
-
-// The zstd level of update bodies.
-inline constexpr int kUpdateZstdLevel = 9;
 
 // The largest body any well-formed update of this student and mode can have (the cap a decoder
 // holds `body bytes` to before it allocates).

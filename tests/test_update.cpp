@@ -7,11 +7,14 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "edge/simulate.h"
 #include "nn/blob.h"
 #include "nn/update.h"
+#include "nn/update_fuzz_layout.h"
 #include "synthetic_clip.h"
 #include "tensor/autograd.h"
 #include "test_util.h"
@@ -397,4 +400,87 @@ TEST_CASE("update: weights_hash_with of the current values is weights_hash", "[u
     now.back()[0] += 1;
     REQUIRE(weights_hash_with(s, mode, now) != weights_hash(s));
   }
+}
+
+namespace {
+std::filesystem::path update_corpus() { return st::test::source_dir() / "tests" / "update_corpus"; }
+std::vector<uint8_t> read_bytes(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), {});
+}
+}  // namespace
+
+// Writes the fuzz target's seed corpus. Hidden: run by hand after a format change,
+//   st_tests "[.update-corpus-gen]"
+// then review and commit tests/update_corpus/.
+TEST_CASE("update: regenerate the seed corpus", "[.update-corpus-gen]") {
+  namespace fz = st::nn::fuzz;
+  const auto dir = update_corpus();
+  std::filesystem::create_directories(dir);
+  auto write = [&](const std::string& name, const std::vector<uint8_t>& b) {
+    std::ofstream(dir / name, std::ios::binary)
+        .write(reinterpret_cast<const char*>(b.data()), std::streamsize(b.size()));
+  };
+  const auto target = fz::values(777);
+  auto blob = [&](const char* codec) {
+    return encode_update(fz::layout(), target, fz::current(), parse_update_codec(codec));
+  };
+  for (const char* c : {"fp32", "fp16+zstd", "int8", "int8+zstd", "int8:top10", "int8:top10+zstd",
+                        "int8:top1"}) {
+    std::string n = c;
+    for (char& ch : n)
+      if (ch == ':' || ch == '+') ch = '_';
+    write("ok_" + n + ".bin", blob(c));
+  }
+  const auto dense = blob("int8");
+  const size_t cap = max_update_body(fz::layout());
+  auto cut = dense;
+  cut.resize(cut.size() - 5);
+  write("err_truncated.bin", cut);
+  auto big = dense;
+  const uint32_t over = uint32_t(cap + 1);
+  std::memcpy(big.data() + 20, &over, 4);
+  write("err_body_over_cap.bin", big);
+  {  // a zstd frame inflating to more than the header's body size (and the cap)
+    std::vector<uint8_t> b(dense.begin(), dense.begin() + 32);
+    b[7] = 2;
+    std::vector<uint8_t> zeros(cap + 4096, 0), z(ZSTD_compressBound(zeros.size()));
+    z.resize(ZSTD_compress(z.data(), z.size(), zeros.data(), zeros.size(), 3));
+    b.insert(b.end(), z.begin(), z.end());
+    write("err_zstd_bomb.bin", b);
+  }
+  {  // sparse, the first gap past the tensor
+    auto s = blob("int8:top10");
+    const size_t gap = 32 + 4 + 4 * fz::layout()[0].scales();
+    size_t len = 1;
+    while (s[gap + len - 1] & 0x80) ++len;
+    std::vector<uint8_t> b(s.begin(), s.begin() + ptrdiff_t(gap));
+    b.insert(b.end(), {0xff, 0xff, 0x03});
+    b.insert(b.end(), s.begin() + ptrdiff_t(gap + len), s.end());
+    const uint32_t body = uint32_t(b.size() - 32);
+    std::memcpy(b.data() + 20, &body, 4);
+    write("err_index_past_tensor.bin", b);
+  }
+}
+
+TEST_CASE("update: the fuzz seed corpus decodes as its names say", "[update][portable]") {
+  namespace fz = st::nn::fuzz;
+  const auto dir = update_corpus();
+  if (!std::filesystem::is_directory(dir)) ST_SKIP("tests/update_corpus/ is missing");
+  size_t ok = 0, err = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    INFO(name);
+    const auto b = read_bytes(e.path());
+    if (name.rfind("ok_", 0) == 0) {
+      const DecodedUpdate d = decode_update(fz::layout(), fz::current(), b.data(), b.size());
+      REQUIRE(d.values.size() == fz::layout().size());
+      ++ok;
+    } else if (name.rfind("err_", 0) == 0) {
+      REQUIRE_THROWS_AS(decode_update(fz::layout(), fz::current(), b.data(), b.size()), st::Error);
+      ++err;
+    }
+  }
+  REQUIRE(ok >= 7);
+  REQUIRE(err >= 4);
 }
