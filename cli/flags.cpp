@@ -320,8 +320,11 @@ void declare_split_flags(Flags& flags, nn::PartialSplit& split, bool edge) {
 }
 
 void declare_key_encoding_flag(Flags& flags, FrameEncoding& enc, int& jpeg_quality) {
+  std::string now = frame_encoding_name(enc);
+  if (enc == FrameEncoding::Jpeg) now += ":" + std::to_string(jpeg_quality);
   flags.custom("--key-encoding", "E",
-               "key frames as raw | png | jpeg[:QUALITY]  (default raw; jpeg = quality 90)",
+               "key frames as raw | png | jpeg[:QUALITY]\n(default " + now +
+                   "; jpeg alone = quality 90)",
                [&enc, &jpeg_quality](const std::string& v) {
                  if (v == "raw") {
                    enc = FrameEncoding::RawBgr;
@@ -339,6 +342,19 @@ void declare_key_encoding_flag(Flags& flags, FrameEncoding& enc, int& jpeg_quali
                  } else {
                    throw Error("raw, png, jpeg or jpeg:QUALITY, not '" + v + "'");
                  }
+               });
+}
+
+void declare_update_flag(Flags& flags, std::optional<nn::UpdateCodec>& update) {
+  const std::string now = update ? update->name() : "plain";
+  flags.custom("--update", "CODEC",
+               "updates as compact blobs: fp32 | fp16 | int8 | int8:topP, each optionally\n"
+               "+zstd (int8: a delta against the edge's weights, a scale per output channel;\n"
+               "topP: only the P% largest entries of each tensor); plain: the fp32/fp16 blobs\n"
+               "of --encoding (default " + now + ")",
+               [&update](const std::string& v) {
+                 if (v == "plain") update.reset();
+                 else update = nn::parse_update_codec(v);
                });
 }
 

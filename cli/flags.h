@@ -25,6 +25,7 @@
 
 #include "common/frame_encoding.h"
 #include "nn/distill.h"
+#include "nn/update_codec.h"
 #include "tensor/dtype.h"
 
 namespace st::cli {
@@ -134,9 +135,21 @@ void declare_distill_flags(Flags& flags, nn::DistillConfig& cfg);
 // partial sessions, the edge requires it.
 void declare_split_flags(Flags& flags, nn::PartialSplit& split, bool edge = false);
 
+// The programs' defaults for bytes on the wire (docs/results.md, "Bytes"): key frames as JPEG
+// of quality 90, updates as zstd-coded int8 deltas. (The library's option structs keep the
+// paper's raw frames and fp32 blobs; the programs set these before parsing their flags.)
+inline constexpr FrameEncoding kDefaultKeyEncoding = FrameEncoding::Jpeg;
+inline constexpr int kDefaultJpegQuality = 90;
+inline constexpr const char* kDefaultUpdateCodec = "int8+zstd";
+
 // --key-encoding raw | png | jpeg[:QUALITY] (shadowtutor-edge, shadowtutor simulate): how key
-// frames go up; "jpeg" alone is quality 90.
+// frames go up; "jpeg" alone is quality 90. The help shows the values in `enc` and
+// `jpeg_quality` as the default.
 void declare_key_encoding_flag(Flags& flags, FrameEncoding& enc, int& jpeg_quality);
+
+// --update CODEC | plain (shadowtutor-server, shadowtutor simulate): compact updates
+// (nn/update_codec.h) or, with plain, none; the help shows `update` as the default.
+void declare_update_flag(Flags& flags, std::optional<nn::UpdateCodec>& update);
 
 // --profile FILE (shadowtutor simulate, shadowtutor-edge, shadowtutor-server): the kernel
 // profiler (tensor/profile.h), tables per kernel and per module scope on stderr at exit and a

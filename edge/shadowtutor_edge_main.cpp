@@ -99,6 +99,8 @@ int main(int argc, char** argv) {
   flags.boolean("--overlay-jpeg", o.overlay_jpeg, "overlays as JPEG (%06d.jpg), not PNG");
   flags.number("--link-mbps", o.net.link_mbps, "R",
                "limit the link to R Mbit/s per direction (token bucket)");
+  o.key_encoding = st::cli::kDefaultKeyEncoding;  // docs/results.md, "Bytes"
+  o.jpeg_quality = st::cli::kDefaultJpegQuality;
   st::cli::declare_key_encoding_flag(flags, o.key_encoding, o.jpeg_quality);
   flags.path("--reference", o.reference_dir, "DIR",
              "reference label maps DIR/%06d.png: per-frame mIoU in the log and summary");

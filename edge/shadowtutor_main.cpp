@@ -36,13 +36,13 @@ void declare_simulate_flags(st::cli::Flags& flags, st::edge::SimOptions& o, std:
   flags.integer("--delay", o.delay, "D",
                 "apply each update after D frames, 1..MIN_STRIDE (default 1: P-1)");
   flags.integer("--frames", o.max_frames, "N", "stop after N frames");
-  flags.custom("--encoding", "E", "fp32 | fp16 blob encoding               (default fp32)",
-               [&o](const std::string& v) { o.encoding = st::parse_blob_encoding(v); });
-  flags.custom("--update", "CODEC",
-               "compact updates: fp32 | fp16 | int8 | int8:topP, each optionally +zstd\n"
-               "(int8: a delta against the edge's weights; topP: the P% largest entries of\n"
-               "each tensor; default: plain blobs in --encoding)",
-               [&o](const std::string& v) { o.update = st::nn::parse_update_codec(v); });
+  flags.custom("--encoding", "E",
+               "fp32 | fp16: plain blobs in this encoding (as --update plain; default fp32)",
+               [&o](const std::string& v) {
+                 o.encoding = st::parse_blob_encoding(v);
+                 o.update.reset();
+               });
+  st::cli::declare_update_flag(flags, o.update);
   st::cli::declare_distill_flags(flags, o.distill);
   st::cli::declare_split_flags(flags, o.split);
   st::cli::declare_key_encoding_flag(flags, o.key_encoding, o.jpeg_quality);
@@ -87,6 +87,10 @@ int main(int argc, char** argv) {
   st::cli::Flags flags("shadowtutor",
                        "usage: shadowtutor simulate --video PATH (--labels DIR | --maskrcnn FILE) "
                        "[options]");
+  // The programs' bytes defaults (cli/flags.h; docs/results.md, "Bytes").
+  o.key_encoding = st::cli::kDefaultKeyEncoding;
+  o.jpeg_quality = st::cli::kDefaultJpegQuality;
+  o.update = st::nn::parse_update_codec(st::cli::kDefaultUpdateCodec);
   declare_simulate_flags(flags, o, out, profile_path);
   if (argc < 2) return flags.usage_error("missing subcommand");
   const std::string cmd = argv[1];

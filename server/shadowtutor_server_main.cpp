@@ -51,10 +51,8 @@ int main(int argc, char** argv) {
                [&](const std::string& v) { o.encoding = st::parse_blob_encoding(v); });
   st::cli::declare_distill_flags(flags, o.distill);
   st::cli::declare_split_flags(flags, o.split);
-  flags.custom("--update", "CODEC",
-               "compact updates for protocol version 2: fp32 | fp16 | int8 | int8:topP,\n"
-               "each optionally +zstd (default: plain blobs in --encoding)",
-               [&o](const std::string& v) { o.update = st::nn::parse_update_codec(v); });
+  o.update = st::nn::parse_update_codec(st::cli::kDefaultUpdateCodec);  // docs/results.md
+  st::cli::declare_update_flag(flags, o.update);
   flags.integer("--max-message-bytes", o.max_message_bytes, "N",
                 "largest message accepted (default 16 MiB)");
   flags.integer("--max-sessions", o.max_sessions, "N", "concurrent sessions (default 64)");

@@ -134,7 +134,9 @@ run_edge() {  # mode, extra args...
     --update-timeout 300 --max-wait "$MAX_WAIT" --frame-log "$out/$mode.jsonl" --json "$out/$mode.json" \
     --overlays "$out/overlays_$mode" --overlay-every "$every" --overlay-jpeg "$@"
 }
-run_edge naive --predictions "$out/reference"
+# Naive offloading as the paper's baseline: raw frames up (the others take the programs' defaults,
+# JPEG key frames and int8 delta updates: docs/results.md, "Bytes").
+run_edge naive --predictions "$out/reference" --key-encoding raw
 run_edge partial --reference "$out/reference"
 run_edge full --reference "$out/reference"
 kill -TERM $server_pid
