@@ -86,6 +86,9 @@ class EdgeSession {
   void on_update(uint64_t epoch, const Update& u);
   void on_labels(uint64_t epoch, Labels& l);
   void on_weights(uint64_t epoch, const Weights& w);  // the answer to our RESYNC
+  // A blob in `message` (UPDATE, WEIGHTS) could not be applied: the session on `epoch` ends
+  // (the connection is dropped and reconnects) with `why` in the result's errors.
+  void end_session(uint64_t epoch, const char* message, const std::string& why);
   // Unpacks a blob into the spare copy and swaps the copies (between two frames).
   void apply_blob(nn::Distillation scope, const std::vector<uint8_t>& blob);
   bool stop_requested() const { return opt_.stop && opt_.stop->load(std::memory_order_relaxed); }
@@ -314,10 +317,7 @@ void EdgeSession::on_update(uint64_t epoch, const Update& u) {
       resync_pending_ = true;
       ++r_.resyncs;
     } catch (const std::exception& ex) {
-      r_.errors.push_back(std::string("UPDATE blob refused: ") + ex.what());
-      net_.drop(epoch, "bad UPDATE blob");
-      session_ = false;
-      outstanding_.reset();
+      end_session(epoch, "UPDATE", ex.what());
       return;
     }
   }
@@ -331,15 +331,19 @@ void EdgeSession::on_update(uint64_t epoch, const Update& u) {
   outstanding_.reset();
 }
 
+void EdgeSession::end_session(uint64_t epoch, const char* message, const std::string& why) {
+  r_.errors.push_back(std::string(message) + " blob refused: " + why);
+  net_.drop(epoch, std::string("bad ") + message + " blob");
+  session_ = false;
+  outstanding_.reset();
+}
+
 void EdgeSession::on_weights(uint64_t epoch, const Weights& w) {
   if (!session_ || epoch != epoch_ || !resync_pending_) return;
   try {
     apply_blob(nn::Distillation::Full, w.blob);
   } catch (const std::exception& ex) {
-    r_.errors.push_back(std::string("WEIGHTS blob refused: ") + ex.what());
-    net_.drop(epoch, "bad WEIGHTS blob");
-    session_ = false;
-    outstanding_.reset();
+    end_session(epoch, "WEIGHTS", ex.what());
     return;
   }
   resync_pending_ = false;

@@ -584,6 +584,21 @@ TEST_CASE("server: undecodable PNG / JPEG key frames get ERROR(BadFrame)", "[ser
   srv.stop();
 }
 
+namespace {
+// Sends `h` (a HELLO of version 1 only) and expects ERROR(UnsupportedVersion) and a close;
+// returns the ERROR's text.
+std::string refused_v1(int port, const Hello& h) {
+  Raw r(port);
+  r.send(encode_msg(h, 0, 1));
+  const auto g = r.read_until_closed();
+  REQUIRE(g.closed);
+  REQUIRE(g.msgs.size() == 1);
+  REQUIRE(g.msgs[0].is<ErrorMessage>());
+  CHECK(g.msgs[0].as<ErrorMessage>().code == ErrorCode::UnsupportedVersion);
+  return g.msgs[0].as<ErrorMessage>().text;
+}
+}  // namespace
+
 TEST_CASE("server: its partial split is announced in WELCOME, its UPDATE blobs hold exactly that "
           "split's tensors, and an edge of protocol version 1 is refused any other split",
           "[server]") {
@@ -653,17 +668,9 @@ TEST_CASE("server: its partial split is announced in WELCOME, its UPDATE blobs h
     REQUIRE(r.read_until_closed().closed);
   }
   SECTION("an edge of version 1 only: refused in mode Partial, welcome in mode Full") {
-    Raw r(srv.port());
     Hello h = good_hello();
     h.max_version = 1;
-    r.send(encode_msg(h, 0, 1));
-    const auto g = r.read_until_closed();
-    REQUIRE(g.closed);
-    REQUIRE(g.msgs.size() == 1);
-    REQUIRE(g.msgs[0].is<ErrorMessage>());
-    CHECK(g.msgs[0].as<ErrorMessage>().code == ErrorCode::UnsupportedVersion);
-    CHECK_THAT(g.msgs[0].as<ErrorMessage>().text, Catch::Contains("enc3") &&
-                                                      Catch::Contains("version 2"));
+    CHECK_THAT(refused_v1(srv.port(), h), Catch::Contains("enc3") && Catch::Contains("version 2"));
     Raw full(srv.port());
     h.mode = st::Mode::Full;
     full.send(encode_msg(h, 0, 1));
@@ -720,16 +727,9 @@ TEST_CASE("server: compact updates: int8 deltas against its mirror of each edge,
   server::Server srv(so);
   srv.start();
   {
-    Raw r(srv.port());
     Hello h = good_hello();
     h.max_version = 1;
-    r.send(encode_msg(h, 0, 1));
-    const auto g = r.read_until_closed();
-    REQUIRE(g.closed);
-    REQUIRE(g.msgs.size() == 1);
-    REQUIRE(g.msgs[0].is<ErrorMessage>());
-    CHECK(g.msgs[0].as<ErrorMessage>().code == ErrorCode::UnsupportedVersion);
-    CHECK_THAT(g.msgs[0].as<ErrorMessage>().text,
+    CHECK_THAT(refused_v1(srv.port(), h),
                Catch::Contains("compact updates") && Catch::Contains("version 2"));
   }
   // Two edges: one with the server's base weights, one with others (it gets the full student
