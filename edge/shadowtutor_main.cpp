@@ -20,6 +20,11 @@ void declare_simulate_flags(st::cli::Flags& flags, st::edge::SimOptions& o, std:
   flags.path("--maskrcnn", o.maskrcnn, "FILE",
              "or the Mask R-CNN port as a live teacher (Detectron2-named safetensors,\n"
              "tools/convert_teacher.py); Detectron2 conventions, as the server runs it");
+  flags.text("--teacher-cmd", o.teacher_cmd, "CMD",
+             "or a live teacher command, `/bin/sh -c CMD`, speaking docs/teacher_pipe.md\n"
+             "(e.g. the demo's RVM: node tools/rvm_teacher/teacher.js --model DIR)");
+  flags.seconds("--teacher-timeout", o.teacher_timeout_s, "S",
+                "seconds the teacher command may take per frame (default 120)");
   flags.device("--teacher-device", o.teacher_device, "D",
                "cpu | cuda[:N] for the Mask R-CNN      (default cpu)");
   flags.integer("--eval-every", o.eval_every, "N",
@@ -55,8 +60,8 @@ void declare_simulate_flags(st::cli::Flags& flags, st::edge::SimOptions& o, std:
 
 int run_simulate(st::cli::Flags& flags, const st::edge::SimOptions& o, const std::string& out) {
   if (o.video.empty()) return flags.usage_error("--video is required");
-  if (o.labels.empty() == o.maskrcnn.empty())
-    return flags.usage_error("give exactly one of --labels and --maskrcnn");
+  if (int(!o.labels.empty()) + int(!o.maskrcnn.empty()) + int(!o.teacher_cmd.empty()) != 1)
+    return flags.usage_error("give exactly one of --labels, --maskrcnn and --teacher-cmd");
   st::edge::SimResult r = st::edge::simulate(o);
   std::string json = st::edge::to_json(r);
   if (out.empty()) {

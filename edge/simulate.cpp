@@ -32,8 +32,9 @@ std::vector<uint8_t> to_u8(const Tensor& labels) {
 SimResult simulate(const SimOptions& opt) {
   ST_CHECK(opt.delay >= 1 && opt.delay <= opt.distill.min_stride, "simulate: delay ", opt.delay,
            " must be within 1..MIN_STRIDE (", opt.distill.min_stride, ")");
-  ST_CHECK(opt.labels.empty() != opt.maskrcnn.empty(),
-           "simulate: give exactly one teacher (recorded labels or Mask R-CNN weights)");
+  ST_CHECK(int(!opt.labels.empty()) + int(!opt.maskrcnn.empty()) + int(!opt.teacher_cmd.empty()) == 1,
+           "simulate: give exactly one teacher (recorded labels, Mask R-CNN weights or a teacher "
+           "command)");
   ST_CHECK(opt.eval_every >= 1, "simulate: eval_every must be >= 1, got ", opt.eval_every);
   ST_CHECK(opt.jpeg_quality >= 1 && opt.jpeg_quality <= 100, "simulate: JPEG quality ",
            opt.jpeg_quality, " is not within 1..100");
@@ -45,6 +46,9 @@ SimResult simulate(const SimOptions& opt) {
     teacher = std::make_unique<teachers::MaskRcnnTeacher>(model, opt.maskrcnn.string());
     r.teacher = teacher->describe() + " (Detectron2 conventions, " +
                 (opt.teacher_device.is_cuda() ? "cuda:" + std::to_string(opt.teacher_device.index) : "cpu") + ")";
+  } else if (!opt.teacher_cmd.empty()) {
+    teacher = std::make_unique<teachers::CommandTeacher>(opt.teacher_cmd, opt.teacher_timeout_s);
+    r.teacher = teacher->describe();
   } else {
     teacher = std::make_unique<teachers::RecordedTeacher>(opt.labels);
     r.teacher = teacher->describe();
@@ -54,7 +58,7 @@ SimResult simulate(const SimOptions& opt) {
   r.mode = mode_name(opt.mode);
   r.key_encoding = frame_encoding_name(opt.key_encoding);
   if (opt.key_encoding == FrameEncoding::Jpeg) r.key_encoding += ":" + std::to_string(opt.jpeg_quality);
-  const bool live_teacher = !opt.maskrcnn.empty();  // recorded labels ignore the pixels
+  const bool live_teacher = opt.labels.empty();  // recorded labels ignore the pixels
   const bool raw_keys = opt.key_encoding == FrameEncoding::RawBgr;
   r.delay = opt.delay;
   r.step_histogram.assign(size_t(opt.distill.max_updates + 1), 0);

@@ -20,6 +20,8 @@ struct SimOptions {
   std::filesystem::path video;            // directory of images or a video file
   std::filesystem::path labels;           // recorded teacher: <labels>/<%06d>.png
   std::filesystem::path maskrcnn;         // or the Mask R-CNN port live (Detectron2-named weights)
+  std::string teacher_cmd;                // or a teacher command (docs/teacher_pipe.md), live
+  double teacher_timeout_s = 120;         // per frame, for teacher_cmd
   Device teacher_device = Device::cpu();  // where the Mask R-CNN runs
   // The teacher labels every key frame, and every eval_every-th frame for the per-frame mIoU
   // (1 = every frame; a live Mask R-CNN on a CPU takes seconds per frame).

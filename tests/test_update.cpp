@@ -484,3 +484,47 @@ TEST_CASE("update: the fuzz seed corpus decodes as its names say", "[update][por
   REQUIRE(ok >= 7);
   REQUIRE(err >= 4);
 }
+
+TEST_CASE("update: simulate with a live teacher command: it labels the decoded key frame and the "
+          "raw frames the mIoU is measured on", "[simulate][update]") {
+  test::SyntheticClip clip("teachercmd", 16);
+  // A teacher from docs/teacher_pipe.md: person (0) where a pixel is bright, background (8)
+  // elsewhere: the synthetic clip's rectangle, seen through whatever the frame went through.
+  const auto py = clip.dir / "bright.py";
+  std::ofstream(py) << R"(import struct, sys
+i, o = sys.stdin.buffer, sys.stdout.buffer
+while True:
+    head = i.read(20)
+    if len(head) < 20:
+        break
+    magic, frame, h, w = struct.unpack("<IQII", head)
+    bgr = i.read(h * w * 3)
+    labels = bytes(0 if bgr[3 * k] + bgr[3 * k + 1] + bgr[3 * k + 2] > 384 else 8
+                   for k in range(h * w))
+    o.write(struct.pack("<III", 0x41545453, h, w) + labels + struct.pack("<I", 0xFFFFFFFF))
+    o.flush()
+)";
+  edge::SimOptions o;
+  o.video = clip.frames;
+  o.teacher_cmd = "/usr/bin/python3 '" + py.string() + "'";
+  o.teacher_timeout_s = test::kHungS;
+  o.progress = false;
+  o.update = parse_update_codec("int8+zstd");
+  const edge::SimResult raw = edge::simulate(o);
+  INFO(edge::to_json(raw));
+  REQUIRE(raw.teacher.find("command") != std::string::npos);
+  REQUIRE(raw.teacher_calls == raw.frames);  // raw key frames: the evaluation's label serves
+  o.key_encoding = FrameEncoding::Jpeg;
+  o.jpeg_quality = 30;
+  const edge::SimResult jpeg = edge::simulate(o);
+  INFO(edge::to_json(jpeg));
+  // Every frame labelled raw for the mIoU, and each key frame once more, decoded, for training.
+  REQUIRE(jpeg.teacher_calls == jpeg.frames + jpeg.key_frames);
+  REQUIRE(jpeg.key_frames >= 2);
+  o.mode = st::Mode::Wild;
+  const edge::SimResult wild = edge::simulate(o);
+  REQUIRE(jpeg.mean_miou > wild.mean_miou);
+  // Exactly one teacher.
+  o.labels = clip.labels;
+  REQUIRE_THROWS_WITH(edge::simulate(o), Contains("exactly one teacher"));
+}
