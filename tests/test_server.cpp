@@ -720,7 +720,7 @@ TEST_CASE("server: its partial split is announced in WELCOME, its UPDATE blobs h
 }
 
 TEST_CASE("server: compact updates: int8 deltas against its mirror of each edge, applied and "
-          "checked by hash; an edge of version 1 only is refused", "[server]") {
+          "checked by hash, and an edge of version 1 only is refused", "[server]") {
   Clip clip("compact", 24);
   server::ServerOptions so = server_options(clip.labels);
   so.update = nn::parse_update_codec("int8:top10+zstd");

@@ -232,7 +232,7 @@ TEST_CASE("update: error feedback: what one update leaves out, the next one send
   }
 }
 
-TEST_CASE("update: zstd and top-k make the blob smaller; every blob decodes to the mirror",
+TEST_CASE("update: zstd and top-k make the blob smaller, and every blob decodes to the mirror",
           "[update][portable]") {
   Student base(1), trained(1);
   perturb(trained, Distillation::Partial, 1e-2, 11);
