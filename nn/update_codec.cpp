@@ -153,10 +153,6 @@ size_t max_update_body(const std::vector<TensorSpec>& specs) {
   return total;
 }
 
-bool is_update_blob(const uint8_t* data, size_t size) {
-  return size >= 4 && get<uint32_t>(data) == kMagic;
-}
-
 void set_update_hash(std::vector<uint8_t>& blob, uint64_t after_hash) {
   check(blob.size() >= kHeader, "update blob: no header to put the hash in");
   std::memcpy(blob.data() + 24, &after_hash, 8);

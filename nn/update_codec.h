@@ -40,9 +40,6 @@ inline constexpr size_t kUpdateHeader = 32;
 // The largest body any well-formed update of this layout can have.
 size_t max_update_body(const std::vector<TensorSpec>& specs);
 
-// True when the bytes start with the update blob magic ("STPU").
-bool is_update_blob(const uint8_t* data, size_t size);
-
 // An update blob taking `mirror` towards `target` (both in `specs`' order and sizes) under
 // `codec`; its weights-hash field is 0 until set_update_hash.
 std::vector<uint8_t> encode_update(const std::vector<TensorSpec>& specs,
