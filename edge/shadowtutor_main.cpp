@@ -22,7 +22,9 @@ void declare_simulate_flags(st::cli::Flags& flags, st::edge::SimOptions& o, std:
              "tools/convert_teacher.py); Detectron2 conventions, as the server runs it");
   flags.text("--teacher-cmd", o.teacher_cmd, "CMD",
              "or a live teacher command, `/bin/sh -c CMD`, speaking docs/teacher_pipe.md\n"
-             "(e.g. the demo's RVM: node tools/rvm_teacher/teacher.js --model DIR)");
+             "(e.g. the demo's RVM: node tools/rvm_teacher/teacher.js --model DIR); two\n"
+             "processes: one labels the evaluated raw frames, one the server half's key\n"
+             "frames, as the server's own would (a teacher may keep state between frames)");
   flags.seconds("--teacher-timeout", o.teacher_timeout_s, "S",
                 "seconds the teacher command may take per frame (default 120)");
   flags.device("--teacher-device", o.teacher_device, "D",

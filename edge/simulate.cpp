@@ -39,7 +39,7 @@ SimResult simulate(const SimOptions& opt) {
   ST_CHECK(opt.jpeg_quality >= 1 && opt.jpeg_quality <= 100, "simulate: JPEG quality ",
            opt.jpeg_quality, " is not within 1..100");
   auto source = io::open_video(opt.video);
-  std::unique_ptr<teachers::Teacher> teacher;
+  std::unique_ptr<teachers::Teacher> teacher, server_teacher;  // server_teacher: see below
   SimResult r;
   if (!opt.maskrcnn.empty()) {
     auto model = teachers::MaskRcnnTeacher::load(opt.maskrcnn, opt.teacher_device);
@@ -49,6 +49,17 @@ SimResult simulate(const SimOptions& opt) {
   } else if (!opt.teacher_cmd.empty()) {
     teacher = std::make_unique<teachers::CommandTeacher>(opt.teacher_cmd, opt.teacher_timeout_s);
     r.teacher = teacher->describe();
+    // A teacher command may carry state from frame to frame (the demo's RVM is recurrent). The
+    // server's teacher process sees a session's key frames and nothing else (docs/teacher_pipe.md),
+    // so the server half gets a process of its own; the reference one sees the evaluated raw
+    // frames, the same sequence whatever the key frames are or how they travel. Only naive
+    // offloading of raw frames, every frame evaluated, sends the server the reference's sequence.
+    const bool same_sequence = opt.mode == Mode::Naive && opt.key_encoding == FrameEncoding::RawBgr &&
+                               opt.eval_every == 1;
+    if (opt.mode != Mode::Wild && !same_sequence) {
+      server_teacher = std::make_unique<teachers::CommandTeacher>(opt.teacher_cmd, opt.teacher_timeout_s);
+      r.teacher += "; a second process for the server half's frames";
+    }
   } else {
     teacher = std::make_unique<teachers::RecordedTeacher>(opt.labels);
     r.teacher = teacher->describe();
@@ -120,9 +131,9 @@ SimResult simulate(const SimOptions& opt) {
     const bool key = distiller && i == next_key;
     const bool evaluate = i % opt.eval_every == 0;
     const bool offload = key || opt.mode == Mode::Naive;  // this frame goes up
-    auto run_teacher = [&](const uint8_t* bgr) {
+    auto run_teacher = [&](teachers::Teacher& t, const uint8_t* bgr) {
       auto t0 = Clock::now();
-      teachers::TeacherOutput out = teacher->run(uint64_t(i), bgr, H, W);
+      teachers::TeacherOutput out = t.run(uint64_t(i), bgr, H, W);
       teacher_ms += ms_since(t0);
       ++teacher_calls;
       ST_CHECK(out.height == H && out.width == W && int64_t(out.labels.size()) == H * W,
@@ -138,13 +149,16 @@ SimResult simulate(const SimOptions& opt) {
       up_bytes = int64_t(data.size());
       decoded = io::decode_key_frame_bgr(data.data(), data.size(), opt.key_encoding, W, H);
     }
-    const bool server_sees_other = !decoded.empty() && live_teacher;
     // The teacher on the raw frame: the reference of every evaluated frame, and the server's
-    // target unless a live teacher must see the decoded frame instead.
+    // target unless the server has a teacher process of its own or a live teacher must see the
+    // decoded frame instead.
+    const bool server_label = offload && (server_teacher || (!decoded.empty() && live_teacher));
+    const uint8_t* server_pixels = decoded.empty() ? f.bgr.pixels.data() : decoded.data();
     teachers::TeacherOutput truth, server_truth;
-    if (evaluate || (offload && !server_sees_other)) truth = run_teacher(f.bgr.pixels.data());
-    if (server_sees_other) server_truth = run_teacher(decoded.data());
-    const teachers::TeacherOutput& target = server_sees_other ? server_truth : truth;
+    if (evaluate || (offload && !server_label)) truth = run_teacher(*teacher, f.bgr.pixels.data());
+    if (server_label)
+      server_truth = run_teacher(server_teacher ? *server_teacher : *teacher, server_pixels);
+    const teachers::TeacherOutput& target = server_label ? server_truth : truth;
 
     std::vector<uint8_t> pred;
     if (opt.mode == Mode::Naive) {

@@ -20,7 +20,10 @@ struct SimOptions {
   std::filesystem::path video;            // directory of images or a video file
   std::filesystem::path labels;           // recorded teacher: <labels>/<%06d>.png
   std::filesystem::path maskrcnn;         // or the Mask R-CNN port live (Detectron2-named weights)
-  std::string teacher_cmd;                // or a teacher command (docs/teacher_pipe.md), live
+  // or a teacher command (docs/teacher_pipe.md), live. It may keep state from frame to frame, so
+  // the server half's frames go to a second process, as they go to the server's own: the
+  // reference process sees every evaluated raw frame and nothing else.
+  std::string teacher_cmd;
   double teacher_timeout_s = 120;         // per frame, for teacher_cmd
   Device teacher_device = Device::cpu();  // where the Mask R-CNN runs
   // The teacher labels every key frame, and every eval_every-th frame for the per-frame mIoU

@@ -5,10 +5,12 @@
 // a refused blob leaves the student as it was.
 #include <zstd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <random>
 
 #include "edge/simulate.h"
@@ -485,19 +487,41 @@ TEST_CASE("update: the fuzz seed corpus decodes as its names say", "[update][por
   REQUIRE(err >= 4);
 }
 
+namespace {
+// The frame indices each process of a teacher command was asked for, one log per process.
+std::vector<std::vector<int64_t>> teacher_logs(const std::filesystem::path& dir) {
+  std::vector<std::vector<int64_t>> logs;
+  if (!std::filesystem::exists(dir)) return logs;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    std::ifstream in(e.path());
+    std::vector<int64_t> frames;
+    for (int64_t f; in >> f;) frames.push_back(f);
+    logs.push_back(std::move(frames));
+  }
+  std::sort(logs.begin(), logs.end(), [](const auto& a, const auto& b) { return a.size() > b.size(); });
+  return logs;
+}
+}  // namespace
+
 TEST_CASE("update: simulate with a live teacher command: it labels the decoded key frame and the "
-          "raw frames the mIoU is measured on", "[simulate][update]") {
+          "raw frames the mIoU is measured on, in two processes", "[simulate][update]") {
   test::SyntheticClip clip("teachercmd", 16);
   // A teacher from docs/teacher_pipe.md: person (0) where a pixel is bright, background (8)
   // elsewhere: the synthetic clip's rectangle, seen through whatever the frame went through.
+  // Each process logs the frames it is asked for (a recurrent teacher's state depends on them).
   const auto py = clip.dir / "bright.py";
-  std::ofstream(py) << R"(import struct, sys
+  const auto logs = clip.dir / "teacher_logs";
+  std::ofstream(py) << R"(import os, struct, sys
 i, o = sys.stdin.buffer, sys.stdout.buffer
+os.makedirs(sys.argv[1], exist_ok=True)
+log = open(os.path.join(sys.argv[1], str(os.getpid())), "w")
 while True:
     head = i.read(20)
     if len(head) < 20:
         break
     magic, frame, h, w = struct.unpack("<IQII", head)
+    log.write("%d\n" % frame)
+    log.flush()
     bgr = i.read(h * w * 3)
     labels = bytes(0 if bgr[3 * k] + bgr[3 * k + 1] + bgr[3 * k + 2] > 384 else 8
                    for k in range(h * w))
@@ -506,14 +530,29 @@ while True:
 )";
   edge::SimOptions o;
   o.video = clip.frames;
-  o.teacher_cmd = "/usr/bin/python3 '" + py.string() + "'";
+  o.teacher_cmd = "/usr/bin/python3 '" + py.string() + "' '" + logs.string() + "'";
   o.teacher_timeout_s = test::kHungS;
   o.progress = false;
   o.update = parse_update_codec("int8+zstd");
+  std::vector<int64_t> all_frames(16);
+  std::iota(all_frames.begin(), all_frames.end(), 0);
+  // The reference process sees every frame once, in order; the server half's process sees the
+  // key frames and nothing else, raw or decoded alike.
+  auto check_processes = [&](const edge::SimResult& r) {
+    const auto seen = teacher_logs(logs);
+    REQUIRE(seen.size() == 2);
+    CHECK(seen[0] == all_frames);
+    std::vector<int64_t> keys;
+    for (const auto& k : r.key_log) keys.push_back(k.frame);
+    CHECK(seen[1] == keys);
+    std::filesystem::remove_all(logs);
+  };
   const edge::SimResult raw = edge::simulate(o);
   INFO(edge::to_json(raw));
   REQUIRE(raw.teacher.find("command") != std::string::npos);
-  REQUIRE(raw.teacher_calls == raw.frames);  // raw key frames: the evaluation's label serves
+  REQUIRE(raw.key_frames >= 2);
+  REQUIRE(raw.teacher_calls == raw.frames + raw.key_frames);
+  check_processes(raw);
   o.key_encoding = FrameEncoding::Jpeg;
   o.jpeg_quality = 30;
   const edge::SimResult jpeg = edge::simulate(o);
@@ -521,8 +560,18 @@ while True:
   // Every frame labelled raw for the mIoU, and each key frame once more, decoded, for training.
   REQUIRE(jpeg.teacher_calls == jpeg.frames + jpeg.key_frames);
   REQUIRE(jpeg.key_frames >= 2);
+  check_processes(jpeg);
+  // Naive offloading of raw frames: the server's sequence is the reference's, one process.
+  o.key_encoding = FrameEncoding::RawBgr;
+  o.mode = st::Mode::Naive;
+  const edge::SimResult naive = edge::simulate(o);
+  REQUIRE(naive.teacher_calls == naive.frames);
+  REQUIRE(teacher_logs(logs) == std::vector<std::vector<int64_t>>{all_frames});
+  std::filesystem::remove_all(logs);
+  o.key_encoding = FrameEncoding::Jpeg;
   o.mode = st::Mode::Wild;
   const edge::SimResult wild = edge::simulate(o);
+  REQUIRE(teacher_logs(logs) == std::vector<std::vector<int64_t>>{all_frames});
   REQUIRE(jpeg.mean_miou > wild.mean_miou);
   // Exactly one teacher.
   o.labels = clip.labels;
