@@ -319,14 +319,23 @@ void declare_split_flags(Flags& flags, nn::PartialSplit& split, bool edge) {
                });
 }
 
-void declare_key_encoding_flag(Flags& flags, FrameEncoding& enc, int& jpeg_quality) {
+void declare_key_encoding_flag(Flags& flags, FrameEncoding& enc, int& jpeg_quality,
+                               bool* automatic) {
   std::string now = frame_encoding_name(enc);
   if (enc == FrameEncoding::Jpeg) now += ":" + std::to_string(jpeg_quality);
+  if (automatic) {
+    *automatic = true;
+    now = "auto: " + now + " for a student given --weights, png from random\n"
+          "initialisation, as the server's --key-frames auto";
+  }
   flags.custom("--key-encoding", "E",
-               "key frames as raw | png | jpeg[:QUALITY]\n(default " + now +
-                   "; jpeg alone = quality 90)",
-               [&enc, &jpeg_quality](const std::string& v) {
-                 if (v == "raw") {
+               std::string("key frames as raw | png | jpeg[:QUALITY]") + (automatic ? " | auto" : "") +
+                   "\n(default " + now + "; jpeg alone = quality 90)",
+               [&enc, &jpeg_quality, automatic](const std::string& v) {
+                 if (automatic) *automatic = v == "auto";
+                 if (automatic && v == "auto") {
+                   return;
+                 } else if (v == "raw") {
                    enc = FrameEncoding::RawBgr;
                  } else if (v == "png") {
                    enc = FrameEncoding::Png;

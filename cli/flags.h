@@ -144,8 +144,12 @@ inline constexpr const char* kDefaultUpdateCodec = "int8+zstd";
 
 // --key-encoding raw | png | jpeg[:QUALITY] (shadowtutor-edge, shadowtutor simulate): how key
 // frames go up; "jpeg" alone is quality 90. The help shows the values in `enc` and
-// `jpeg_quality` as the default.
-void declare_key_encoding_flag(Flags& flags, FrameEncoding& enc, int& jpeg_quality);
+// `jpeg_quality` as the default. With `automatic` (simulate) the value "auto" is accepted too and
+// is the default: *automatic says whether the flag left the choice to the caller, which then
+// applies the server's policy (ServerOptions::accept_frames): the given encoding for a trained
+// student, PNG for one from random initialisation.
+void declare_key_encoding_flag(Flags& flags, FrameEncoding& enc, int& jpeg_quality,
+                               bool* automatic = nullptr);
 
 // --update CODEC | plain (shadowtutor-server, shadowtutor simulate): compact updates
 // (nn/update_codec.h) or, with plain, none; the help shows `update` as the default.

@@ -447,11 +447,16 @@ KeyFrame EdgeSession::make_key_frame(const io::Frame& f) {
   k.frame_index = uint64_t(frame_i_);
   k.width = uint32_t(W_);
   k.height = uint32_t(H_);
+  // The preferred encoding when WELCOME accepts it; else PNG (lossless, and what a server whose
+  // student starts from random initialisation takes instead of JPEG), else raw.
   FrameEncoding enc = opt_.key_encoding;
-  if ((welcome_.accept_frames & (1u << uint8_t(enc))) == 0) enc = FrameEncoding::RawBgr;
+  auto accepted = [this](FrameEncoding e) { return (welcome_.accept_frames & (1u << uint8_t(e))) != 0; };
+  if (!accepted(enc)) enc = accepted(FrameEncoding::Png) ? FrameEncoding::Png : FrameEncoding::RawBgr;
   k.encoding = enc;
   k.data = io::encode_key_frame(f.bgr, enc, opt_.jpeg_quality);
   r_.key_bytes += int64_t(k.data.size());
+  r_.key_encoding = frame_encoding_name(enc);
+  if (enc == FrameEncoding::Jpeg) r_.key_encoding += ":" + std::to_string(opt_.jpeg_quality);
   return k;
 }
 
@@ -663,6 +668,7 @@ std::string to_json(const EdgeResult& r) {
   j["stale_frames"] = r.stale_frames;
   j["final_stride"] = r.final_stride;
   j["key_frame_bytes"] = r.key_bytes;
+  j["key_encoding"] = r.key_encoding;
   if (r.miou_frames) {
     j["miou_frames"] = r.miou_frames;
     j["miou_mean"] = r.miou_mean;

@@ -98,7 +98,8 @@ struct EdgeOptions {
   std::filesystem::path overlays_dir;     // optional overlay PNGs
   int64_t overlay_every = 1;              // write the overlay of every Nth frame only
   bool overlay_jpeg = false;              // overlays as %06d.jpg (JPEG) instead of PNG
-  // Key frames on the wire: raw BGR, PNG or JPEG (used when WELCOME accepts it, else raw).
+  // Key frames on the wire: raw BGR, PNG or JPEG (used when WELCOME accepts it, else PNG when
+  // accepted, else raw).
   protocol::FrameEncoding key_encoding = protocol::FrameEncoding::RawBgr;
   int jpeg_quality = 90;
   // Optional reference label maps (DIR/%06d.png, e.g. the teacher on every frame): each frame's
@@ -155,6 +156,7 @@ struct EdgeResult {
   int64_t miou_frames = 0;               // frames compared with the reference
   double miou_mean = 0;                  // mean per-frame mIoU against the reference
   int64_t key_bytes = 0;                 // KEY_FRAME image bytes sent (after encoding)
+  std::string key_encoding;              // how the last key frame went: raw, png, jpeg:Q
   int64_t final_stride = 0;
   std::string split;                     // partial: the split of the last WELCOME ("dec2", ...)
   uint64_t initial_weights_hash = 0, final_weights_hash = 0;

@@ -12,7 +12,7 @@ namespace {
 
 // The flags of `shadowtutor simulate`, writing into `o` and `out` (the report's path).
 void declare_simulate_flags(st::cli::Flags& flags, st::edge::SimOptions& o, std::string& out,
-                            std::string& profile_path) {
+                            std::string& profile_path, bool& key_encoding_auto) {
   flags.path("--video", o.video, "PATH",
              "a directory of frames (png/jpg) or a video file (decoded by ffmpeg)");
   flags.path("--labels", o.labels, "DIR",
@@ -52,7 +52,7 @@ void declare_simulate_flags(st::cli::Flags& flags, st::edge::SimOptions& o, std:
   st::cli::declare_update_flag(flags, o.update);
   st::cli::declare_distill_flags(flags, o.distill);
   st::cli::declare_split_flags(flags, o.split);
-  st::cli::declare_key_encoding_flag(flags, o.key_encoding, o.jpeg_quality);
+  st::cli::declare_key_encoding_flag(flags, o.key_encoding, o.jpeg_quality, &key_encoding_auto);
   flags.text("--out", out, "FILE", "write the JSON report here (default: stdout)");
   st::cli::declare_profile_flag(flags, profile_path);
   flags.path("--predictions", o.predictions_dir, "DIR", "write predicted label maps (PNG)");
@@ -98,7 +98,8 @@ int main(int argc, char** argv) {
   o.key_encoding = st::cli::kDefaultKeyEncoding;
   o.jpeg_quality = st::cli::kDefaultJpegQuality;
   o.update = st::nn::parse_update_codec(st::cli::kDefaultUpdateCodec);
-  declare_simulate_flags(flags, o, out, profile_path);
+  bool key_encoding_auto = true;
+  declare_simulate_flags(flags, o, out, profile_path, key_encoding_auto);
   if (argc < 2) return flags.usage_error("missing subcommand");
   const std::string cmd = argv[1];
   if (cmd == "-h" || cmd == "--help") {
@@ -107,6 +108,7 @@ int main(int argc, char** argv) {
   }
   if (cmd != "simulate") return flags.usage_error("unknown subcommand '" + cmd + "'");
   if (auto exit_code = flags.parse(argc, argv, 2)) return *exit_code;
+  o.key_encoding_auto = key_encoding_auto;
   try {
     st::cli::start_profile(profile_path);
     return run_simulate(flags, o, out);

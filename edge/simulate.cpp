@@ -67,10 +67,13 @@ SimResult simulate(const SimOptions& opt) {
   const int64_t H = source->height(), W = source->width();
 
   r.mode = mode_name(opt.mode);
-  r.key_encoding = frame_encoding_name(opt.key_encoding);
-  if (opt.key_encoding == FrameEncoding::Jpeg) r.key_encoding += ":" + std::to_string(opt.jpeg_quality);
+  const FrameEncoding key_encoding =
+      opt.key_encoding_auto && opt.weights.empty() && opt.key_encoding == FrameEncoding::Jpeg
+          ? FrameEncoding::Png : opt.key_encoding;
+  r.key_encoding = frame_encoding_name(key_encoding);
+  if (key_encoding == FrameEncoding::Jpeg) r.key_encoding += ":" + std::to_string(opt.jpeg_quality);
   const bool live_teacher = opt.labels.empty();  // recorded labels ignore the pixels
-  const bool raw_keys = opt.key_encoding == FrameEncoding::RawBgr;
+  const bool raw_keys = key_encoding == FrameEncoding::RawBgr;
   r.delay = opt.delay;
   r.step_histogram.assign(size_t(opt.distill.max_updates + 1), 0);
   r.rewind_optimizer = opt.distill.rewind_optimizer;
@@ -145,9 +148,9 @@ SimResult simulate(const SimOptions& opt) {
     int64_t up_bytes = frame_bytes;
     std::vector<uint8_t> decoded;  // empty: raw, the server has the frame itself
     if (offload && !raw_keys) {
-      const std::vector<uint8_t> data = io::encode_key_frame(f.bgr, opt.key_encoding, opt.jpeg_quality);
+      const std::vector<uint8_t> data = io::encode_key_frame(f.bgr, key_encoding, opt.jpeg_quality);
       up_bytes = int64_t(data.size());
-      decoded = io::decode_key_frame_bgr(data.data(), data.size(), opt.key_encoding, W, H);
+      decoded = io::decode_key_frame_bgr(data.data(), data.size(), key_encoding, W, H);
     }
     // The teacher on the raw frame: the reference of every evaluated frame, and the server's
     // target unless the server has a teacher process of its own or a live teacher must see the

@@ -47,6 +47,9 @@ struct SimOptions {
   // the raw frame.
   FrameEncoding key_encoding = FrameEncoding::RawBgr;
   int jpeg_quality = 90;
+  // What shadowtutor-edge sends to a server with --key-frames auto (server/server.h): a JPEG
+  // key_encoding becomes PNG when the student starts from random initialisation (no `weights`).
+  bool key_encoding_auto = false;
   std::filesystem::path predictions_dir;  // optional: label PNGs
   std::filesystem::path overlays_dir;     // optional: overlay PNGs
   bool progress = true;                   // live progress line on stderr

@@ -56,6 +56,7 @@ struct Server::Impl {
 
   std::unique_ptr<nn::Student> base;
   uint64_t base_hash = 0, layout = 0;
+  uint8_t accept_frames = kAcceptRawBgr;  // WELCOME.accept_frames (ServerOptions::accept_frames)
   std::vector<uint8_t> full_blob[3];  // indexed by BlobEncoding (F32, F16)
 
   std::unordered_map<Session*, std::shared_ptr<Session>> sessions;  // loop thread only
@@ -473,7 +474,7 @@ void handle_hello(Session& s, const Hello& h) {
   w.min_stride = uint32_t(opt.distill.min_stride);
   w.max_stride = uint32_t(opt.distill.max_stride);
   w.threshold = float(opt.distill.threshold);
-  w.accept_frames = kAcceptRawBgr | kAcceptPng | kAcceptJpeg;
+  w.accept_frames = srv.accept_frames;
   w.train_from = implied_train_from(h.mode);  // version 1: the paper's split (checked above)
   if (*v >= 2 && h.mode == Mode::Partial) {
     w.train_from = uint8_t(opt.split.first);
@@ -721,6 +722,8 @@ void Server::start() {
   if (!m.base) {
     m.base = std::make_unique<nn::Student>(m.opt.init_seed);
     if (!m.opt.weights.empty()) m.base->load_safetensors(m.opt.weights);
+    m.accept_frames = uint8_t(kAcceptRawBgr | m.opt.accept_frames.value_or(
+        m.opt.weights.empty() ? kAcceptPng : kAcceptPng | kAcceptJpeg));
     m.base_hash = nn::weights_hash(*m.base);
     m.layout = nn::layout_hash(*m.base, nn::Distillation::Full);
     for (BlobEncoding e : {BlobEncoding::F32, BlobEncoding::F16})

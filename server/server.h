@@ -45,6 +45,12 @@ struct ServerOptions {
   // blobs in `encoding`.
   std::optional<nn::UpdateCodec> update;
   BlobEncoding encoding = BlobEncoding::F32;  // preferred (F32, F16); the other if HELLO refuses it
+  // Key-frame encodings WELCOME accepts (protocol::kAccept* bits; raw always). Unset: every one
+  // when the base student is trained (`weights` given), raw and PNG when it starts from random
+  // initialisation: a student that learns its features on the frames it is sent runs worse on the
+  // raw frames the edge segments if those were lossy, at any JPEG quality (docs/results.md,
+  // "Bytes"). An edge that prefers JPEG then sends PNG.
+  std::optional<uint8_t> accept_frames;
   size_t max_message_bytes = protocol::kDefaultMaxMessageSize;
   size_t max_sessions = 64;
   // Limits against hostile peers (docs/security.md). Connections that have not been welcomed:

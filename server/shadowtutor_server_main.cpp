@@ -1,6 +1,7 @@
 // shadowtutor-server: the ShadowTutor server (teacher + partial distillation over TCP).
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -46,6 +47,28 @@ int main(int argc, char** argv) {
                  o.offer_naive = v.find("naive") != std::string::npos;
                  if (!o.offer_partial && !o.offer_full && !o.offer_naive)
                    throw st::Error("offers nothing: '" + v + "'");
+               });
+  flags.custom("--key-frames", "LIST",
+               "key-frame encodings accepted, comma-separated: raw,png,jpeg (raw always);\n"
+               "default auto: all with --weights, raw,png for a student from random\n"
+               "initialisation (it would learn on lossy frames; docs/results.md, \"Bytes\")",
+               [&](const std::string& v) {
+                 if (v == "auto") {
+                   o.accept_frames.reset();
+                   return;
+                 }
+                 uint8_t bits = st::protocol::kAcceptRawBgr;
+                 size_t at = 0;
+                 while (at <= v.size()) {
+                   const size_t end = std::min(v.find(',', at), v.size());
+                   const std::string e = v.substr(at, end - at);
+                   if (e == "png") bits |= st::protocol::kAcceptPng;
+                   else if (e == "jpeg") bits |= st::protocol::kAcceptJpeg;
+                   else if (e != "raw")
+                     throw st::Error("raw, png, jpeg (comma-separated) or auto, not '" + e + "'");
+                   at = end + 1;
+                 }
+                 o.accept_frames = bits;
                });
   flags.custom("--encoding", "E", "preferred blob encoding fp32 | fp16 (default fp32)",
                [&](const std::string& v) { o.encoding = st::parse_blob_encoding(v); });

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include <poll.h>
@@ -578,19 +579,32 @@ struct CapturingTeacher : teachers::Teacher {
 
 }  // namespace
 
-TEST_CASE("edge: PNG and JPEG key frames are decoded by the server, with reference mIoU and frame log",
+TEST_CASE("edge: PNG and JPEG key frames are decoded by the server, with reference mIoU and frame "
+          "log; a server whose student starts from random initialisation takes PNG for JPEG",
           "[edge]") {
   EdgeClip clip("enc", 5);
-  for (auto enc : {protocol::FrameEncoding::Png, protocol::FrameEncoding::Jpeg}) {
+  struct Case {
+    protocol::FrameEncoding enc;                 // the edge's preference
+    std::optional<uint8_t> accept;               // the server's --key-frames (unset: auto)
+    protocol::FrameEncoding sent;                // what goes up
+  };
+  const uint8_t all = protocol::kAcceptRawBgr | protocol::kAcceptPng | protocol::kAcceptJpeg;
+  for (const Case& c : {Case{protocol::FrameEncoding::Png, std::nullopt, protocol::FrameEncoding::Png},
+                        Case{protocol::FrameEncoding::Jpeg, all, protocol::FrameEncoding::Jpeg},
+                        Case{protocol::FrameEncoding::Jpeg, std::nullopt, protocol::FrameEncoding::Png}}) {
+    const auto enc = c.sent;
+    INFO("preferred " << int(c.enc) << ", sent " << int(c.sent));
     auto shared = std::make_shared<CapturingTeacher::Shared>();
     auto so = srv_opts(clip.labels);
+    REQUIRE(so.weights.empty());  // random initialisation: auto accepts raw and PNG
+    so.accept_frames = c.accept;
     so.teacher = [&] { return std::make_unique<CapturingTeacher>(clip.labels, shared); };
     server::Server srv(so);
     srv.start();
     auto o = edge_opts(clip, srv.port());
     o.mode = Mode::Naive;
     o.initial_wait_s = test::kHungS;
-    o.key_encoding = enc;
+    o.key_encoding = c.enc;
     o.reference_dir = clip.labels;
     o.frame_log = clip.dir / "frames.jsonl";
     edge::EdgeResult r = edge::run_edge(o);
@@ -598,6 +612,7 @@ TEST_CASE("edge: PNG and JPEG key frames are decoded by the server, with referen
     INFO(edge::to_json(r));
     REQUIRE(r.frames == 5);
     REQUIRE(r.labels == 5);
+    REQUIRE(r.key_encoding == (enc == protocol::FrameEncoding::Png ? "png" : "jpeg:90"));
     // Encoded frames are smaller than raw BGR, and the socket saw the encoded size.
     REQUIRE(r.key_bytes < 5 * kH * kW * 3);
     REQUIRE(r.bytes_up < 5 * kH * kW * 3);

@@ -548,9 +548,50 @@ TEST_CASE("server: a teacher that never answers fails after its timeout and the 
   REQUIRE(srv.stats().teacher_failures == 1);
 }
 
+TEST_CASE("server: which key-frame encodings WELCOME accepts: all for a trained student, raw and "
+          "PNG from random initialisation, or what --key-frames says; others are refused",
+          "[server]") {
+  Clip clip("acceptframes", 2);
+  const fs::path trained = clip.dir / "trained.safetensors";
+  nn::Student(7).save_safetensors(trained);  // any weights given count as trained
+  const uint8_t all = kAcceptRawBgr | kAcceptPng | kAcceptJpeg;
+  struct Case {
+    bool weights;
+    std::optional<uint8_t> option;
+    uint8_t expected;
+  };
+  for (const Case& c : {Case{false, std::nullopt, uint8_t(kAcceptRawBgr | kAcceptPng)},
+                        Case{true, std::nullopt, all}, Case{false, all, all},
+                        Case{true, kAcceptRawBgr, kAcceptRawBgr}}) {
+    INFO("weights " << c.weights << ", expected " << int(c.expected));
+    auto so = server_options(clip.labels);
+    if (c.weights) so.weights = trained;
+    so.accept_frames = c.option;
+    server::Server srv(so);
+    srv.start();
+    Raw r(srv.port());
+    Hello h = good_hello();
+    if (c.weights) h.weights_hash = nn::weights_hash(nn::Student(7));
+    r.send(encode_msg(h));
+    Message w = r.read_one();
+    REQUIRE(w.is<Welcome>());
+    REQUIRE(w.as<Welcome>().accept_frames == c.expected);
+    if (!(c.expected & kAcceptJpeg)) {  // a JPEG key frame anyway: refused, the server carries on
+      KeyFrame k = key_frame(0);
+      k.encoding = FrameEncoding::Jpeg;
+      k.data = image::encode_jpeg(image::Image{kH, kW, 3, std::vector<uint8_t>(size_t(kH * kW * 3), 90)}, 90);
+      r.send(encode_msg(k, 1));
+      REQUIRE(expect_error_and_close(r) == ErrorCode::UnexpectedMessage);
+    }
+    srv.stop();
+  }
+}
+
 TEST_CASE("server: undecodable PNG / JPEG key frames get ERROR(BadFrame)", "[server]") {
   Clip clip("badpng", 2);
-  server::Server srv(server_options(clip.labels));
+  auto so = server_options(clip.labels);
+  so.accept_frames = kAcceptRawBgr | kAcceptPng | kAcceptJpeg;  // a student from random init
+  server::Server srv(so);
   srv.start();
   auto attempt = [&](FrameEncoding enc, std::vector<uint8_t> data) {
     Raw r(srv.port());

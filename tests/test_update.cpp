@@ -390,6 +390,19 @@ TEST_CASE("update: simulate with compact updates and compressed key frames", "[s
   INFO("mean mIoU: plain " << plain.mean_miou << ", compact " << compact.mean_miou << ", wild "
                            << wild.mean_miou);
   REQUIRE(compact.mean_miou > wild.mean_miou);
+  // key_encoding_auto (simulate's default, as the server's --key-frames auto): a student from
+  // random initialisation gets PNG key frames for JPEG, a trained one (weights given) the JPEG.
+  o.mode = st::Mode::Partial;
+  o.key_encoding_auto = true;
+  const edge::SimResult from_scratch = edge::simulate(o);
+  REQUIRE(from_scratch.key_encoding == "png");
+  o.weights = clip.dir / "trained.safetensors";
+  Student(0).save_safetensors(o.weights);
+  const edge::SimResult trained = edge::simulate(o);
+  REQUIRE(trained.key_encoding == "jpeg:80");
+  o.key_encoding = FrameEncoding::RawBgr;
+  o.weights.clear();
+  REQUIRE(edge::simulate(o).key_encoding == "raw");
 }
 
 TEST_CASE("update: weights_hash_with of the current values is weights_hash", "[update][portable]") {

@@ -200,11 +200,13 @@ def main():
         miou = "1 (is the reference)" if m == "naive" else (
             f"{100 * s['miou_mean']:.1f}%" if "miou_mean" in s else "n/a")
         rows.append([m, s["frames"], f"{s['fps']:.2f}", speed,
-                     f"{s['key_frames']} ({100.0 * s['key_frames'] / n:.1f}%)", miou,
+                     f"{s['key_frames']} ({100.0 * s['key_frames'] / n:.1f}%)",
+                     s.get("key_encoding", "?"), miou,
                      fmt_bytes(up), fmt_bytes(down), fmt_bytes(up / k), fmt_bytes(down / k),
                      fmt_bytes((up + down) / n), vs, f"{s['blocked_s']:.1f}",
                      s["distillation_steps"] if m != "naive" else "-"])
-    head = ["mode", "frames", "throughput (fps)", "vs naive", "key frames", "mean mIoU vs teacher",
+    head = ["mode", "frames", "throughput (fps)", "vs naive", "key frames", "key frames as",
+            "mean mIoU vs teacher",
             "bytes up", "bytes down", "up / key frame", "down / key frame", "bytes / frame",
             "traffic vs naive", "edge blocked (s)", "distillation steps"]
     table = ["<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
