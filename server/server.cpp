@@ -5,12 +5,14 @@
 // memory and its result is dropped.
 #include "server/server.h"
 
+#include <omp.h>
 #include <uv.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -41,6 +43,7 @@ std::string clip_text(std::string s) {
   if (s.size() > kMaxErrorText) s.resize(kMaxErrorText);
   return s;
 }
+struct Job;
 }  // namespace
 
 struct Session;
@@ -61,6 +64,13 @@ struct Server::Impl {
 
   std::unordered_map<Session*, std::shared_ptr<Session>> sessions;  // loop thread only
   uint64_t next_id = 1;
+
+  // The compute budget (ServerOptions::jobs, threads_per_job): at most job_slots key-frame jobs
+  // on libuv's pool at once, each running its kernels on threads_per_job OpenMP threads; the
+  // others wait here in arrival order. A session has at most one key frame outstanding, so this
+  // serves the sessions round robin. Loop thread only.
+  int job_slots = 1, threads_per_job = 1, running_jobs = 0;
+  std::deque<Job*> waiting;
 
   mutable std::mutex stats_mu;
   ServerStats stats;
@@ -293,6 +303,8 @@ void work(uv_work_t* r) {
   Session& s = *j.s;
   if (s.gone) return;
   const ServerOptions& opt = s.srv->opt;
+  // This worker thread's OpenMP team size (a per-thread setting): the job's share of the cores.
+  omp_set_num_threads(s.srv->threads_per_job);
   const int64_t H = j.kf.height, W = j.kf.width;
   if (j.kf.encoding != FrameEncoding::RawBgr) {  // PNG / JPEG: decode here, off the loop
     try {
@@ -358,10 +370,57 @@ void work(uv_work_t* r) {
   }
 }
 
+void after_work(uv_work_t* r, int status);
+
+// Runs `j` now if a job slot is free, else queues it behind the others.
+void submit(Server::Impl& srv, Job* j) {
+  if (srv.running_jobs >= srv.job_slots) {
+    srv.waiting.push_back(j);
+    srv.count([&](ServerStats& st) {
+      st.jobs_waiting = srv.waiting.size();
+      st.max_jobs_waiting = std::max<uint64_t>(st.max_jobs_waiting, srv.waiting.size());
+    });
+    return;
+  }
+  int rc = uv_queue_work(&srv.loop, &j->req, work, after_work);
+  if (rc < 0) {
+    j->s->busy = false;
+    delete j;
+    throw ProtocolError(ErrorCode::Internal, "cannot queue work: " + uv_err(rc));
+  }
+  ++srv.running_jobs;
+  srv.count([&](ServerStats& st) {
+    st.jobs_running = uint64_t(srv.running_jobs);
+    st.max_jobs_running = std::max<uint64_t>(st.max_jobs_running, uint64_t(srv.running_jobs));
+  });
+}
+
+// A slot came free: the first waiting job whose session is still there runs.
+void run_next(Server::Impl& srv) {
+  while (!srv.waiting.empty() && srv.running_jobs < srv.job_slots) {
+    Job* j = srv.waiting.front();
+    srv.waiting.pop_front();
+    srv.count([&](ServerStats& st) { st.jobs_waiting = srv.waiting.size(); });
+    if (j->s->closing || srv.stopping) {
+      j->s->busy = false;
+      delete j;
+      continue;
+    }
+    try {
+      submit(srv, j);
+    } catch (const ProtocolError& e) {
+      close_session(*j->s, ErrorMessage{e.code(), e.text()});
+    }
+  }
+}
+
 void after_work(uv_work_t* r, int status) {
   std::unique_ptr<Job> j(static_cast<Job*>(r->data));
   Session& s = *j->s;
   s.busy = false;
+  --s.srv->running_jobs;
+  s.srv->count([&](ServerStats& st) { st.jobs_running = uint64_t(s.srv->running_jobs); });
+  run_next(*s.srv);
   if (j->teacher_failed) s.srv->count([](ServerStats& st) { st.teacher_failures++; });
   if (s.closing || status < 0) return;  // the client went away: drop the result
   try {
@@ -526,12 +585,7 @@ void handle_message(Session& s, Message& m) {
       j->s = s.srv->sessions.at(&s);
       j->kf = std::move(kf);
       s.busy = true;
-      int rc = uv_queue_work(&s.srv->loop, &j->req, work, after_work);
-      if (rc < 0) {
-        s.busy = false;
-        delete j;
-        throw ProtocolError(ErrorCode::Internal, "cannot queue work: " + uv_err(rc));
-      }
+      submit(*s.srv, j);
       break;
     }
     case MessageType::Resync:  // (the conversation checker has held it to its rules)
@@ -688,6 +742,7 @@ void on_stop(uv_async_t* a) {
   for (auto& [p, sp] : srv.sessions) all.push_back(p);
   for (Session* s : all)
     close_session(*s, ErrorMessage{ErrorCode::ShuttingDown, "the server is stopping"}, 1000);
+  run_next(srv);  // drops every waiting job (stopping)
   uv_close(reinterpret_cast<uv_handle_t*>(&srv.stop_async), nullptr);
 }
 
@@ -732,6 +787,13 @@ void Server::start() {
   // A previous run's loop is closed in stop(); each start uses a fresh one.
   ST_CHECK(uv_loop_init(&m.loop) == 0, "server: uv_loop_init failed");
   m.stopping = false;
+  const int cores = std::max(1, omp_get_num_procs());  // the CPUs this process may run on
+  m.job_slots = m.opt.jobs > 0 ? m.opt.jobs : std::min(4, cores);
+  m.threads_per_job = m.opt.threads_per_job > 0 ? m.opt.threads_per_job
+                                                : std::max(1, cores / m.job_slots);
+  m.running_jobs = 0;
+  if (m.job_slots > 4)  // libuv's pool has 4 threads unless told otherwise before its first use
+    setenv("UV_THREADPOOL_SIZE", std::to_string(std::min(m.job_slots, 1024)).c_str(), 0);
   m.listener = uv_tcp_t{};
   uv_tcp_init(&m.loop, &m.listener);
   m.listener.data = &m;
@@ -759,7 +821,8 @@ void Server::start() {
   m.loop_ready = true;
   running_ = true;
   m.log("listening on " + m.opt.host + ":" + std::to_string(port_) + ", teacher: " +
-        m.opt.teacher()->describe());
+        m.opt.teacher()->describe() + "; " + std::to_string(m.job_slots) + " key-frame jobs at once x " +
+        std::to_string(m.threads_per_job) + " threads (" + std::to_string(cores) + " cores)");
   m.thread = std::thread([&m] {
     uv_run(&m.loop, UV_RUN_DEFAULT);  // ends when every handle is closed and no work is left
   });

@@ -73,6 +73,14 @@ struct ServerOptions {
   // 0 = never.
   double idle_timeout_s = 300;
   Device device = Device::cpu();      // where sessions' students train (cuda:N: the GPU)
+  // The compute budget: at most `jobs` key frames (teacher + distillation) are worked on at once,
+  // each with `threads_per_job` OpenMP threads for its kernels; the others wait in arrival order
+  // (a session has one key frame outstanding at most, so sessions are served round robin).
+  // 0 = automatic: jobs = min(4, cores), threads_per_job = cores / jobs (cores: those this
+  // process may run on). jobs x threads_per_job <= cores keeps sessions from oversubscribing
+  // the CPU; a teacher command runs in its own process, outside this budget.
+  int jobs = 0;
+  int threads_per_job = 0;
   teachers::TeacherFactory teacher;   // required
   bool log = true;                    // one line per session event on stderr
   // Where log lines go when set (tests); else stderr. Text from peers is logged through
@@ -86,6 +94,8 @@ struct ServerStats {
   uint64_t bytes_in = 0, bytes_out = 0;
   uint64_t connections_refused = 0;  // over max_pending or max_per_address
   uint64_t overflows = 0;            // sessions closed with ERROR(Overflow)
+  // Key-frame jobs (ServerOptions::jobs): running and waiting now, and the most seen at once.
+  uint64_t jobs_running = 0, jobs_waiting = 0, max_jobs_running = 0, max_jobs_waiting = 0;
 };
 
 class Server {

@@ -70,6 +70,13 @@ int main(int argc, char** argv) {
                  }
                  o.accept_frames = bits;
                });
+  flags.integer("--jobs", o.jobs, "N",
+                "key frames worked on at once (teacher + distillation); the others wait,\n"
+                "sessions served in turn (default: min(4, cores))")
+      .at_least(1);
+  flags.integer("--threads-per-job", o.threads_per_job, "T",
+                "OpenMP threads per key-frame job (default: cores / jobs)")
+      .at_least(1);
   flags.custom("--encoding", "E", "preferred blob encoding fp32 | fp16 (default fp32)",
                [&](const std::string& v) { o.encoding = st::parse_blob_encoding(v); });
   st::cli::declare_distill_flags(flags, o.distill);

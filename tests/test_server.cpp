@@ -7,12 +7,15 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -584,6 +587,76 @@ TEST_CASE("server: which key-frame encodings WELCOME accepts: all for a trained 
       REQUIRE(expect_error_and_close(r) == ErrorCode::UnexpectedMessage);
     }
     srv.stop();
+  }
+}
+
+namespace {
+// Labels from the recorded maps; records how many key-frame jobs run at once and the OpenMP
+// team size each one gets. Each call waits (test::kHungS at most) until `fill` calls run at
+// once, so a budget of `fill` jobs is seen full however slowly the frames arrive, and a budget
+// that lets more run shows as more.
+struct BudgetTeacher : teachers::Teacher {
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    int fill = 1, now = 0, most = 0;
+    std::vector<int> omp_threads;
+  };
+  teachers::RecordedTeacher rec;
+  std::shared_ptr<Shared> shared;
+  BudgetTeacher(fs::path labels, std::shared_ptr<Shared> s) : rec(std::move(labels)), shared(std::move(s)) {}
+  teachers::TeacherOutput run(uint64_t idx, const uint8_t* bgr, int64_t h, int64_t w) override {
+    {
+      std::unique_lock<std::mutex> l(shared->mu);
+      shared->most = std::max(shared->most, ++shared->now);
+      shared->omp_threads.push_back(omp_get_max_threads());
+      shared->cv.notify_all();
+      shared->cv.wait_for(l, std::chrono::duration<double>(test::kHungS),
+                          [&] { return shared->now >= shared->fill; });
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // others may pile in now
+    std::lock_guard<std::mutex> l(shared->mu);
+    --shared->now;
+    return rec.run(idx, bgr, h, w);
+  }
+  std::string describe() const override { return "budget"; }
+};
+}  // namespace
+
+TEST_CASE("server: the compute budget: at most --jobs key frames at once, --threads-per-job "
+          "OpenMP threads each, the rest wait their turn and are all answered", "[server]") {
+  Clip clip("budget", 2);
+  constexpr int kSessions = 4;
+  for (const auto& [jobs, threads] : {std::pair{1, 1}, std::pair{2, 3}}) {
+    INFO("jobs " << jobs << ", threads per job " << threads);
+    auto shared = std::make_shared<BudgetTeacher::Shared>();
+    shared->fill = jobs;
+    auto so = server_options(clip.labels);
+    so.jobs = jobs;
+    so.threads_per_job = threads;
+    so.teacher = [&] { return std::make_unique<BudgetTeacher>(clip.labels, shared); };
+    server::Server srv(so);
+    srv.start();
+    std::vector<std::unique_ptr<Raw>> edges;
+    for (int i = 0; i < kSessions; ++i) {
+      edges.push_back(std::make_unique<Raw>(srv.port()));
+      edges.back()->send(encode_msg(good_hello()));
+      REQUIRE(edges.back()->read_one().is<Welcome>());
+    }
+    for (auto& e : edges) e->send(encode_msg(key_frame(0), 1));  // all at once
+    for (auto& e : edges) {
+      Message m = e->read_one();
+      INFO("got message type " << int(m.type()));
+      REQUIRE(m.is<Update>());
+    }
+    const server::ServerStats st = srv.stats();
+    srv.stop();
+    REQUIRE(shared->most == jobs);  // never more; and the slots did fill (4 frames > jobs)
+    REQUIRE(st.max_jobs_running == uint64_t(jobs));
+    REQUIRE(st.max_jobs_waiting >= 1);
+    REQUIRE(st.max_jobs_waiting <= uint64_t(kSessions - jobs));
+    REQUIRE(shared->omp_threads == std::vector<int>(kSessions, threads));
+    REQUIRE(st.updates == kSessions);
   }
 }
 
