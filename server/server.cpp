@@ -5,6 +5,8 @@
 // memory and its result is dropped.
 #include "server/server.h"
 
+#include "server/metrics.h"
+
 #include <omp.h>
 #include <uv.h>
 
@@ -16,6 +18,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "nn/key_frame.h"
 #include "protocol/conversation.h"
@@ -44,6 +47,7 @@ std::string clip_text(std::string s) {
   return s;
 }
 struct Job;
+struct MetricsConn;
 }  // namespace
 
 struct Session;
@@ -71,6 +75,12 @@ struct Server::Impl {
   // serves the sessions round robin. Loop thread only.
   int job_slots = 1, threads_per_job = 1, running_jobs = 0;
   std::deque<Job*> waiting;
+
+  // Metrics (ServerOptions::metrics_port): the listener, open scrapes, latencies. Loop thread only.
+  uv_tcp_t metrics_listener{};
+  bool metrics_on = false;
+  std::unordered_set<MetricsConn*> metrics_conns;
+  LatencyHistogram key_frame_latency, teacher_latency, distill_latency;
 
   mutable std::mutex stats_mu;
   ServerStats stats;
@@ -149,6 +159,8 @@ struct Job {
   std::optional<ErrorMessage> error;
   std::string detail;  // for the server log only: may name files (not sent to the peer)
   bool teacher_failed = false;
+  uint64_t arrived_ns = 0;                    // uv_hrtime() when the KEY_FRAME was complete
+  double teacher_s = -1, distill_s = -1;      // measured in work(); -1: did not run
 };
 
 void close_session(Session& s, std::optional<ErrorMessage> err, uint64_t flush_ms = kCloseTimeoutMs);
@@ -319,7 +331,9 @@ void work(uv_work_t* r) {
   try {
     teachers::TeacherOutput t;
     try {
+      const uint64_t t0 = uv_hrtime();
       t = s.teacher->run(j.kf.frame_index, j.kf.data.data(), H, W);
+      j.teacher_s = double(uv_hrtime() - t0) * 1e-9;
       ST_CHECK(t.height == H && t.width == W && t.labels.size() == size_t(H * W),
                "teacher answered a ", t.width, "x", t.height, " label map for a ", W, "x", H,
                " frame");
@@ -344,6 +358,7 @@ void work(uv_work_t* r) {
       s.distiller = std::make_unique<nn::Distiller>(*s.student, s.dmode, opt.distill);
     }
     if (s.gone) return;
+    const uint64_t d0 = uv_hrtime();
     Tensor x = nn::Student::preprocess_bgr(j.kf.data.data(), H, W);
     nn::KeyFrameAnswer a = nn::answer_key_frame(*s.distiller, x, t.labels, H, W,
                                                 t.boxes ? &*t.boxes : nullptr, s.stride,
@@ -363,6 +378,7 @@ void work(uv_work_t* r) {
       u.blob = std::move(a.blob);
     }
     j.answer = std::move(u);
+    j.distill_s = double(uv_hrtime() - d0) * 1e-9;
   } catch (const std::exception& e) {
     j.error = ErrorMessage{ErrorCode::Internal, "key frame " + std::to_string(j.kf.frame_index) +
                                                     ": internal error (the server log says why)"};
@@ -419,6 +435,10 @@ void after_work(uv_work_t* r, int status) {
   Session& s = *j->s;
   s.busy = false;
   --s.srv->running_jobs;
+  if (j->teacher_s >= 0) s.srv->teacher_latency.observe(j->teacher_s);
+  if (j->distill_s >= 0) s.srv->distill_latency.observe(j->distill_s);
+  if (j->answer && !s.closing && status >= 0)
+    s.srv->key_frame_latency.observe(double(uv_hrtime() - j->arrived_ns) * 1e-9);
   s.srv->count([&](ServerStats& st) { st.jobs_running = uint64_t(s.srv->running_jobs); });
   run_next(*s.srv);
   if (j->teacher_failed) s.srv->count([](ServerStats& st) { st.teacher_failures++; });
@@ -584,6 +604,7 @@ void handle_message(Session& s, Message& m) {
       j->req.data = j;
       j->s = s.srv->sessions.at(&s);
       j->kf = std::move(kf);
+      j->arrived_ns = uv_hrtime();
       s.busy = true;
       submit(*s.srv, j);
       break;
@@ -733,11 +754,124 @@ void on_connection(uv_stream_t* server, int status) {
   uv_read_start(reinterpret_cast<uv_stream_t*>(&s.tcp), on_alloc, on_read);
 }
 
+// ---- metrics over HTTP: one request per connection, answered and closed; a scrape that has not
+// sent its request within kMetricsTimeoutMs, or sends more than kMetricsRequestMax bytes of it,
+// is closed; at most kMetricsConnsMax at once.
+constexpr size_t kMetricsRequestMax = 8192, kMetricsConnsMax = 16;
+constexpr uint64_t kMetricsTimeoutMs = 5000;
+
+struct MetricsConn {
+  Server::Impl* srv = nullptr;
+  uv_tcp_t tcp{};
+  uv_timer_t timer{};
+  uv_write_t write{};
+  std::string request, response;
+  int open_handles = 0;
+  bool closing = false;
+};
+
+void metrics_close(MetricsConn& c) {
+  if (c.closing) return;
+  c.closing = true;
+  c.srv->metrics_conns.erase(&c);
+  auto done = [](uv_handle_t* h) {
+    auto* conn = static_cast<MetricsConn*>(h->data);
+    if (--conn->open_handles == 0) delete conn;
+  };
+  uv_timer_stop(&c.timer);
+  uv_close(reinterpret_cast<uv_handle_t*>(&c.timer), done);
+  uv_close(reinterpret_cast<uv_handle_t*>(&c.tcp), done);
+}
+
+void metrics_respond(MetricsConn& c, const char* status, const std::string& body,
+                     const char* type = "text/plain; charset=utf-8") {
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(&c.tcp));
+  c.response = std::string("HTTP/1.1 ") + status + "\r\nContent-Type: " + type +
+               "\r\nContent-Length: " + std::to_string(body.size()) +
+               "\r\nConnection: close\r\n\r\n" + body;
+  uv_buf_t b = uv_buf_init(c.response.data(), unsigned(c.response.size()));
+  c.write.data = &c;
+  if (uv_write(&c.write, reinterpret_cast<uv_stream_t*>(&c.tcp), &b, 1,
+               [](uv_write_t* w, int) { metrics_close(*static_cast<MetricsConn*>(w->data)); }) < 0)
+    metrics_close(c);
+}
+
+void metrics_answer(MetricsConn& c) {
+  const size_t eol = c.request.find("\r\n");
+  const std::string line = c.request.substr(0, eol);
+  if (line.rfind("GET ", 0) != 0) {
+    metrics_respond(c, "405 Method Not Allowed", "GET /metrics only\n");
+    return;
+  }
+  const size_t sp = line.find(' ', 4);
+  const std::string path = line.substr(4, sp == std::string::npos ? std::string::npos : sp - 4);
+  if (path != "/metrics" && path.rfind("/metrics?", 0) != 0) {
+    metrics_respond(c, "404 Not Found", "GET /metrics\n");
+    return;
+  }
+  Server::Impl& srv = *c.srv;
+  ServerStats st;
+  {
+    std::lock_guard<std::mutex> l(srv.stats_mu);
+    st = srv.stats;
+  }
+  MetricsSnapshot m;
+  m.stats = &st;
+  m.job_slots = srv.job_slots;
+  m.threads_per_job = srv.threads_per_job;
+  m.key_frame = &srv.key_frame_latency;
+  m.teacher = &srv.teacher_latency;
+  m.distill = &srv.distill_latency;
+  metrics_respond(c, "200 OK", render_metrics(m), "text/plain; version=0.0.4; charset=utf-8");
+}
+
+void on_metrics_connection(uv_stream_t* l, int status) {
+  Server::Impl& srv = *static_cast<Server::Impl*>(l->data);
+  if (status < 0) return;
+  auto* c = new MetricsConn;
+  c->srv = &srv;
+  uv_tcp_init(&srv.loop, &c->tcp);
+  uv_timer_init(&srv.loop, &c->timer);
+  c->tcp.data = c->timer.data = c;
+  c->open_handles = 2;
+  srv.metrics_conns.insert(c);
+  if (uv_accept(l, reinterpret_cast<uv_stream_t*>(&c->tcp)) < 0 || srv.stopping ||
+      srv.metrics_conns.size() > kMetricsConnsMax) {
+    metrics_close(*c);
+    return;
+  }
+  uv_timer_start(&c->timer, [](uv_timer_t* t) { metrics_close(*static_cast<MetricsConn*>(t->data)); },
+                 kMetricsTimeoutMs, 0);
+  uv_read_start(
+      reinterpret_cast<uv_stream_t*>(&c->tcp),
+      [](uv_handle_t*, size_t, uv_buf_t* b) {
+        static thread_local char buf[4096];  // the loop thread's; copied out at once
+        *b = uv_buf_init(buf, sizeof buf);
+      },
+      [](uv_stream_t* st, ssize_t n, const uv_buf_t* b) {
+        auto& conn = *static_cast<MetricsConn*>(st->data);
+        if (n < 0) {
+          metrics_close(conn);
+          return;
+        }
+        conn.request.append(b->base, size_t(n));
+        if (conn.request.find("\r\n\r\n") != std::string::npos) {
+          metrics_answer(conn);
+        } else if (conn.request.size() > kMetricsRequestMax) {
+          metrics_respond(conn, "431 Request Header Fields Too Large", "request too large\n");
+        }
+      });
+}
+
 void on_stop(uv_async_t* a) {
   Server::Impl& srv = *static_cast<Server::Impl*>(a->data);
   srv.stopping = true;
   if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&srv.listener)))
     uv_close(reinterpret_cast<uv_handle_t*>(&srv.listener), nullptr);
+  if (srv.metrics_on && !uv_is_closing(reinterpret_cast<uv_handle_t*>(&srv.metrics_listener)))
+    uv_close(reinterpret_cast<uv_handle_t*>(&srv.metrics_listener), nullptr);
+  for (MetricsConn* c : std::vector<MetricsConn*>(srv.metrics_conns.begin(), srv.metrics_conns.end()))
+    metrics_close(*c);
   std::vector<Session*> all;
   for (auto& [p, sp] : srv.sessions) all.push_back(p);
   for (Session* s : all)
@@ -816,13 +950,36 @@ void Server::start() {
   uv_tcp_getsockname(&m.listener, reinterpret_cast<sockaddr*>(&bound), &len);
   port_ = bound.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
                                       : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  m.metrics_on = m.opt.metrics_port >= 0;
+  metrics_port_ = -1;
+  if (m.metrics_on) {
+    m.metrics_listener = uv_tcp_t{};
+    uv_tcp_init(&m.loop, &m.metrics_listener);
+    m.metrics_listener.data = &m;
+    sockaddr_storage maddr{};
+    rc = uv_ip4_addr(m.opt.host.c_str(), m.opt.metrics_port, reinterpret_cast<sockaddr_in*>(&maddr));
+    if (rc < 0)
+      rc = uv_ip6_addr(m.opt.host.c_str(), m.opt.metrics_port, reinterpret_cast<sockaddr_in6*>(&maddr));
+    if (rc >= 0) rc = uv_tcp_bind(&m.metrics_listener, reinterpret_cast<sockaddr*>(&maddr), 0);
+    if (rc >= 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(&m.metrics_listener), 16, on_metrics_connection);
+    if (rc < 0) {
+      uv_close(reinterpret_cast<uv_handle_t*>(&m.metrics_listener), nullptr);
+      fail("metrics port " + m.opt.host + ":" + std::to_string(m.opt.metrics_port), rc);
+    }
+    sockaddr_storage mb{};
+    int mlen = sizeof mb;
+    uv_tcp_getsockname(&m.metrics_listener, reinterpret_cast<sockaddr*>(&mb), &mlen);
+    metrics_port_ = mb.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&mb)->sin6_port)
+                                             : ntohs(reinterpret_cast<sockaddr_in*>(&mb)->sin_port);
+  }
   uv_async_init(&m.loop, &m.stop_async, on_stop);
   m.stop_async.data = &m;
   m.loop_ready = true;
   running_ = true;
   m.log("listening on " + m.opt.host + ":" + std::to_string(port_) + ", teacher: " +
         m.opt.teacher()->describe() + "; " + std::to_string(m.job_slots) + " key-frame jobs at once x " +
-        std::to_string(m.threads_per_job) + " threads (" + std::to_string(cores) + " cores)");
+        std::to_string(m.threads_per_job) + " threads (" + std::to_string(cores) + " cores)" +
+        (m.metrics_on ? "; metrics on http://" + m.opt.host + ":" + std::to_string(metrics_port_) + "/metrics" : ""));
   m.thread = std::thread([&m] {
     uv_run(&m.loop, UV_RUN_DEFAULT);  // ends when every handle is closed and no work is left
   });

@@ -72,6 +72,9 @@ struct ServerOptions {
   // in do not count) is closed with ERROR(Timeout); after half of it the server sends a PING.
   // 0 = never.
   double idle_timeout_s = 300;
+  // Metrics (server/metrics.h) over HTTP in the Prometheus text format: GET /metrics on this
+  // port of `host`, served by the same event loop. -1 = off, 0 = any free port (metrics_port()).
+  int metrics_port = -1;
   Device device = Device::cpu();      // where sessions' students train (cuda:N: the GPU)
   // The compute budget: at most `jobs` key frames (teacher + distillation) are worked on at once,
   // each with `threads_per_job` OpenMP threads for its kernels; the others wait in arrival order
@@ -112,6 +115,7 @@ class Server {
   // jobs, joins the loop thread. Idempotent.
   void stop();
   int port() const { return port_; }
+  int metrics_port() const { return metrics_port_; }  // -1 when off
   bool running() const { return running_; }
   ServerStats stats() const;
   // Blocks the calling thread until the loop ends (stop() from another thread or a signal).
@@ -121,7 +125,7 @@ class Server {
 
  private:
   std::unique_ptr<Impl> impl_;
-  int port_ = 0;
+  int port_ = 0, metrics_port_ = -1;
   std::atomic<bool> running_{false};
 };
 

@@ -70,6 +70,10 @@ int main(int argc, char** argv) {
                  }
                  o.accept_frames = bits;
                });
+  flags.integer("--metrics-port", o.metrics_port, "P",
+                "serve Prometheus metrics at http://HOST:P/metrics (0: any free port, logged;\n"
+                "default: off)")
+      .at_least(0);
   flags.integer("--jobs", o.jobs, "N",
                 "key frames worked on at once (teacher + distillation); the others wait,\n"
                 "sessions served in turn (default: min(4, cores))")

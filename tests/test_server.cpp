@@ -6,17 +6,20 @@
 // (test::kHungS); elapsed times are only bounded from below.
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <sys/socket.h>
 #include <omp.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "algorithm_reference.h"
@@ -27,6 +30,7 @@
 #include "protocol/crc32c.h"
 #include "protocol/decoder.h"
 #include "net/net.h"
+#include "server/metrics.h"
 #include "server/server.h"
 #include "raw_client.h"
 #include "synthetic_clip.h"
@@ -658,6 +662,112 @@ TEST_CASE("server: the compute budget: at most --jobs key frames at once, --thre
     REQUIRE(shared->omp_threads == std::vector<int>(kSessions, threads));
     REQUIRE(st.updates == kSessions);
   }
+}
+
+namespace {
+// One HTTP exchange with the metrics port: sends `request` as is, reads until the server closes.
+std::string http_exchange(int port, const std::string& request) {
+  Raw r(port);
+  r.send(std::vector<uint8_t>(request.begin(), request.end()));
+  std::string got;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(r.fd, buf, sizeof buf, 0)) > 0;) got.append(buf, size_t(n));
+  return got;
+}
+
+// The value of the sample line `name` (a metric name, with its {labels} if any); fails if absent.
+double sample(const std::string& body, const std::string& name) {
+  const std::string key = "\n" + name + " ";
+  const size_t at = ("\n" + body).find(key);
+  INFO("metric " << name);
+  REQUIRE(at != std::string::npos);
+  return std::stod(body.substr(at + key.size() - 1));
+}
+}  // namespace
+
+TEST_CASE("server: Prometheus metrics over HTTP on the server's loop: counters, queue gauges and "
+          "latency histograms that agree with what happened; bad requests refused",
+          "[server]") {
+  Clip clip("metrics", 24);
+  auto so = server_options(clip.labels);
+  REQUIRE(server::Server(so).metrics_port() == -1);  // off unless asked for
+  so.metrics_port = 0;
+  so.jobs = 2;
+  so.threads_per_job = 1;
+  server::Server srv(so);
+  srv.start();
+  REQUIRE(srv.metrics_port() > 0);
+  REQUIRE(srv.metrics_port() != srv.port());
+  const std::string get = "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n";
+  const std::string before = http_exchange(srv.metrics_port(), get);
+  REQUIRE(before.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  REQUIRE_THAT(before, Catch::Contains("Content-Type: text/plain; version=0.0.4"));
+  const std::string body0 = before.substr(before.find("\r\n\r\n") + 4);
+  REQUIRE(sample(body0, "shadowtutor_key_frames_total") == 0);
+  REQUIRE(sample(body0, "shadowtutor_job_slots") == 2);
+  REQUIRE(sample(body0, "shadowtutor_threads_per_job") == 1);
+  // Content-Length is the body's.
+  const size_t cl = before.find("Content-Length: ");
+  REQUIRE(cl != std::string::npos);
+  REQUIRE(std::stoul(before.substr(cl + 16)) == body0.size());
+
+  edge::EdgeResult r = edge::run_edge(edge_options(clip, srv.port()));
+  REQUIRE(r.key_frames >= 2);
+  // The last answer may still be on its way when the edge has finished: wait for the count.
+  server::ServerStats st;
+  for (int i = 0; i < 200 && (st = srv.stats()).updates < st.key_frames; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const std::string after = http_exchange(srv.metrics_port(), get);
+  const std::string body = after.substr(after.find("\r\n\r\n") + 4);
+  INFO(body);
+  REQUIRE(sample(body, "shadowtutor_key_frames_total") == double(st.key_frames));
+  REQUIRE(sample(body, "shadowtutor_answers_total") == double(st.updates));
+  REQUIRE(sample(body, "shadowtutor_sessions_opened_total") == 1);
+  REQUIRE(sample(body, "shadowtutor_received_bytes_total") == double(st.bytes_in));
+  REQUIRE(sample(body, "shadowtutor_jobs_running") == 0);
+  REQUIRE(sample(body, "shadowtutor_jobs_waiting") == 0);
+  // Histograms: every key frame answered once, teacher and distillation once per key frame;
+  // cumulative buckets, +Inf = count, a positive sum.
+  for (const char* h : {"key_frame_seconds", "teacher_seconds", "distill_seconds"}) {
+    const std::string n = std::string("shadowtutor_") + h;
+    INFO(n);
+    REQUIRE(sample(body, n + "_count") == double(st.key_frames));
+    REQUIRE(sample(body, n + "_bucket{le=\"+Inf\"}") == double(st.key_frames));
+    REQUIRE(sample(body, n + "_sum") > 0);
+    double last = 0;
+    for (double le : server::LatencyHistogram::kBounds) {
+      char label[64];
+      std::snprintf(label, sizeof label, "_bucket{le=\"%g\"}", le);
+      const double v = sample(body, n + label);
+      REQUIRE(v >= last);
+      last = v;
+    }
+  }
+  // Every sample line is NAME{labels} VALUE with a # TYPE line for its metric before it.
+  std::istringstream lines(body);
+  std::set<std::string> typed;
+  for (std::string line; std::getline(lines, line);) {
+    INFO(line);
+    if (line.rfind("# TYPE ", 0) == 0) {
+      typed.insert(line.substr(7, line.find(' ', 7) - 7));
+      continue;
+    }
+    if (line.rfind("# HELP ", 0) == 0) continue;
+    const std::string name = line.substr(0, line.find_first_of("{ "));
+    std::string family = name;
+    for (const char* suffix : {"_bucket", "_sum", "_count"})
+      if (!typed.count(family) && family.size() > strlen(suffix) &&
+          family.compare(family.size() - strlen(suffix), std::string::npos, suffix) == 0)
+        family.resize(family.size() - strlen(suffix));
+    REQUIRE(typed.count(family) == 1);
+    REQUIRE(std::isfinite(std::stod(line.substr(line.rfind(' ') + 1))));
+  }
+  // Other paths, methods and oversized requests: refused, and the server goes on serving.
+  REQUIRE(http_exchange(srv.metrics_port(), "GET / HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 404", 0) == 0);
+  REQUIRE(http_exchange(srv.metrics_port(), "POST /metrics HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 405", 0) == 0);
+  REQUIRE(http_exchange(srv.metrics_port(), std::string(9000, 'A')).rfind("HTTP/1.1 431", 0) == 0);
+  REQUIRE(http_exchange(srv.metrics_port(), get).rfind("HTTP/1.1 200 OK", 0) == 0);
+  srv.stop();
 }
 
 TEST_CASE("server: undecodable PNG / JPEG key frames get ERROR(BadFrame)", "[server]") {
