@@ -65,6 +65,9 @@ std::string render_metrics(const MetricsSnapshot& m) {
   metric(out, "jobs_running", "gauge", "Key-frame jobs running now.", double(s.jobs_running));
   metric(out, "jobs_waiting", "gauge", "Key frames waiting for a job slot (the queue depth).",
          double(s.jobs_waiting));
+  metric(out, "strides_stretched_total", "counter",
+         "UPDATEs whose stride was lengthened because key frames were waiting (--busy-stretch).",
+         double(s.strides_stretched));
   metric(out, "job_slots", "gauge", "Key-frame jobs run at once at most (--jobs).", double(m.job_slots));
   metric(out, "threads_per_job", "gauge", "OpenMP threads per key-frame job (--threads-per-job).",
          double(m.threads_per_job));

@@ -435,6 +435,7 @@ void after_work(uv_work_t* r, int status) {
   Session& s = *j->s;
   s.busy = false;
   --s.srv->running_jobs;
+  const size_t waiting = s.srv->waiting.size();  // key frames queued behind this one
   if (j->teacher_s >= 0) s.srv->teacher_latency.observe(j->teacher_s);
   if (j->distill_s >= 0) s.srv->distill_latency.observe(j->distill_s);
   if (j->answer && !s.closing && status >= 0)
@@ -454,6 +455,21 @@ void after_work(uv_work_t* r, int status) {
       s.srv->log(s.name() + ": key frame " + std::to_string(u->key_frame) + ": " +
                  std::to_string(u->steps) + " steps, mIoU " + std::to_string(u->accuracy) +
                  ", next stride " + std::to_string(u->next_stride));
+    if (auto* u = std::get_if<Update>(&*j->answer); u && s.srv->opt.busy_stretch) {
+      Server::Impl& srv = *s.srv;
+      const size_t d = waiting;
+      if (d > 0) {  // the server is behind: the edge waits longer before its next key frame
+        const double f = 1.0 + double(d) / double(srv.job_slots);
+        const uint32_t stretched = uint32_t(std::min<double>(
+            double(srv.opt.distill.max_stride), std::ceil(double(u->next_stride) * f)));
+        if (stretched > u->next_stride) {
+          srv.log(s.name() + ": " + std::to_string(d) + " key frames waiting: stride " +
+                  std::to_string(u->next_stride) + " -> " + std::to_string(stretched));
+          u->next_stride = stretched;
+          srv.count([](ServerStats& st) { st.strides_stretched++; });
+        }
+      }
+    }
     send(s, std::move(*j->answer));
     s.srv->count([](ServerStats& st) { st.updates++; });
     if (s.resync_pending) answer_resync(s);

@@ -84,6 +84,11 @@ struct ServerOptions {
   // the CPU; a teacher command runs in its own process, outside this budget.
   int jobs = 0;
   int threads_per_job = 0;
+  // Overload: when an UPDATE goes out while d key frames wait for a job slot, the stride it
+  // announces is Algorithm 2's stretched by 1 + d / jobs (at most max_stride), so the edges send
+  // key frames about as fast as the server works them off; the session's own stride (what
+  // Algorithm 2 goes on from) is not changed, so strides come back when the queue empties.
+  bool busy_stretch = true;
   teachers::TeacherFactory teacher;   // required
   bool log = true;                    // one line per session event on stderr
   // Where log lines go when set (tests); else stderr. Text from peers is logged through
@@ -99,6 +104,7 @@ struct ServerStats {
   uint64_t overflows = 0;            // sessions closed with ERROR(Overflow)
   // Key-frame jobs (ServerOptions::jobs): running and waiting now, and the most seen at once.
   uint64_t jobs_running = 0, jobs_waiting = 0, max_jobs_running = 0, max_jobs_waiting = 0;
+  uint64_t strides_stretched = 0;    // UPDATEs whose stride was lengthened for a busy server
 };
 
 class Server {

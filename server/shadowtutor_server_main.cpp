@@ -78,6 +78,13 @@ int main(int argc, char** argv) {
                 "key frames worked on at once (teacher + distillation); the others wait,\n"
                 "sessions served in turn (default: min(4, cores))")
       .at_least(1);
+  flags.custom("--busy-stretch", "on|off",
+               "when key frames wait for a job slot, lengthen the stride UPDATE announces\n"
+               "by 1 + waiting / jobs (default on)",
+               [&](const std::string& v) {
+                 if (v != "on" && v != "off") throw st::Error("on or off, not '" + v + "'");
+                 o.busy_stretch = v == "on";
+               });
   flags.integer("--threads-per-job", o.threads_per_job, "T",
                 "OpenMP threads per key-frame job (default: cores / jobs)")
       .at_least(1);

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -21,6 +22,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "algorithm_reference.h"
 #include "edge/client.h"
@@ -628,16 +630,19 @@ struct BudgetTeacher : teachers::Teacher {
 }  // namespace
 
 TEST_CASE("server: the compute budget: at most --jobs key frames at once, --threads-per-job "
-          "OpenMP threads each, the rest wait their turn and are all answered", "[server]") {
+          "OpenMP threads each, the rest wait their turn and are all answered, with strides "
+          "stretched by the queue", "[server]") {
   Clip clip("budget", 2);
   constexpr int kSessions = 4;
-  for (const auto& [jobs, threads] : {std::pair{1, 1}, std::pair{2, 3}}) {
-    INFO("jobs " << jobs << ", threads per job " << threads);
+  for (const auto& [jobs, threads, stretch] :
+       {std::tuple{1, 1, true}, std::tuple{2, 3, true}, std::tuple{1, 1, false}}) {
+    INFO("jobs " << jobs << ", threads per job " << threads << ", busy stretch " << stretch);
     auto shared = std::make_shared<BudgetTeacher::Shared>();
     shared->fill = jobs;
     auto so = server_options(clip.labels);
     so.jobs = jobs;
     so.threads_per_job = threads;
+    so.busy_stretch = stretch;
     so.teacher = [&] { return std::make_unique<BudgetTeacher>(clip.labels, shared); };
     server::Server srv(so);
     srv.start();
@@ -648,19 +653,35 @@ TEST_CASE("server: the compute budget: at most --jobs key frames at once, --thre
       REQUIRE(edges.back()->read_one().is<Welcome>());
     }
     for (auto& e : edges) e->send(encode_msg(key_frame(0), 1));  // all at once
+    std::vector<uint32_t> strides;
     for (auto& e : edges) {
       Message m = e->read_one();
       INFO("got message type " << int(m.type()));
       REQUIRE(m.is<Update>());
+      strides.push_back(m.as<Update>().next_stride);
     }
+    srv.stop();  // every answer's bookkeeping done
     const server::ServerStats st = srv.stats();
-    srv.stop();
     REQUIRE(shared->most == jobs);  // never more; and the slots did fill (4 frames > jobs)
     REQUIRE(st.max_jobs_running == uint64_t(jobs));
     REQUIRE(st.max_jobs_waiting >= 1);
     REQUIRE(st.max_jobs_waiting <= uint64_t(kSessions - jobs));
     REQUIRE(shared->omp_threads == std::vector<int>(kSessions, threads));
     REQUIRE(st.updates == kSessions);
+    // The same frame and labels for every session: Algorithm 2 gives each the same stride S.
+    // With one slot the answers go out with 3, 2, 1 and 0 frames waiting: S x 4, 3, 2 and 1
+    // (at most MAX_STRIDE); without the stretch, S for all.
+    std::sort(strides.begin(), strides.end());
+    const uint32_t S = strides.front(), top = uint32_t(so.distill.max_stride);
+    INFO("strides " << strides[0] << " " << strides[1] << " " << strides[2] << " " << strides[3]);
+    if (jobs == 1 && stretch) {
+      REQUIRE(strides == std::vector<uint32_t>{S, std::min(2 * S, top), std::min(3 * S, top),
+                                               std::min(4 * S, top)});
+      REQUIRE(st.strides_stretched == uint64_t(std::min(3 * S, top) > S ? 3 : 0));
+    } else if (!stretch) {
+      REQUIRE(strides == std::vector<uint32_t>(kSessions, S));
+      REQUIRE(st.strides_stretched == 0);
+    }
   }
 }
 
