@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -56,7 +57,8 @@ struct Server::Impl {
   ServerOptions opt;
   uv_loop_t loop{};
   uv_tcp_t listener{};
-  uv_async_t stop_async{};
+  uv_async_t stop_async{}, drain_async{};
+  bool draining = false;  // loop thread only
   std::thread thread;
   bool loop_ready = false;
   bool stopping = false;  // loop thread only
@@ -387,6 +389,7 @@ void work(uv_work_t* r) {
 }
 
 void after_work(uv_work_t* r, int status);
+constexpr const char* kDrainText = "the server is draining: connect again (to another server)";
 
 // Runs `j` now if a job slot is free, else queues it behind the others.
 void submit(Server::Impl& srv, Job* j) {
@@ -476,6 +479,8 @@ void after_work(uv_work_t* r, int status) {
     if (s.bye_received) {
       send(s, Bye{});
       close_session(s, std::nullopt);
+    } else if (s.srv->draining) {
+      close_session(s, ErrorMessage{ErrorCode::ShuttingDown, kDrainText});
     }
   } catch (const ProtocolError& e) {
     close_session(s, ErrorMessage{e.code(), e.text()});
@@ -879,6 +884,19 @@ void on_metrics_connection(uv_stream_t* l, int status) {
       });
 }
 
+void on_drain(uv_async_t* a) {
+  Server::Impl& srv = *static_cast<Server::Impl*>(a->data);
+  if (srv.stopping || srv.draining) return;
+  srv.draining = true;
+  srv.log("draining: no new connections; sessions close once their key frame is answered");
+  if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&srv.listener)))
+    uv_close(reinterpret_cast<uv_handle_t*>(&srv.listener), nullptr);
+  std::vector<Session*> idle;
+  for (auto& [p, sp] : srv.sessions)
+    if (!sp->busy) idle.push_back(p);
+  for (Session* s : idle) close_session(*s, ErrorMessage{ErrorCode::ShuttingDown, kDrainText});
+}
+
 void on_stop(uv_async_t* a) {
   Server::Impl& srv = *static_cast<Server::Impl*>(a->data);
   srv.stopping = true;
@@ -894,6 +912,7 @@ void on_stop(uv_async_t* a) {
     close_session(*s, ErrorMessage{ErrorCode::ShuttingDown, "the server is stopping"}, 1000);
   run_next(srv);  // drops every waiting job (stopping)
   uv_close(reinterpret_cast<uv_handle_t*>(&srv.stop_async), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&srv.drain_async), nullptr);
 }
 
 }  // namespace
@@ -990,6 +1009,9 @@ void Server::start() {
   }
   uv_async_init(&m.loop, &m.stop_async, on_stop);
   m.stop_async.data = &m;
+  uv_async_init(&m.loop, &m.drain_async, on_drain);
+  m.drain_async.data = &m;
+  m.draining = false;
   m.loop_ready = true;
   running_ = true;
   m.log("listening on " + m.opt.host + ":" + std::to_string(port_) + ", teacher: " +
@@ -1010,6 +1032,25 @@ void Server::stop() {
   m.loop_ready = false;
   running_ = false;
   m.log("stopped");
+}
+
+void Server::begin_drain() {
+  if (impl_->loop_ready) uv_async_send(&impl_->drain_async);
+}
+
+bool Server::drained() const {
+  const ServerStats s = stats();
+  return s.sessions_active == 0 && s.jobs_running == 0 && s.jobs_waiting == 0;
+}
+
+bool Server::drain(double timeout_s) {
+  begin_drain();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  bool done = false;
+  while (!(done = drained()) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  stop();
+  return done;
 }
 
 void Server::wait() {

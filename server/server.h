@@ -126,6 +126,14 @@ class Server {
   ServerStats stats() const;
   // Blocks the calling thread until the loop ends (stop() from another thread or a signal).
   void wait();
+  // Graceful drain (SIGTERM): no new connections; sessions with no key frame in work are closed
+  // with ERROR(ShuttingDown) at once, the others as soon as their answer has gone out (key
+  // frames waiting for a job slot are still worked on). drained() is true when no session and
+  // no job is left; drain() does both and stop()s, after at most timeout_s: true if everything
+  // was answered in time.
+  void begin_drain();
+  bool drained() const;
+  bool drain(double timeout_s);
 
   struct Impl;
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <string>
 
@@ -13,6 +14,7 @@ int main(int argc, char** argv) {
   st::server::ServerOptions o;
   std::string labels, cmd, token_file, maskrcnn;
   double teacher_timeout = 120;
+  double drain_timeout = 30;
   st::cli::Flags flags(
       "shadowtutor-server",
       "usage: shadowtutor-server --port P (--token-file F | --token T)\n"
@@ -74,6 +76,9 @@ int main(int argc, char** argv) {
                 "serve Prometheus metrics at http://HOST:P/metrics (0: any free port, logged;\n"
                 "default: off)")
       .at_least(0);
+  flags.seconds("--drain-timeout", drain_timeout, "S",
+                "on SIGTERM, answer the key frames in work for at most S seconds before\n"
+                "stopping (default 30; SIGINT stops at once)");
   flags.integer("--jobs", o.jobs, "N",
                 "key frames worked on at once (teacher + distillation); the others wait,\n"
                 "sessions served in turn (default: min(4, cores))")
@@ -140,7 +145,8 @@ int main(int argc, char** argv) {
       return std::make_unique<st::teachers::CommandTeacher>(cmd, teacher_timeout);
     };
 
-  // SIGINT / SIGTERM end the server: block them in every thread, wait for one here.
+  // SIGTERM drains the server (docs: README), SIGINT or a second signal stops it at once: block
+  // them in every thread, wait for them here.
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
@@ -151,10 +157,24 @@ int main(int argc, char** argv) {
     st::server::Server server(o);
     server.start();
     std::printf("shadowtutor-server listening on %s:%d\n", o.host.c_str(), server.port());
+    if (server.metrics_port() >= 0)
+      std::printf("shadowtutor-server metrics on http://%s:%d/metrics\n", o.host.c_str(),
+                  server.metrics_port());
     std::fflush(stdout);
     int sig = 0;
     sigwait(&set, &sig);
-    std::fprintf(stderr, "shadowtutor-server: signal %d, stopping\n", sig);
+    if (sig == SIGTERM) {
+      std::fprintf(stderr, "shadowtutor-server: SIGTERM, draining (at most %.0f s; a second "
+                           "signal stops at once)\n", drain_timeout);
+      server.begin_drain();
+      const timespec tick{0, 50 * 1000 * 1000};
+      for (double waited = 0; !server.drained() && waited < drain_timeout; waited += 0.05)
+        if (sigtimedwait(&set, nullptr, &tick) > 0) break;
+      std::fprintf(stderr, "shadowtutor-server: %s, stopping\n",
+                   server.drained() ? "drained" : "not drained in time");
+    } else {
+      std::fprintf(stderr, "shadowtutor-server: signal %d, stopping\n", sig);
+    }
     server.stop();
     auto s = server.stats();
     std::fprintf(stderr,

@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -683,6 +684,61 @@ TEST_CASE("server: the compute budget: at most --jobs key frames at once, --thre
       REQUIRE(st.strides_stretched == 0);
     }
   }
+}
+
+TEST_CASE("server: a graceful drain answers every key frame in work, closes each session after "
+          "its answer with ERROR(ShuttingDown), idle ones at once, and takes no new connection",
+          "[server]") {
+  Clip clip("drain", 2);
+  auto shared = std::make_shared<BudgetTeacher::Shared>();
+  auto so = server_options(clip.labels);
+  so.jobs = 1;  // the key frames queue: the drain must wait for the waiting ones too
+  so.teacher = [&] { return std::make_unique<BudgetTeacher>(clip.labels, shared); };
+  server::Server srv(so);
+  srv.start();
+  std::vector<std::unique_ptr<Raw>> busy;
+  for (int i = 0; i < 3; ++i) {
+    busy.push_back(std::make_unique<Raw>(srv.port()));
+    busy.back()->send(encode_msg(good_hello()));
+    REQUIRE(busy.back()->read_one().is<Welcome>());
+  }
+  Raw idle(srv.port());
+  idle.send(encode_msg(good_hello()));
+  REQUIRE(idle.read_one().is<Welcome>());
+  for (auto& e : busy) e->send(encode_msg(key_frame(0), 1));
+  for (int i = 0; i < 500 && srv.stats().key_frames < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  REQUIRE(srv.stats().key_frames == 3);
+  REQUIRE_FALSE(srv.drained());
+  auto drained = std::async(std::launch::async, [&] { return srv.drain(test::kHungS); });
+  // The idle session is told at once; nothing else comes.
+  auto g = idle.read_until_closed();
+  REQUIRE(g.closed);
+  REQUIRE(g.msgs.size() == 1);
+  REQUIRE(g.msgs[0].is<ErrorMessage>());
+  REQUIRE(g.msgs[0].as<ErrorMessage>().code == ErrorCode::ShuttingDown);
+  // No new connections.
+  {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(srv.port()));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0);
+    ::close(fd);
+  }
+  // Every key frame in work is answered, then its session is closed with ShuttingDown.
+  for (auto& e : busy) {
+    auto got = e->read_until_closed();
+    REQUIRE(got.closed);
+    REQUIRE(got.msgs.size() == 2);
+    REQUIRE(got.msgs[0].is<Update>());
+    REQUIRE(got.msgs[1].is<ErrorMessage>());
+    REQUIRE(got.msgs[1].as<ErrorMessage>().code == ErrorCode::ShuttingDown);
+  }
+  REQUIRE(drained.get());
+  REQUIRE_FALSE(srv.running());
+  REQUIRE(srv.stats().updates == 3);
 }
 
 namespace {
