@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   std::string labels, cmd, token_file, maskrcnn;
   double teacher_timeout = 120;
   double drain_timeout = 30;
+  bool labels_loop = false;
   st::cli::Flags flags(
       "shadowtutor-server",
       "usage: shadowtutor-server --port P (--token-file F | --token T)\n"
@@ -31,6 +32,9 @@ int main(int argc, char** argv) {
   flags.text("--token", o.token, "T",
              "the token on the command line (visible to every user in `ps`)");
   flags.text("--labels", labels, "DIR", "recorded teacher: DIR/<frame %06d>.png label maps");
+  flags.boolean("--labels-loop", labels_loop,
+                "frame indices past the recorded maps wrap around (edges with --loop,\n"
+                "shadowtutor-loadgen)");
   flags.text("--teacher-cmd", cmd, "CMD",
              "external teacher: `/bin/sh -c CMD`, one process per session, speaking\n"
              "the pipe format of docs/teacher_pipe.md");
@@ -138,9 +142,17 @@ int main(int argc, char** argv) {
     o.teacher = [model, maskrcnn] {
       return std::make_unique<st::teachers::MaskRcnnTeacher>(model, maskrcnn);
     };
-  } else if (!labels.empty())
-    o.teacher = [labels] { return std::make_unique<st::teachers::RecordedTeacher>(labels); };
-  else
+  } else if (!labels.empty()) {
+    try {
+      st::teachers::RecordedTeacher check(labels, labels_loop);  // nothing to loop over: now
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "shadowtutor-server: error: %s\n", e.what());
+      return 1;
+    }
+    o.teacher = [labels, labels_loop] {
+      return std::make_unique<st::teachers::RecordedTeacher>(labels, labels_loop);
+    };
+  } else
     o.teacher = [cmd, teacher_timeout] {
       return std::make_unique<st::teachers::CommandTeacher>(cmd, teacher_timeout);
     };

@@ -1,5 +1,7 @@
 #include "teacher/teacher.h"
 
+#include <cstdio>
+#include <filesystem>
 #include <mutex>
 
 #include "teacher_port/maskrcnn.h"
@@ -23,10 +25,22 @@ extern char** environ;
 
 namespace st::teachers {
 
+RecordedTeacher::RecordedTeacher(std::filesystem::path dir, bool loop) : labels_(std::move(dir)) {
+  if (!loop) return;
+  char name[32];
+  for (;; ++cycle_) {
+    std::snprintf(name, sizeof name, "%06lld.png", (long long)cycle_);
+    if (!std::filesystem::exists(labels_.dir() / name)) break;
+  }
+  ST_CHECK(cycle_ > 0, "recorded teacher: no label map ", (labels_.dir() / "000000.png").string(),
+           " to loop over");
+}
+
 TeacherOutput RecordedTeacher::run(uint64_t frame_index, const uint8_t*, int64_t h, int64_t w) {
   TeacherOutput out;
   out.height = h;
   out.width = w;
+  if (cycle_ > 0) frame_index %= uint64_t(cycle_);
   out.labels = labels_.labels(int64_t(frame_index), h, w);
   return out;
 }

@@ -52,12 +52,16 @@ using TeacherFactory = std::function<std::unique_ptr<Teacher>()>;
 
 class RecordedTeacher : public Teacher {
  public:
-  explicit RecordedTeacher(std::filesystem::path dir) : labels_(std::move(dir)) {}
+  // loop: frame indices past the recorded maps wrap around (index modulo the number of maps
+  // 000000.png, 000001.png, ... found in `dir`), for edges that replay their video (--loop) and
+  // load tests (shadowtutor-loadgen).
+  explicit RecordedTeacher(std::filesystem::path dir, bool loop = false);
   TeacherOutput run(uint64_t frame_index, const uint8_t* bgr, int64_t h, int64_t w) override;
   std::string describe() const override { return "recorded labels " + labels_.dir().string(); }
 
  private:
   io::LabelSource labels_;
+  int64_t cycle_ = 0;  // loop: the number of consecutive maps from 000000.png; 0: no wrap
 };
 
 // The Mask R-CNN port (teacher_port/maskrcnn.h) with Detectron2 conventions, as ShadowTutor ran
