@@ -580,7 +580,7 @@ struct CapturingTeacher : teachers::Teacher {
 }  // namespace
 
 TEST_CASE("edge: PNG and JPEG key frames are decoded by the server, with reference mIoU and frame "
-          "log; a server whose student starts from random initialisation takes PNG for JPEG",
+          "log, and a server whose student starts from random initialisation takes PNG for JPEG",
           "[edge]") {
   EdgeClip clip("enc", 5);
   struct Case {

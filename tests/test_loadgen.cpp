@@ -42,7 +42,7 @@ TEST_CASE("loadgen: quantile by nearest rank", "[loadgen][portable]") {
   REQUIRE(edge::quantile({7}, 0.99) == 7);
 }
 
-TEST_CASE("loadgen: concurrent sessions send key frames on a fixed schedule; every key frame is "
+TEST_CASE("loadgen: concurrent sessions send key frames on a fixed schedule, and every key frame is "
           "answered and timed", "[loadgen]") {
   test::SyntheticClip clip("loadgen", 24);
   server::Server srv(options(clip));
@@ -73,7 +73,7 @@ TEST_CASE("loadgen: concurrent sessions send key frames on a fixed schedule; eve
   REQUIRE(srv.stats().bytes_in == uint64_t(r.bytes_up));
 }
 
-TEST_CASE("loadgen: following the strides the server announces; a session over the server's "
+TEST_CASE("loadgen: following the strides the server announces, and a session over the server's "
           "limit is counted as an error with the server's reason", "[loadgen]") {
   test::SyntheticClip clip("loadgen_busy", 24);
   auto so = options(clip);
@@ -95,7 +95,7 @@ TEST_CASE("loadgen: following the strides the server announces; a session over t
   REQUIRE(r.mean_stride >= 8);  // MIN_STRIDE at least, as UPDATE said
 }
 
-TEST_CASE("recorded teacher with loop: indices past the maps wrap around; nothing to loop over "
+TEST_CASE("recorded teacher with loop: indices past the maps wrap around, and nothing to loop over "
           "is an error naming the folder", "[loadgen][teacher]") {
   test::SyntheticClip clip("labels_loop", 5);
   const int64_t H = test::SyntheticClip::kH, W = test::SyntheticClip::kW;

@@ -559,7 +559,7 @@ TEST_CASE("server: a teacher that never answers fails after its timeout and the 
 }
 
 TEST_CASE("server: which key-frame encodings WELCOME accepts: all for a trained student, raw and "
-          "PNG from random initialisation, or what --key-frames says; others are refused",
+          "PNG from random initialisation, or what --key-frames says, and others refused",
           "[server]") {
   Clip clip("acceptframes", 2);
   const fs::path trained = clip.dir / "trained.safetensors";
@@ -763,7 +763,7 @@ double sample(const std::string& body, const std::string& name) {
 }  // namespace
 
 TEST_CASE("server: Prometheus metrics over HTTP on the server's loop: counters, queue gauges and "
-          "latency histograms that agree with what happened; bad requests refused",
+          "latency histograms that agree with what happened, and bad requests refused",
           "[server]") {
   Clip clip("metrics", 24);
   auto so = server_options(clip.labels);
