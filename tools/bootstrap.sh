@@ -7,6 +7,7 @@
 #                               BLAS, ~50x slower, which slows the tests and handicaps the peer)
 #   tools/bootstrap.sh --bench  also PyTorch (Debian python3-torch), the benchmarks' peer
 #   tools/bootstrap.sh --demo   also python3, Node.js and npm (the demo's report and teacher)
+#   tools/bootstrap.sh --deploy   also HAProxy (deploy/: servers behind a TCP load balancer)
 #   tools/bootstrap.sh --aarch64  also the 64-bit ARM cross build (cmake/aarch64-linux-gnu.cmake):
 #                               g++-aarch64-linux-gnu, qemu-user (qemu-aarch64) and the arm64
 #                               libraries the programs link (Debian multiarch: dpkg learns the
@@ -21,6 +22,7 @@ arm64=0
 for opt in "$@"; do
   case "$opt" in
     --bench) pkgs+=(python3-torch) ;;
+    --deploy) pkgs+=(haproxy) ;;
     --demo)  # the report (python3); the RVM teacher (Node.js + npm, unless some Node is there)
       pkgs+=(python3)
       command -v node >/dev/null || pkgs+=(nodejs)
@@ -32,7 +34,7 @@ for opt in "$@"; do
       pkgs+=(g++-aarch64-linux-gnu qemu-user libuv1-dev:arm64 libstb-dev:arm64
              libturbojpeg0-dev:arm64 libspng-dev:arm64 libzstd-dev:arm64)
       ;;
-    *) echo "usage: tools/bootstrap.sh [--bench] [--demo] [--aarch64]" >&2; exit 2 ;;
+    *) echo "usage: tools/bootstrap.sh [--bench] [--demo] [--deploy] [--aarch64]" >&2; exit 2 ;;
   esac
 done
 

@@ -16,6 +16,7 @@ Usage:
   tools/scaling_sweep.py --labels DIR --video V [--build build] [--sessions 1,2,4,8,16]
                          [--duration 20] [--fps 30] [--key-interval S] [--jobs N]
                          [--threads-per-job T] [--server-args "..."] [--out scaling]
+                         [--backends N [--haproxy-port P]]   (HAProxy in front of N servers)
 Only the Python standard library is used (and tools/report.py's SVG plot).
 """
 import argparse
@@ -32,19 +33,24 @@ from report import svg_plot  # noqa: E402
 
 
 def run_point(a, sessions, token_file):
-    server_cmd = [os.path.join(a.build, "shadowtutor-server"), "--port", "0", "--token-file",
-                  token_file, "--labels", a.labels, "--labels-loop", "--quiet"]
+    args = ["--token-file", token_file, "--labels", a.labels, "--labels-loop", "--quiet"]
     if a.jobs:
-        server_cmd += ["--jobs", str(a.jobs)]
+        args += ["--jobs", str(a.jobs)]
     if a.threads_per_job:
-        server_cmd += ["--threads-per-job", str(a.threads_per_job)]
-    server_cmd += a.server_args.split()
+        args += ["--threads-per-job", str(a.threads_per_job)]
+    args += a.server_args.split()
+    if a.backends:  # HAProxy in front of that many servers (tools/deploy_loopback.sh)
+        server_cmd = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "deploy_loopback.sh"),
+                      "--backends", str(a.backends), "--port", str(a.haproxy_port), "--build",
+                      a.build, "--"] + args
+    else:
+        server_cmd = [os.path.join(a.build, "shadowtutor-server"), "--port", "0"] + args
     srv = subprocess.Popen(server_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = srv.stdout.readline()
-        if "listening on" not in line:
+        if "listening on" not in line and "ready on" not in line:
             sys.exit("scaling_sweep: the server did not start: %s %s" % (line, srv.stderr.read()))
-        port = line.strip().rsplit(":", 1)[1]
+        port = line.split(" (")[0].strip().rsplit(":", 1)[1]
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
             out = f.name
         cmd = [os.path.join(a.build, "shadowtutor-loadgen"), "--server", "127.0.0.1:" + port,
@@ -91,6 +97,9 @@ def main():
     ap.add_argument("--jobs", type=int)
     ap.add_argument("--threads-per-job", type=int)
     ap.add_argument("--server-args", default="")
+    ap.add_argument("--backends", type=int, default=0,
+                    help="> 0: that many servers behind HAProxy (tools/deploy_loopback.sh)")
+    ap.add_argument("--haproxy-port", type=int, default=17070)
     ap.add_argument("--out", default="scaling")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:

@@ -8,7 +8,7 @@
 #   BUILD_DIR=... CMAKE_ARGS="-DST_CUDA=OFF" tools/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/bootstrap.sh
+tools/bootstrap.sh --deploy  # HAProxy: the failover test (tests/haproxy_failover.sh)
 build="${BUILD_DIR:-build}"
 jobs="$(nproc)"
 # shellcheck disable=SC2086
