@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <iostream>
 #include <system_error>
 
 #include "common/error.h"
@@ -406,6 +407,15 @@ std::optional<int> resolve_token(Flags& flags, const std::string& token_file, st
   }
   if (!flags.given("--token")) return flags.usage_error("--token-file or --token is required");
   return std::nullopt;
+}
+
+void write_report(const std::string& path, const std::string& json) {
+  if (path.empty()) {
+    std::cout << json << "\n";
+    return;
+  }
+  std::ofstream f(path);
+  if (!(f << json << "\n")) throw Error("cannot write " + path);
 }
 
 }  // namespace st::cli

@@ -151,6 +151,10 @@ inline constexpr const char* kDefaultUpdateCodec = "int8+zstd";
 void declare_key_encoding_flag(Flags& flags, FrameEncoding& enc, int& jpeg_quality,
                                bool* automatic = nullptr);
 
+// A program's JSON report: to `path`, or to stdout when `path` is empty; throws naming the file
+// when it cannot be written.
+void write_report(const std::string& path, const std::string& json);
+
 // --update CODEC | plain (shadowtutor-server, shadowtutor simulate): compact updates
 // (nn/update_codec.h) or, with plain, none; the help shows `update` as the default.
 void declare_update_flag(Flags& flags, std::optional<nn::UpdateCodec>& update);

@@ -158,12 +158,7 @@ int main(int argc, char** argv) {
     st::cli::start_profile(profile_path);
     st::edge::EdgeResult r = st::edge::run_edge(o);
     std::string json = st::edge::to_json(r);
-    if (json_out.empty()) {
-      std::cout << json << "\n";
-    } else {
-      std::ofstream f(json_out);
-      if (!(f << json << "\n")) throw st::Error("cannot write " + json_out);
-    }
+    st::cli::write_report(json_out, json);
     std::fprintf(stderr,
                  "shadowtutor-edge: %lld frames at %.2f fps, %lld key frames, %lld updates, "
                  "%lld stale frames, %.2f MB up, %.2f MB down%s\n",

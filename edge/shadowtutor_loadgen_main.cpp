@@ -53,12 +53,7 @@ int main(int argc, char** argv) {
   try {
     const st::edge::LoadgenResult r = st::edge::run_loadgen(o);
     const std::string json = st::edge::to_json(r);
-    if (json_out.empty()) {
-      std::cout << json << "\n";
-    } else {
-      std::ofstream f(json_out);
-      if (!(f << json << "\n")) throw st::Error("cannot write " + json_out);
-    }
+    st::cli::write_report(json_out, json);
     std::fprintf(stderr,
                  "| sessions | welcomed | key frames | answers | answers/s | p50 ms | p95 ms | "
                  "p99 ms | max ms | mean stride | errors | MB up | MB down |\n"

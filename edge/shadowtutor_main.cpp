@@ -66,12 +66,7 @@ int run_simulate(st::cli::Flags& flags, const st::edge::SimOptions& o, const std
     return flags.usage_error("give exactly one of --labels, --maskrcnn and --teacher-cmd");
   st::edge::SimResult r = st::edge::simulate(o);
   std::string json = st::edge::to_json(r);
-  if (out.empty()) {
-    std::cout << json << "\n";
-  } else {
-    std::ofstream f(out);
-    if (!(f << json << "\n")) throw st::Error("cannot write " + out);
-  }
+  st::cli::write_report(out, json);
   std::string run = r.mode == "partial" || r.mode == "full" ? r.mode + " P-" + std::to_string(r.delay) : r.mode;
   std::fprintf(stderr, "teacher: %s (%lld calls)\n", r.teacher.c_str(), (long long)r.teacher_calls);
   if (r.trained_tensors > 0)
