@@ -607,6 +607,7 @@ struct BudgetTeacher : teachers::Teacher {
     std::mutex mu;
     std::condition_variable cv;
     int fill = 1, now = 0, most = 0;
+    bool release = true;  // false: calls also wait until the test sets it (all frames are in)
     std::vector<int> omp_threads;
   };
   teachers::RecordedTeacher rec;
@@ -619,7 +620,7 @@ struct BudgetTeacher : teachers::Teacher {
       shared->omp_threads.push_back(omp_get_max_threads());
       shared->cv.notify_all();
       shared->cv.wait_for(l, std::chrono::duration<double>(test::kHungS),
-                          [&] { return shared->now >= shared->fill; });
+                          [&] { return shared->now >= shared->fill && shared->release; });
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));  // others may pile in now
     std::lock_guard<std::mutex> l(shared->mu);
@@ -640,6 +641,7 @@ TEST_CASE("server: the compute budget: at most --jobs key frames at once, --thre
     INFO("jobs " << jobs << ", threads per job " << threads << ", busy stretch " << stretch);
     auto shared = std::make_shared<BudgetTeacher::Shared>();
     shared->fill = jobs;
+    shared->release = false;  // every key frame in (and queued) before the first job ends
     auto so = server_options(clip.labels);
     so.jobs = jobs;
     so.threads_per_job = threads;
@@ -654,6 +656,12 @@ TEST_CASE("server: the compute budget: at most --jobs key frames at once, --thre
       REQUIRE(edges.back()->read_one().is<Welcome>());
     }
     for (auto& e : edges) e->send(encode_msg(key_frame(0), 1));  // all at once
+    REQUIRE(test::wait_until([&] { return srv.stats().key_frames == uint64_t(kSessions); }));
+    {
+      std::lock_guard<std::mutex> l(shared->mu);
+      shared->release = true;
+    }
+    shared->cv.notify_all();
     std::vector<uint32_t> strides;
     for (auto& e : edges) {
       Message m = e->read_one();
@@ -790,10 +798,13 @@ TEST_CASE("server: Prometheus metrics over HTTP on the server's loop: counters, 
 
   edge::EdgeResult r = edge::run_edge(edge_options(clip, srv.port()));
   REQUIRE(r.key_frames >= 2);
-  // The last answer may still be on its way when the edge has finished: wait for the count.
+  // The last answer and the edge's BYE may still be on their way when the edge has finished:
+  // wait until the session is closed (no byte moves after that), up to a hung test's deadline.
   server::ServerStats st;
-  for (int i = 0; i < 200 && (st = srv.stats()).updates < st.key_frames; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  REQUIRE(test::wait_until([&] {
+    st = srv.stats();
+    return st.sessions_closed == 1 && st.updates >= st.key_frames;
+  }));
   const std::string after = http_exchange(srv.metrics_port(), get);
   const std::string body = after.substr(after.find("\r\n\r\n") + 4);
   INFO(body);
