@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <thread>
@@ -117,6 +118,10 @@ class EdgeSession {
   bool wait_if_due();
   // The wait bound: max_wait_s, or max_wait_frames frame times.
   double wait_bound() const;
+  // Frames after its key frame at which an update is due: MIN_STRIDE, or apply_after_frames.
+  int64_t due_after() const;
+  // apply_after_frames: swaps in a held update once its frame has come.
+  void release_held();
   // Partial/full: sends this frame as the key frame when one is due and none is unanswered.
   bool send_key_frame_if_due(const io::Frame& f);
   std::vector<uint8_t> segment(const io::Frame& f);  // the student on the current weights
@@ -146,6 +151,7 @@ class EdgeSession {
   int64_t next_key_ = 0, stride_ = 0;
   std::optional<int64_t> outstanding_;  // key frame sent, answer not here yet
   std::optional<Labels> labels_;        // naive: the answer to the outstanding frame
+  std::optional<Update> held_;          // apply_after_frames: arrived, swapped in at its frame
   bool resync_pending_ = false;         // RESYNC sent, WEIGHTS not here yet
   int64_t frame_i_ = 0;
   bool applied_ = false;     // an update was swapped in before this frame
@@ -229,6 +235,7 @@ void EdgeSession::handle(NetClient::Event& e) {
       if (e.epoch == epoch_ && session_) {
         session_ = false;
         outstanding_.reset();
+        held_.reset();
         ++r_.disconnects;
       }
       r_.errors.push_back(e.text);
@@ -276,6 +283,13 @@ void EdgeSession::on_welcome(uint64_t epoch, Welcome& w) {
     }
     r_.split = nn::split_name(split);
   }
+  if (w.scope == WeightsScope::Wanted) {
+    // Session migration (version 3): the server continues from this edge's weights, the ones
+    // HELLO named (nothing has changed them since: anything of an older connection is dropped).
+    net_.send(epoch, Weights{BlobEncoding::F32,
+                             nn::pack_trained(*active_, nn::Distillation::Full, BlobEncoding::F32)});
+    ++r_.weights_uploads;
+  }
   try {
     if (w.blob_kind != BlobEncoding::None) {
       apply_blob(w.scope == WeightsScope::Full ? nn::Distillation::Full : dmode_, w.blob);
@@ -292,18 +306,25 @@ void EdgeSession::on_welcome(uint64_t epoch, Welcome& w) {
   next_key_ = frame_i_;  // the first key frame of a session: the next frame
   stride_ = w.min_stride;
   outstanding_.reset();
+  held_.reset();
   labels_.reset();
   resync_pending_ = false;
   ++r_.welcomes;
   if (opt_.net.log)
     net::log_line("edge", "session " + std::to_string(w.session_id) + " (stride " +
                               std::to_string(w.min_stride) + ".." + std::to_string(w.max_stride) +
-                              (w.scope == WeightsScope::Full ? ", full weights received)" : ")"));
+                              (w.scope == WeightsScope::Full     ? ", full weights received)"
+                               : w.scope == WeightsScope::Wanted ? ", its weights sent)"
+                                                                 : ")"));
 }
 
 void EdgeSession::on_update(uint64_t epoch, const Update& u) {
   if (!session_ || epoch != epoch_ || !outstanding_ || int64_t(u.key_frame) != *outstanding_)
     return;
+  if (opt_.apply_after_frames > 0 && frame_i_ < int64_t(u.key_frame) + due_after()) {
+    held_ = u;  // swapped in at its frame (release_held)
+    return;
+  }
   if (u.blob_kind != BlobEncoding::None && resync_pending_) {
     // Made against the server's old mirror of these weights: WEIGHTS will bring them all.
   } else if (u.blob_kind != BlobEncoding::None) {
@@ -331,11 +352,24 @@ void EdgeSession::on_update(uint64_t epoch, const Update& u) {
   outstanding_.reset();
 }
 
+int64_t EdgeSession::due_after() const {
+  const int64_t min_stride = int64_t(welcome_.min_stride);
+  return opt_.apply_after_frames > 0 ? std::min(opt_.apply_after_frames, min_stride) : min_stride;
+}
+
+void EdgeSession::release_held() {
+  if (!held_ || frame_i_ < int64_t(held_->key_frame) + due_after()) return;
+  const Update u = std::move(*held_);
+  held_.reset();
+  on_update(epoch_, u);
+}
+
 void EdgeSession::end_session(uint64_t epoch, const char* message, const std::string& why) {
   r_.errors.push_back(std::string(message) + " blob refused: " + why);
   net_.drop(epoch, std::string("bad ") + message + " blob");
   session_ = false;
   outstanding_.reset();
+  held_.reset();
 }
 
 void EdgeSession::on_weights(uint64_t epoch, const Weights& w) {
@@ -391,6 +425,7 @@ void EdgeSession::give_up() {
   net_.drop(epoch_, why);
   session_ = false;
   outstanding_.reset();
+  held_.reset();
   ++r_.disconnects;
 }
 
@@ -482,14 +517,14 @@ bool EdgeSession::wait_if_due() {
   // SPEC §6: the update is due MIN_STRIDE frames after its key frame. The edge waits for it
   // there once, at most wait_bound(), then carries on stale (client.h); update_timeout_s after
   // it became due, the connection is dropped.
-  if (!(session_ && outstanding_ && frame_i_ - *outstanding_ >= int64_t(welcome_.min_stride)))
-    return false;
+  if (!(session_ && outstanding_ && frame_i_ - *outstanding_ >= due_after())) return false;
   const auto now = Clock::now();
   if (!due_) due_ = true, due_since_ = now;
   const auto deadline = after(due_since_, opt_.update_timeout_s);
   if (!waited_) {
     waited_ = true;
-    const double bound = wait_bound();
+    const double bound =
+        opt_.apply_after_frames > 0 ? std::numeric_limits<double>::infinity() : wait_bound();
     r_.max_wait_s = std::max(r_.max_wait_s, bound);
     block_until(std::min(deadline, after(now, bound)));
   }
@@ -600,6 +635,7 @@ EdgeResult EdgeSession::run() {
     pace();
     NetClient::Event e;
     while (net_.poll(e)) handle(e);  // updates are swapped in here, between frames
+    release_held();                  // (apply_after_frames: at their frame)
 
     bool key_sent = false, stale = false;
     std::vector<uint8_t> pred;
@@ -654,6 +690,7 @@ std::string to_json(const EdgeResult& r) {
   j["sessions"] = r.welcomes;
   j["full_weight_syncs"] = r.full_weight_syncs;
   j["resyncs"] = r.resyncs;
+  j["weights_uploads"] = r.weights_uploads;
   if (!r.split.empty()) j["split"] = r.split;
   j["disconnects"] = r.disconnects;
   j["bytes"] = {{"up_total", r.bytes_up},

@@ -25,7 +25,9 @@
 // paper's behaviour: bandwidth experiments use it). Naive mode has no student updates to wait
 // for: it blocks for each frame's labels, up to update_timeout_s.
 // When the server is unreachable the edge keeps segmenting with its local student and
-// resynchronises from the next WELCOME. Compact updates (protocol version 2, nn/update.h) are
+// resynchronises from the next WELCOME: a server of protocol version 3 that does not hold the
+// edge's weights asks for them (session migration) and continues from them; an older one sends
+// its own student instead. Compact updates (protocol version 2, nn/update.h) are
 // deltas against what the server believes the edge holds, and name the hash of the result: one
 // that does not match is not applied; the edge sends RESYNC and the server answers with the
 // whole student (WEIGHTS), its updates meanwhile ignored.
@@ -125,6 +127,12 @@ struct EdgeOptions {
   // and at least frame_interval_s when frames are paced.
   double max_wait_s = -1;
   double max_wait_frames = 3;
+  // > 0: every update is swapped in exactly this many frames after its key frame (the paper's
+  // P-N; at most WELCOME's min_stride): one that comes earlier is held until then, one that comes
+  // later is waited for there (no max_wait bound; update_timeout_s still drops a hung server).
+  // The frames and their weights are then the same however fast the server and the network are:
+  // reproducible runs and comparisons (tests/haproxy_failover.sh). 0: as soon as it arrives.
+  int64_t apply_after_frames = 0;
   double initial_wait_s = 0;     // at start, wait up to this long for the first WELCOME
   double frame_interval_s = 0;   // > 0: pace frames (a camera at 1/interval fps)
   bool progress = true;          // live progress line on stderr
@@ -148,6 +156,9 @@ struct EdgeResult {
   // RESYNCs sent: an update's weights hash was not what the edge's weights became (each is
   // answered by WEIGHTS, counted in full_weight_syncs with the WELCOMEs that sent the student)
   int64_t resyncs = 0;
+  // WEIGHTS sent: a server of protocol version 3 did not hold this edge's weights and asked for
+  // them (session migration: the session continues from them)
+  int64_t weights_uploads = 0;
   int64_t bytes_up = 0, bytes_down = 0;  // measured at the socket
   double wall_s = 0, fps = 0, blocked_s = 0;
   double max_blocked_s = 0;              // the longest single wait for an answer

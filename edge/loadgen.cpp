@@ -56,6 +56,7 @@ struct Gen {
   uint64_t start_ns = 0, last_ns = 0;
   std::vector<uint8_t> raw, encoded;  // the key frame's pixels (BGR) and in key_encoding
   uint64_t layout = 0, weights = 0;
+  std::vector<uint8_t> weights_blob;  // the student HELLO names, fp32: WEIGHTS when asked
   std::vector<std::unique_ptr<Sess>> sessions;
   int64_t width = 0, height = 0;
   Gen(const LoadgenOptions& o, LoadgenResult& res) : opt(o), r(res) {}
@@ -148,6 +149,7 @@ void on_message(Sess& s, Message& m) {
     s.accept_frames = w.accept_frames;
     s.stride = w.min_stride;
     s.frame_index = 0;
+    if (w.scope == WeightsScope::Wanted) send_body(s, Weights{BlobEncoding::F32, g.weights_blob});
     send_key_frame(s);
     return;
   }
@@ -232,8 +234,10 @@ LoadgenResult run_loadgen(const LoadgenOptions& opt) {
   Gen g(opt, r);
   {
     nn::Student student(opt.init_seed);
+    if (!opt.weights.empty()) student.load_safetensors(opt.weights);
     g.layout = nn::layout_hash(student, nn::Distillation::Full);
     g.weights = nn::weights_hash(student);
+    g.weights_blob = nn::pack_trained(student, nn::Distillation::Full, BlobEncoding::F32);
   }
   image::Image frame;
   if (!opt.video.empty()) {

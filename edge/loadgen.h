@@ -10,7 +10,7 @@
 // previous one was sent, with the stride the last UPDATE announced (Algorithm 2, stretched by a
 // busy server), or every key_interval_s seconds when that is set; never while its previous key
 // frame is unanswered (the protocol allows one outstanding), so a slow server slows the sessions.
-// Blobs are not applied: a session's weights stay the ones it announced. Frame indices only grow
+// Blobs are not applied: a session's weights stay the ones it announced (and sent, when asked). Frame indices only grow
 // (the protocol wants that): a server with recorded labels needs --labels-loop for long runs.
 #pragma once
 #include <cstdint>
@@ -39,7 +39,11 @@ struct LoadgenOptions {
   double key_interval_s = 0;    // > 0: a key frame this often instead of following strides
   double duration_s = 10;       // sending stops then; answers still due are awaited
   double answer_timeout_s = 60; // after duration_s, the longest wait for answers due
-  uint64_t init_seed = 0;       // the student whose hashes HELLO names (the server's base: seed 0)
+  // The student whose hashes HELLO names: `weights` (safetensors) when set, else Student(init_seed).
+  // A server whose base it is not asks for it (session migration, protocol version 3): every
+  // session then sends it (WEIGHTS, ~1.9 MB fp32) before its first key frame.
+  std::filesystem::path weights;
+  uint64_t init_seed = 0;
   std::string name = "loadgen";
 };
 

@@ -118,6 +118,12 @@ int main(int argc, char** argv) {
                "the --fps interval); inf: block until the update comes, as the paper\n"
                "(default 3f)",
                [&](const std::string& v) { parse_max_wait(v, o); });
+  flags.integer("--apply-after", o.apply_after_frames, "N",
+                "partial/full: swap every update in exactly N frames after its key frame\n"
+                "(the paper's P-N, at most MIN_STRIDE), waiting for it there if it is\n"
+                "late and holding it if early: the same frames whatever the speeds\n"
+                "(reproducible runs; replaces --max-wait)")
+      .at_least(1);
   flags.seconds("--update-timeout", o.update_timeout_s, "S",
                 "drop the connection and reconnect when an answer has not come S seconds\n"
                 "after the edge needed it (default 60)")

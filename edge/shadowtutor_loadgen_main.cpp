@@ -22,6 +22,9 @@ int main(int argc, char** argv) {
                [&](const std::string& v) {
                  o.mode = st::parse_mode(v, {st::Mode::Partial, st::Mode::Full, st::Mode::Naive});
                });
+  flags.path("--weights", o.weights, "FILE",
+             "the student HELLO names (safetensors; give the server's --weights so that no\n"
+             "session sends its weights; default: the random initialisation, seed 0)");
   flags.path("--video", o.video, "PATH",
              "key frames carry this video's first frame (default: a synthetic one)");
   flags.custom("--size", "WxH", "synthetic frame size (default 768x576)", [&](const std::string& v) {

@@ -59,6 +59,7 @@ const char* error_code_name(ErrorCode c) {
     case ErrorCode::ShuttingDown: return "ShuttingDown";
     case ErrorCode::Overflow: return "Overflow";
     case ErrorCode::SplitMismatch: return "SplitMismatch";
+    case ErrorCode::WeightsMismatch: return "WeightsMismatch";
   }
   return "Unknown";
 }
@@ -267,8 +268,14 @@ void validate_one(const Welcome& m) {
       (m.accept_frames & ~(kAcceptRawBgr | kAcceptPng | kAcceptJpeg)) != 0)
     bad(n, "accept_frames", "bit mask " + std::to_string(m.accept_frames) +
                                 " lacks RawBgr (1) or has unknown bits (Png = 2, Jpeg = 4)");
-  if (uint8_t(m.scope) > uint8_t(WeightsScope::Full))
+  if (uint8_t(m.scope) > uint8_t(WeightsScope::Wanted))
     bad(n, "scope", "unknown value " + std::to_string(int(m.scope)));
+  if (m.scope == WeightsScope::Wanted && m.version < 3)
+    bad(n, "scope", "2 (Wanted: the edge's weights) needs version 3");
+  if (m.scope == WeightsScope::Wanted && m.blob_kind != BlobEncoding::None)
+    bad(n, "blob_kind", "a WELCOME of scope 2 (Wanted) carries no blob");
+  if (m.scope == WeightsScope::Wanted && m.mode == Mode::Naive)
+    bad(n, "scope", "2 (Wanted) in mode Naive, which uses no student weights");
   check_blob(n, m.blob_kind, m.blob.size());
   if (uint8_t(m.train) > uint8_t(TrainedTensors::BiasOnly))
     bad(n, "train", "unknown value " + std::to_string(int(m.train)) + " (0 all, 1 bias only)");

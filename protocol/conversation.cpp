@@ -48,10 +48,12 @@ void Conversation::check(Role from, const Message& m) {
       if (!blob_accepted(hello_->accept_blobs, w.blob_kind))
         unexpected(from, t, "blob encoding not in HELLO.accept_blobs");
       welcome_ = w;
+      weights_wanted_ = w.scope == WeightsScope::Wanted;
       break;
     }
     case MessageType::KeyFrame: {
       if (!edge) unexpected(from, t, "only the edge sends KEY_FRAME");
+      if (weights_wanted_) unexpected(from, t, "WELCOME asked for the edge's WEIGHTS first");
       const KeyFrame& k = m.as<KeyFrame>();
       if (last_key_frame_ && k.frame_index <= *last_key_frame_)
         unexpected(from, t, "frame_index " + std::to_string(k.frame_index) +
@@ -125,12 +127,21 @@ void Conversation::check(Role from, const Message& m) {
       if (!edge) unexpected(from, t, "only the edge sends RESYNC");
       if (welcome_->version < 2) unexpected(from, t, "RESYNC needs protocol version 2");
       if (welcome_->mode == Mode::Naive) unexpected(from, t, "a Naive session has no weights");
+      if (weights_wanted_) unexpected(from, t, "WELCOME asked for the edge's WEIGHTS first");
       if (resync_pending_) unexpected(from, t, "the previous RESYNC is not answered yet");
       resync_pending_ = true;
       break;
     }
     case MessageType::Weights: {
-      if (edge) unexpected(from, t, "only the server sends WEIGHTS");
+      if (edge) {  // version 3: session migration, once, when WELCOME asked for it
+        if (!weights_wanted_)
+          unexpected(from, t, "the edge sends WEIGHTS only when WELCOME asked for them (scope 2)");
+        if (m.as<Weights>().blob_kind != BlobEncoding::F32)
+          unexpected(from, t, "the edge's weights go in fp32 (blob_kind 1): they must hash to "
+                              "HELLO.weights_hash");
+        weights_wanted_ = false;
+        break;
+      }
       if (!resync_pending_) unexpected(from, t, "no RESYNC to answer");
       if (!blob_accepted(hello_->accept_blobs, m.as<Weights>().blob_kind))
         unexpected(from, t, "blob encoding not in HELLO.accept_blobs");

@@ -1,6 +1,7 @@
 // The conversation rules of docs/protocol.md "State machine", as a checker both programs run
 // over every message they send and receive on one connection:
-//   edge:   HELLO, then (after WELCOME) KEY_FRAME*, PING/PONG*, RESYNC* (version 2, one at a
+//   edge:   HELLO, then (after WELCOME) WEIGHTS when WELCOME asked for them (version 3, before
+//           anything but PING/PONG), KEY_FRAME*, PING/PONG*, RESYNC* (version 2, one at a
 //           time), then BYE or ERROR
 //   server: WELCOME (or ERROR) after HELLO, then one UPDATE (Partial/Full) or LABELS (Naive)
 //           per KEY_FRAME in order, one WEIGHTS per RESYNC, PING/PONG*, then BYE or ERROR
@@ -48,6 +49,7 @@ class Conversation {
   bool done_[2] = {false, false};
   std::optional<uint64_t> last_key_frame_;
   bool resync_pending_ = false;  // a RESYNC the server has not answered with WEIGHTS
+  bool weights_wanted_ = false;  // WELCOME asked for the edge's WEIGHTS (version 3), not sent yet
   std::deque<uint64_t> key_frames_;  // sent, not yet answered, oldest first
   std::deque<uint64_t> pings_[2];    // nonces of PINGs sent by each role, not yet answered
 };

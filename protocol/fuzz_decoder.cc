@@ -90,7 +90,7 @@ Body scripted(MessageType t, uint8_t p, uint8_t q) {
   switch (t) {
     case MessageType::Hello: {
       Hello h;
-      h.max_version = uint16_t(1 + q % 2);
+      h.max_version = uint16_t(1 + q % 3);
       h.mode = st::Mode(p % 3);
       h.accept_blobs = uint8_t(1 + (p >> 2) % 3);
       h.frame_width = 4;
@@ -99,9 +99,11 @@ Body scripted(MessageType t, uint8_t p, uint8_t q) {
     }
     case MessageType::Welcome: {
       Welcome w;
-      w.version = uint16_t(1 + q % 2);
+      w.version = uint16_t(1 + q % 3);
       w.mode = st::Mode(p % 3);
       w.blob_kind = st::BlobEncoding((p >> 2) % 3);
+      if (w.version >= 3 && w.mode != st::Mode::Naive && (p >> 4) % 2)  // asks for the weights
+        w.scope = WeightsScope::Wanted, w.blob_kind = st::BlobEncoding::None;
       if (w.blob_kind != st::BlobEncoding::None) w.blob = {1, 2};
       w.accept_frames = uint8_t(kAcceptRawBgr | ((q >> 1) & 6));
       w.train_from = implied_train_from(w.mode);

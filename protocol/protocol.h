@@ -28,9 +28,11 @@ namespace st::protocol {
 inline constexpr uint8_t kMagic[4] = {'S', 'T', 'W', '1'};
 inline constexpr size_t kHeaderSize = 32;
 // Protocol versions this library speaks. Version 2 added WELCOME's partial split (train_from,
-// train) and the error code SplitMismatch; everything else is version 1's.
+// train), compact update blobs, RESYNC/WEIGHTS and the error code SplitMismatch; version 3 added
+// session migration (WELCOME scope Wanted: the edge answers with WEIGHTS, its whole student) and
+// the error code WeightsMismatch; everything else is version 1's.
 inline constexpr uint16_t kVersionMin = 1;
-inline constexpr uint16_t kVersionMax = 2;
+inline constexpr uint16_t kVersionMax = 3;
 inline constexpr uint16_t kProtocolVersion = kVersionMax;
 // Default cap on one message, header included: a 1280x720 raw BGR key frame is 2,764,800 B,
 // a full fp32 student blob 1.94 MB.
@@ -92,6 +94,7 @@ enum class ErrorCode : uint16_t {
   ShuttingDown = 39,       // the sender is stopping
   Overflow = 40,           // the peer does not read: the sender's outgoing queue is over its cap
   SplitMismatch = 41,      // (version 2) edge: WELCOME's partial split is not the one it requires
+  WeightsMismatch = 42,    // (version 3) server: the edge's WEIGHTS do not hash to HELLO.weights_hash
 };
 const char* error_code_name(ErrorCode c);  // "BadMagic", ...; "Unknown" for other values
 
@@ -112,8 +115,10 @@ using FrameEncoding = st::FrameEncoding;  // KEY_FRAME.encoding (common/frame_en
 // is not a session mode: the codec refuses it as it refuses any unknown value). What a parameter
 // blob (nn/blob.h) in WELCOME/UPDATE holds is st::BlobEncoding (common/blob_encoding.h): None 0
 // = no blob ("no change"), F32 1, F16 2.
-// Which tensors WELCOME's blob holds: the trained part of the mode, or the full student.
-enum class WeightsScope : uint8_t { Trained = 0, Full = 1 };
+// Which tensors WELCOME's blob holds: the trained part of the mode, or the full student; or
+// (version 3, no blob) Wanted: the server does not hold the weights HELLO names and asks for
+// them: the edge's next message is WEIGHTS with its whole student in fp32 (session migration).
+enum class WeightsScope : uint8_t { Trained = 0, Full = 1, Wanted = 2 };
 // Of the blocks partial distillation trains (WELCOME.train, version 2): every tensor, or only
 // the biases and batch-norm affine parameters.
 enum class TrainedTensors : uint8_t { All = 0, BiasOnly = 1 };
@@ -224,6 +229,8 @@ struct Resync {
 
 // Server -> edge (version 2): the answer to RESYNC, the whole student as a plain fp32 or fp16
 // blob (nn/blob.h, Distillation::Full); the server's mirror of the edge is that from now on.
+// Edge -> server (version 3): the answer to a WELCOME of scope Wanted, the edge's whole student
+// in fp32 (it must hash to HELLO.weights_hash); the session continues from it.
 struct Weights {
   BlobEncoding blob_kind = BlobEncoding::F32;  // F32 or F16
   std::vector<uint8_t> blob;                   // non-empty

@@ -68,6 +68,9 @@ std::string render_metrics(const MetricsSnapshot& m) {
   metric(out, "strides_stretched_total", "counter",
          "UPDATEs whose stride was lengthened because key frames were waiting (--busy-stretch).",
          double(s.strides_stretched));
+  metric(out, "migrations_total", "counter",
+         "Sessions that continued from the weights their edge sent (session migration).",
+         double(s.migrations));
   metric(out, "job_slots", "gauge", "Key-frame jobs run at once at most (--jobs).", double(m.job_slots));
   metric(out, "threads_per_job", "gauge", "OpenMP threads per key-frame job (--threads-per-job).",
          double(m.threads_per_job));

@@ -136,6 +136,10 @@ struct Session {
   // Loop thread state.
   bool welcomed = false, busy = false, bye_received = false, closing = false;
   bool resync_pending = false;  // RESYNC received while a job was in flight: WEIGHTS after it
+  // WELCOME asked for the edge's weights (migration): they must hash to HELLO's weights_hash.
+  bool weights_wanted = false;
+  uint64_t hello_weights_hash = 0;
+  size_t frame_limit = 0;  // the largest message after WELCOME (a key frame of HELLO's size)
   uint64_t last_rx_ms = 0;  // uv_now when the last whole message arrived (or WELCOME was sent)
   bool ping_out = false;    // an idle PING is unanswered
   uint64_t ping_nonce = 0;
@@ -308,6 +312,14 @@ std::unique_ptr<nn::Student> edge_weights_after(Server::Impl& srv,
   return e;
 }
 
+// The session's student and its distiller (fresh Adam state), from `weights` (the base, or the
+// edge's own after a migration), on the server's device.
+void start_training(Session& s, std::unique_ptr<nn::Student> weights) {
+  s.student = std::move(weights);
+  s.student->to(s.srv->opt.device);  // training runs there (the distiller moves frame and target)
+  s.distiller = std::make_unique<nn::Distiller>(*s.student, s.dmode, s.srv->opt.distill);
+}
+
 void answer_resync(Session& s);
 
 // ---- worker side ----
@@ -316,7 +328,6 @@ void work(uv_work_t* r) {
   Job& j = *static_cast<Job*>(r->data);
   Session& s = *j.s;
   if (s.gone) return;
-  const ServerOptions& opt = s.srv->opt;
   // This worker thread's OpenMP team size (a per-thread setting): the job's share of the cores.
   omp_set_num_threads(s.srv->threads_per_job);
   const int64_t H = j.kf.height, W = j.kf.width;
@@ -352,13 +363,7 @@ void work(uv_work_t* r) {
       j.answer = Labels{j.kf.frame_index, j.kf.width, j.kf.height, std::move(t.labels)};
       return;
     }
-    if (!s.student) {
-      s.student = std::make_unique<nn::Student>(opt.init_seed);
-      s.student->load_state(s.srv->base->named_parameters(), "server base weights");
-      s.student->set_partial_split(opt.split);  // what the distiller trains and blobs hold
-      s.student->to(opt.device);  // training runs there (the distiller moves frame and target)
-      s.distiller = std::make_unique<nn::Distiller>(*s.student, s.dmode, opt.distill);
-    }
+    if (!s.student) start_training(s, edge_weights_after(*s.srv, {}));
     if (s.gone) return;
     const uint64_t d0 = uv_hrtime();
     Tensor x = nn::Student::preprocess_bgr(j.kf.data.data(), H, W);
@@ -580,7 +585,19 @@ void handle_hello(Session& s, const Hello& h) {
     w.train_from = uint8_t(opt.split.first);
     w.train = opt.split.bias_only ? TrainedTensors::BiasOnly : TrainedTensors::All;
   }
-  if (h.weights_hash != srv.base_hash) {
+  // What an edge's WEIGHTS message is (5 bytes + the fp32 student blob): asked for only when
+  // the message limit lets it through.
+  const size_t weights_message = kHeaderSize + 5 + srv.full_blob[size_t(BlobEncoding::F32)].size();
+  const bool migrate = opt.migrate && *v >= 3 && h.mode != Mode::Naive &&
+                       weights_message <= opt.max_message_bytes;
+  if (h.weights_hash != srv.base_hash && migrate) {
+    // Session migration: the edge's weights are not the base; they are what the session goes
+    // on from.
+    w.scope = WeightsScope::Wanted;
+    w.blob_kind = BlobEncoding::None;
+    s.weights_wanted = true;
+    s.hello_weights_hash = h.weights_hash;
+  } else if (h.weights_hash != srv.base_hash) {
     // The edge's weights are not the server's base: send the full student.
     w.scope = WeightsScope::Full;
     w.blob_kind = enc;
@@ -598,8 +615,9 @@ void handle_hello(Session& s, const Hello& h) {
   s.dec.set_versions(*v, *v);
   // From now on any type, up to the largest key frame of this frame size (a PNG or JPEG of
   // noise can be larger than the raw pixels, never twice as large).
-  s.dec.set_limits(size_t(std::min<uint64_t>(opt.max_message_bytes,
-                                             kHeaderSize + 2 * pixels * 3 + (64u << 10))),
+  s.frame_limit = size_t(std::min<uint64_t>(opt.max_message_bytes,
+                                            kHeaderSize + 2 * pixels * 3 + (64u << 10)));
+  s.dec.set_limits(s.weights_wanted ? std::max(s.frame_limit, weights_message) : s.frame_limit,
                    DecoderOptions::kAllTypes);
   s.welcomed = true;
   s.last_rx_ms = uv_now(&srv.loop);
@@ -612,7 +630,33 @@ void handle_hello(Session& s, const Hello& h) {
           std::to_string(int(h.mode)) +
           " " + std::to_string(h.frame_width) + "x" + std::to_string(h.frame_height) +
           (h.mode == Mode::Partial ? ", training from " + nn::split_name(opt.split) : "") +
-          (full ? ", sent the full student" : ", weights in sync"));
+          (full                ? ", sent the full student"
+           : s.weights_wanted ? ", asked for the edge's weights"
+                              : ", weights in sync"));
+}
+
+// Session migration: the edge's whole student, asked for in WELCOME. The session's student and
+// the mirror of the edge (compact updates) become exactly those weights.
+void handle_edge_weights(Session& s, const Weights& w) {
+  Server::Impl& srv = *s.srv;
+  std::unique_ptr<nn::Student> e;
+  try {
+    e = edge_weights_after(srv, w.blob);  // layout, size and finite values checked
+  } catch (const std::exception& ex) {
+    throw ProtocolError(ErrorCode::Malformed, std::string("WEIGHTS: ") + ex.what());
+  }
+  const uint64_t got = nn::weights_hash(*e);
+  if (got != s.hello_weights_hash)
+    throw ProtocolError(ErrorCode::WeightsMismatch,
+                        "WEIGHTS hash to " + std::to_string(got) + ", HELLO.weights_hash is " +
+                            std::to_string(s.hello_weights_hash));
+  if (s.updater) s.updater->reset(*e);
+  start_training(s, std::move(e));
+  s.weights_wanted = false;
+  s.dec.set_limits(s.frame_limit, DecoderOptions::kAllTypes);
+  srv.count([](ServerStats& st) { st.migrations++; });
+  srv.log(s.name() + ": continues from the edge's weights (" + std::to_string(w.blob.size()) +
+          " bytes)");
 }
 
 void handle_message(Session& s, Message& m) {
@@ -630,6 +674,9 @@ void handle_message(Session& s, Message& m) {
       submit(*s.srv, j);
       break;
     }
+    case MessageType::Weights:  // (the conversation checker: only when WELCOME asked, fp32)
+      handle_edge_weights(s, m.as<Weights>());
+      break;
     case MessageType::Resync:  // (the conversation checker has held it to its rules)
       s.srv->log(s.name() + ": RESYNC: the edge holds weights hashing to " +
                  std::to_string(m.as<Resync>().weights_hash));

@@ -89,6 +89,13 @@ struct ServerOptions {
   // key frames about as fast as the server works them off; the session's own stride (what
   // Algorithm 2 goes on from) is not changed, so strides come back when the queue empties.
   bool busy_stretch = true;
+  // Session migration (protocol version 3): when HELLO names weights the server does not hold
+  // (weights_hash is not its base's), WELCOME asks for them and the edge answers with its whole
+  // student (WEIGHTS, fp32); the session continues from those weights, so an edge that reconnects
+  // to this or another server keeps what it has learnt (its optimizer state starts afresh). Off,
+  // or for an edge of version 1 or 2: WELCOME sends the server's full student instead, which
+  // replaces the edge's weights.
+  bool migrate = true;
   teachers::TeacherFactory teacher;   // required
   bool log = true;                    // one line per session event on stderr
   // Where log lines go when set (tests); else stderr. Text from peers is logged through
@@ -105,6 +112,7 @@ struct ServerStats {
   // Key-frame jobs (ServerOptions::jobs): running and waiting now, and the most seen at once.
   uint64_t jobs_running = 0, jobs_waiting = 0, max_jobs_running = 0, max_jobs_waiting = 0;
   uint64_t strides_stretched = 0;    // UPDATEs whose stride was lengthened for a busy server
+  uint64_t migrations = 0;           // sessions continued from the edge's own weights (WEIGHTS in)
 };
 
 class Server {

@@ -94,6 +94,13 @@ int main(int argc, char** argv) {
                  if (v != "on" && v != "off") throw st::Error("on or off, not '" + v + "'");
                  o.busy_stretch = v == "on";
                });
+  flags.custom("--migration", "on|off",
+               "an edge whose weights are not the base sends them (protocol version 3)\n"
+               "and its session continues from them; off: it gets the base student (default on)",
+               [&](const std::string& v) {
+                 if (v != "on" && v != "off") throw st::Error("on or off, not '" + v + "'");
+                 o.migrate = v == "on";
+               });
   flags.integer("--threads-per-job", o.threads_per_job, "T",
                 "OpenMP threads per key-frame job (default: cores / jobs)")
       .at_least(1);

@@ -122,8 +122,12 @@ TEST_CASE("edge: the progress line: in place on a terminal, plain lines every 5 
   CHECK(edge::progress_due(true, 0.0, true));
 }
 
-TEST_CASE("edge: server killed and restarted mid-run: the edge keeps going and resyncs", "[edge]") {
-  EdgeClip clip("restart", 40);
+TEST_CASE("edge: server killed and restarted mid-run: the edge keeps going, and the new server "
+          "continues from the edge's weights (migration) or replaces them (--migration off)",
+          "[edge]") {
+  const bool migrate = GENERATE(true, false);
+  INFO("migration " << (migrate ? "on" : "off"));
+  EdgeClip clip(migrate ? "restart" : "restart_nomig", 40);
   auto first = std::make_unique<server::Server>(looping_srv_opts(clip));
   first->start();
   const int port = first->port();
@@ -139,7 +143,9 @@ TEST_CASE("edge: server killed and restarted mid-run: the edge keeps going and r
     seen.push_back(p.frame);
     if (p.frame == 12) first->stop();  // the server goes away mid-run
     if (p.frame == 20) {
-      second = std::make_unique<server::Server>(looping_srv_opts(clip, port));
+      auto so = looping_srv_opts(clip, port);
+      so.migrate = migrate;
+      second = std::make_unique<server::Server>(so);
       second->start();
     }
     if (p.welcomes >= 2 && updates_before_second < 0) updates_before_second = p.updates;
@@ -158,9 +164,18 @@ TEST_CASE("edge: server killed and restarted mid-run: the edge keeps going and r
   REQUIRE(updates_before_second >= 1);  // the first server's update
   REQUIRE(r.updates > updates_before_second);
   REQUIRE(r.disconnects >= 1);
-  // The first server trained the edge's copy, so the second one (base weights) sent its full
-  // student in WELCOME, and then distilled again.
-  REQUIRE(r.full_weight_syncs == 1);
+  // The first server trained the edge's copy, so the second one (base weights) does not hold
+  // it: it asks for it and continues from it, or (migration off) sends its full student in
+  // WELCOME, which replaces it; then it distils again.
+  if (migrate) {
+    REQUIRE(r.weights_uploads == 1);
+    REQUIRE(r.full_weight_syncs == 0);
+    REQUIRE(second->stats().migrations == 1);
+  } else {
+    REQUIRE(r.weights_uploads == 0);
+    REQUIRE(r.full_weight_syncs == 1);
+    REQUIRE(second->stats().migrations == 0);
+  }
   REQUIRE(second->stats().key_frames >= 1);
   REQUIRE(second->stats().updates >= 1);
   REQUIRE(first->stats().updates >= 1);
@@ -741,6 +756,7 @@ struct ScriptedServer {
   // A RESYNC on connection c gets the WEIGHTS this returns (unset: the test fails).
   std::function<protocol::Weights(int c, const protocol::Resync&)> on_resync;
   size_t resyncs = 0;
+  uint32_t min_stride = 2;  // WELCOME's
 
   int listen_fd = -1, port = 0;
   std::atomic<bool> done{false};  // set by the test when the edge has finished
@@ -817,7 +833,7 @@ struct ScriptedServer {
             protocol::Welcome w;
             w.session_id = uint64_t(c) + 1;
             w.mode = m.as<protocol::Hello>().mode;
-            w.min_stride = 2;
+            w.min_stride = min_stride;
             w.max_stride = 64;
             send(w);
           } else if (m.is<protocol::KeyFrame>()) {
@@ -967,4 +983,44 @@ TEST_CASE("edge: an update made for other weights than the edge's is not applied
   REQUIRE(r.updates_with_weights == 2);                   // the ones after WEIGHTS
   REQUIRE(r.final_weights_hash == mirror.mirror_hash());  // the edge holds the mirror's weights
   REQUIRE(r.final_weights_hash != nn::weights_hash(edge_start));
+}
+
+TEST_CASE("edge: --apply-after N swaps every update in exactly N frames after its key frame, "
+          "whether it came early (held) or late (waited for)", "[edge]") {
+  // The scripted server answers at once (the update is there long before its frame), except the
+  // second key frame's answer, which it sends 0.5 s late (the edge must wait for it at its frame,
+  // where without the option it would run on stale after a few frame times).
+  EdgeClip clip("apply_after", 40);
+  ScriptedServer srv;
+  srv.min_stride = 8;
+  auto o = edge_opts(clip, srv.port);
+  o.initial_wait_s = test::kHungS;
+  o.apply_after_frames = 4;
+  o.frame_log = clip.dir / "apply_after.jsonl";
+  const nn::Student other(o.init_seed + 1);
+  const auto blob = nn::pack_trained(other, nn::Distillation::Partial, BlobEncoding::F32);
+  srv.answer = [&](int, size_t n, uint64_t k) -> std::vector<protocol::Update> {
+    if (n == 1) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    return {make_update(k, 8, 1, blob)};
+  };
+  srv.start();
+  edge::EdgeResult r = edge::run_edge(o);
+  srv.finish();
+  INFO(edge::to_json(r));
+  {
+    std::lock_guard<std::mutex> l(srv.mu);
+    REQUIRE(srv.failure.empty());
+  }
+  REQUIRE(r.frames == 40);
+  REQUIRE(r.stale_frames == 0);
+  auto log = read_jsonl(o.frame_log);
+  REQUIRE(log.size() == 40);
+  std::vector<int64_t> keys, applied;
+  for (const auto& j : log) {
+    if (j["key"].get<bool>()) keys.push_back(j["frame"].get<int64_t>());
+    if (j["applied"].get<bool>()) applied.push_back(j["frame"].get<int64_t>());
+  }
+  // Key frames 0, 8, 16, 24, 32 (stride 8 from the first), each update at key + 4.
+  REQUIRE(keys == std::vector<int64_t>{0, 8, 16, 24, 32});
+  REQUIRE(applied == std::vector<int64_t>{4, 12, 20, 28, 36});
 }

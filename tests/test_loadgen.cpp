@@ -107,3 +107,26 @@ TEST_CASE("recorded teacher with loop: indices past the maps wrap around, and no
   std::filesystem::create_directories(empty);
   REQUIRE_THROWS_WITH(teachers::RecordedTeacher(empty, true), Catch::Contains("empty/000000.png"));
 }
+
+TEST_CASE("loadgen: sessions whose student the server does not hold send it when asked (session "
+          "migration) and are then served", "[loadgen]") {
+  test::SyntheticClip clip("loadgen_migrate", 24);
+  server::Server srv(options(clip));
+  srv.start();
+  auto o = loadgen(clip, srv.port());
+  o.sessions = 2;
+  o.init_seed = 7;  // not the server's base (seed 0)
+  o.key_interval_s = 0.05;
+  o.duration_s = 0.5;
+  const edge::LoadgenResult r = edge::run_loadgen(o);
+  INFO(edge::to_json(r));
+  REQUIRE(test::wait_until([&] { return srv.stats().sessions_active == 0; }));
+  const server::ServerStats st = srv.stats();
+  srv.stop();
+  REQUIRE(r.errors == 0);
+  REQUIRE(r.welcomed == 2);
+  REQUIRE(r.answers == r.key_frames);
+  REQUIRE(r.answers >= 2);
+  REQUIRE(st.migrations == 2);
+  REQUIRE(r.bytes_up >= 2 * 1935516);  // each sent the fp32 student
+}

@@ -586,7 +586,7 @@ TEST_CASE("protocol: malformed payloads name the field", "[protocol][portable]")
     CHECK_THAT(expect_code(frame(MessageType::Update, u), ErrorCode::Malformed),
                Catch::Contains("UPDATE.blob_kind"));
     Bytes w = encode_payload(bodies[3]);  // WELCOME; scope at 24
-    w[24] = 2;
+    w[24] = 3;
     CHECK_THAT(expect_code(frame(MessageType::Welcome, w), ErrorCode::Malformed),
                Catch::Contains("WELCOME.scope"));
     Bytes e = encode_payload(bodies[11]);  // ERROR code 0
@@ -857,6 +857,84 @@ TEST_CASE("protocol: conversation rules", "[protocol][portable]") {
   }
 }
 
+TEST_CASE("protocol: version 3 session migration: a WELCOME of scope Wanted asks for the "
+          "edge's WEIGHTS, which must come first and in fp32", "[protocol][portable]") {
+  Hello h;
+  h.frame_width = 4;
+  h.frame_height = 3;
+  h.accept_blobs = kAcceptF32 | kAcceptF16;
+  Welcome w;
+  w.version = 3;
+  w.scope = WeightsScope::Wanted;
+  KeyFrame k;
+  k.width = 4;
+  k.height = 3;
+  k.data = Bytes(36, 1);
+  const Weights up{st::BlobEncoding::F32, {1, 2, 3, 4}};
+
+  SECTION("the codec: Wanted needs version 3, no blob, a mode with weights") {
+    Welcome ok = w;
+    CHECK_NOTHROW(validate(ok));
+    Welcome v2 = w;
+    v2.version = 2;
+    CHECK_THROWS_WITH(validate(v2), Catch::Contains("scope") && Catch::Contains("version 3"));
+    Welcome blob = w;
+    blob.blob_kind = st::BlobEncoding::F32;
+    blob.blob = {1};
+    CHECK_THROWS_WITH(validate(blob), Catch::Contains("no blob"));
+    Welcome naive = w;
+    naive.mode = st::Mode::Naive;
+    naive.train_from = 0;
+    CHECK_THROWS_WITH(validate(naive), Catch::Contains("Naive"));
+    Welcome unknown = w;
+    unknown.scope = WeightsScope(3);
+    CHECK_THROWS_WITH(validate(unknown), Catch::Contains("scope"));
+  }
+  auto expect_unexpected = [](Conversation& c, bool send, const Body& b, const char* why) {
+    INFO(why);
+    Message m{0, 3, b};
+    try {
+      send ? c.on_send(m) : c.on_receive(m);
+      FAIL("accepted");
+    } catch (const ProtocolError& e) {
+      CHECK(e.code() == ErrorCode::UnexpectedMessage);
+      CHECK_THAT(e.what(), Catch::Contains(why));
+    }
+  };
+  SECTION("the conversation, from both ends") {
+    for (Role self : {Role::Server, Role::Edge}) {
+      INFO((self == Role::Server ? "server" : "edge"));
+      Conversation c(self);
+      const bool server = self == Role::Server;
+      auto from_edge = [&](const Body& b) {
+        Message m{0, 3, b};
+        server ? c.on_receive(m) : c.on_send(m);
+      };
+      from_edge(h);
+      Message wm{0, 3, w};
+      server ? c.on_send(wm) : c.on_receive(wm);
+      expect_unexpected(c, !server, k, "WEIGHTS first");
+      expect_unexpected(c, !server, Resync{1}, "WEIGHTS first");
+      expect_unexpected(c, !server, Weights{st::BlobEncoding::F16, {1, 2}}, "fp32");
+      from_edge(Ping{1});  // PING and PONG may go meanwhile
+      from_edge(up);
+      expect_unexpected(c, !server, up, "only when WELCOME asked");
+      from_edge(k);  // then the session goes on as any other
+      // The server still sends WEIGHTS only to answer RESYNC.
+      expect_unexpected(c, server, up, "no RESYNC");
+    }
+  }
+  SECTION("an edge's WEIGHTS without a WELCOME that asked for them") {
+    Conversation c(Role::Server);
+    c.on_receive(Message{0, 3, h});
+    Welcome trained = w;
+    trained.scope = WeightsScope::Trained;
+    c.on_send(Message{0, 3, trained});
+    expect_unexpected(c, false, up, "only when WELCOME asked");
+    c.on_receive(Message{0, 3, k});
+  }
+}
+
 TEST_CASE("protocol: corpus replay", "[protocol][portable]") {
   auto files = corpus_files();
   if (files.empty()) ST_SKIP("tests/protocol_corpus/ is missing");
@@ -934,6 +1012,15 @@ TEST_CASE("protocol: regenerate the seed corpus", "[.protocol-corpus-gen]") {
     w.blob = pattern(6, 4);
     write("ok_welcome_split_bias.bin", encode(msg(w)));
   }
+  {  // Version 3's session migration: WELCOME asks for the edge's weights; the edge's WEIGHTS.
+    Welcome w;
+    w.version = 3;
+    w.session_id = 4;
+    w.scope = WeightsScope::Wanted;
+    write("ok_welcome_wanted_v3.bin", encode(msg(w)));
+    write("ok_weights_edge_v3.bin",
+          encode(Message{0, 3, Weights{st::BlobEncoding::F32, pattern(8, 6)}}));
+  }
   // Conversations, one direction each.
   Encoder e;
   Bytes edge = e.encode(bodies[0]);
@@ -960,7 +1047,7 @@ TEST_CASE("protocol: regenerate the seed corpus", "[.protocol-corpus-gen]") {
   b = ping;
   b[20] ^= 1;
   write("err_BadHeaderCrc_size.bin", b);
-  write("err_UnsupportedVersion_ping_v3.bin",
+  write("err_UnsupportedVersion_ping_v" + std::to_string(kVersionMax + 1) + ".bin",
         frame(uint16_t(MessageType::Ping), Bytes(8), 0, kVersionMax + 1));
   write("err_UnknownType_10.bin", frame(uint16_t(10), Bytes(8)));  // RESYNC is version 2's
   write("err_UnknownType_12_v2.bin", frame(uint16_t(12), Bytes(8), 0, 2));

@@ -286,6 +286,31 @@ const Bytes kWelcomeFullV2 = {
     0x00, 0x00, 0x00, 0x00,                          // 28 blob, empty
 };
 
+// WELCOME (version 3): Partial at the paper's split, every frame encoding, strides 8..64, 0.8,
+// scope 2 Wanted (the server asks for the edge's weights), no blob.
+const Bytes kWelcomeWantedV3 = {
+    0x53, 0x54, 0x57, 0x31,                          // magic
+    0x03, 0x00,                                      // version 3
+    0x02, 0x00,                                      // type 2 WELCOME
+    0x00, 0x00, 0x00, 0x00,                          // flags
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // seq 0
+    0x20, 0x00, 0x00, 0x00,                          // payload_size 32
+    0x70, 0xbc, 0x48, 0x09,                          // payload_crc
+    0x2a, 0xc4, 0xd7, 0x46,                          // header_crc
+    0x03, 0x00,                                      // 0  version 3
+    0x0c, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // 2  session_id 12
+    0x00,                                            // 10 mode 0 Partial
+    0x07,                                            // 11 accept_frames raw | PNG | JPEG
+    0x08, 0x00, 0x00, 0x00,                          // 12 min_stride 8
+    0x40, 0x00, 0x00, 0x00,                          // 16 max_stride 64
+    0xcd, 0xcc, 0x4c, 0x3f,                          // 20 threshold 0.8f
+    0x02,                                            // 24 scope 2 Wanted
+    0x00,                                            // 25 blob_kind 0 none
+    0x06,                                            // 26 train_from 6 (dec2)
+    0x00,                                            // 27 train 0 all
+    0x00, 0x00, 0x00, 0x00,                          // 28 blob, empty
+};
+
 // KEY_FRAME, raw BGR 2 wide and 1 high: exactly 2*1*3 = 6 bytes of data.
 const Bytes kKeyFrameRaw = {
     0x53, 0x54, 0x57, 0x31,                          // magic
@@ -566,6 +591,21 @@ const Bytes kWeights = {
     0x03, 0x00, 0x00, 0x00, 0xaa, 0xbb, 0xcc,        // 1 blob, 3 bytes
 };
 
+// WEIGHTS (version 3) from the edge, its second message (seq 1): an fp32 student blob of 4
+// (opaque) bytes.
+const Bytes kWeightsFromEdgeV3 = {
+    0x53, 0x54, 0x57, 0x31,                          // magic
+    0x03, 0x00,                                      // version 3
+    0x0b, 0x00,                                      // type 11 WEIGHTS
+    0x00, 0x00, 0x00, 0x00,                          // flags
+    0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // seq 1
+    0x09, 0x00, 0x00, 0x00,                          // payload_size 9
+    0xea, 0xb3, 0xf5, 0xfb,                          // payload_crc
+    0x64, 0x0c, 0x1c, 0xd2,                          // header_crc
+    0x01,                                            // 0 blob_kind 1 fp32
+    0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x3f,  // 1 blob, 4 bytes
+};
+
 // UPDATE (version 2) with an update blob: key frame 16, next stride 8, accuracy 0.5, 2 steps,
 // blob_kind 3, 2 (opaque) bytes.
 const Bytes kUpdateBlob = {
@@ -601,7 +641,7 @@ TEST_CASE("protocol semantics: the goldens' CRC fields are CRC32C of what they c
                          &kWelcomeSplit, &kWelcomeFullV2, &kKeyFrameRaw, &kKeyFramePng, &kKeyFrameJpeg, &kUpdateNone, &kUpdateF32,
                          &kUpdateF16, &kLabels, &kLabelsWide, &kErrorAuth, &kErrorUnknown,
                          &kErrorMax, &kErrorV7, &kPing, &kPingZero, &kPong, &kBye, &kResync,
-                         &kWeights, &kUpdateBlob}) {
+                         &kWeights, &kUpdateBlob, &kWelcomeWantedV3, &kWeightsFromEdgeV3}) {
     REQUIRE(g->size() >= kHeaderSize);
     auto le32 = [&](size_t o) {
       return uint32_t((*g)[o]) | uint32_t((*g)[o + 1]) << 8 | uint32_t((*g)[o + 2]) << 16 |
@@ -982,6 +1022,42 @@ TEST_CASE("protocol semantics: version 2's RESYNC, WEIGHTS and update blobs, gol
   }
 }
 
+TEST_CASE("protocol semantics: version 3's session migration, golden bytes",
+          "[protocol][portable]") {
+  SECTION("WELCOME of scope 2 (Wanted)") {
+    const Message m = decode_one(kWelcomeWantedV3);
+    CHECK(m.version == 3);
+    const Welcome& w = m.as<Welcome>();
+    Welcome want;
+    want.version = 3;
+    want.session_id = 12;
+    want.mode = st::Mode::Partial;
+    want.accept_frames = 7;
+    want.min_stride = 8;
+    want.max_stride = 64;
+    want.threshold = 0.8f;
+    want.scope = WeightsScope::Wanted;
+    want.blob_kind = st::BlobEncoding::None;
+    want.train_from = 6;
+    CHECK(w == want);
+    check_encodes(kWelcomeWantedV3, 0, 3, want);
+    // Under version 2 the same payload is refused: scope 2 does not exist there.
+    Welcome v2 = want;
+    v2.version = 2;
+    CHECK_THROWS_WITH(encode_payload(v2), Catch::Contains("version 3"));
+  }
+  SECTION("WEIGHTS from the edge") {
+    const Message m = decode_one(kWeightsFromEdgeV3, false);
+    CHECK(m.seq == 1);
+    CHECK(m.version == 3);
+    CHECK(m.as<Weights>() == Weights{st::BlobEncoding::F32, {0x00, 0x00, 0x80, 0x3f}});
+    check_encodes(kWeightsFromEdgeV3, 1, 3, Weights{st::BlobEncoding::F32, {0x00, 0x00, 0x80, 0x3f}});
+  }
+  SECTION("ERROR code 42 is WeightsMismatch") {
+    CHECK(std::string(error_code_name(ErrorCode(42))) == "WeightsMismatch");
+  }
+}
+
 TEST_CASE("protocol semantics: ERROR, PING, PONG and BYE golden bytes", "[protocol][portable]") {
   SECTION("ERROR AuthFailed") {
     const Message got = decode_one(kErrorAuth);
@@ -1074,8 +1150,11 @@ TEST_CASE("protocol semantics: a field just outside its documented range is refu
       {"WELCOME.blob_kind 3", MT::Welcome, &kWelcomeA, 25, {3}, M},
       {"WELCOME.blob_kind none with a blob", MT::Welcome, &kWelcomeA, 25, {0}, M},
       {"WELCOME.blob_kind fp32 without a blob", MT::Welcome, &kWelcomeB, 25, {1}, M},
-      {"WELCOME.version 3 (not a version this library speaks)", MT::Welcome, &kWelcomeSplit, 0,
-       {3, 0}, M},
+      {"WELCOME.version 4 (not a version this library speaks)", MT::Welcome, &kWelcomeSplit, 0,
+       {4, 0}, M},
+      {"WELCOME v2 scope 2 (Wanted is version 3's)", MT::Welcome, &kWelcomeSplit, 24, {2}, M},
+      {"WELCOME v3 scope 3", MT::Welcome, &kWelcomeWantedV3, 24, {3}, M},
+      {"WELCOME v3 scope 2 with an fp32 blob kind", MT::Welcome, &kWelcomeWantedV3, 25, {1}, M},
       {"WELCOME v2 Partial, train_from 0", MT::Welcome, &kWelcomeSplit, 26, {0}, M},
       {"WELCOME v2 Partial, train_from 11", MT::Welcome, &kWelcomeSplit, 26, {11}, M},
       {"WELCOME v2 train 2", MT::Welcome, &kWelcomeSplit, 27, {2}, M},

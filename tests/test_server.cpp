@@ -99,7 +99,7 @@ TEST_CASE("server: three concurrent edges complete a clip and apply updates", "[
     ts.emplace_back([&, c] {
       auto o = edge_options(clip, srv.port());
       o.edge_name = "edge" + std::to_string(c);
-      if (c == 2) o.init_seed = 7;  // differs from the server's base: gets the full student
+      if (c == 2) o.init_seed = 7;  // differs from the server's base: sends it (migration)
       res[size_t(c)] = edge::run_edge(o);
     });
   for (auto& t : ts) t.join();
@@ -118,8 +118,11 @@ TEST_CASE("server: three concurrent edges complete a clip and apply updates", "[
     REQUIRE(r.bytes_up >= r.key_frames * (kH * kW * 3 + 53));
     REQUIRE(r.bytes_down >= r.updates_with_weights * (32 + 25 + 413884));
   }
-  REQUIRE(res[2].full_weight_syncs == 1);
+  REQUIRE(res[2].weights_uploads == 1);
+  REQUIRE(res[2].full_weight_syncs == 0);
+  REQUIRE(res[0].weights_uploads == 0);
   REQUIRE(res[0].full_weight_syncs == 0);
+  REQUIRE(srv.stats().migrations == 1);
   // The edges said BYE on their way out; let the server finish those closes before stopping it
   // (a session still open at stop() gets ERROR(ShuttingDown), which would count below).
   REQUIRE(test::wait_until([&] { return srv.stats().sessions_active == 0; }));
@@ -1033,9 +1036,15 @@ TEST_CASE("server: its partial split is announced in WELCOME, its UPDATE blobs h
 
 TEST_CASE("server: compact updates: int8 deltas against its mirror of each edge, applied and "
           "checked by hash, and an edge of version 1 only is refused", "[server]") {
-  Clip clip("compact", 24);
+  // Migration on: the edge with other weights sends them and the mirror starts from exactly
+  // those (a mirror that were anything else would give hashes the edge refuses: RESYNC); off:
+  // it gets the full student in fp16 and the mirror starts from fp16-rounded weights.
+  const bool migrate = GENERATE(true, false);
+  INFO("migration " << (migrate ? "on" : "off"));
+  Clip clip(migrate ? "compact" : "compact_nomig", 24);
   server::ServerOptions so = server_options(clip.labels);
   so.update = nn::parse_update_codec("int8:top10+zstd");
+  so.migrate = migrate;
   server::Server srv(so);
   srv.start();
   {
@@ -1044,8 +1053,7 @@ TEST_CASE("server: compact updates: int8 deltas against its mirror of each edge,
     CHECK_THAT(refused_v1(srv.port(), h),
                Catch::Contains("compact updates") && Catch::Contains("version 2"));
   }
-  // Two edges: one with the server's base weights, one with others (it gets the full student
-  // in fp16, so the mirror starts from fp16-rounded weights).
+  // Two edges: one with the server's base weights, one with others, taking fp16 blobs only.
   std::vector<edge::EdgeResult> res(2);
   std::vector<std::thread> ts;
   for (int c = 0; c < 2; ++c)
@@ -1068,7 +1076,148 @@ TEST_CASE("server: compact updates: int8 deltas against its mirror of each edge,
     // every update well under a tenth of the 413,884-byte fp32 trained part
     REQUIRE(r.bytes_down < int64_t(r.updates) * 41388 + 2 * 1000000);
   }
-  REQUIRE(res[1].full_weight_syncs == 1);
+  REQUIRE(res[1].full_weight_syncs == (migrate ? 0 : 1));
+  REQUIRE(res[1].weights_uploads == (migrate ? 1 : 0));
   REQUIRE(test::wait_until([&] { return srv.stats().sessions_active == 0; }));
   srv.stop();
+}
+
+TEST_CASE("server: session migration: an edge whose weights the server does not hold sends them "
+          "(protocol version 3) and its session continues from them, bit for bit",
+          "[server]") {
+  Clip clip("migrate", 32);
+  std::vector<std::vector<uint8_t>> frames;  // raw BGR, as an edge sends them
+  {
+    auto src = io::open_video(clip.frames);
+    io::Frame f;
+    while (src->next(f)) frames.push_back(f.bgr.pixels);
+  }
+  nn::Student edge_student(7);  // not the server's base (Student(0)): an adapted edge, say
+  const uint64_t edge_hash = nn::weights_hash(edge_student);
+  const auto edge_blob = nn::pack_trained(edge_student, nn::Distillation::Full, st::BlobEncoding::F32);
+  Hello h = good_hello();
+  h.weights_hash = edge_hash;
+
+  SECTION("the server asks, the edge sends, every UPDATE is the reference's from those weights") {
+    server::Server srv(server_options(clip.labels));
+    srv.start();
+    std::vector<Update> got;
+    {
+      Raw r(srv.port());
+      r.send(encode_msg(h));
+      Message wm = r.read_one();
+      REQUIRE(wm.is<Welcome>());
+      const Welcome& w = wm.as<Welcome>();
+      REQUIRE(w.version == 3);
+      REQUIRE(w.scope == WeightsScope::Wanted);
+      REQUIRE(w.blob.empty());
+      uint64_t seq = 1;
+      r.send(encode_msg(Weights{st::BlobEncoding::F32, edge_blob}, seq++));
+      for (uint64_t key = 0; key < frames.size();) {
+        KeyFrame k = key_frame(key);
+        k.data = frames[size_t(key)];
+        r.send(encode_msg(k, seq++));
+        Message m = r.read_one();
+        REQUIRE(m.is<Update>());
+        got.push_back(m.as<Update>());
+        key += got.back().next_stride;
+      }
+      r.send(encode_msg(Bye{}, seq++));
+      REQUIRE(r.read_until_closed().closed);
+    }
+    REQUIRE(srv.stats().migrations == 1);
+    srv.stop();
+    // The reference (tests/algorithm_reference.h) from the edge's weights, and from the base.
+    nn::Student from_edge(7), from_base(0);
+    auto ref = test::reference_schedule(clip.frames, clip.labels, from_edge, clip.count);
+    auto base = test::reference_schedule(clip.frames, clip.labels, from_base, clip.count);
+    REQUIRE(got.size() == ref.size());
+    bool differs_from_base = false;  // else this test could not tell the two apart
+    for (size_t k = 0; k < ref.size(); ++k) {
+      INFO("key frame " << ref[k].frame);
+      REQUIRE(int64_t(got[k].key_frame) == ref[k].frame);
+      REQUIRE(int(got[k].steps) == ref[k].outcome.steps);
+      REQUIRE(got[k].accuracy == float(ref[k].outcome.acc));
+      REQUIRE(int(got[k].next_stride) == ref[k].next_stride);
+      if (ref[k].outcome.steps > 0)
+        REQUIRE(got[k].blob == ref[k].blob);  // the trained tensors, bit for bit
+      else
+        REQUIRE(got[k].blob.empty());
+      if (k < base.size())
+        differs_from_base |= base[k].outcome.acc != ref[k].outcome.acc ||
+                             (ref[k].outcome.steps > 0 && base[k].blob != ref[k].blob);
+    }
+    REQUIRE(differs_from_base);
+  }
+  SECTION("WEIGHTS that are not what HELLO named, or not a student, or late, are refused") {
+    server::Server srv(server_options(clip.labels));
+    srv.start();
+    auto welcomed = [&](Raw& r) {
+      r.send(encode_msg(h));
+      Message wm = r.read_one();
+      REQUIRE(wm.is<Welcome>());
+      REQUIRE(wm.as<Welcome>().scope == WeightsScope::Wanted);
+    };
+    {
+      Raw r(srv.port());
+      welcomed(r);
+      nn::Student other(8);
+      r.send(encode_msg(Weights{st::BlobEncoding::F32,
+                                nn::pack_trained(other, nn::Distillation::Full, st::BlobEncoding::F32)},
+                        1));
+      REQUIRE(expect_error_and_close(r) == ErrorCode::WeightsMismatch);
+    }
+    {
+      Raw r(srv.port());
+      welcomed(r);
+      r.send(encode_msg(Weights{st::BlobEncoding::F32, {1, 2, 3, 4}}, 1));
+      REQUIRE(expect_error_and_close(r) == ErrorCode::Malformed);
+    }
+    {
+      Raw r(srv.port());
+      welcomed(r);
+      KeyFrame k = key_frame(0);
+      k.data = frames[0];
+      r.send(encode_msg(k, 1));  // a key frame before the weights asked for
+      REQUIRE(expect_error_and_close(r) == ErrorCode::UnexpectedMessage);
+    }
+    {
+      Raw r(srv.port());
+      welcomed(r);
+      auto f16 = nn::pack_trained(edge_student, nn::Distillation::Full, st::BlobEncoding::F16);
+      r.send(encode_msg(Weights{st::BlobEncoding::F16, f16}, 1));
+      REQUIRE(expect_error_and_close(r) == ErrorCode::UnexpectedMessage);
+    }
+    REQUIRE(srv.stats().migrations == 0);
+    REQUIRE(test::wait_until([&] { return srv.stats().sessions_active == 0; }));
+    srv.stop();
+  }
+  SECTION("the base's hash, a version-2 edge, or --migration off: no request") {
+    for (int c = 0; c < 3; ++c) {
+      INFO("case " << c);
+      server::ServerOptions so = server_options(clip.labels);
+      so.migrate = c != 2;
+      server::Server srv(so);
+      srv.start();
+      Hello hc = c == 0 ? good_hello() : h;
+      if (c == 1) hc.max_version = 2;
+      Raw r(srv.port());
+      r.send(encode_msg(hc));
+      Message wm = r.read_one();
+      REQUIRE(wm.is<Welcome>());
+      const Welcome& w = wm.as<Welcome>();
+      if (c == 0) {
+        REQUIRE(w.scope == WeightsScope::Trained);  // it holds them: the base
+        REQUIRE(w.blob.empty());
+      } else {
+        REQUIRE(w.scope == WeightsScope::Full);     // the server's student replaces the edge's
+        REQUIRE(w.blob_kind == st::BlobEncoding::F32);
+        nn::Student got(7);
+        nn::unpack_trained(got, nn::Distillation::Full, w.blob.data(), w.blob.size());
+        REQUIRE(nn::weights_hash(got) == nn::weights_hash(nn::Student(0)));
+      }
+      r.close();
+      srv.stop();
+    }
+  }
 }

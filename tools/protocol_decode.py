@@ -46,7 +46,7 @@ assert crc32c(b"123456789") == 0xE3069283  # the check value §2 gives
 MAGIC = b"STW1"
 HEADER = 32
 MAX_MESSAGE = 16 << 20  # §8, the default limit
-VERSION_MIN, VERSION_MAX = 1, 2  # this document is version 2 and describes 1 too (§5)
+VERSION_MIN, VERSION_MAX = 1, 3  # this document is version 3 and describes 1 and 2 too (§5)
 
 # §6
 CODE_NAMES = {
@@ -54,7 +54,7 @@ CODE_NAMES = {
     5: "BadHeaderCrc", 6: "BadCrc", 7: "BadFlags", 8: "BadSequence", 9: "Truncated",
     10: "Malformed", 11: "TrailingBytes", 16: "UnexpectedMessage", 32: "AuthFailed",
     33: "LayoutMismatch", 34: "BadFrame", 35: "UnsupportedMode", 36: "Busy", 37: "Internal",
-    38: "Timeout", 39: "ShuttingDown", 40: "Overflow", 41: "SplitMismatch",
+    38: "Timeout", 39: "ShuttingDown", 40: "Overflow", 41: "SplitMismatch", 42: "WeightsMismatch",
 }
 
 # §3: type -> (name, min payload, max payload or None)
@@ -184,8 +184,10 @@ def parse_welcome(p):
     if m["max_stride"] < m["min_stride"]:
         bad("max_stride < min_stride")
     check_unit("threshold", m["threshold"])
-    if m["scope"] > 1:
+    if m["scope"] > 2:
         bad("scope")
+    if m["scope"] == 2 and (m["version"] < 3 or m["blob_kind"] != 0 or m["mode"] == 2):
+        bad("scope 2 (Wanted) needs version 3, no blob, and mode Partial or Full")
     check_blob(m["blob_kind"], m["blob"])
     if m["train"] > 1:
         bad("train")

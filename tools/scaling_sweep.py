@@ -59,6 +59,9 @@ def run_point(a, sessions, token_file):
                "--key-encoding", a.key_encoding]
         if a.key_interval:
             cmd += ["--key-interval", str(a.key_interval)]
+        extra = a.server_args.split()
+        if "--weights" in extra:  # the sessions name the server's base: none sends its weights
+            cmd += ["--weights", extra[extra.index("--weights") + 1]]
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if p.returncode not in (0, 2):  # 2: the run had errors, which the report lists
             sys.exit("scaling_sweep: %s failed (%d): %s" % (" ".join(cmd), p.returncode, p.stderr))
