@@ -69,6 +69,11 @@ class Distiller {
   const Student& student() const { return student_; }
   // The optimizer over the trained tensors (nullptr in mode None).
   const Adam* optimizer() const { return adam_.get(); }
+  // The student's weights were adapted elsewhere (a migrated session): the optimizer continues
+  // instead of starting cold (Adam::warm_start).
+  void continue_adapted() {
+    if (adam_) adam_->warm_start();
+  }
 
  private:
   Student& student_;

@@ -2,6 +2,7 @@
 #include "nn/optim.h"
 
 #include "tensor/autograd.h"
+#include "tensor/ops.h"
 
 namespace st::nn {
 
@@ -35,9 +36,15 @@ void Adam::step() {
              "Adam: gradient of parameter ", i, " is ", g.str(), " but the parameter is ",
              params_[i].str());
     g = g.contiguous();
+    if (warm_pending_) {  // warm_start(): as if the optimisation had been running
+      v_[i].copy_(g * g);
+      m_[i].copy_(Tensor::zeros(g.shape(), g.dtype(), g.device()));
+      t_[i] = kWarmStartSteps;
+    }
     AdamParams ap{opt_.lr, opt_.beta1, opt_.beta2, opt_.eps, ++t_[i]};
     backend_for(params_[i].device()).adam_step(params_[i], g, m_[i], v_[i], ap);
   }
+  warm_pending_ = false;
 }
 
 Adam::State Adam::state() const {
@@ -48,6 +55,7 @@ Adam::State Adam::state() const {
     s.v.push_back(v_[i].clone());
   }
   s.t = t_;
+  s.warm_pending = warm_pending_;
   return s;
 }
 
@@ -65,6 +73,7 @@ void Adam::load_state(const State& s) {
     v_[i].copy_(s.v[i]);
   }
   t_ = s.t;
+  warm_pending_ = s.warm_pending;
 }
 
 }  // namespace st::nn

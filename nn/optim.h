@@ -34,15 +34,28 @@ class Adam {
   struct State {
     std::vector<Tensor> m, v;
     std::vector<int64_t> t;
+    bool warm_pending = false;  // warm_start() was called and no step() has happened since
   };
   State state() const;
   // Throws when `s` was not taken from an Adam over the same parameter shapes.
   void load_state(const State& s);
 
+  // Continues an optimisation whose moments were lost (a migrated session: the weights came
+  // from another process, the Adam state did not). A cold Adam's first steps move every
+  // parameter by the full lr whatever the size of its gradient (the bias corrections make
+  // m / sqrt(v) = ±1), which throws weights that are already adapted off; here the next step()
+  // first takes the second moments from the gradients it finds (v = g²), zero first moments and
+  // step counts past bias correction (kWarmStartSteps), so steps start at (1 - beta1) lr = lr / 10
+  // per parameter and reach lr as the momentum builds up, as in an optimisation that had been
+  // running.
+  void warm_start() { warm_pending_ = true; }
+  static constexpr int64_t kWarmStartSteps = 100000;  // beta2^t < 1e-43: no bias correction
+
  private:
   std::vector<Tensor> params_, m_, v_;
   std::vector<int64_t> t_;
   Options opt_;
+  bool warm_pending_ = false;
 };
 
 }  // namespace st::nn

@@ -652,6 +652,7 @@ void handle_edge_weights(Session& s, const Weights& w) {
                             std::to_string(s.hello_weights_hash));
   if (s.updater) s.updater->reset(*e);
   start_training(s, std::move(e));
+  s.distiller->continue_adapted();  // adapted weights: no cold-start Adam steps
   s.weights_wanted = false;
   s.dec.set_limits(s.frame_limit, DecoderOptions::kAllTypes);
   srv.count([](ServerStats& st) { st.migrations++; });

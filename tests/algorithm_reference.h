@@ -126,6 +126,10 @@ class ReferenceDistiller {
   }
   nn::Student& student() { return s_; }
   const nn::Adam& adam() const { return *adam_; }
+  // A migrated session (server.cpp): the optimizer state is set before the first step from that
+  // step's gradients, m = 0, v = g^2, step counts past bias correction (Adam::warm_start, here
+  // through load_state).
+  void warm_start() { warm_ = true; }
 
   RefOutcome run(const Tensor& x, const std::vector<uint8_t>& labels_u8, int64_t h, int64_t w) {
     const std::vector<int64_t> target(labels_u8.begin(), labels_u8.end());
@@ -149,6 +153,19 @@ class ReferenceDistiller {
       rs.loss = loss.item();
       loss.backward();
       if (on_gradients) on_gradients(logits.detach(), labels, weight);
+      if (warm_) {
+        nn::Adam::State st;
+        for (size_t i = 0; i < params_.size(); ++i) {
+          const auto g = params_[i].grad().to_vector<float>();
+          std::vector<float> g2(g.size());
+          for (size_t j = 0; j < g.size(); ++j) g2[j] = g[j] * g[j];
+          st.m.push_back(Tensor::zeros(params_[i].shape()));
+          st.v.push_back(Tensor::from_vector(g2, params_[i].shape()));
+          st.t.push_back(nn::Adam::kWarmStartSteps);
+        }
+        adam_->load_state(st);
+        warm_ = false;
+      }
       adam_->step();
       out.steps = step;
       logits = s_.forward(x);
@@ -172,6 +189,7 @@ class ReferenceDistiller {
         }
         st.t = best_adam.t;
         adam_->load_state(st);
+        warm_ = best_adam.warm;
       }
       out.acc = best_acc;
     }
@@ -187,9 +205,11 @@ class ReferenceDistiller {
   struct AdamCopy {
     std::vector<std::vector<float>> m, v;
     std::vector<int64_t> t;
+    bool warm = false;
   };
   AdamCopy adam_copy() const {
     AdamCopy c;
+    c.warm = warm_;
     for (size_t i = 0; i < params_.size(); ++i) {
       c.m.push_back(adam_->exp_avg(i).to_vector<float>());
       c.v.push_back(adam_->exp_avg_sq(i).to_vector<float>());
@@ -206,6 +226,7 @@ class ReferenceDistiller {
   double threshold_;
   int max_updates_;
   bool rewind_;
+  bool warm_ = false;
   std::vector<Tensor> params_;
   std::unique_ptr<nn::Adam> adam_;
 };
@@ -222,11 +243,14 @@ struct RefKeyFrame {
 
 // The server's half of Algorithms 3 and 4 (SPEC §6) on the first `n` frames of a clip with a
 // recorded teacher: key frame 0 at stride MIN_STRIDE, then key + Algorithm 2's stride.
-// `student` starts from the weights the server starts from.
+// `student` starts from the weights the server starts from; `migrated`: they came from the edge
+// (its optimizer warm-started).
 inline std::vector<RefKeyFrame> reference_schedule(const std::filesystem::path& frames,
                                                    const std::filesystem::path& labels,
-                                                   nn::Student& student, int64_t n) {
+                                                   nn::Student& student, int64_t n,
+                                                   bool migrated = false) {
   ReferenceDistiller d(student);
+  if (migrated) d.warm_start();
   auto src = io::open_video(frames);
   io::LabelSource teacher(labels);
   std::vector<RefKeyFrame> out;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Failover through HAProxy, with session migration: two shadowtutor-server backends behind
-# HAProxy (tools/deploy_loopback.sh, recorded vtest labels, a student from random
-# initialisation); a shadowtutor-edge plays the first FRAMES frames of vtest through it twice,
+# HAProxy (tools/deploy_loopback.sh, recorded vtest labels, the published pretrained student,
+# which alone scores ~19% mIoU on vtest and ~70% once adapted); a shadowtutor-edge plays the first FRAMES frames of vtest through it twice,
 # measuring each frame's mIoU against the labels:
 #   run A, undisturbed;
 #   run B, where the backend serving the edge is killed (SIGKILL, a crash) once it has answered
@@ -13,27 +13,30 @@
 # Both runs swap each update in exactly 8 frames after its key frame (--apply-after 8, the
 # paper's P-8), so run A is the same on any machine and run B differs from it only by the
 # failover. No step depends on how fast the machine is. Without migration the survivor's
-# WELCOME replaces the edge's weights with its random initialisation, and the check fails (run
+# WELCOME replaces the edge's adapted weights with the pretrained ones, and the check fails (run
 # it with the server arguments `--migration off` appended to see it:
 #   tests/haproxy_failover.sh build ../shared --migration off).
 # Usage: tests/haproxy_failover.sh BUILD_DIR SHARED_DIR [EXTRA SERVER ARGS...]. Exit 77 (skip)
-# without haproxy or vtest. FRAMES (default 240) and KILL_AFTER (default 8) from the environment.
+# without haproxy, vtest or the pretrained student. FRAMES (default 240) and KILL_AFTER (default 14)
+# from the environment; KEEP=DIR keeps the logs there.
 set -euo pipefail
 build="$1" shared="$2"
 shift 2
 root="$(cd "$(dirname "$0")/.." && pwd)"
-frames="${FRAMES:-240}" kill_after="${KILL_AFTER:-8}"
+frames="${FRAMES:-240}" kill_after="${KILL_AFTER:-14}"
 command -v haproxy >/dev/null || { echo "skip: no haproxy (tools/bootstrap.sh --deploy)"; exit 77; }
 video="$shared/data/vtest/vtest.avi" labels="$shared/data/vtest/labels"
+weights="$shared/models/student_lvs9_pretrained.safetensors"
 [[ -f "$video" && -d "$labels" ]] || { echo "skip: no $video"; exit 77; }
+[[ -f "$weights" ]] || { echo "skip: no $weights"; exit 77; }
 dir="$(mktemp -d)"
 deploy_pid="" edge_pid=""
-trap '[[ -n "$edge_pid" ]] && kill -TERM "$edge_pid" 2>/dev/null; [[ -n "$deploy_pid" ]] && kill -TERM "$deploy_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+trap '[[ -n "$edge_pid" ]] && kill -TERM "$edge_pid" 2>/dev/null; [[ -n "$deploy_pid" ]] && kill -TERM "$deploy_pid" 2>/dev/null; wait 2>/dev/null; [[ -n "${KEEP:-}" ]] && cp -r "$dir" "$KEEP"; rm -rf "$dir"' EXIT
 echo secret > "$dir/token"
 chmod 600 "$dir/token"
 port="$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")"
 "$root/tools/deploy_loopback.sh" --backends 2 --port "$port" --build "$build" --dir "$dir/deploy" \
-  -- --token-file "$dir/token" --labels "$labels" --jobs 1 --threads-per-job 1 "$@" \
+  -- --token-file "$dir/token" --labels "$labels" --weights "$weights" --jobs 1 --threads-per-job 1 "$@" \
   > "$dir/deploy.out" 2>&1 &
 deploy_pid=$!
 for _ in $(seq 300); do grep -q "deploy: ready" "$dir/deploy.out" 2>/dev/null && break; sleep 0.1; done
@@ -41,7 +44,7 @@ grep -q "deploy: ready" "$dir/deploy.out" || { cat "$dir/deploy.out"; exit 1; }
 
 edge() {  # run name: plays the clip's first $frames frames through HAProxy
   "$build/shadowtutor-edge" --server "127.0.0.1:$port" --token-file "$dir/token" --video "$video" \
-    --frames "$frames" --fps 10 --apply-after 8 --update-timeout 60 --wait-server 10 \
+    --weights "$weights" --frames "$frames" --fps 10 --apply-after 8 --update-timeout 60 --wait-server 10 \
     --reference "$labels" --json "$dir/$1.json" --frame-log "$dir/$1.jsonl" \
     > "$dir/$1.out" 2> "$dir/$1.log"
 }

@@ -504,3 +504,58 @@ TEST_CASE("blob: every corruption is refused and leaves the weights untouched", 
   auto full = pack_trained(a, Distillation::Full, BlobEncoding::F32);
   expect_refused(full, "layout hash");
 }
+
+TEST_CASE("Adam::warm_start: a migrated optimisation steps lr / 10, then lr * 0.19, per parameter, "
+          "whatever the gradient's size, and a rewind to before its first step re-arms it",
+          "[distill][portable]") {
+  const double lr = 0.01;
+  const std::vector<float> w0 = {0.5f, -0.25f, 1.0f, 0.0f};
+  const std::vector<float> g = {1e-3f, -1.0f, 50.0f, -0.02f};  // sizes 5 orders of magnitude apart
+  Tensor w = Tensor::from_vector(w0, {4});
+  w.set_requires_grad(true);
+  Adam opt({w}, {lr, 0.9, 0.999, 1e-8});
+  // Float32 rounding of one step: w - step is rounded once (2^-24 relative of a value below
+  // |w| + lr), the step itself carries a few roundings (m, v, sqrt, division: < 16 x 2^-24
+  // relative); eps 1e-8 against |g| >= 1e-3 changes it by < 1e-5 relative.
+  auto check_step = [&](const std::vector<float>& before, double factor) {
+    const auto after = w.to_vector<float>();
+    for (size_t i = 0; i < before.size(); ++i) {
+      const double want = -factor * lr * (g[i] > 0 ? 1.0 : -1.0);
+      const double bound = std::ldexp(std::abs(double(before[i])) + lr, -24) +
+                           std::abs(want) * (16 * std::ldexp(1.0, -24) + 1e-5);
+      INFO("parameter " << i << ": step " << double(after[i]) - before[i] << ", want " << want);
+      REQUIRE(std::abs((double(after[i]) - before[i]) - want) <= bound);
+    }
+  };
+  opt.warm_start();
+  const Adam::State armed = opt.state();
+  REQUIRE(armed.warm_pending);
+  w.set_grad(Tensor::from_vector(g, {4}));
+  opt.step();
+  check_step(w0, 0.1);  // m = (1 - beta1) g, v = g^2, no bias correction
+  REQUIRE(opt.steps(0) == Adam::kWarmStartSteps + 1);
+  REQUIRE_FALSE(opt.state().warm_pending);
+  const auto v = opt.exp_avg_sq(0).to_vector<float>();
+  for (size_t i = 0; i < g.size(); ++i)
+    REQUIRE(std::abs(double(v[i]) - double(g[i]) * g[i]) <= 4 * std::ldexp(double(g[i]) * g[i], -24));
+  const auto w1 = w.to_vector<float>();
+  w.set_grad(Tensor::from_vector(g, {4}));
+  opt.step();
+  check_step(w1, 0.19);  // the momentum builds up: m = 0.9 * 0.1 g + 0.1 g
+  // Algorithm 1's best-restore rewinds the optimizer to before its first step: armed again.
+  opt.load_state(armed);
+  w.set_grad(Tensor::from_vector(g, {4}));
+  const auto w2 = w.to_vector<float>();
+  opt.step();
+  check_step(w2, 0.1);
+  // A cold Adam's first step is the full lr for every parameter (the shock warm_start avoids).
+  Tensor c = Tensor::from_vector(w0, {4});
+  c.set_requires_grad(true);
+  Adam cold({c}, {lr, 0.9, 0.999, 1e-8});
+  c.set_grad(Tensor::from_vector(g, {4}));
+  cold.step();
+  const auto ca = c.to_vector<float>();
+  for (size_t i = 0; i < g.size(); ++i)
+    REQUIRE(std::abs(std::abs(double(ca[i]) - w0[i]) - lr) <=
+            std::ldexp(std::abs(double(w0[i])) + lr, -24) + lr * (16 * std::ldexp(1.0, -24) + 1e-5));
+}
