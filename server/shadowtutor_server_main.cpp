@@ -87,20 +87,20 @@ int main(int argc, char** argv) {
                 "key frames worked on at once (teacher + distillation); the others wait,\n"
                 "sessions served in turn (default: min(4, cores))")
       .at_least(1);
+  auto on_off = [](bool& target) {  // an "on|off" flag's parser
+    return [&target](const std::string& v) {
+      if (v != "on" && v != "off") throw st::Error("on or off, not '" + v + "'");
+      target = v == "on";
+    };
+  };
   flags.custom("--busy-stretch", "on|off",
                "when key frames wait for a job slot, lengthen the stride UPDATE announces\n"
                "by 1 + waiting / jobs (default on)",
-               [&](const std::string& v) {
-                 if (v != "on" && v != "off") throw st::Error("on or off, not '" + v + "'");
-                 o.busy_stretch = v == "on";
-               });
+               on_off(o.busy_stretch));
   flags.custom("--migration", "on|off",
                "an edge whose weights are not the base sends them (protocol version 3)\n"
                "and its session continues from them; off: it gets the base student (default on)",
-               [&](const std::string& v) {
-                 if (v != "on" && v != "off") throw st::Error("on or off, not '" + v + "'");
-                 o.migrate = v == "on";
-               });
+               on_off(o.migrate));
   flags.integer("--threads-per-job", o.threads_per_job, "T",
                 "OpenMP threads per key-frame job (default: cores / jobs)")
       .at_least(1);

@@ -747,6 +747,21 @@ TEST_CASE("protocol: constant_time_equal", "[protocol][portable]") {
   CHECK_FALSE(constant_time_equal(std::string("a\0b", 3), std::string("a\0c", 3)));
 }
 
+namespace {
+// The conversation checker refuses `m` (sent by this side, or received) as UnexpectedMessage
+// with a text that contains `why`.
+void expect_unexpected_message(Conversation& c, bool send, const Message& m, const char* why) {
+  INFO(why);
+  try {
+    send ? c.on_send(m) : c.on_receive(m);
+    FAIL("accepted");
+  } catch (const ProtocolError& e) {
+    CHECK(e.code() == ErrorCode::UnexpectedMessage);
+    CHECK_THAT(e.what(), Catch::Contains(why));
+  }
+}
+}  // namespace
+
 TEST_CASE("protocol: conversation rules", "[protocol][portable]") {
   Hello h;
   h.frame_width = 4;
@@ -804,15 +819,7 @@ TEST_CASE("protocol: conversation rules", "[protocol][portable]") {
   }
   SECTION("violations") {
     auto expect_unexpected = [](Conversation& c, bool send, Body b, const char* why) {
-      INFO(why);
-      Message m = msg(std::move(b));
-      try {
-        send ? c.on_send(m) : c.on_receive(m);
-        FAIL("accepted");
-      } catch (const ProtocolError& e) {
-        CHECK(e.code() == ErrorCode::UnexpectedMessage);
-        CHECK_THAT(e.what(), Catch::Contains(why));
-      }
+      expect_unexpected_message(c, send, msg(std::move(b)), why);
     };
     Conversation s(Role::Server);
     expect_unexpected(s, false, k, "before WELCOME");
@@ -891,15 +898,7 @@ TEST_CASE("protocol: version 3 session migration: a WELCOME of scope Wanted asks
     CHECK_THROWS_WITH(validate(unknown), Catch::Contains("scope"));
   }
   auto expect_unexpected = [](Conversation& c, bool send, const Body& b, const char* why) {
-    INFO(why);
-    Message m{0, 3, b};
-    try {
-      send ? c.on_send(m) : c.on_receive(m);
-      FAIL("accepted");
-    } catch (const ProtocolError& e) {
-      CHECK(e.code() == ErrorCode::UnexpectedMessage);
-      CHECK_THAT(e.what(), Catch::Contains(why));
-    }
+    expect_unexpected_message(c, send, Message{0, 3, b}, why);
   };
   SECTION("the conversation, from both ends") {
     for (Role self : {Role::Server, Role::Edge}) {

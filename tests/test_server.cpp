@@ -86,6 +86,33 @@ edge::EdgeOptions edge_options(const Clip& clip, int port) {
   return o;
 }
 
+// The frames of a clip as an edge sends them (raw BGR).
+std::vector<std::vector<uint8_t>> raw_frames(const fs::path& dir) {
+  std::vector<std::vector<uint8_t>> frames;
+  auto src = io::open_video(dir);
+  io::Frame f;
+  while (src->next(f)) frames.push_back(f.bgr.pixels);
+  return frames;
+}
+
+// A client that follows SPEC §6's schedule on a welcomed connection: key frame 0, then key + the
+// UPDATE's stride, to the end of `frames`. `seq` is its next sequence number.
+std::vector<Update> follow_schedule(Raw& r, const std::vector<std::vector<uint8_t>>& frames,
+                                    uint64_t& seq) {
+  std::vector<Update> got;
+  for (uint64_t key = 0; key < frames.size();) {
+    KeyFrame k = key_frame(key);
+    k.data = frames[size_t(key)];
+    r.send(encode_msg(k, seq++));
+    Message m = r.read_one();
+    REQUIRE(m.is<Update>());
+    got.push_back(m.as<Update>());
+    REQUIRE(got.back().key_frame == key);
+    key += got.back().next_stride;
+  }
+  return got;
+}
+
 }  // namespace
 
 TEST_CASE("server: three concurrent edges complete a clip and apply updates", "[server]") {
@@ -320,30 +347,15 @@ TEST_CASE("server: every UPDATE is Algorithm 1 and Algorithm 2 of the accuracy r
   Clip clip("alg", 48);
   server::Server srv(server_options(clip.labels));
   srv.start();
-  std::vector<std::vector<uint8_t>> frames;  // raw BGR, as an edge sends them
-  {
-    auto src = io::open_video(clip.frames);
-    io::Frame f;
-    while (src->next(f)) frames.push_back(f.bgr.pixels);
-  }
+  const auto frames = raw_frames(clip.frames);
   REQUIRE(int64_t(frames.size()) == clip.count);
-  // A client that follows SPEC §6's schedule: key frame 0, then key + the UPDATE's stride.
   std::vector<Update> got;
   {
     Raw r(srv.port());
     r.send(encode_msg(good_hello()));
     REQUIRE(r.read_one().is<Welcome>());
     uint64_t seq = 1;
-    for (uint64_t key = 0; key < frames.size();) {
-      KeyFrame k = key_frame(key);
-      k.data = frames[size_t(key)];
-      r.send(encode_msg(k, seq++));
-      Message m = r.read_one();
-      REQUIRE(m.is<Update>());
-      got.push_back(m.as<Update>());
-      REQUIRE(got.back().key_frame == key);
-      key += got.back().next_stride;
-    }
+    got = follow_schedule(r, frames, seq);
     r.send(encode_msg(Bye{}, seq++));
     REQUIRE(r.read_until_closed().closed);
   }
@@ -1086,12 +1098,7 @@ TEST_CASE("server: session migration: an edge whose weights the server does not 
           "(protocol version 3) and its session continues from them, bit for bit",
           "[server]") {
   Clip clip("migrate", 32);
-  std::vector<std::vector<uint8_t>> frames;  // raw BGR, as an edge sends them
-  {
-    auto src = io::open_video(clip.frames);
-    io::Frame f;
-    while (src->next(f)) frames.push_back(f.bgr.pixels);
-  }
+  const auto frames = raw_frames(clip.frames);
   nn::Student edge_student(7);  // not the server's base (Student(0)): an adapted edge, say
   const uint64_t edge_hash = nn::weights_hash(edge_student);
   const auto edge_blob = nn::pack_trained(edge_student, nn::Distillation::Full, st::BlobEncoding::F32);
@@ -1113,15 +1120,7 @@ TEST_CASE("server: session migration: an edge whose weights the server does not 
       REQUIRE(w.blob.empty());
       uint64_t seq = 1;
       r.send(encode_msg(Weights{st::BlobEncoding::F32, edge_blob}, seq++));
-      for (uint64_t key = 0; key < frames.size();) {
-        KeyFrame k = key_frame(key);
-        k.data = frames[size_t(key)];
-        r.send(encode_msg(k, seq++));
-        Message m = r.read_one();
-        REQUIRE(m.is<Update>());
-        got.push_back(m.as<Update>());
-        key += got.back().next_stride;
-      }
+      got = follow_schedule(r, frames, seq);
       r.send(encode_msg(Bye{}, seq++));
       REQUIRE(r.read_until_closed().closed);
     }
