@@ -122,6 +122,12 @@ class EdgeSession {
   int64_t due_after() const;
   // apply_after_frames: swaps in a held update once its frame has come.
   void release_held();
+  // apply_after_frames (partial/full): the frame loop looks at the network only where something
+  // is due, so that a run is the same whatever the timing: at the frame an update is due it
+  // handles what came and waits for the update (or the loss of the session); where a key frame
+  // is due and no session is up it waits for one (both up to update_timeout_s); a key frame a
+  // lost session left unanswered is sent again to the next one.
+  void checkpoint();
   // Partial/full: sends this frame as the key frame when one is due and none is unanswered.
   bool send_key_frame_if_due(const io::Frame& f);
   std::vector<uint8_t> segment(const io::Frame& f);  // the student on the current weights
@@ -152,6 +158,10 @@ class EdgeSession {
   std::optional<int64_t> outstanding_;  // key frame sent, answer not here yet
   std::optional<Labels> labels_;        // naive: the answer to the outstanding frame
   std::optional<Update> held_;          // apply_after_frames: arrived, swapped in at its frame
+  // apply_after_frames (reproducible runs): the last KEY_FRAME sent, and the index of one a lost
+  // session left unanswered (sent again to the next session).
+  std::optional<KeyFrame> last_key_msg_;
+  std::optional<int64_t> lost_key_;
   bool resync_pending_ = false;         // RESYNC sent, WEIGHTS not here yet
   int64_t frame_i_ = 0;
   bool applied_ = false;     // an update was swapped in before this frame
@@ -234,6 +244,7 @@ void EdgeSession::handle(NetClient::Event& e) {
     case NetClient::Event::Disconnected:
       if (e.epoch == epoch_ && session_) {
         session_ = false;
+        if (opt_.apply_after_frames > 0 && outstanding_) lost_key_ = outstanding_;
         outstanding_.reset();
         held_.reset();
         ++r_.disconnects;
@@ -303,7 +314,9 @@ void EdgeSession::on_welcome(uint64_t epoch, Welcome& w) {
   welcome_ = w;
   session_ = true;
   epoch_ = epoch;
-  next_key_ = frame_i_;  // the first key frame of a session: the next frame
+  // The first key frame of a session: the next frame; reproducible runs keep their schedule
+  // (a key frame lost with the previous session is sent again: checkpoint()).
+  if (opt_.apply_after_frames <= 0) next_key_ = frame_i_;
   stride_ = w.min_stride;
   outstanding_.reset();
   held_.reset();
@@ -364,10 +377,47 @@ void EdgeSession::release_held() {
   on_update(epoch_, u);
 }
 
+void EdgeSession::checkpoint() {
+  const bool update_due = outstanding_ && frame_i_ >= *outstanding_ + due_after();
+  const bool key_due = !outstanding_ && (lost_key_ || frame_i_ >= next_key_);
+  if (!update_due && !key_due) return;
+  NetClient::Event e;
+  while (net_.poll(e)) handle(e);
+  for (int round = 0; round < 2; ++round) {  // (a lost key frame sent again is waited for too)
+    if (session_ && outstanding_ && frame_i_ >= *outstanding_ + due_after()) {
+      block_until(after(Clock::now(), opt_.update_timeout_s));  // the update, or a lost session
+      if (session_ && outstanding_ && !stop_requested()) give_up();
+    }
+    if (outstanding_ || (!lost_key_ && frame_i_ < next_key_)) return;
+    if (!session_) {  // a key frame is due (or lost): wait for a session to send it to
+      const auto t0 = Clock::now();
+      const auto until = after(t0, opt_.update_timeout_s);
+      while (!session_ && !stop_requested()) {
+        const double left = secs(Clock::now(), until);
+        if (left <= 0 || !wait_event(e, left)) break;
+        handle(e);
+      }
+      const double b = secs(t0, Clock::now());
+      r_.blocked_s += b;
+      r_.max_blocked_s = std::max(r_.max_blocked_s, b);
+      frame_blocked_s_ += b;
+      if (!session_) return;  // no server: on with the weights held, waiting again next frame
+    }
+    if (!lost_key_ || !last_key_msg_) return;  // send_key_frame_if_due sends this frame
+    // The key frame the previous session lost goes to this one: its update is then applied at
+    // the frame it was due, whichever server answers.
+    net_.send(epoch_, *last_key_msg_);
+    outstanding_ = int64_t(last_key_msg_->frame_index);
+    lost_key_.reset();
+    ++r_.key_frames;
+  }
+}
+
 void EdgeSession::end_session(uint64_t epoch, const char* message, const std::string& why) {
   r_.errors.push_back(std::string(message) + " blob refused: " + why);
   net_.drop(epoch, std::string("bad ") + message + " blob");
   session_ = false;
+  if (opt_.apply_after_frames > 0) lost_key_ = outstanding_;
   outstanding_.reset();
   held_.reset();
 }
@@ -424,6 +474,7 @@ void EdgeSession::give_up() {
   r_.errors.push_back(why);
   net_.drop(epoch_, why);
   session_ = false;
+  if (opt_.apply_after_frames > 0) lost_key_ = outstanding_;
   outstanding_.reset();
   held_.reset();
   ++r_.disconnects;
@@ -517,6 +568,7 @@ bool EdgeSession::wait_if_due() {
   // SPEC §6: the update is due MIN_STRIDE frames after its key frame. The edge waits for it
   // there once, at most wait_bound(), then carries on stale (client.h); update_timeout_s after
   // it became due, the connection is dropped.
+  if (opt_.apply_after_frames > 0) return false;  // checkpoint() waits instead
   if (!(session_ && outstanding_ && frame_i_ - *outstanding_ >= due_after())) return false;
   const auto now = Clock::now();
   if (!due_) due_ = true, due_since_ = now;
@@ -534,7 +586,9 @@ bool EdgeSession::wait_if_due() {
 
 bool EdgeSession::send_key_frame_if_due(const io::Frame& f) {
   if (!session_ || outstanding_ || frame_i_ < next_key_) return false;
-  net_.send(epoch_, make_key_frame(f));  // without blocking: the network thread sends it
+  KeyFrame k = make_key_frame(f);
+  if (opt_.apply_after_frames > 0) last_key_msg_ = k;  // sent again if this session is lost
+  net_.send(epoch_, std::move(k));  // without blocking: the network thread sends it
   outstanding_ = frame_i_;
   due_ = waited_ = false;
   ++r_.key_frames;
@@ -585,6 +639,7 @@ bool EdgeSession::end_frame(bool key_sent, bool stale, double frame_miou) {
     j["up"] = net_.bytes_up();
     j["down"] = net_.bytes_down();
     j["online"] = session_;
+    j["sessions"] = r_.welcomes;  // WELCOMEs so far: a new value is a new session (reconnect)
     j["stale"] = stale;
     if (frame_blocked_s_ > 0) j["blocked_s"] = frame_blocked_s_;
     frame_log_ << j.dump() << "\n";
@@ -634,8 +689,12 @@ EdgeResult EdgeSession::run() {
     frame_i_ = f.index;
     pace();
     NetClient::Event e;
-    while (net_.poll(e)) handle(e);  // updates are swapped in here, between frames
-    release_held();                  // (apply_after_frames: at their frame)
+    if (opt_.apply_after_frames > 0 && opt_.mode != Mode::Naive) {
+      checkpoint();  // the network only at the frames where something is due
+    } else {
+      while (net_.poll(e)) handle(e);  // updates are swapped in here, between frames
+      release_held();                  // (apply_after_frames: at their frame)
+    }
 
     bool key_sent = false, stale = false;
     std::vector<uint8_t> pred;

@@ -127,11 +127,15 @@ struct EdgeOptions {
   // and at least frame_interval_s when frames are paced.
   double max_wait_s = -1;
   double max_wait_frames = 3;
-  // > 0: every update is swapped in exactly this many frames after its key frame (the paper's
-  // P-N; at most WELCOME's min_stride): one that comes earlier is held until then, one that comes
-  // later is waited for there (no max_wait bound; update_timeout_s still drops a hung server).
-  // The frames and their weights are then the same however fast the server and the network are:
-  // reproducible runs and comparisons (tests/haproxy_failover.sh). 0: as soon as it arrives.
+  // > 0 (partial/full): reproducible runs. Every update is swapped in exactly this many frames
+  // after its key frame (the paper's P-N; at most WELCOME's min_stride): one that comes earlier
+  // waits until then, one that comes later is waited for there (no max_wait bound;
+  // update_timeout_s still drops a hung server). The frame loop looks at the network only at the
+  // frames where something is due (an update, or a key frame: then it also waits for a session
+  // when none is up), and a key frame that a lost session left unanswered is sent again to the
+  // next one. The frames, the key frames and the weights are then the same however fast the
+  // server and the network are, and across a reconnect: comparisons between runs
+  // (tests/haproxy_failover.sh). 0: updates as soon as they arrive, the network every frame.
   int64_t apply_after_frames = 0;
   double initial_wait_s = 0;     // at start, wait up to this long for the first WELCOME
   double frame_interval_s = 0;   // > 0: pace frames (a camera at 1/interval fps)

@@ -106,7 +106,7 @@ int main(int argc, char** argv) {
              "reference label maps DIR/%06d.png: per-frame mIoU in the log and summary");
   flags.path("--frame-log", o.frame_log, "FILE",
              "one JSON object per frame (frame, t, key, applied, stale, stride, miou,\n"
-             "bytes up/down)");
+             "bytes up/down, online, sessions)");
   flags.action("--fp32-only", [&] { o.accept_blobs = st::protocol::kAcceptF32; },
                "accept only fp32 blobs (default: fp32 and fp16)");
   flags.custom("--max-wait", "S|Nf",
@@ -119,10 +119,11 @@ int main(int argc, char** argv) {
                "(default 3f)",
                [&](const std::string& v) { parse_max_wait(v, o); });
   flags.integer("--apply-after", o.apply_after_frames, "N",
-                "partial/full: swap every update in exactly N frames after its key frame\n"
-                "(the paper's P-N, at most MIN_STRIDE), waiting for it there if it is\n"
-                "late and holding it if early: the same frames whatever the speeds\n"
-                "(reproducible runs; replaces --max-wait)")
+                "partial/full, reproducible runs: swap every update in exactly N frames\n"
+                "after its key frame (the paper's P-N, at most MIN_STRIDE), waiting for it\n"
+                "there if it is late and holding it if early; look at the network only\n"
+                "where something is due, send a key frame a lost session left unanswered\n"
+                "to the next: the same frames whatever the speeds (replaces --max-wait)")
       .at_least(1);
   flags.seconds("--update-timeout", o.update_timeout_s, "S",
                 "drop the connection and reconnect when an answer has not come S seconds\n"
