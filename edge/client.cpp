@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <thread>
@@ -96,8 +95,10 @@ class EdgeSession {
   // The next network event within `seconds` (false: none). With a stop flag it waits in slices,
   // so that a stop request ends the wait within 50 ms.
   bool wait_event(NetClient::Event& e, double seconds);
-  // Blocks until the outstanding answer arrives, the session is lost, a stop is requested or
-  // `until` passes; counts the time as blocked.
+  // Handles network events while `waiting()` holds, until a stop is requested or `until`
+  // passes; counts the time as blocked.
+  void block_while(const std::function<bool()>& waiting, Clock::time_point until);
+  // Blocks until the outstanding answer arrives or the session is lost (block_while).
   void block_until(Clock::time_point until);
   // The answer to the outstanding key frame did not come within update_timeout_s.
   void give_up();
@@ -120,8 +121,9 @@ class EdgeSession {
   double wait_bound() const;
   // Frames after its key frame at which an update is due: MIN_STRIDE, or apply_after_frames.
   int64_t due_after() const;
-  // apply_after_frames: swaps in a held update once its frame has come.
-  void release_held();
+  // The session is gone (dropped or lost): nothing outstanding any more; a reproducible run
+  // (apply_after_frames) keeps the unanswered key frame to send it to the next session.
+  void lose_session();
   // apply_after_frames (partial/full): the frame loop looks at the network only where something
   // is due, so that a run is the same whatever the timing: at the frame an update is due it
   // handles what came and waits for the update (or the loss of the session); where a key frame
@@ -157,7 +159,6 @@ class EdgeSession {
   int64_t next_key_ = 0, stride_ = 0;
   std::optional<int64_t> outstanding_;  // key frame sent, answer not here yet
   std::optional<Labels> labels_;        // naive: the answer to the outstanding frame
-  std::optional<Update> held_;          // apply_after_frames: arrived, swapped in at its frame
   // apply_after_frames (reproducible runs): the last KEY_FRAME sent, and the index of one a lost
   // session left unanswered (sent again to the next session).
   std::optional<KeyFrame> last_key_msg_;
@@ -243,10 +244,7 @@ void EdgeSession::handle(NetClient::Event& e) {
     case NetClient::Event::Connected: on_connected(e.epoch); break;
     case NetClient::Event::Disconnected:
       if (e.epoch == epoch_ && session_) {
-        session_ = false;
-        if (opt_.apply_after_frames > 0 && outstanding_) lost_key_ = outstanding_;
-        outstanding_.reset();
-        held_.reset();
+        lose_session();
         ++r_.disconnects;
       }
       r_.errors.push_back(e.text);
@@ -319,7 +317,6 @@ void EdgeSession::on_welcome(uint64_t epoch, Welcome& w) {
   if (opt_.apply_after_frames <= 0) next_key_ = frame_i_;
   stride_ = w.min_stride;
   outstanding_.reset();
-  held_.reset();
   labels_.reset();
   resync_pending_ = false;
   ++r_.welcomes;
@@ -334,10 +331,6 @@ void EdgeSession::on_welcome(uint64_t epoch, Welcome& w) {
 void EdgeSession::on_update(uint64_t epoch, const Update& u) {
   if (!session_ || epoch != epoch_ || !outstanding_ || int64_t(u.key_frame) != *outstanding_)
     return;
-  if (opt_.apply_after_frames > 0 && frame_i_ < int64_t(u.key_frame) + due_after()) {
-    held_ = u;  // swapped in at its frame (release_held)
-    return;
-  }
   if (u.blob_kind != BlobEncoding::None && resync_pending_) {
     // Made against the server's old mirror of these weights: WEIGHTS will bring them all.
   } else if (u.blob_kind != BlobEncoding::None) {
@@ -370,11 +363,10 @@ int64_t EdgeSession::due_after() const {
   return opt_.apply_after_frames > 0 ? std::min(opt_.apply_after_frames, min_stride) : min_stride;
 }
 
-void EdgeSession::release_held() {
-  if (!held_ || frame_i_ < int64_t(held_->key_frame) + due_after()) return;
-  const Update u = std::move(*held_);
-  held_.reset();
-  on_update(epoch_, u);
+void EdgeSession::lose_session() {
+  session_ = false;
+  if (opt_.apply_after_frames > 0 && outstanding_) lost_key_ = outstanding_;
+  outstanding_.reset();
 }
 
 void EdgeSession::checkpoint() {
@@ -390,17 +382,7 @@ void EdgeSession::checkpoint() {
     }
     if (outstanding_ || (!lost_key_ && frame_i_ < next_key_)) return;
     if (!session_) {  // a key frame is due (or lost): wait for a session to send it to
-      const auto t0 = Clock::now();
-      const auto until = after(t0, opt_.update_timeout_s);
-      while (!session_ && !stop_requested()) {
-        const double left = secs(Clock::now(), until);
-        if (left <= 0 || !wait_event(e, left)) break;
-        handle(e);
-      }
-      const double b = secs(t0, Clock::now());
-      r_.blocked_s += b;
-      r_.max_blocked_s = std::max(r_.max_blocked_s, b);
-      frame_blocked_s_ += b;
+      block_while([this] { return !session_; }, after(Clock::now(), opt_.update_timeout_s));
       if (!session_) return;  // no server: on with the weights held, waiting again next frame
     }
     if (!lost_key_ || !last_key_msg_) return;  // send_key_frame_if_due sends this frame
@@ -416,10 +398,7 @@ void EdgeSession::checkpoint() {
 void EdgeSession::end_session(uint64_t epoch, const char* message, const std::string& why) {
   r_.errors.push_back(std::string(message) + " blob refused: " + why);
   net_.drop(epoch, std::string("bad ") + message + " blob");
-  session_ = false;
-  if (opt_.apply_after_frames > 0) lost_key_ = outstanding_;
-  outstanding_.reset();
-  held_.reset();
+  lose_session();
 }
 
 void EdgeSession::on_weights(uint64_t epoch, const Weights& w) {
@@ -454,10 +433,10 @@ bool EdgeSession::wait_event(NetClient::Event& e, double seconds) {
   }
 }
 
-void EdgeSession::block_until(Clock::time_point until) {
+void EdgeSession::block_while(const std::function<bool()>& waiting, Clock::time_point until) {
   const auto t0 = Clock::now();
   NetClient::Event e;
-  while (session_ && outstanding_) {
+  while (waiting()) {
     const double left = secs(Clock::now(), until);
     if (left <= 0 || !wait_event(e, left)) break;
     handle(e);
@@ -468,15 +447,16 @@ void EdgeSession::block_until(Clock::time_point until) {
   frame_blocked_s_ += b;
 }
 
+void EdgeSession::block_until(Clock::time_point until) {
+  block_while([this] { return session_ && outstanding_.has_value(); }, until);
+}
+
 void EdgeSession::give_up() {
   std::string why = "no answer to key frame " + std::to_string(*outstanding_) + " within " +
                     std::to_string(opt_.update_timeout_s) + " s";
   r_.errors.push_back(why);
   net_.drop(epoch_, why);
-  session_ = false;
-  if (opt_.apply_after_frames > 0) lost_key_ = outstanding_;
-  outstanding_.reset();
-  held_.reset();
+  lose_session();
   ++r_.disconnects;
 }
 
@@ -575,8 +555,7 @@ bool EdgeSession::wait_if_due() {
   const auto deadline = after(due_since_, opt_.update_timeout_s);
   if (!waited_) {
     waited_ = true;
-    const double bound =
-        opt_.apply_after_frames > 0 ? std::numeric_limits<double>::infinity() : wait_bound();
+    const double bound = wait_bound();
     r_.max_wait_s = std::max(r_.max_wait_s, bound);
     block_until(std::min(deadline, after(now, bound)));
   }
@@ -693,7 +672,6 @@ EdgeResult EdgeSession::run() {
       checkpoint();  // the network only at the frames where something is due
     } else {
       while (net_.poll(e)) handle(e);  // updates are swapped in here, between frames
-      release_held();                  // (apply_after_frames: at their frame)
     }
 
     bool key_sent = false, stale = false;

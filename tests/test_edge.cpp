@@ -78,6 +78,14 @@ std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
   return out;
 }
 
+// The frames of a frame log whose boolean `field` (key, applied, ...) is true.
+std::vector<int64_t> frames_where(const std::vector<nlohmann::json>& log, const char* field) {
+  std::vector<int64_t> out;
+  for (const auto& j : log)
+    if (j[field].get<bool>()) out.push_back(j["frame"].get<int64_t>());
+  return out;
+}
+
 // A port nobody listens on right now (a server bound it, then stopped).
 int free_port(const fs::path& labels) {
   server::Server s(srv_opts(labels));
@@ -1023,14 +1031,9 @@ TEST_CASE("edge: --apply-after N swaps every update in exactly N frames after it
   REQUIRE(r.stale_frames == 0);
   auto log = read_jsonl(o.frame_log);
   REQUIRE(log.size() == 40);
-  std::vector<int64_t> keys, applied;
-  for (const auto& j : log) {
-    if (j["key"].get<bool>()) keys.push_back(j["frame"].get<int64_t>());
-    if (j["applied"].get<bool>()) applied.push_back(j["frame"].get<int64_t>());
-  }
   // Key frames 0, 8, 16, 24, 32 (stride 8 from the first), each update at key + 4.
-  REQUIRE(keys == std::vector<int64_t>{0, 8, 16, 24, 32});
-  REQUIRE(applied == std::vector<int64_t>{4, 12, 20, 28, 36});
+  REQUIRE(frames_where(log, "key") == std::vector<int64_t>{0, 8, 16, 24, 32});
+  REQUIRE(frames_where(log, "applied") == std::vector<int64_t>{4, 12, 20, 28, 36});
 }
 
 TEST_CASE("edge: --apply-after across a lost session: the unanswered key frame goes to the next "
@@ -1064,10 +1067,7 @@ TEST_CASE("edge: --apply-after across a lost session: the unanswered key frame g
   REQUIRE(srv.received[1] == std::vector<uint64_t>{8, 16, 24, 32});  // frame 8 sent again
   auto log = read_jsonl(o.frame_log);
   REQUIRE(log.size() == 40);
-  std::vector<int64_t> applied;
-  for (const auto& j : log)
-    if (j["applied"].get<bool>()) applied.push_back(j["frame"].get<int64_t>());
-  REQUIRE(applied == std::vector<int64_t>{4, 12, 20, 28, 36});
+  REQUIRE(frames_where(log, "applied") == std::vector<int64_t>{4, 12, 20, 28, 36});
   REQUIRE(log[11]["sessions"].get<int64_t>() == 1);
   REQUIRE(log[12]["sessions"].get<int64_t>() == 2);  // noticed where frame 8's update was due
 }
